@@ -1,0 +1,328 @@
+//! The 2PC driver: an actix actor that runs the [`Engine`] on this node's
+//! coordinator replica.
+//!
+//! It is a thin runtime: every decision is the engine's. The driver turns the
+//! engine's actions into I/O — Raft proposals, participant calls through the
+//! `Transport` seam, timers on tokio time (virtual in the simulator) — and
+//! turns their results back into events. It also watches openraft's metrics
+//! to tell the engine when this node gains or loses leadership.
+
+use crate::engine::{Action, Engine, EngineConfig, Event, Ticket};
+use crate::state_machine::{read_table, SharedTable};
+use crate::table::{Command, CommandResult};
+use crate::types::{NodeId, Raft};
+use actix::prelude::*;
+use openraft::ServerState;
+use paytx_protocol::{AbortReason, Outcome, PeerRequest, PeerResponse, RequestError, ShardMap, Transport, TxnId, TxnReceipt, TxnRequest};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Settings of the driver.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub node: NodeId,
+    pub shard_map: ShardMap,
+    pub engine: EngineConfig,
+    /// Period of the engine's `Tick` (flushes Forget batches).
+    pub tick_ms: u64,
+    /// Timeout of one call to a participant.
+    pub peer_timeout_ms: u64,
+}
+
+/// Run a transaction; answered with its outcome.
+#[derive(Message)]
+#[rtype(result = "Result<TxnReceipt, RequestError>")]
+pub struct SubmitTxn(pub TxnRequest);
+
+/// An in-doubt participant asks for the decision of `txn`. `Ok(true)` =
+/// commit. Answered from the table when it holds a decision; for an unknown
+/// transaction the leader first commits an abort through Raft.
+#[derive(Message)]
+#[rtype(result = "Result<bool, RequestError>")]
+pub struct QueryDecision(pub TxnId);
+
+/// The driver's view, for status pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverStatus {
+    pub is_leader: bool,
+    pub leader_hint: Option<NodeId>,
+    pub in_flight: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "DriverStatus")]
+pub struct GetDriverStatus;
+
+/// Leadership as seen in openraft's metrics.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+struct Leadership {
+    is_leader: bool,
+    term: u64,
+    leader: Option<NodeId>,
+}
+
+pub struct CoordinatorDriver {
+    config: DriverConfig,
+    engine: Engine,
+    raft: Raft,
+    table: SharedTable,
+    transport: Arc<dyn Transport>,
+    tickets: BTreeMap<Ticket, oneshot::Sender<Result<TxnReceipt, RequestError>>>,
+    next_ticket: u64,
+    leadership: Leadership,
+}
+
+impl CoordinatorDriver {
+    pub fn new(config: DriverConfig, raft: Raft, table: SharedTable, transport: Arc<dyn Transport>) -> Self {
+        let engine = Engine::new(config.node, config.shard_map.clone(), config.engine.clone());
+        CoordinatorDriver {
+            config,
+            engine,
+            raft,
+            table,
+            transport,
+            tickets: BTreeMap::new(),
+            next_ticket: 0,
+            leadership: Leadership { is_leader: false, term: 0, leader: None },
+        }
+    }
+
+    fn dispatch(&mut self, event: Event, ctx: &mut Context<Self>) {
+        for action in self.engine.handle(event) {
+            self.execute(action, ctx);
+        }
+    }
+
+    fn execute(&mut self, action: Action, ctx: &mut Context<Self>) {
+        match action {
+            Action::Propose { txn, command } => {
+                let is_begin = matches!(command, Command::Begin { .. });
+                let raft = self.raft.clone();
+                let proposal = async move { raft.client_write(command).await };
+                ctx.spawn(proposal.into_actor(self).map(move |result, act, ctx| {
+                    let event = match result {
+                        Ok(response) => match (is_begin, response.data) {
+                            (true, result) => Event::BeginApplied { txn, result },
+                            (false, CommandResult::Decided { outcome }) => Event::DecisionApplied { txn, outcome },
+                            (false, other) => Event::ProposalFailed {
+                                txn,
+                                error: RequestError::Internal(format!("unexpected result for Decide: {other:?}")),
+                            },
+                        },
+                        Err(e) => Event::ProposalFailed { txn, error: raft_error(&e) },
+                    };
+                    act.dispatch(event, ctx);
+                }));
+            }
+            Action::ProposeForget { txns } => {
+                let raft = self.raft.clone();
+                let count = txns.len();
+                ctx.spawn(
+                    async move {
+                        if let Err(e) = raft.client_write(Command::Forget { txns }).await {
+                            // Not lost: the next leader re-drives and forgets them.
+                            tracing::debug!(error = %e, count, "forget proposal failed");
+                        }
+                    }
+                    .into_actor(self),
+                );
+            }
+            Action::SendPrepare { txn, shard, ops } => {
+                let call = self.call_shard(shard, PeerRequest::Prepare { txn, shard, ops });
+                ctx.spawn(call.into_actor(self).map(move |reply, act, ctx| {
+                    let event = match reply {
+                        Ok(PeerResponse::Vote(vote)) => Event::VoteReceived { txn, shard, vote },
+                        other => {
+                            tracing::debug!(%txn, %shard, reply = ?other, "prepare failed");
+                            Event::PrepareFailed { txn, shard }
+                        }
+                    };
+                    act.dispatch(event, ctx);
+                }));
+            }
+            Action::SendDecide { txn, shard, commit } => {
+                let call = self.call_shard(shard, PeerRequest::Decide { txn, shard, commit });
+                ctx.spawn(call.into_actor(self).map(move |reply, act, ctx| {
+                    let event = match reply {
+                        Ok(PeerResponse::Acked) => Event::DecideAcked { txn, shard },
+                        other => {
+                            tracing::debug!(%txn, %shard, reply = ?other, "decide not acknowledged; will retry");
+                            Event::DecideFailed { txn, shard }
+                        }
+                    };
+                    act.dispatch(event, ctx);
+                }));
+            }
+            Action::SetTimer { after_ms, event } => {
+                ctx.run_later(Duration::from_millis(after_ms), move |act, ctx| act.dispatch(event, ctx));
+            }
+            Action::Reply { ticket, result } => {
+                if let Some(waiter) = self.tickets.remove(&ticket) {
+                    // The client may have gone away; nothing to do then.
+                    let _ = waiter.send(result);
+                }
+            }
+        }
+    }
+
+    fn call_shard(&self, shard: paytx_protocol::ShardId, request: PeerRequest) -> impl std::future::Future<Output = Result<PeerResponse, String>> {
+        let node = self.config.shard_map.node_of(shard);
+        let transport = self.transport.clone();
+        let timeout_ms = self.config.peer_timeout_ms;
+        async move {
+            let node = node.ok_or_else(|| format!("shard {shard} is not in the shard map"))?;
+            transport.call(node, request, timeout_ms).await.map_err(|e| e.to_string())
+        }
+    }
+
+    fn on_became_leader(&mut self, term: u64, ctx: &mut Context<Self>) {
+        let raft = self.raft.clone();
+        // The table is complete once every entry of earlier terms is applied:
+        // `ensure_linearizable` waits for exactly that.
+        let ready = async move { raft.ensure_linearizable().await };
+        ctx.spawn(ready.into_actor(self).map(move |result, act, ctx| {
+            if act.leadership.term != term || !act.leadership.is_leader {
+                return;
+            }
+            match result {
+                Ok(_) => {
+                    let live = read_table(&act.table).table.txns().map(|(id, r)| (*id, r.clone())).collect();
+                    tracing::info!(node = act.config.node, term, "coordinator leader ready; re-driving the table");
+                    act.dispatch(Event::BecameLeader { term, live }, ctx);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "leader not ready yet; retrying");
+                    ctx.run_later(Duration::from_millis(50), move |act, ctx| {
+                        if act.leadership.term == term && act.leadership.is_leader {
+                            act.on_became_leader(term, ctx);
+                        }
+                    });
+                }
+            }
+        }));
+    }
+}
+
+/// Maps a failed proposal to what the client should hear.
+fn raft_error(error: &openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, openraft::BasicNode>>) -> RequestError {
+    match error.forward_to_leader::<openraft::BasicNode>() {
+        Some(forward) => RequestError::NoLeader { leader_hint: forward.leader_id },
+        None => match error {
+            openraft::error::RaftError::Fatal(_) => RequestError::ShuttingDown,
+            other => RequestError::Internal(other.to_string()),
+        },
+    }
+}
+
+impl Actor for CoordinatorDriver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let tick = Duration::from_millis(self.config.tick_ms.max(1));
+        ctx.run_interval(tick, |act, ctx| act.dispatch(Event::Tick, ctx));
+        let mut metrics = self.raft.metrics();
+        let addr = ctx.address();
+        let watch = async move {
+            let mut last: Option<Leadership> = None;
+            loop {
+                let seen = {
+                    let m = metrics.borrow_and_update();
+                    Leadership {
+                        is_leader: m.state == ServerState::Leader && m.current_leader == Some(m.id),
+                        term: m.current_term,
+                        leader: m.current_leader,
+                    }
+                };
+                if last != Some(seen) {
+                    last = Some(seen);
+                    if addr.try_send(seen).is_err() {
+                        break;
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    break; // Raft shut down.
+                }
+            }
+        };
+        ctx.spawn(watch.into_actor(self));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        for (_, waiter) in std::mem::take(&mut self.tickets) {
+            let _ = waiter.send(Err(RequestError::ShuttingDown));
+        }
+    }
+}
+
+impl Handler<Leadership> for CoordinatorDriver {
+    type Result = ();
+
+    fn handle(&mut self, seen: Leadership, ctx: &mut Context<Self>) {
+        let previous = self.leadership;
+        self.leadership = seen;
+        if seen.is_leader && (!previous.is_leader || previous.term != seen.term) {
+            self.on_became_leader(seen.term, ctx);
+        } else if !seen.is_leader {
+            self.dispatch(Event::SteppedDown { leader_hint: seen.leader }, ctx);
+        }
+    }
+}
+
+impl Handler<SubmitTxn> for CoordinatorDriver {
+    type Result = ResponseFuture<Result<TxnReceipt, RequestError>>;
+
+    fn handle(&mut self, msg: SubmitTxn, ctx: &mut Context<Self>) -> Self::Result {
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        let (tx, rx) = oneshot::channel();
+        self.tickets.insert(ticket, tx);
+        self.dispatch(Event::Submit { ticket, request: msg.0 }, ctx);
+        Box::pin(async move { rx.await.unwrap_or(Err(RequestError::ShuttingDown)) })
+    }
+}
+
+impl Handler<QueryDecision> for CoordinatorDriver {
+    type Result = ResponseFuture<Result<bool, RequestError>>;
+
+    fn handle(&mut self, msg: QueryDecision, _ctx: &mut Context<Self>) -> Self::Result {
+        let txn = msg.0;
+        let known = read_table(&self.table).table.txn(&txn).map(|r| (r.decision.clone(), r.key.clone()));
+        let answer: Result<bool, RequestError> = match known {
+            // A decision in the table is final, whatever this node's role.
+            Some((Some(outcome), _)) => Ok(outcome.is_committed()),
+            Some((None, key)) => Err(RequestError::InProgress { key: key.0 }),
+            None if !self.engine.is_leader() => Err(RequestError::NoLeader { leader_hint: self.engine.leader_hint() }),
+            None => {
+                // Presumed abort, made durable before anyone acts on it: once
+                // this entry is committed no deposed leader can commit `txn`.
+                let raft = self.raft.clone();
+                return Box::pin(async move {
+                    let command = Command::Decide { txn, key: None, outcome: Outcome::Aborted(AbortReason::PresumedAbort) };
+                    match raft.client_write(command).await {
+                        Ok(response) => match response.data {
+                            CommandResult::Decided { outcome } => Ok(outcome.is_committed()),
+                            other => Err(RequestError::Internal(format!("unexpected result for Decide: {other:?}"))),
+                        },
+                        Err(e) => Err(raft_error(&e)),
+                    }
+                });
+            }
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+impl Handler<GetDriverStatus> for CoordinatorDriver {
+    type Result = MessageResult<GetDriverStatus>;
+
+    fn handle(&mut self, _msg: GetDriverStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(DriverStatus {
+            is_leader: self.engine.is_leader(),
+            leader_hint: self.engine.leader_hint(),
+            in_flight: self.engine.in_flight(),
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! The paytx coordinator: a Raft group (openraft) whose replicated state is
+//! the transaction table, and the two-phase-commit driver that runs on its
+//! leader.
+//!
+//! * [`table`]: the replicated transaction table and its commands (pure).
+//! * [`engine`]: the 2PC coordinator as a state machine — events in,
+//!   commands out, no I/O (pure, unit-tested, drivable by the simulator).
+//! * [`driver`]: the actix actor that runs the engine: proposes through Raft,
+//!   talks to participants through the `Transport` seam, keeps timers.
+//! * [`state_machine`], [`network`], [`runtime`], [`types`]: the openraft glue.
+#![forbid(unsafe_code)]
+
+pub mod driver;
+pub mod engine;
+pub mod network;
+pub mod replica;
+pub mod runtime;
+pub mod state_machine;
+pub mod table;
+pub mod types;
+
+pub use driver::{CoordinatorDriver, DriverConfig};
+pub use replica::{initialize_if_new, start_replica, RaftSettings, Replica, ReplicaError};
+pub use types::{NodeId, Raft, TypeConfig};

@@ -1,0 +1,185 @@
+//! The openraft state machine (`RaftStateMachine`): the [`TxnTable`] plus
+//! what openraft needs (last applied log id, membership), with snapshots
+//! persisted on the `Disk` seam.
+//!
+//! The table lives in memory. After a restart it is rebuilt from the last
+//! persisted snapshot, then openraft re-applies the log from there — the log
+//! is the durable truth, the snapshot a shortcut. Snapshots are built from a
+//! clone of the table (cheap next to the fsyncs of the write path) so the
+//! apply loop is never blocked by serialisation to disk.
+
+use crate::table::{CommandResult, TxnTable};
+use crate::types::{NodeId, TypeConfig};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use paytx_storage::record::{open_at, seal};
+use paytx_storage::{Batch, SharedDisk};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+const SNAPSHOT_SPACE: &str = "raft-snapshot";
+const SNAPSHOT_KEY: &[u8] = b"current";
+
+/// The replicated state, shared (read-only) with the 2PC driver.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TableState {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub table: TxnTable,
+}
+
+/// Read access to the table for the driver and for status queries.
+pub type SharedTable = Arc<RwLock<TableState>>;
+
+/// Reads the shared table, tolerating a poisoned lock (the table is only
+/// mutated by whole-command application, never left half-updated).
+pub fn read_table(table: &SharedTable) -> std::sync::RwLockReadGuard<'_, TableState> {
+    table.read().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+pub struct StateMachineStore {
+    state: SharedTable,
+    disk: SharedDisk,
+    snapshot_seq: u64,
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+
+impl StateMachineStore {
+    /// Opens the state machine, restoring the last persisted snapshot.
+    pub fn open(disk: SharedDisk, key_retention: u64) -> Result<Self, StorageError<NodeId>> {
+        let mut state = TableState { table: TxnTable::new(key_retention), ..TableState::default() };
+        if let Some(bytes) = disk.get(SNAPSHOT_SPACE, SNAPSHOT_KEY).map_err(snap_read_err)? {
+            let stored: StoredSnapshot = open_at(SNAPSHOT_SPACE, SNAPSHOT_KEY, &bytes).map_err(snap_read_err)?;
+            state = paytx_protocol::decode(&stored.data).map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
+        }
+        Ok(StateMachineStore { state: Arc::new(RwLock::new(state)), disk, snapshot_seq: 0 })
+    }
+
+    pub fn shared(&self) -> SharedTable {
+        self.state.clone()
+    }
+
+    fn current_stored(&self) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
+        match self.disk.get(SNAPSHOT_SPACE, SNAPSHOT_KEY).map_err(snap_read_err)? {
+            None => Ok(None),
+            Some(bytes) => open_at(SNAPSHOT_SPACE, SNAPSHOT_KEY, &bytes).map(Some).map_err(snap_read_err),
+        }
+    }
+
+    async fn persist(&self, stored: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
+        let mut batch = Batch::new();
+        batch.put(SNAPSHOT_KEY.to_vec(), seal(stored));
+        self.disk.apply(SNAPSHOT_SPACE, batch).map_err(sm_write_err)?;
+        // Synced before openraft may purge the log entries it covers.
+        self.disk.sync().await.map_err(sm_write_err)
+    }
+}
+
+/// Builds snapshots from a clone of the table.
+pub struct SnapshotBuilder {
+    state: TableState,
+    disk: SharedDisk,
+    snapshot_id: String,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let data = paytx_protocol::encode(&self.state).map_err(|e| sm_write_err(std::io::Error::other(e.to_string())))?;
+        let meta = SnapshotMeta {
+            last_log_id: self.state.last_applied,
+            last_membership: self.state.membership.clone(),
+            snapshot_id: self.snapshot_id.clone(),
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let mut batch = Batch::new();
+        batch.put(SNAPSHOT_KEY.to_vec(), seal(&stored));
+        self.disk.apply(SNAPSHOT_SPACE, batch).map_err(sm_write_err)?;
+        self.disk.sync().await.map_err(sm_write_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>), StorageError<NodeId>> {
+        let state = read_table(&self.state);
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut results = Vec::new();
+        for entry in entries {
+            state.last_applied = Some(entry.log_id);
+            let result = match entry.payload {
+                EntryPayload::Blank => CommandResult::None,
+                EntryPayload::Normal(command) => state.table.apply(&command),
+                EntryPayload::Membership(membership) => {
+                    state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    CommandResult::None
+                }
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let state = read_table(&self.state).clone();
+        let snapshot_id = match state.last_applied {
+            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshot_seq),
+            None => format!("empty-{}", self.snapshot_seq),
+        };
+        SnapshotBuilder { state, disk: self.disk.clone(), snapshot_id }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let installed: TableState = paytx_protocol::decode(&data)
+            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()))))?;
+        self.persist(&StoredSnapshot { meta: meta.clone(), data }).await?;
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        *state = installed;
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self
+            .current_stored()?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}

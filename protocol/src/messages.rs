@@ -1,0 +1,174 @@
+//! Everything that crosses a socket, wrapped in one [`Envelope`].
+//!
+//! One TCP port carries client requests, node-to-node 2PC messages and
+//! openraft RPCs (opaque bytes here; the coordinator crate encodes them).
+//! Every request carries an `id` chosen by the sender; the reply carries the
+//! same id, so one connection can have many requests in flight (pipelining).
+//! Id 0 is reserved for connection-level errors (e.g. a malformed frame).
+
+use crate::error::{OrderStatus, RequestError};
+use crate::ids::{AccountId, ChannelId, IdempotencyKey, NodeId, OrderId, ShardId, TxnId};
+use crate::money::{Currency, Money};
+use crate::ops::Operation;
+use crate::txn::{Outcome, TxnReceipt, TxnRequest};
+use crate::AbortReason;
+use serde::{Deserialize, Serialize};
+
+/// A message with its request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: u64,
+    pub message: Message,
+}
+
+/// Request id reserved for errors about the connection itself.
+pub const CONNECTION_ERROR_ID: u64 = 0;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Client → node.
+    Request(Request),
+    /// Node → client.
+    Response(Response),
+    /// Node → node.
+    Peer(PeerRequest),
+    /// Node → node, the answer to a [`Message::Peer`].
+    PeerReply(PeerResponse),
+}
+
+/// What a client can ask of any node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Run a transaction (forwarded to the coordinator leader).
+    Submit(TxnRequest),
+    /// Read an account (forwarded to the node owning its shard).
+    GetAccount(AccountId),
+    /// Read an order.
+    GetOrder(OrderId),
+    /// Read the charge of `order` through `channel`.
+    GetCharge { channel: ChannelId, order: OrderId },
+    /// What became of the transaction submitted with this key.
+    TxnStatus(IdempotencyKey),
+    /// The answering node's view of the cluster.
+    NodeStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Submitted(TxnReceipt),
+    Account(Option<AccountView>),
+    Order(Option<OrderView>),
+    Charge(Option<ChargeView>),
+    TxnStatus(Option<TxnStatusView>),
+    NodeStatus(NodeStatusView),
+    Error(RequestError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub account: AccountId,
+    pub currency: Currency,
+    /// Committed balance.
+    pub balance_minor: i64,
+    /// Sum of debits held by prepared, undecided transactions.
+    pub held_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order: OrderId,
+    pub merchant: AccountId,
+    pub amount: Money,
+    pub status: OrderStatus,
+    pub refunded_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeView {
+    pub channel: ChannelId,
+    pub order: OrderId,
+    pub charged: Money,
+    pub refunded_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnState {
+    /// Registered, not decided yet.
+    InProgress,
+    Decided(Outcome),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnStatusView {
+    pub key: IdempotencyKey,
+    pub txn: TxnId,
+    pub state: TxnState,
+}
+
+/// A participant shard's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub shard: ShardId,
+    pub entities: u64,
+    /// Transactions prepared (voted YES) and not yet decided here.
+    pub in_doubt: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatusView {
+    pub node: NodeId,
+    /// `None` when this node's coordinator replica is shut down.
+    pub raft_term: Option<u64>,
+    pub leader: Option<NodeId>,
+    pub last_applied_index: Option<u64>,
+    /// Transactions registered in the replicated table and not yet decided.
+    pub undecided_txns: u64,
+    /// Decided transactions not yet acknowledged by every participant.
+    pub unacked_txns: u64,
+    pub shards: Vec<ShardStatus>,
+}
+
+/// A participant's vote on a prepare.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Vote {
+    /// Prepared and durable: the participant promises to commit if told to.
+    Yes,
+    /// Cannot commit; the participant holds nothing for this transaction.
+    No(AbortReason),
+}
+
+/// Which openraft RPC an opaque Raft payload carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpcKind {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+/// Node-to-node requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// An openraft RPC, encoded by the coordinator crate.
+    Raft { kind: RaftRpcKind, payload: Vec<u8> },
+    /// 2PC phase one: coordinator → participant shard.
+    Prepare { txn: TxnId, shard: ShardId, ops: Vec<Operation> },
+    /// 2PC phase two: coordinator → participant shard.
+    Decide { txn: TxnId, shard: ShardId, commit: bool },
+    /// An in-doubt participant asks the coordinator group for the decision.
+    QueryDecision { txn: TxnId },
+    /// A client request forwarded to the node that can answer it.
+    Forward(Request),
+}
+
+/// Node-to-node answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    Raft(Result<Vec<u8>, String>),
+    Vote(Vote),
+    /// The participant applied the decision durably.
+    Acked,
+    /// The decision for a queried transaction: `true` = commit.
+    Decision { commit: bool },
+    Forwarded(Response),
+    Error(RequestError),
+}

@@ -1,0 +1,77 @@
+//! The `Disk` seam.
+//!
+//! Storage is a set of named keyspaces of ordered byte keys. A [`Batch`]
+//! touches one keyspace and is applied atomically. Writes become durable only
+//! after [`Disk::sync`] returns: a crash may lose any write not yet synced,
+//! which is exactly what the simulator's [`crate::MemDisk`] does.
+
+use paytx_protocol::BoxFuture;
+use std::sync::Arc;
+
+/// A disk shared by every component of one node.
+pub type SharedDisk = Arc<dyn Disk>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiskError {
+    #[error("i/o error in {space}: {reason}")]
+    Io { space: String, reason: String },
+    /// An fsync failed. The node must stop: after a failed fsync the kernel
+    /// may have dropped the dirty pages, so nothing written since the last
+    /// good sync can be trusted to be durable (the PostgreSQL fsync lesson).
+    #[error("fsync failed ({reason}); the node stops rather than acknowledge what may not be durable")]
+    SyncFailed { reason: String },
+    #[error("corrupt record in {space} at key {key_hex}: {reason}; the data directory needs repair")]
+    Corrupt { space: String, key_hex: String, reason: String },
+}
+
+/// Writes to one keyspace, applied atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.push((key.into(), Some(value.into())));
+    }
+
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.writes.push((key.into(), None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// Where every durable byte of a node goes.
+pub trait Disk: Send + Sync + 'static {
+    fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError>;
+
+    /// Applies `batch` to `space` atomically (all or none of it is visible,
+    /// before and after a crash). Not durable until [`Disk::sync`].
+    fn apply(&self, space: &str, batch: Batch) -> Result<(), DiskError>;
+
+    /// Every `(key, value)` with `start <= key < end` (`end = None`: to the
+    /// end of the space), in key order.
+    fn range(&self, space: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DiskError>;
+
+    /// The last `(key, value)` of a space, if any.
+    fn last(&self, space: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, DiskError>;
+
+    /// Makes every write applied before this call durable. Concurrent calls
+    /// share one fsync (group commit). After a failed sync every later sync
+    /// fails too: the node must stop.
+    fn sync(&self) -> BoxFuture<Result<(), DiskError>>;
+}
+
+/// Convenience: applies a one-key batch (not synced).
+pub fn put(disk: &dyn Disk, space: &str, key: &[u8], value: Vec<u8>) -> Result<(), DiskError> {
+    let mut batch = Batch::new();
+    batch.put(key.to_vec(), value);
+    disk.apply(space, batch)
+}

@@ -1,0 +1,21 @@
+//! paytx storage.
+//!
+//! * [`disk`]: the `Disk` seam every durable write goes through — sled in
+//!   production ([`SledDisk`]), memory in tests and the simulator
+//!   ([`MemDisk`]) — with group commit: concurrent `sync` calls share one
+//!   fsync.
+//! * [`record`]: checksummed record encoding; a flipped byte is a typed
+//!   [`record::RecordError`], never garbage.
+//! * [`log_store`]: the openraft log store (`RaftLogStorage`) on a `Disk`.
+#![forbid(unsafe_code)]
+
+pub mod disk;
+pub mod log_store;
+pub mod mem;
+pub mod record;
+pub mod sled_disk;
+
+pub use disk::{Batch, Disk, DiskError, SharedDisk};
+pub use log_store::LogStore;
+pub use mem::MemDisk;
+pub use sled_disk::SledDisk;
