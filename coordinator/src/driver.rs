@@ -13,7 +13,9 @@ use crate::table::{Command, CommandResult};
 use crate::types::{NodeId, Raft};
 use actix::prelude::*;
 use openraft::ServerState;
-use paytx_protocol::{AbortReason, Outcome, PeerRequest, PeerResponse, RequestError, ShardMap, Transport, TxnId, TxnReceipt, TxnRequest};
+use paytx_protocol::{
+    AbortReason, Outcome, PeerRequest, PeerResponse, RequestError, ShardMap, Transport, TxnId, TxnReceipt, TxnRequest,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,7 +170,11 @@ impl CoordinatorDriver {
         }
     }
 
-    fn call_shard(&self, shard: paytx_protocol::ShardId, request: PeerRequest) -> impl std::future::Future<Output = Result<PeerResponse, String>> {
+    fn call_shard(
+        &self,
+        shard: paytx_protocol::ShardId,
+        request: PeerRequest,
+    ) -> impl std::future::Future<Output = Result<PeerResponse, String>> {
         let node = self.config.shard_map.node_of(shard);
         let transport = self.transport.clone();
         let timeout_ms = self.config.peer_timeout_ms;
@@ -207,7 +213,9 @@ impl CoordinatorDriver {
 }
 
 /// Maps a failed proposal to what the client should hear.
-fn raft_error(error: &openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, openraft::BasicNode>>) -> RequestError {
+fn raft_error(
+    error: &openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, openraft::BasicNode>>,
+) -> RequestError {
     match error.forward_to_leader::<openraft::BasicNode>() {
         Some(forward) => RequestError::NoLeader { leader_hint: forward.leader_id },
         None => match error {
@@ -300,7 +308,8 @@ impl Handler<QueryDecision> for CoordinatorDriver {
                 // this entry is committed no deposed leader can commit `txn`.
                 let raft = self.raft.clone();
                 return Box::pin(async move {
-                    let command = Command::Decide { txn, key: None, outcome: Outcome::Aborted(AbortReason::PresumedAbort) };
+                    let command =
+                        Command::Decide { txn, key: None, outcome: Outcome::Aborted(AbortReason::PresumedAbort) };
                     match raft.client_write(command).await {
                         Ok(response) => match response.data {
                             CommandResult::Decided { outcome } => Ok(outcome.is_committed()),
@@ -324,5 +333,19 @@ impl Handler<GetDriverStatus> for CoordinatorDriver {
             leader_hint: self.engine.leader_hint(),
             in_flight: self.engine.in_flight(),
         })
+    }
+}
+
+/// Stops the driver (the coordinator replica is being shut down). Waiting
+/// clients get `ShuttingDown` and retry elsewhere.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDriver;
+
+impl Handler<StopDriver> for CoordinatorDriver {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopDriver, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }

@@ -23,11 +23,11 @@
 
 use crate::table::{Command, CommandResult, TxnRecord};
 use paytx_protocol::messages::TxnState;
+use paytx_protocol::InvalidRequest;
 use paytx_protocol::{
     AbortReason, IdempotencyKey, NodeId, Operation, Outcome, RequestError, ShardId, ShardMap, TxnId, TxnReceipt,
     TxnRequest, Vote,
 };
-use paytx_protocol::InvalidRequest;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Identifies a waiting client inside the driver.
@@ -64,25 +64,62 @@ impl Default for EngineConfig {
 /// Something that happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Submit { ticket: Ticket, request: TxnRequest },
-    BeginApplied { txn: TxnId, result: CommandResult },
-    DecisionApplied { txn: TxnId, outcome: Outcome },
+    Submit {
+        ticket: Ticket,
+        request: TxnRequest,
+    },
+    BeginApplied {
+        txn: TxnId,
+        result: CommandResult,
+    },
+    DecisionApplied {
+        txn: TxnId,
+        outcome: Outcome,
+    },
     /// A Begin or Decide proposal failed (typically: no longer leader).
-    ProposalFailed { txn: TxnId, error: RequestError },
-    VoteReceived { txn: TxnId, shard: ShardId, vote: Vote },
-    PrepareFailed { txn: TxnId, shard: ShardId },
-    DecideAcked { txn: TxnId, shard: ShardId },
-    DecideFailed { txn: TxnId, shard: ShardId },
+    ProposalFailed {
+        txn: TxnId,
+        error: RequestError,
+    },
+    VoteReceived {
+        txn: TxnId,
+        shard: ShardId,
+        vote: Vote,
+    },
+    PrepareFailed {
+        txn: TxnId,
+        shard: ShardId,
+    },
+    DecideAcked {
+        txn: TxnId,
+        shard: ShardId,
+    },
+    DecideFailed {
+        txn: TxnId,
+        shard: ShardId,
+    },
     /// Timer: the prepare phase of `txn` (driven in `term`) is over.
-    PrepareDeadline { txn: TxnId, term: u64 },
+    PrepareDeadline {
+        txn: TxnId,
+        term: u64,
+    },
     /// Timer: re-send the decision to `shard`.
-    RetryDecide { txn: TxnId, shard: ShardId, term: u64 },
+    RetryDecide {
+        txn: TxnId,
+        shard: ShardId,
+        term: u64,
+    },
     /// Periodic: flush the Forget batch.
     Tick,
     /// This node leads `term` and its table is complete (every entry of
     /// earlier terms applied). `live` is every transaction in the table.
-    BecameLeader { term: u64, live: Vec<(TxnId, TxnRecord)> },
-    SteppedDown { leader_hint: Option<NodeId> },
+    BecameLeader {
+        term: u64,
+        live: Vec<(TxnId, TxnRecord)>,
+    },
+    SteppedDown {
+        leader_hint: Option<NodeId>,
+    },
 }
 
 /// Something to do.
@@ -90,14 +127,33 @@ pub enum Event {
 pub enum Action {
     /// Propose through Raft; feed back `BeginApplied`/`DecisionApplied` or
     /// `ProposalFailed`.
-    Propose { txn: TxnId, command: Command },
+    Propose {
+        txn: TxnId,
+        command: Command,
+    },
     /// Propose a Forget batch; its result needs no answer (a lost Forget is
     /// redone by the next leader's re-drive).
-    ProposeForget { txns: Vec<TxnId> },
-    SendPrepare { txn: TxnId, shard: ShardId, ops: Vec<Operation> },
-    SendDecide { txn: TxnId, shard: ShardId, commit: bool },
-    SetTimer { after_ms: u64, event: Event },
-    Reply { ticket: Ticket, result: Result<TxnReceipt, RequestError> },
+    ProposeForget {
+        txns: Vec<TxnId>,
+    },
+    SendPrepare {
+        txn: TxnId,
+        shard: ShardId,
+        ops: Vec<Operation>,
+    },
+    SendDecide {
+        txn: TxnId,
+        shard: ShardId,
+        commit: bool,
+    },
+    SetTimer {
+        after_ms: u64,
+        event: Event,
+    },
+    Reply {
+        ticket: Ticket,
+        result: Result<TxnReceipt, RequestError>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +259,8 @@ impl Engine {
 
     fn on_submit(&mut self, ticket: Ticket, request: TxnRequest, actions: &mut Vec<Action>) {
         let Some(term) = self.leader_term else {
-            actions.push(Action::Reply { ticket, result: Err(RequestError::NoLeader { leader_hint: self.leader_hint }) });
+            actions
+                .push(Action::Reply { ticket, result: Err(RequestError::NoLeader { leader_hint: self.leader_hint }) });
             return;
         };
         if let Err(invalid) = request.validate(self.config.max_ops_per_txn) {
@@ -230,7 +287,8 @@ impl Engine {
             prepare_timeout_ms: self.config.prepare_timeout_ms,
         };
         let shards = self.shard_map.split(&request.ops);
-        self.txns.insert(txn, Txn { key: request.key, shards, phase: Phase::Beginning, clients: vec![(ticket, false)] });
+        self.txns
+            .insert(txn, Txn { key: request.key, shards, phase: Phase::Beginning, clients: vec![(ticket, false)] });
         actions.push(Action::Propose { txn, command });
     }
 
@@ -270,7 +328,11 @@ impl Engine {
             }
             CommandResult::KeyConflict => {
                 let Some(record) = self.txns.remove(&txn) else { return };
-                reply_all(&record.clients, Err(RequestError::IdempotencyConflict { key: record.key.0.clone() }), actions);
+                reply_all(
+                    &record.clients,
+                    Err(RequestError::IdempotencyConflict { key: record.key.0.clone() }),
+                    actions,
+                );
             }
             other => {
                 let Some(record) = self.txns.remove(&txn) else { return };

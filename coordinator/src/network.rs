@@ -61,16 +61,19 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload = paytx_protocol::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&WireError(e.to_string()))))?;
+        let payload = paytx_protocol::encode(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&WireError(e.to_string()))))?;
         let timeout_ms = u64::try_from(option.hard_ttl().as_millis()).unwrap_or(u64::MAX);
         let reply = self.transport.call(self.target, PeerRequest::Raft { kind, payload }, timeout_ms).await;
         match reply {
             Ok(PeerResponse::Raft(Ok(bytes))) => {
-                let decoded: Result<Resp, RaftError<NodeId, E>> =
-                    paytx_protocol::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&WireError(e.to_string()))))?;
+                let decoded: Result<Resp, RaftError<NodeId, E>> = paytx_protocol::decode(&bytes)
+                    .map_err(|e| RPCError::Network(NetworkError::new(&WireError(e.to_string()))))?;
                 decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
-            Ok(PeerResponse::Raft(Err(reason))) => Err(RPCError::Network(NetworkError::new(&WireError(reason)))),
+            // The peer is up but its replica is not (shut down, starting):
+            // unreachable, so openraft backs off instead of retrying hot.
+            Ok(PeerResponse::Raft(Err(reason))) => Err(RPCError::Unreachable(Unreachable::new(&WireError(reason)))),
             Ok(other) => Err(RPCError::Network(NetworkError::new(&WireError(format!("unexpected reply {other:?}"))))),
             Err(e @ (TransportError::Unreachable { .. } | TransportError::UnknownNode(_))) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
@@ -93,7 +96,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
         self.call(RaftRpcKind::InstallSnapshot, &rpc, &option).await
     }
 

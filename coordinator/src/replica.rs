@@ -79,7 +79,8 @@ pub async fn start_replica(
     .validate()
     .map_err(|e| ReplicaError::Config(e.to_string()))?;
     let log_store = LogStore::new(disk.clone());
-    let state_machine = StateMachineStore::open(disk, settings.key_retention).map_err(|e| ReplicaError::Storage(e.to_string()))?;
+    let state_machine =
+        StateMachineStore::open(disk, settings.key_retention).map_err(|e| ReplicaError::Storage(e.to_string()))?;
     let table = state_machine.shared();
     let raft = Raft::new(node, Arc::new(config), NetworkFactory::new(transport), log_store, state_machine)
         .await

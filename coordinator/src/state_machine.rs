@@ -66,7 +66,8 @@ impl StateMachineStore {
         let mut state = TableState { table: TxnTable::new(key_retention), ..TableState::default() };
         if let Some(bytes) = disk.get(SNAPSHOT_SPACE, SNAPSHOT_KEY).map_err(snap_read_err)? {
             let stored: StoredSnapshot = open_at(SNAPSHOT_SPACE, SNAPSHOT_KEY, &bytes).map_err(snap_read_err)?;
-            state = paytx_protocol::decode(&stored.data).map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
+            state = paytx_protocol::decode(&stored.data)
+                .map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
         }
         Ok(StateMachineStore { state: Arc::new(RwLock::new(state)), disk, snapshot_seq: 0 })
     }
@@ -100,7 +101,8 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let data = paytx_protocol::encode(&self.state).map_err(|e| sm_write_err(std::io::Error::other(e.to_string())))?;
+        let data =
+            paytx_protocol::encode(&self.state).map_err(|e| sm_write_err(std::io::Error::other(e.to_string())))?;
         let meta = SnapshotMeta {
             last_log_id: self.state.last_applied,
             last_membership: self.state.membership.clone(),
@@ -167,8 +169,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let installed: TableState = paytx_protocol::decode(&data)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()))))?;
+        let installed: TableState = paytx_protocol::decode(&data).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other(e.to_string()),
+            ))
+        })?;
         self.persist(&StoredSnapshot { meta: meta.clone(), data }).await?;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         *state = installed;

@@ -43,12 +43,19 @@ pub enum CommandResult {
     /// The transaction is registered; go prepare it.
     Begun,
     /// The key was used before with the same body: this is that transaction.
-    Existing { txn: TxnId, state: TxnState },
+    Existing {
+        txn: TxnId,
+        state: TxnState,
+    },
     /// The key was used before with a different body.
     KeyConflict,
     /// The decision now in the table (maybe not the one proposed).
-    Decided { outcome: Outcome },
-    Forgotten { count: u64 },
+    Decided {
+        outcome: Outcome,
+    },
+    Forgotten {
+        count: u64,
+    },
 }
 
 /// A transaction the table knows about.
@@ -115,7 +122,14 @@ impl TxnTable {
         result
     }
 
-    fn begin(&mut self, txn: TxnId, key: &IdempotencyKey, body_hash: BodyHash, ops: &[Operation], prepare_timeout_ms: u64) -> CommandResult {
+    fn begin(
+        &mut self,
+        txn: TxnId,
+        key: &IdempotencyKey,
+        body_hash: BodyHash,
+        ops: &[Operation],
+        prepare_timeout_ms: u64,
+    ) -> CommandResult {
         if let Some(existing) = self.keys.get(key) {
             if existing.body_hash != body_hash {
                 return CommandResult::KeyConflict;
@@ -128,10 +142,7 @@ impl TxnTable {
             return CommandResult::KeyConflict;
         }
         self.keys.insert(key.clone(), KeyRecord { txn, body_hash, outcome: None });
-        self.txns.insert(
-            txn,
-            TxnRecord { key: key.clone(), ops: ops.to_vec(), prepare_timeout_ms, decision: None },
-        );
+        self.txns.insert(txn, TxnRecord { key: key.clone(), ops: ops.to_vec(), prepare_timeout_ms, decision: None });
         CommandResult::Begun
     }
 
@@ -207,7 +218,11 @@ impl TxnTable {
     }
 
     pub fn status_of_key(&self, key: &IdempotencyKey) -> Option<TxnStatusView> {
-        self.keys.get(key).map(|record| TxnStatusView { key: key.clone(), txn: record.txn, state: self.state_of(record) })
+        self.keys.get(key).map(|record| TxnStatusView {
+            key: key.clone(),
+            txn: record.txn,
+            state: self.state_of(record),
+        })
     }
 
     /// (undecided, decided-but-not-forgotten) counts.
@@ -246,7 +261,10 @@ mod tests {
     fn unknown_transactions_are_presumed_aborted_and_nothing_is_recorded() {
         let mut table = TxnTable::default();
         let commit = Command::Decide { txn: id(9), key: None, outcome: Outcome::Committed };
-        assert_eq!(table.apply(&commit), CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) });
+        assert_eq!(
+            table.apply(&commit),
+            CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) }
+        );
         assert_eq!(table.counts(), (0, 0));
     }
 
@@ -267,7 +285,11 @@ mod tests {
             table.apply(&begin(id(4), "k", 5)),
             CommandResult::Existing { txn: id(1), state: TxnState::Decided(Outcome::Committed) }
         );
-        let late = Command::Decide { txn: id(1), key: Some(IdempotencyKey::new("k")), outcome: Outcome::Aborted(AbortReason::PresumedAbort) };
+        let late = Command::Decide {
+            txn: id(1),
+            key: Some(IdempotencyKey::new("k")),
+            outcome: Outcome::Aborted(AbortReason::PresumedAbort),
+        };
         assert_eq!(table.apply(&late), CommandResult::Decided { outcome: Outcome::Committed });
     }
 

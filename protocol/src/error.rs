@@ -61,7 +61,9 @@ pub enum AbortReason {
     IllegalOrderTransition { order: OrderId, from: OrderStatus, action: String },
     #[error("order {order}: amount {got_minor} does not match the order amount {expected_minor}")]
     AmountMismatch { order: OrderId, expected_minor: i64, got_minor: i64 },
-    #[error("refund of {requested_minor} on {order} exceeds what is left: paid {paid_minor}, refunded {refunded_minor}")]
+    #[error(
+        "refund of {requested_minor} on {order} exceeds what is left: paid {paid_minor}, refunded {refunded_minor}"
+    )]
     RefundExceedsPaid { order: OrderId, paid_minor: i64, refunded_minor: i64, requested_minor: i64 },
     #[error("order {order} was already charged through {channel}")]
     AlreadyCharged { channel: ChannelId, order: OrderId },
@@ -145,7 +147,9 @@ pub enum RequestError {
     NoLeader { leader_hint: Option<NodeId> },
     #[error("the node is overloaded ({what}); back off and retry")]
     Overloaded { what: String },
-    #[error("the request did not finish within {timeout_ms} ms; retry with the same idempotency key to learn its outcome")]
+    #[error(
+        "the request did not finish within {timeout_ms} ms; retry with the same idempotency key to learn its outcome"
+    )]
     Timeout { timeout_ms: u64 },
     #[error("shard {shard} is unreachable; retry when its node is back")]
     ShardUnavailable { shard: ShardId },

@@ -49,7 +49,8 @@ pub fn encode_frame(envelope: &Envelope, max_frame_bytes: u32) -> Result<Vec<u8>
     let mut frame = vec![0u8; FRAME_HEADER_BYTES];
     bincode::serde::encode_into_std_write(envelope, &mut frame, crate::bincode_config())
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len_bytes = u32::try_from(frame.len() - 4).map_err(|_| FrameError::TooLarge { len_bytes: u32::MAX, max_bytes: max_frame_bytes })?;
+    let len_bytes = u32::try_from(frame.len() - 4)
+        .map_err(|_| FrameError::TooLarge { len_bytes: u32::MAX, max_bytes: max_frame_bytes })?;
     if len_bytes > max_frame_bytes {
         return Err(FrameError::TooLarge { len_bytes, max_bytes: max_frame_bytes });
     }
@@ -64,7 +65,10 @@ pub fn decode_body(body: &[u8]) -> Result<Envelope, FrameError> {
 }
 
 /// Reads one frame. `Ok(None)` on a clean end of stream between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_frame_bytes: u32) -> Result<Option<Envelope>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_frame_bytes: u32,
+) -> Result<Option<Envelope>, FrameError> {
     let mut len_buf = [0u8; 4];
     let mut filled = 0;
     while filled < len_buf.len() {
@@ -101,7 +105,11 @@ async fn read_exact_or_truncated<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut
 }
 
 /// Writes one envelope as a frame.
-pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, envelope: &Envelope, max_frame_bytes: u32) -> Result<(), FrameError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    envelope: &Envelope,
+    max_frame_bytes: u32,
+) -> Result<(), FrameError> {
     let frame = encode_frame(envelope, max_frame_bytes)?;
     writer.write_all(&frame).await?;
     Ok(())
@@ -110,8 +118,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, envelope: &Envel
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{Message, Request};
     use crate::ids::AccountId;
+    use crate::messages::{Message, Request};
 
     fn sample() -> Envelope {
         Envelope { id: 7, message: Message::Request(Request::GetAccount(AccountId(3))) }
@@ -136,7 +144,10 @@ mod tests {
         assert!(matches!(read_frame(&mut &huge[..], DEFAULT_MAX_FRAME_BYTES).await, Err(FrameError::TooLarge { .. })));
         let mut wrong_version = frame.clone();
         wrong_version[4] = 9;
-        assert!(matches!(read_frame(&mut &wrong_version[..], DEFAULT_MAX_FRAME_BYTES).await, Err(FrameError::UnknownVersion(9))));
+        assert!(matches!(
+            read_frame(&mut &wrong_version[..], DEFAULT_MAX_FRAME_BYTES).await,
+            Err(FrameError::UnknownVersion(9))
+        ));
         let garbage = [0, 0, 0, 4, FRAME_VERSION, 0xde, 0xad, 0xbe];
         assert!(matches!(read_frame(&mut &garbage[..], DEFAULT_MAX_FRAME_BYTES).await, Err(FrameError::Malformed(_))));
         assert!(matches!(read_frame(&mut &[0u8, 0, 0, 0][..], DEFAULT_MAX_FRAME_BYTES).await, Err(FrameError::Empty)));

@@ -110,9 +110,7 @@ impl IdempotencyKey {
 
     /// A key is 1..=128 bytes of printable ASCII without spaces.
     pub fn is_valid(&self) -> bool {
-        !self.0.is_empty()
-            && self.0.len() <= Self::MAX_LEN_BYTES
-            && self.0.bytes().all(|b| b.is_ascii_graphic())
+        !self.0.is_empty() && self.0.len() <= Self::MAX_LEN_BYTES && self.0.bytes().all(|b| b.is_ascii_graphic())
     }
 }
 

@@ -120,7 +120,13 @@ pub struct NodeStatusView {
     /// `None` when this node's coordinator replica is shut down.
     pub raft_term: Option<u64>,
     pub leader: Option<NodeId>,
+    /// `true` when this node is the leader and has finished taking over
+    /// (its table is complete and re-driven): it accepts transactions.
+    pub coordinator_ready: bool,
     pub last_applied_index: Option<u64>,
+    /// Last log index covered by this replica's latest snapshot (built or
+    /// installed from the leader).
+    pub snapshot_index: Option<u64>,
     /// Transactions registered in the replicated table and not yet decided.
     pub undecided_txns: u64,
     /// Decided transactions not yet acknowledged by every participant.
@@ -168,7 +174,9 @@ pub enum PeerResponse {
     /// The participant applied the decision durably.
     Acked,
     /// The decision for a queried transaction: `true` = commit.
-    Decision { commit: bool },
+    Decision {
+        commit: bool,
+    },
     Forwarded(Response),
     Error(RequestError),
 }

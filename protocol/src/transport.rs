@@ -31,5 +31,10 @@ pub enum TransportError {
 /// Sends a request to a node and waits for its answer.
 pub trait Transport: Send + Sync + 'static {
     /// `timeout_ms` bounds the whole call, connection set-up included.
-    fn call(&self, to: NodeId, request: PeerRequest, timeout_ms: u64) -> BoxFuture<Result<PeerResponse, TransportError>>;
+    fn call(
+        &self,
+        to: NodeId,
+        request: PeerRequest,
+        timeout_ms: u64,
+    ) -> BoxFuture<Result<PeerResponse, TransportError>>;
 }

@@ -64,8 +64,12 @@ impl TxnRequest {
                 _ if money.amount_minor <= 0 => {
                     return Err(InvalidRequest::NonPositiveAmount { index, amount_minor: money.amount_minor });
                 }
-                Operation::Debit { amount, .. } => balance.entry(amount.currency).or_default().0 += i128::from(amount.amount_minor),
-                Operation::Credit { amount, .. } => balance.entry(amount.currency).or_default().1 += i128::from(amount.amount_minor),
+                Operation::Debit { amount, .. } => {
+                    balance.entry(amount.currency).or_default().0 += i128::from(amount.amount_minor)
+                }
+                Operation::Credit { amount, .. } => {
+                    balance.entry(amount.currency).or_default().1 += i128::from(amount.amount_minor)
+                }
                 _ => {}
             }
         }
@@ -137,10 +141,7 @@ mod tests {
         unbalanced.pop();
         assert!(matches!(TxnRequest::new("k", unbalanced).validate(64), Err(InvalidRequest::Unbalanced { .. })));
         let many = (0..65).flat_map(|_| transfer(1)).collect();
-        assert!(matches!(
-            TxnRequest::new("k", many).validate(64),
-            Err(InvalidRequest::TooManyOperations { .. })
-        ));
+        assert!(matches!(TxnRequest::new("k", many).validate(64), Err(InvalidRequest::TooManyOperations { .. })));
         let bad_currency = vec![Operation::Debit { account: AccountId(1), amount: Money::new(1, Currency(*b"ZZZ")) }];
         assert!(matches!(
             TxnRequest::new("k", bad_currency).validate(64),

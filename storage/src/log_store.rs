@@ -111,7 +111,9 @@ where
     async fn get_log_state(&mut self) -> Result<LogState<C>, SErr<C>> {
         let last_purged_log_id: Option<LogId<C::NodeId>> = self.read_meta(KEY_PURGED)?;
         let last_log_id = match self.disk.last(LOG).map_err(read_err::<C>)? {
-            Some((key, value)) => Some(open_at::<C::Entry>(LOG, &key, &value).map_err(read_err::<C>)?.get_log_id().clone()),
+            Some((key, value)) => {
+                Some(open_at::<C::Entry>(LOG, &key, &value).map_err(read_err::<C>)?.get_log_id().clone())
+            }
             None => last_purged_log_id.clone(),
         };
         Ok(LogState { last_purged_log_id, last_log_id })

@@ -117,7 +117,10 @@ fn the_applied_decision_wins_over_the_proposed_one() {
     // Another leader's abort got into the log first.
     let applied = Outcome::Aborted(AbortReason::PresumedAbort);
     let actions = engine.handle(Event::DecisionApplied { txn, outcome: applied.clone() });
-    assert!(actions.contains(&Action::Reply { ticket: Ticket(1), result: Ok(TxnReceipt { txn, outcome: applied, replayed: false }) }));
+    assert!(actions.contains(&Action::Reply {
+        ticket: Ticket(1),
+        result: Ok(TxnReceipt { txn, outcome: applied, replayed: false })
+    }));
     assert!(actions.iter().all(|a| !matches!(a, Action::SendDecide { commit: true, .. })));
 }
 
@@ -133,7 +136,10 @@ fn followers_and_bad_requests_get_typed_errors() {
     let mut follower = Engine::new(2, ShardMap::one_shard_per_node(&[1, 2, 3]), EngineConfig::default());
     follower.handle(Event::SteppedDown { leader_hint: Some(1) });
     let actions = follower.handle(Event::Submit { ticket: Ticket(1), request: transfer("k", 1) });
-    assert_eq!(actions, vec![Action::Reply { ticket: Ticket(1), result: Err(RequestError::NoLeader { leader_hint: Some(1) }) }]);
+    assert_eq!(
+        actions,
+        vec![Action::Reply { ticket: Ticket(1), result: Err(RequestError::NoLeader { leader_hint: Some(1) }) }]
+    );
 
     let mut engine = engine();
     let actions = engine.handle(Event::Submit { ticket: Ticket(2), request: transfer("k", -5) });
@@ -148,16 +154,23 @@ fn idempotent_resubmissions_replay_or_conflict() {
     let [Action::Propose { txn, .. }] = actions.as_slice() else { panic!("{actions:?}") };
     let original = TxnId { term: 1, node: 9, seq: 4 };
     let state = TxnState::Decided(Outcome::Committed);
-    let actions = engine.handle(Event::BeginApplied { txn: *txn, result: CommandResult::Existing { txn: original, state } });
+    let actions =
+        engine.handle(Event::BeginApplied { txn: *txn, result: CommandResult::Existing { txn: original, state } });
     assert_eq!(
         actions,
-        vec![Action::Reply { ticket: Ticket(1), result: Ok(TxnReceipt { txn: original, outcome: Outcome::Committed, replayed: true }) }]
+        vec![Action::Reply {
+            ticket: Ticket(1),
+            result: Ok(TxnReceipt { txn: original, outcome: Outcome::Committed, replayed: true })
+        }]
     );
 
     let actions = engine.handle(Event::Submit { ticket: Ticket(2), request: transfer("k", 11) });
     let [Action::Propose { txn, .. }] = actions.as_slice() else { panic!("{actions:?}") };
     let actions = engine.handle(Event::BeginApplied { txn: *txn, result: CommandResult::KeyConflict });
-    assert!(matches!(actions.as_slice(), [Action::Reply { result: Err(RequestError::IdempotencyConflict { .. }), .. }]));
+    assert!(matches!(
+        actions.as_slice(),
+        [Action::Reply { result: Err(RequestError::IdempotencyConflict { .. }), .. }]
+    ));
 }
 
 #[test]
@@ -174,7 +187,10 @@ fn a_concurrent_duplicate_waits_for_the_original() {
     let actions = engine.handle(Event::DecisionApplied { txn, outcome: Outcome::Committed });
     let replies: Vec<_> = actions.iter().filter(|a| matches!(a, Action::Reply { .. })).collect();
     assert_eq!(replies.len(), 2, "both the original and the duplicate are answered once");
-    assert!(actions.contains(&Action::Reply { ticket: Ticket(2), result: Ok(TxnReceipt { txn, outcome: Outcome::Committed, replayed: true }) }));
+    assert!(actions.contains(&Action::Reply {
+        ticket: Ticket(2),
+        result: Ok(TxnReceipt { txn, outcome: Outcome::Committed, replayed: true })
+    }));
 }
 
 #[test]
@@ -183,21 +199,31 @@ fn a_new_leader_redrives_decided_and_undecided_transactions() {
     let request = transfer("k", 5);
     let decided = TxnId { term: 1, node: 1, seq: 1 };
     let undecided = TxnId { term: 1, node: 1, seq: 2 };
-    let record = |decision| TxnRecord { key: request.key.clone(), ops: request.ops.clone(), prepare_timeout_ms: 50, decision };
+    let record =
+        |decision| TxnRecord { key: request.key.clone(), ops: request.ops.clone(), prepare_timeout_ms: 50, decision };
     let actions = engine.handle(Event::BecameLeader {
         term: 2,
         live: vec![(decided, record(Some(Outcome::Committed))), (undecided, record(None))],
     });
-    let decides = actions.iter().filter(|a| matches!(a, Action::SendDecide { txn, commit: true, .. } if *txn == decided)).count();
+    let decides =
+        actions.iter().filter(|a| matches!(a, Action::SendDecide { txn, commit: true, .. } if *txn == decided)).count();
     let prepares = actions.iter().filter(|a| matches!(a, Action::SendPrepare { txn, .. } if *txn == undecided)).count();
     assert_eq!((decides, prepares), (2, 2));
-    assert!(actions.contains(&Action::SetTimer { after_ms: 50, event: Event::PrepareDeadline { txn: undecided, term: 2 } }));
+    assert!(
+        actions.contains(&Action::SetTimer { after_ms: 50, event: Event::PrepareDeadline { txn: undecided, term: 2 } })
+    );
 
     // A failed decide is retried after a delay, until acked.
     let shard = ShardMap::one_shard_per_node(&[1, 2, 3]).split(&request.ops).into_keys().next().expect("two shards");
     let actions = engine.handle(Event::DecideFailed { txn: decided, shard });
-    assert_eq!(actions, vec![Action::SetTimer { after_ms: 200, event: Event::RetryDecide { txn: decided, shard, term: 2 } }]);
-    assert_eq!(engine.handle(Event::RetryDecide { txn: decided, shard, term: 2 }), vec![Action::SendDecide { txn: decided, shard, commit: true }]);
+    assert_eq!(
+        actions,
+        vec![Action::SetTimer { after_ms: 200, event: Event::RetryDecide { txn: decided, shard, term: 2 } }]
+    );
+    assert_eq!(
+        engine.handle(Event::RetryDecide { txn: decided, shard, term: 2 }),
+        vec![Action::SendDecide { txn: decided, shard, commit: true }]
+    );
 
     // Losing leadership answers waiting clients with a retryable error.
     let actions = engine.handle(Event::SteppedDown { leader_hint: Some(3) });

@@ -1,0 +1,370 @@
+//! The participant engine of one shard: events in (prepare, commit, abort),
+//! effects out (the records to journal). Pure: no I/O, no clock, no RNG, no
+//! threads — the actor does those, so the engine can be tested exhaustively
+//! and replayed deterministically.
+//!
+//! The engine dispatches on the shard's [`EntityKind`] to one of
+//! [`crate::accounts`], [`crate::orders`], [`crate::channels`], and owns what
+//! is common to all three: the set of prepared transactions and the bounded
+//! memory of recent commits.
+//!
+//! # Why remember commits
+//!
+//! Deciding an unknown transaction is a no-op, and re-preparing a prepared
+//! one reserves nothing again — both needed because coordinators retry. But
+//! a network that duplicates and delays messages can deliver an old
+//! `Prepare` *after* the transaction was committed and forgotten here, then
+//! a retried `Decide(commit)`: without memory the shard would prepare it
+//! afresh and apply it twice. So the engine remembers the last
+//! `remembered_commits` committed txn ids (journaled with the commit), and
+//! refuses to prepare any txn at or below the newest one it has forgotten
+//! (`forgotten_through`). Txn ids grow with time (a term has one leader, whose
+//! sequence increases), so that is only ever a prepare long past its
+//! deadline; refusing it is always safe (its coordinator aborts).
+//!
+//! Aborts are remembered too, in memory only and as many: a prepare that
+//! arrives after its transaction's abort (a slow channel, a duplicate) is
+//! refused at once instead of holding money until the in-doubt query
+//! releases it. Losing that memory in a crash costs only that wait.
+
+use crate::accounts::{AccountPlan, AccountsState};
+use crate::channels::{ChannelConfig, ChannelsState, ChargePlan};
+use crate::orders::{OrderPlan, OrdersState};
+use crate::records::{EntityRecord, JournalContents, PreparedRecord};
+use paytx_protocol::messages::{AccountView, ChargeView, OrderView, ShardStatus};
+use paytx_protocol::{AbortReason, AccountId, ChannelId, EntityKind, Operation, OrderId, ShardId, TxnId};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Default for how many committed txn ids a shard remembers.
+pub const DEFAULT_REMEMBERED_COMMITS: usize = 65_536;
+
+/// The state of the shard's kind.
+#[derive(Debug)]
+enum KindState {
+    Accounts(AccountsState),
+    Orders(OrdersState),
+    Channels(ChannelsState),
+}
+
+/// What one prepared transaction reserved, in its kind's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Plan {
+    Accounts(AccountPlan),
+    Orders(OrderPlan),
+    Channels(ChargePlan),
+}
+
+#[derive(Debug)]
+struct PreparedTxn {
+    ops: Vec<Operation>,
+    plan: Plan,
+}
+
+/// The result of a successful [`Engine::prepare`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// Newly reserved. Journal this record and sync before voting YES.
+    New(PreparedRecord),
+    /// Already prepared here with the same operations (a re-sent prepare):
+    /// nothing reserved again. Vote YES once the earlier record is synced.
+    AlreadyPrepared,
+    /// Already committed here (a late duplicate): nothing to do. YES is the
+    /// truthful answer; the coordinator has decided long ago.
+    AlreadyCommitted,
+}
+
+/// The effects of a commit: what to journal, in one atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub txn: TxnId,
+    /// After-images of every entity the transaction touched.
+    pub entities: Vec<EntityRecord>,
+    /// Older commits this one pushed out of memory: delete their records.
+    pub forgotten: Vec<TxnId>,
+    /// The new `forgotten_through`, when it moved.
+    pub forgotten_through: Option<TxnId>,
+}
+
+/// A journal that replays into an impossible state. Names the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryError {
+    pub key: String,
+    pub reason: String,
+}
+
+/// The in-memory state of one participant shard.
+#[derive(Debug)]
+pub struct Engine {
+    shard: ShardId,
+    state: KindState,
+    prepared: BTreeMap<TxnId, PreparedTxn>,
+    committed: BTreeSet<TxnId>,
+    /// Recently aborted txn ids (memory only), oldest first in the queue.
+    aborted: BTreeSet<TxnId>,
+    aborted_order: VecDeque<TxnId>,
+    forgotten_through: Option<TxnId>,
+    remembered_commits: usize,
+}
+
+/// The abort reason for an operation sent to a shard of another kind: the
+/// entity is unknown *here*. (The coordinator routes by the shard map, so
+/// this only happens when node configurations disagree.)
+pub(crate) fn misrouted(op: &Operation) -> AbortReason {
+    match op {
+        Operation::OpenAccount { account, .. }
+        | Operation::Debit { account, .. }
+        | Operation::Credit { account, .. } => AbortReason::UnknownAccount(*account),
+        Operation::CreateOrder { order, .. }
+        | Operation::MarkPaid { order, .. }
+        | Operation::RefundOrder { order, .. }
+        | Operation::CloseOrder { order } => AbortReason::UnknownOrder(*order),
+        Operation::Charge { channel, .. } | Operation::ChannelRefund { channel, .. } => {
+            AbortReason::UnknownChannel(*channel)
+        }
+    }
+}
+
+impl Engine {
+    /// An empty shard. `channels` matters only for a channel shard.
+    pub fn new(shard: ShardId, channels: &[ChannelConfig]) -> Self {
+        let state = match shard.kind {
+            EntityKind::Account => KindState::Accounts(AccountsState::default()),
+            EntityKind::Order => KindState::Orders(OrdersState::default()),
+            EntityKind::Channel => KindState::Channels(ChannelsState::new(channels)),
+        };
+        Engine {
+            shard,
+            state,
+            prepared: BTreeMap::new(),
+            committed: BTreeSet::new(),
+            forgotten_through: None,
+            aborted: BTreeSet::new(),
+            aborted_order: VecDeque::new(),
+            remembered_commits: DEFAULT_REMEMBERED_COMMITS,
+        }
+    }
+
+    /// Sets how many committed txn ids are remembered (see the module doc).
+    pub fn with_remembered_commits(mut self, remembered_commits: usize) -> Self {
+        self.remembered_commits = remembered_commits;
+        self
+    }
+
+    /// Rebuilds a shard from its journal: committed entities first, then the
+    /// prepared transactions, whose holds and locks come back by validating
+    /// them again. Anything that does not fit is an error naming the record,
+    /// never skipped.
+    pub fn recover(
+        shard: ShardId,
+        channels: &[ChannelConfig],
+        remembered_commits: usize,
+        contents: JournalContents,
+    ) -> Result<Self, RecoveryError> {
+        let mut engine = Engine::new(shard, channels).with_remembered_commits(remembered_commits);
+        for (key, record) in contents.entities {
+            engine.restore_entity(record).map_err(|reason| RecoveryError { key, reason })?;
+        }
+        engine.committed = contents.committed.into_iter().collect();
+        engine.forgotten_through = contents.forgotten_through;
+        for (key, record) in contents.prepared {
+            if engine.committed.contains(&record.txn) {
+                return Err(RecoveryError { key, reason: format!("{} is both prepared and committed", record.txn) });
+            }
+            if engine.prepared.contains_key(&record.txn) {
+                return Err(RecoveryError { key, reason: format!("{} prepared twice", record.txn) });
+            }
+            engine.reserve(record.txn, record.ops).map_err(|reason| RecoveryError {
+                key,
+                reason: format!("the prepared transaction no longer validates: {reason}"),
+            })?;
+        }
+        engine.check_invariants().map_err(|reason| RecoveryError { key: "(whole shard)".to_string(), reason })?;
+        Ok(engine)
+    }
+
+    fn restore_entity(&mut self, record: EntityRecord) -> Result<(), String> {
+        let kind = record.kind();
+        match (&mut self.state, record) {
+            (KindState::Accounts(state), EntityRecord::Account { id, account }) => state.restore(id, account),
+            (KindState::Orders(state), EntityRecord::Order { id, order }) => state.restore(id, order),
+            (KindState::Channels(state), EntityRecord::Charge { channel, order, charge }) => {
+                state.restore((channel, order), charge)
+            }
+            _ => Err(format!("a {} record in a {} shard", kind.name(), self.shard.kind.name())),
+        }
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Validates this shard's operations of `txn`, in order, each seeing the
+    /// effect of the ones before; if all pass, reserves (holds, locks, ids)
+    /// and returns the record to journal. When it fails nothing changed.
+    pub fn prepare(&mut self, txn: TxnId, ops: &[Operation]) -> Result<Prepared, AbortReason> {
+        if let Some(prepared) = self.prepared.get(&txn) {
+            if prepared.ops == ops {
+                return Ok(Prepared::AlreadyPrepared);
+            }
+            // Same id, other body: a coordinator bug. Refuse; the earlier
+            // reservation stays until its decision.
+            return Err(AbortReason::Conflict { entity: format!("{txn} (prepared here with other operations)") });
+        }
+        if self.committed.contains(&txn) {
+            return Ok(Prepared::AlreadyCommitted);
+        }
+        if self.aborted.contains(&txn) {
+            // Decided already; the answer no longer matters, holding does.
+            return Err(AbortReason::PrepareTimeout { shard: self.shard });
+        }
+        if self.forgotten_through.is_some_and(|through| txn <= through) {
+            return Err(AbortReason::PrepareTimeout { shard: self.shard });
+        }
+        self.reserve(txn, ops.to_vec())?;
+        Ok(Prepared::New(PreparedRecord { txn, ops: ops.to_vec() }))
+    }
+
+    fn reserve(&mut self, txn: TxnId, ops: Vec<Operation>) -> Result<(), AbortReason> {
+        let plan = match &mut self.state {
+            KindState::Accounts(state) => Plan::Accounts(state.prepare(txn, &ops)?),
+            KindState::Orders(state) => Plan::Orders(state.prepare(txn, &ops)?),
+            KindState::Channels(state) => Plan::Channels(state.prepare(txn, &ops)?),
+        };
+        self.prepared.insert(txn, PreparedTxn { ops, plan });
+        Ok(())
+    }
+
+    /// Applies a prepared transaction. `None`: not prepared here (already
+    /// decided and forgotten, or never prepared) — nothing to do.
+    pub fn commit(&mut self, txn: TxnId) -> Option<Committed> {
+        let prepared = self.prepared.remove(&txn)?;
+        let entities = match (&mut self.state, prepared.plan) {
+            (KindState::Accounts(state), Plan::Accounts(plan)) => {
+                state.commit(txn, plan).into_iter().map(|(id, account)| EntityRecord::Account { id, account }).collect()
+            }
+            (KindState::Orders(state), Plan::Orders(plan)) => {
+                state.commit(txn, plan).into_iter().map(|(id, order)| EntityRecord::Order { id, order }).collect()
+            }
+            (KindState::Channels(state), Plan::Channels(plan)) => state
+                .commit(txn, plan)
+                .into_iter()
+                .map(|((channel, order), charge)| EntityRecord::Charge { channel, order, charge })
+                .collect(),
+            _ => unreachable!("a plan is made by the shard's own kind"),
+        };
+        self.committed.insert(txn);
+        let mut forgotten = Vec::new();
+        while self.committed.len() > self.remembered_commits {
+            let Some(oldest) = self.committed.pop_first() else {
+                break;
+            };
+            forgotten.push(oldest);
+        }
+        let moved = forgotten.iter().max().copied().filter(|newest| self.forgotten_through < Some(*newest));
+        if moved.is_some() {
+            self.forgotten_through = moved;
+        }
+        Some(Committed { txn, entities, forgotten, forgotten_through: moved })
+    }
+
+    /// Releases everything a prepared transaction reserved, and remembers
+    /// the abort so a late prepare of it is refused. `false`: not prepared
+    /// here — nothing to release (nothing to journal).
+    pub fn abort(&mut self, txn: TxnId) -> bool {
+        if !self.committed.contains(&txn) {
+            self.remember_abort(txn);
+        }
+        let Some(prepared) = self.prepared.remove(&txn) else {
+            return false;
+        };
+        match (&mut self.state, prepared.plan) {
+            (KindState::Accounts(state), Plan::Accounts(plan)) => state.abort(txn, plan),
+            (KindState::Orders(state), Plan::Orders(plan)) => state.abort(txn, plan),
+            (KindState::Channels(state), Plan::Channels(plan)) => state.abort(txn, plan),
+            _ => unreachable!("a plan is made by the shard's own kind"),
+        }
+        true
+    }
+
+    fn remember_abort(&mut self, txn: TxnId) {
+        if self.aborted.insert(txn) {
+            self.aborted_order.push_back(txn);
+        }
+        while self.aborted_order.len() > self.remembered_commits {
+            let Some(oldest) = self.aborted_order.pop_front() else {
+                break;
+            };
+            self.aborted.remove(&oldest);
+        }
+    }
+
+    pub fn is_prepared(&self, txn: TxnId) -> bool {
+        self.prepared.contains_key(&txn)
+    }
+
+    /// `true` when `txn` committed here and is still remembered.
+    pub fn is_committed(&self, txn: TxnId) -> bool {
+        self.committed.contains(&txn)
+    }
+
+    /// Prepared, undecided transactions, in id order.
+    pub fn prepared_txns(&self) -> Vec<TxnId> {
+        self.prepared.keys().copied().collect()
+    }
+
+    pub fn prepared_count(&self) -> usize {
+        self.prepared.len()
+    }
+
+    /// The configured channel `id` (channel shards only).
+    pub fn channel(&self, id: ChannelId) -> Option<&ChannelConfig> {
+        match &self.state {
+            KindState::Channels(state) => state.channel(id),
+            _ => None,
+        }
+    }
+
+    pub fn account(&self, id: AccountId) -> Option<AccountView> {
+        match &self.state {
+            KindState::Accounts(state) => state.view(id),
+            _ => None,
+        }
+    }
+
+    pub fn order(&self, id: OrderId) -> Option<OrderView> {
+        match &self.state {
+            KindState::Orders(state) => state.view(id),
+            _ => None,
+        }
+    }
+
+    pub fn charge(&self, channel: ChannelId, order: OrderId) -> Option<ChargeView> {
+        match &self.state {
+            KindState::Channels(state) => state.view(channel, order),
+            _ => None,
+        }
+    }
+
+    /// Entity count (accounts, orders or charges) and in-doubt count.
+    pub fn status(&self) -> ShardStatus {
+        let entities = match &self.state {
+            KindState::Accounts(state) => state.entity_count(),
+            KindState::Orders(state) => state.entity_count(),
+            KindState::Channels(state) => state.entity_count(),
+        };
+        ShardStatus { shard: self.shard, entities: entities as u64, in_doubt: self.prepared.len() as u64 }
+    }
+
+    /// Checks every invariant of the shard (O(entities): for tests and
+    /// recovery; every change checks what it touched in debug builds).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        match &self.state {
+            KindState::Accounts(state) => state.check_invariants(),
+            KindState::Orders(state) => state.check_invariants(),
+            KindState::Channels(state) => state.check_invariants(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

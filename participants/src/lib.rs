@@ -1,0 +1,42 @@
+//! paytx participants: the participant side of two-phase commit.
+//!
+//! Each shard of accounts, orders or channel charges is owned by one
+//! [`ParticipantActor`], its only writer. The actor is a thin impure shell
+//! around a pure engine:
+//!
+//! * [`engine`] — events in (prepare, commit, abort), effects out (records
+//!   to journal); dispatches to [`accounts`] (balances and holds),
+//!   [`orders`] (the order state machine) or [`channels`] (charges per
+//!   channel and order). No I/O, clock, RNG or threads.
+//! * [`journal`] — the shard's records on the `Disk` seam, one atomic batch
+//!   per step, checksummed, replayed at start-up ([`records`] has the layout).
+//! * [`actor`] — fsync before every YES and every commit acknowledgement
+//!   (group-committed), the channel failure model, in-doubt resolution
+//!   through a [`DecisionSource`].
+//!
+//! A YES vote is a promise: it is sent only once the prepared record (and so
+//! the reservation) is durable, and after it the shard never aborts on its
+//! own — it waits for the decision, and asks for it when it is late.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod actor;
+mod amounts;
+pub mod channels;
+pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod error;
+pub mod journal;
+pub mod messages;
+pub mod orders;
+pub mod records;
+
+pub use actor::ParticipantActor;
+pub use channels::{default_channels, ChannelConfig, ChannelKind, MAX_DECLINE_PER_MILLION};
+pub use config::ParticipantConfig;
+pub use decision::DecisionSource;
+pub use engine::{Engine, Prepared};
+pub use error::ParticipantError;
+pub use journal::Journal;
+pub use messages::{Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, Shutdown};

@@ -1,0 +1,65 @@
+//! The messages a [`crate::ParticipantActor`] answers. All are `Send`, so
+//! any task of the node can address the actor.
+
+use crate::error::ParticipantError;
+use actix::Message;
+use paytx_protocol::messages::{AccountView, ChargeView, OrderView, ShardStatus};
+use paytx_protocol::{AccountId, ChannelId, Operation, OrderId, TxnId, Vote};
+
+/// 2PC phase one: validate, reserve, journal, fsync, vote.
+///
+/// `Ok(Vote::Yes)` only once the prepared record is durable. `Err` means the
+/// shard failed (fail-stop) and did not vote: the coordinator treats it like
+/// a timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "Result<Vote, ParticipantError>")]
+pub struct Prepare {
+    pub txn: TxnId,
+    /// This shard's operations of the transaction, in request order.
+    pub ops: Vec<Operation>,
+}
+
+/// 2PC phase two. `Ok(())` is the acknowledgement: for a commit it is sent
+/// only once the commit is durable. Deciding an unknown transaction is a
+/// no-op (it was decided and forgotten already), acknowledged all the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Result<(), ParticipantError>")]
+pub struct Decide {
+    pub txn: TxnId,
+    pub commit: bool,
+}
+
+/// The committed state of an account (`held_minor`: prepared debits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Option<AccountView>")]
+pub struct ReadAccount(pub AccountId);
+
+/// The committed state of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Option<OrderView>")]
+pub struct ReadOrder(pub OrderId);
+
+/// The committed charge of `order` through `channel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Option<ChargeView>")]
+pub struct ReadCharge {
+    pub channel: ChannelId,
+    pub order: OrderId,
+}
+
+/// Entity count and in-doubt count of the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "ShardStatus")]
+pub struct GetStatus;
+
+/// The prepared, undecided transactions of the shard, in id order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Vec<TxnId>")]
+pub struct ListInDoubt;
+
+/// Stops the actor at once, dropping its in-flight work: a node shutdown,
+/// or a crash in tests and the simulator. Nothing is flushed on the way out
+/// — what survives is exactly what was synced, as after a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;

@@ -1,0 +1,149 @@
+//! What a shard stores, and under which key. Shared vocabulary of the engine
+//! (which produces and recovers from these records) and the journal (which
+//! writes and reads them).
+//!
+//! Key layout of a shard's keyspace (`shard-<kind>-<index>`):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `e/` + entity key | [`EntityRecord`]: the committed after-image of one entity |
+//! | `p/` + txn key | [`PreparedRecord`]: a transaction prepared (voted YES) and not yet decided |
+//! | `c/` + txn key | [`TxnId`]: a transaction committed here, remembered to ignore late duplicates |
+//! | `m/forgotten-through` | [`TxnId`]: the newest commit no longer remembered (see the engine) |
+//!
+//! Ids are big-endian so keys sort like ids; the txn key is `term ‖ node ‖ seq`.
+
+use crate::accounts::Account;
+use crate::channels::Charge;
+use crate::orders::Order;
+use paytx_protocol::{AccountId, ChannelId, EntityKind, Operation, OrderId, TxnId};
+use serde::{Deserialize, Serialize};
+
+pub(crate) const ENTITY_PREFIX: &[u8] = b"e/";
+pub(crate) const PREPARED_PREFIX: &[u8] = b"p/";
+pub(crate) const COMMITTED_PREFIX: &[u8] = b"c/";
+pub(crate) const FORGOTTEN_THROUGH_KEY: &[u8] = b"m/forgotten-through";
+
+/// The committed state of one entity, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntityRecord {
+    Account { id: AccountId, account: Account },
+    Order { id: OrderId, order: Order },
+    Charge { channel: ChannelId, order: OrderId, charge: Charge },
+}
+
+impl EntityRecord {
+    pub fn kind(&self) -> EntityKind {
+        match self {
+            EntityRecord::Account { .. } => EntityKind::Account,
+            EntityRecord::Order { .. } => EntityKind::Order,
+            EntityRecord::Charge { .. } => EntityKind::Channel,
+        }
+    }
+
+    /// The key this record is stored under. The id is in the value too, so a
+    /// record found under the wrong key is detected at load.
+    pub fn key(&self) -> Vec<u8> {
+        let mut key = ENTITY_PREFIX.to_vec();
+        match self {
+            EntityRecord::Account { id, .. } => key.extend_from_slice(&id.0.to_be_bytes()),
+            EntityRecord::Order { id, .. } => key.extend_from_slice(&id.0.to_be_bytes()),
+            EntityRecord::Charge { channel, order, .. } => {
+                key.extend_from_slice(&channel.0.to_be_bytes());
+                key.extend_from_slice(&order.0.to_be_bytes());
+            }
+        }
+        key
+    }
+}
+
+/// A transaction this shard voted YES on: its operations on this shard. On
+/// recovery they are validated again against the committed state, which
+/// rebuilds exactly the holds and locks they had (nobody could change what
+/// they locked, and holds only ever shrink what others may take).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedRecord {
+    pub txn: TxnId,
+    pub ops: Vec<Operation>,
+}
+
+/// `term ‖ node ‖ seq`, big-endian: keys sort like `TxnId`s.
+pub(crate) fn txn_key(prefix: &[u8], txn: TxnId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 24);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&txn.term.to_be_bytes());
+    key.extend_from_slice(&txn.node.to_be_bytes());
+    key.extend_from_slice(&txn.seq.to_be_bytes());
+    key
+}
+
+fn u64_at(bytes: &[u8], index: usize) -> Option<u64> {
+    let start = index.checked_mul(8)?;
+    let chunk: [u8; 8] = bytes.get(start..start.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_be_bytes(chunk))
+}
+
+/// A readable name for a stored key (for error messages), e.g.
+/// `p/txn-3.1.17` or `e/acct-5`; unknown shapes are shown in hex.
+pub fn key_label(kind: EntityKind, key: &[u8]) -> String {
+    let hex = || key.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if key == FORGOTTEN_THROUGH_KEY {
+        return String::from_utf8_lossy(key).into_owned();
+    }
+    let (prefix, rest) = key.split_at(key.len().min(2));
+    let label = match prefix {
+        p if p == PREPARED_PREFIX || p == COMMITTED_PREFIX => (rest.len() == 24)
+            .then(|| Some(TxnId { term: u64_at(rest, 0)?, node: u64_at(rest, 1)?, seq: u64_at(rest, 2)? }))
+            .flatten()
+            .map(|txn| format!("{}{txn}", String::from_utf8_lossy(p))),
+        p if p == ENTITY_PREFIX => match (kind, rest.len()) {
+            (EntityKind::Account, 8) => u64_at(rest, 0).map(|id| format!("e/{}", AccountId(id))),
+            (EntityKind::Order, 8) => u64_at(rest, 0).map(|id| format!("e/{}", OrderId(id))),
+            (EntityKind::Channel, 16) => u64_at(rest, 0)
+                .zip(u64_at(rest, 1))
+                .map(|(channel, order)| format!("e/{}/{}", ChannelId(channel), OrderId(order))),
+            _ => None,
+        },
+        _ => None,
+    };
+    match label {
+        Some(label) => format!("{label} (hex {})", hex()),
+        None => format!("hex {}", hex()),
+    }
+}
+
+/// Everything a shard's journal holds, as loaded at start-up. Each record
+/// comes with the label of its key, so recovery errors can name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalContents {
+    pub entities: Vec<(String, EntityRecord)>,
+    pub prepared: Vec<(String, PreparedRecord)>,
+    pub committed: Vec<TxnId>,
+    pub forgotten_through: Option<TxnId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txn_keys_sort_like_txn_ids() {
+        let a = TxnId { term: 1, node: 9, seq: 300 };
+        let b = TxnId { term: 2, node: 1, seq: 1 };
+        assert!(a < b);
+        assert!(txn_key(PREPARED_PREFIX, a) < txn_key(PREPARED_PREFIX, b));
+    }
+
+    #[test]
+    fn labels_name_keys() {
+        let txn = TxnId { term: 3, node: 1, seq: 17 };
+        assert!(key_label(EntityKind::Account, &txn_key(PREPARED_PREFIX, txn)).starts_with("p/txn-3.1.17 "));
+        let record = EntityRecord::Charge {
+            channel: ChannelId(2),
+            order: OrderId(5),
+            charge: Charge { charged: paytx_protocol::Money::new(1, paytx_protocol::Currency::CNY), refunded_minor: 0 },
+        };
+        assert!(key_label(EntityKind::Channel, &record.key()).starts_with("e/chan-2/order-5 "));
+        assert_eq!(key_label(EntityKind::Order, b"zz"), "hex 7a7a");
+    }
+}

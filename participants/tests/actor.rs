@@ -1,0 +1,401 @@
+//! The participant actor on `MemDisk`: durability of votes and commits,
+//! crash recovery, in-doubt resolution, the channel model. Only the public
+//! API is used.
+
+use actix::{Actor, Addr};
+use paytx_participants::{
+    ChannelConfig, ChannelKind, Decide, DecisionSource, GetStatus, ListInDoubt, ParticipantActor, ParticipantConfig,
+    ParticipantError, Prepare, ReadAccount, ReadCharge, Shutdown,
+};
+use paytx_protocol::{
+    AbortReason, AccountId, BoxFuture, ChannelId, Currency, EntityKind, Money, Operation, OrderId, ShardId, TxnId, Vote,
+};
+use paytx_storage::{Batch, Disk, DiskError, MemDisk, SharedDisk};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ACCOUNTS: ShardId = ShardId { kind: EntityKind::Account, index: 0 };
+const CHANNELS: ShardId = ShardId { kind: EntityKind::Channel, index: 0 };
+
+fn txn(seq: u64) -> TxnId {
+    TxnId { term: 1, node: 1, seq }
+}
+
+fn cny(minor: i64) -> Money {
+    Money::new(minor, Currency::CNY)
+}
+
+fn transfer(minor: i64) -> Vec<Operation> {
+    vec![
+        Operation::Debit { account: AccountId(1), amount: cny(minor) },
+        Operation::Credit { account: AccountId(2), amount: cny(minor) },
+    ]
+}
+
+/// Answers every query with one fixed decision, counting queries.
+struct Fixed {
+    commit: bool,
+    queries: Arc<AtomicUsize>,
+}
+
+impl DecisionSource for Fixed {
+    fn query(&self, _txn: TxnId) -> BoxFuture<Result<bool, String>> {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        let commit = self.commit;
+        Box::pin(async move { Ok(commit) })
+    }
+}
+
+/// Never answers (a coordinator group without a leader), counting queries.
+struct Silent {
+    queries: Arc<AtomicUsize>,
+}
+
+impl DecisionSource for Silent {
+    fn query(&self, _txn: TxnId) -> BoxFuture<Result<bool, String>> {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+}
+
+fn silent() -> Arc<dyn DecisionSource> {
+    Arc::new(Silent { queries: Arc::new(AtomicUsize::new(0)) })
+}
+
+fn config(shard: ShardId) -> ParticipantConfig {
+    ParticipantConfig { in_doubt_after_ms: 60_000, ..ParticipantConfig::new(shard) }
+}
+
+fn start(config: ParticipantConfig, disk: SharedDisk, decisions: Arc<dyn DecisionSource>) -> Addr<ParticipantActor> {
+    ParticipantActor::open(config, disk, decisions).expect("journal replays").start()
+}
+
+async fn prepare(addr: &Addr<ParticipantActor>, seq: u64, ops: Vec<Operation>) -> Result<Vote, ParticipantError> {
+    addr.send(Prepare { txn: txn(seq), ops }).await.expect("actor alive")
+}
+
+async fn decide(addr: &Addr<ParticipantActor>, seq: u64, commit: bool) {
+    addr.send(Decide { txn: txn(seq), commit }).await.expect("actor alive").expect("decision applied");
+}
+
+async fn balance(addr: &Addr<ParticipantActor>, id: u64) -> (i64, i64) {
+    let view = addr.send(ReadAccount(AccountId(id))).await.unwrap().expect("account exists");
+    (view.balance_minor, view.held_minor)
+}
+
+/// Accounts 1 (100) and 2 (0), committed and synced.
+async fn funded(disk: &MemDisk, decisions: Arc<dyn DecisionSource>) -> Addr<ParticipantActor> {
+    let addr = start(config(ACCOUNTS), Arc::new(disk.clone()), decisions);
+    let open =
+        |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
+    assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
+    decide(&addr, 0, true).await;
+    addr
+}
+
+/// Polls `$condition` (which may `.await`) until it holds, for up to 2 s.
+macro_rules! eventually {
+    ($what:expr, $condition:expr) => {{
+        let mut held = false;
+        for _ in 0..400 {
+            if $condition {
+                held = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(held, "timed out waiting for {}", $what);
+    }};
+}
+
+#[actix_rt::test]
+async fn a_prepared_transaction_survives_a_crash_in_doubt_and_commits_after_reopen() {
+    let disk = MemDisk::new();
+    let addr = funded(&disk, silent()).await;
+    assert_eq!(prepare(&addr, 1, transfer(70)).await, Ok(Vote::Yes));
+    addr.send(Shutdown).await.unwrap();
+    disk.crash();
+
+    let addr = start(config(ACCOUNTS), Arc::new(disk.clone()), silent());
+    assert_eq!(balance(&addr, 1).await, (100, 70), "the hold is back");
+    assert_eq!(addr.send(ListInDoubt).await.unwrap(), vec![txn(1)]);
+    assert_eq!(addr.send(GetStatus).await.unwrap().in_doubt, 1);
+    // The hold still protects the money.
+    assert!(matches!(prepare(&addr, 2, transfer(31)).await, Ok(Vote::No(AbortReason::InsufficientFunds { .. }))));
+
+    decide(&addr, 1, true).await;
+    assert_eq!(balance(&addr, 1).await, (30, 0));
+    // The acknowledged commit is durable.
+    addr.send(Shutdown).await.unwrap();
+    disk.crash();
+    let addr = start(config(ACCOUNTS), Arc::new(disk.clone()), silent());
+    assert_eq!(balance(&addr, 1).await, (30, 0));
+    assert_eq!(balance(&addr, 2).await, (70, 0));
+    assert_eq!(addr.send(GetStatus).await.unwrap().in_doubt, 0);
+}
+
+#[actix_rt::test]
+async fn a_failed_fsync_is_an_error_never_a_yes_and_stops_the_shard() {
+    let disk = MemDisk::new();
+    let addr = funded(&disk, silent()).await;
+    disk.fail_syncs(true);
+    let vote = prepare(&addr, 1, transfer(10)).await;
+    assert!(matches!(vote, Err(ParticipantError::Disk { source: DiskError::SyncFailed { .. }, .. })), "{vote:?}");
+    // Fail-stop: the shard answers nothing any more.
+    let after = addr.send(Prepare { txn: txn(2), ops: transfer(10) }).await;
+    assert!(!matches!(after, Ok(Ok(Vote::Yes))), "{after:?}");
+    // Restarted from the journal, the unsynced prepare is gone entirely.
+    disk.crash();
+    disk.fail_syncs(false);
+    let addr = start(config(ACCOUNTS), Arc::new(disk.clone()), silent());
+    assert_eq!(balance(&addr, 1).await, (100, 0));
+}
+
+/// A disk whose fsyncs wait until the test opens the gate.
+#[derive(Clone)]
+struct GatedDisk {
+    inner: MemDisk,
+    gate: tokio::sync::watch::Sender<bool>,
+    syncs_started: Arc<AtomicUsize>,
+}
+
+impl Disk for GatedDisk {
+    fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
+        self.inner.get(space, key)
+    }
+
+    fn apply(&self, space: &str, batch: Batch) -> Result<(), DiskError> {
+        self.inner.apply(space, batch)
+    }
+
+    fn range(&self, space: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DiskError> {
+        self.inner.range(space, start, end)
+    }
+
+    fn last(&self, space: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, DiskError> {
+        self.inner.last(space)
+    }
+
+    fn sync(&self) -> BoxFuture<Result<(), DiskError>> {
+        self.syncs_started.fetch_add(1, Ordering::SeqCst);
+        let mut gate = self.gate.subscribe();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            gate.wait_for(|open| *open).await.map_err(|e| DiskError::SyncFailed { reason: e.to_string() })?;
+            inner.sync().await
+        })
+    }
+}
+
+#[actix_rt::test]
+async fn votes_and_commit_acks_wait_for_the_fsync_while_the_actor_keeps_working() {
+    let disk = MemDisk::new();
+    let _ = funded(&disk, silent()).await;
+    let (gate, _) = tokio::sync::watch::channel(false);
+    let gated = GatedDisk { inner: disk.clone(), gate, syncs_started: Arc::new(AtomicUsize::new(0)) };
+    let addr = start(config(ACCOUNTS), Arc::new(gated.clone()), silent());
+
+    let first = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: transfer(10) }));
+    let second = tokio::spawn(addr.send(Prepare { txn: txn(2), ops: transfer(20) }));
+    // Both prepares were taken (reserved and journaled) while the first
+    // fsync is still pending: the actor is not blocked by it.
+    eventually!("both prepares reserved", addr.send(GetStatus).await.unwrap().in_doubt == 2);
+    assert_eq!(balance(&addr, 1).await, (100, 30));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!first.is_finished() && !second.is_finished(), "no YES before the fsync");
+    assert_eq!(gated.syncs_started.load(Ordering::SeqCst), 2);
+
+    gated.gate.send_replace(true);
+    assert_eq!(first.await.unwrap().unwrap(), Ok(Vote::Yes));
+    assert_eq!(second.await.unwrap().unwrap(), Ok(Vote::Yes));
+
+    // A commit acknowledgement waits for its fsync too.
+    gated.gate.send_replace(false);
+    let ack = tokio::spawn(addr.send(Decide { txn: txn(1), commit: true }));
+    eventually!("the commit applied", balance(&addr, 1).await == (90, 20));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!ack.is_finished(), "no commit ack before the fsync");
+    // A repeated commit (the first still syncing) also waits.
+    let repeat = tokio::spawn(addr.send(Decide { txn: txn(1), commit: true }));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!repeat.is_finished(), "a repeated commit ack also waits for the fsync");
+    // An abort is acknowledged at once (see `decide`).
+    addr.send(Decide { txn: txn(2), commit: false }).await.unwrap().unwrap();
+    gated.gate.send_replace(true);
+    ack.await.unwrap().unwrap().unwrap();
+    repeat.await.unwrap().unwrap().unwrap();
+    assert_eq!(balance(&addr, 1).await, (90, 0));
+}
+
+#[actix_rt::test]
+async fn in_doubt_transactions_are_resolved_by_asking_once_at_a_time() {
+    let disk = MemDisk::new();
+    let queries = Arc::new(AtomicUsize::new(0));
+    let commit: Arc<dyn DecisionSource> = Arc::new(Fixed { commit: true, queries: queries.clone() });
+    let fast = ParticipantConfig { in_doubt_after_ms: 50, in_doubt_check_interval_ms: 10, ..config(ACCOUNTS) };
+    let addr = start(fast.clone(), Arc::new(disk.clone()), commit);
+    let open =
+        |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
+    assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
+    decide(&addr, 0, true).await;
+
+    assert_eq!(prepare(&addr, 1, transfer(25)).await, Ok(Vote::Yes));
+    assert_eq!(balance(&addr, 1).await, (100, 25));
+    // No decision arrives; after `in_doubt_after_ms` the shard asks, and the
+    // answer (commit) turns the hold into a debit.
+    eventually!("the in-doubt commit", balance(&addr, 1).await == (75, 0));
+    assert_eq!(balance(&addr, 2).await, (25, 0));
+    assert_eq!(queries.load(Ordering::SeqCst), 1);
+    assert_eq!(addr.send(ListInDoubt).await.unwrap(), Vec::<TxnId>::new());
+
+    // A query without an answer is not repeated while outstanding.
+    addr.send(Shutdown).await.unwrap();
+    let queries = Arc::new(AtomicUsize::new(0));
+    let addr = start(fast, Arc::new(disk.clone()), Arc::new(Silent { queries: queries.clone() }));
+    assert_eq!(prepare(&addr, 2, transfer(5)).await, Ok(Vote::Yes));
+    eventually!("the first query", queries.load(Ordering::SeqCst) == 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(queries.load(Ordering::SeqCst), 1);
+    assert_eq!(addr.send(GetStatus).await.unwrap().in_doubt, 1);
+}
+
+#[actix_rt::test]
+async fn recovered_transactions_are_in_doubt_at_once_and_an_abort_releases_them() {
+    let disk = MemDisk::new();
+    let addr = funded(&disk, silent()).await;
+    assert_eq!(prepare(&addr, 1, transfer(60)).await, Ok(Vote::Yes));
+    addr.send(Shutdown).await.unwrap();
+    disk.crash();
+
+    let queries = Arc::new(AtomicUsize::new(0));
+    // An hour of "in doubt after": recovered transactions count as old.
+    let slow = ParticipantConfig { in_doubt_after_ms: 3_600_000, in_doubt_check_interval_ms: 10, ..config(ACCOUNTS) };
+    let addr = start(slow, Arc::new(disk.clone()), Arc::new(Fixed { commit: false, queries: queries.clone() }));
+    eventually!("the abort", balance(&addr, 1).await == (100, 0));
+    assert_eq!(queries.load(Ordering::SeqCst), 1);
+    assert_eq!(balance(&addr, 2).await, (0, 0));
+}
+
+#[actix_rt::test]
+async fn a_late_duplicate_prepare_after_commit_is_not_applied_twice() {
+    let disk = MemDisk::new();
+    let addr = funded(&disk, silent()).await;
+    assert_eq!(prepare(&addr, 1, transfer(10)).await, Ok(Vote::Yes));
+    decide(&addr, 1, true).await;
+    // The network delivers old copies of the prepare and the commit.
+    assert_eq!(prepare(&addr, 1, transfer(10)).await, Ok(Vote::Yes));
+    decide(&addr, 1, true).await;
+    assert_eq!(balance(&addr, 1).await, (90, 0));
+    assert_eq!(addr.send(GetStatus).await.unwrap().in_doubt, 0);
+    // Also after a restart.
+    addr.send(Shutdown).await.unwrap();
+    let addr = start(config(ACCOUNTS), Arc::new(disk.clone()), silent());
+    assert_eq!(prepare(&addr, 1, transfer(10)).await, Ok(Vote::Yes));
+    decide(&addr, 1, true).await;
+    assert_eq!(balance(&addr, 1).await, (90, 0));
+}
+
+#[actix_rt::test]
+async fn the_prepared_table_is_bounded() {
+    let disk = MemDisk::new();
+    let _ = funded(&disk, silent()).await;
+    let small = ParticipantConfig { max_prepared: 1, ..config(ACCOUNTS) };
+    let addr = start(small, Arc::new(disk.clone()), silent());
+    assert_eq!(prepare(&addr, 1, transfer(1)).await, Ok(Vote::Yes));
+    assert!(matches!(prepare(&addr, 2, transfer(1)).await, Ok(Vote::No(AbortReason::Conflict { .. }))));
+    // A re-sent prepare of the admitted one is still a YES.
+    assert_eq!(prepare(&addr, 1, transfer(1)).await, Ok(Vote::Yes));
+}
+
+#[actix_rt::test]
+async fn corruption_makes_open_fail_naming_the_key() {
+    let disk = MemDisk::new();
+    let addr = funded(&disk, silent()).await;
+    assert_eq!(prepare(&addr, 7, transfer(1)).await, Ok(Vote::Yes));
+    addr.send(Shutdown).await.unwrap();
+    let space = "shard-accounts-0";
+    let (key, mut value) = disk.range(space, b"p/", Some(b"p0")).unwrap().remove(0);
+    value[6] ^= 0xff;
+    let mut batch = Batch::new();
+    batch.put(key, value);
+    disk.apply(space, batch).unwrap();
+
+    let err = ParticipantActor::open(config(ACCOUNTS), Arc::new(disk.clone()), silent()).unwrap_err();
+    assert!(matches!(err, ParticipantError::CorruptJournal { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("shard-accounts-0") && message.contains("p/txn-1.1.7"), "{message}");
+}
+
+fn channel(decline_per_million: u32, authorize_latency_ms: u64) -> ChannelConfig {
+    ChannelConfig {
+        id: ChannelId(1),
+        kind: ChannelKind::BankCard,
+        name: "test_card".to_string(),
+        decline_per_million,
+        authorize_latency_ms,
+    }
+}
+
+fn charge(order: u64) -> Vec<Operation> {
+    vec![Operation::Charge { channel: ChannelId(1), order: OrderId(order), amount: cny(10) }]
+}
+
+#[actix_rt::test]
+async fn a_charge_waits_for_the_channel_without_blocking_the_shard() {
+    let channels = ParticipantConfig { channels: vec![channel(0, 100)], ..config(CHANNELS) };
+    let addr = start(channels, Arc::new(MemDisk::new()), silent());
+    let started = tokio::time::Instant::now();
+    let vote = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: charge(5) }));
+    // While the channel authorizes, the shard answers and holds nothing.
+    assert_eq!(addr.send(GetStatus).await.unwrap().in_doubt, 0);
+    assert!(!vote.is_finished());
+    assert_eq!(vote.await.unwrap().unwrap(), Ok(Vote::Yes));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    // A re-sent prepare is not authorized again: YES without the wait.
+    let again = tokio::time::Instant::now();
+    assert_eq!(prepare(&addr, 1, charge(5)).await, Ok(Vote::Yes));
+    assert!(again.elapsed() < Duration::from_millis(100));
+    decide(&addr, 1, true).await;
+    let view = addr.send(ReadCharge { channel: ChannelId(1), order: OrderId(5) }).await.unwrap().unwrap();
+    assert_eq!(view.charged, cny(10));
+    assert!(matches!(prepare(&addr, 2, charge(5)).await, Ok(Vote::No(AbortReason::AlreadyCharged { .. }))));
+}
+
+#[actix_rt::test]
+async fn declines_are_seeded_and_reserve_nothing() {
+    async fn votes(seed: u64) -> Vec<bool> {
+        let shard = ParticipantConfig { channels: vec![channel(500_000, 0)], rng_seed: seed, ..config(CHANNELS) };
+        let addr = start(shard, Arc::new(MemDisk::new()), silent());
+        let mut yes = Vec::new();
+        for seq in 0..40 {
+            match prepare(&addr, seq, charge(seq)).await {
+                Ok(Vote::Yes) => yes.push(true),
+                Ok(Vote::No(AbortReason::ChannelDeclined { channel })) => {
+                    assert_eq!(channel, ChannelId(1));
+                    yes.push(false);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let in_doubt = addr.send(GetStatus).await.unwrap().in_doubt;
+        assert_eq!(in_doubt, yes.iter().filter(|y| **y).count() as u64, "a decline reserves nothing");
+        yes
+    }
+    let first = votes(7).await;
+    assert_eq!(first, votes(7).await, "same seed, same declines");
+    assert!(first.contains(&true) && first.contains(&false), "{first:?}");
+}
+
+#[actix_rt::test]
+async fn an_abort_that_overtakes_a_slow_authorization_leaves_nothing_held() {
+    let channels = ParticipantConfig { channels: vec![channel(0, 50)], ..config(CHANNELS) };
+    let addr = start(channels, Arc::new(MemDisk::new()), silent());
+    let vote = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: charge(5) }));
+    // The coordinator timed out and aborted while the channel was thinking.
+    decide(&addr, 1, false).await;
+    assert!(matches!(vote.await.unwrap().unwrap(), Ok(Vote::No(AbortReason::PrepareTimeout { .. }))));
+    assert_eq!(addr.send(GetStatus).await.unwrap().in_doubt, 0);
+    // The order can be charged by a new transaction right away.
+    assert_eq!(prepare(&addr, 2, charge(5)).await, Ok(Vote::Yes));
+}

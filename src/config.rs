@@ -1,0 +1,235 @@
+//! The node configuration file (TOML).
+//!
+//! ```toml
+//! node_id = 1
+//! listen = "127.0.0.1:7101"
+//! data_dir = "paytx-data/node-1"
+//! fsync = true                      # default; false only for benchmarks
+//!
+//! [[peers]]                         # every node of the cluster, this one included
+//! id = 1
+//! addr = "127.0.0.1:7101"
+//! [[peers]]
+//! id = 2
+//! addr = "127.0.0.1:7102"
+//! [[peers]]
+//! id = 3
+//! addr = "127.0.0.1:7103"
+//!
+//! [shards]                          # shard i of each kind lives on node list[i]
+//! accounts = [1, 2, 3]
+//! orders = [1, 2, 3]
+//! channels = [1, 2, 3]
+//! ```
+//!
+//! Optional sections: `[raft]` (timings, snapshots), `[limits]` (frames,
+//! connections, in-flight requests, timeouts), `[coordinator]` (2PC timings)
+//! and `[[channels]]` (payment channel routes); see the README.
+
+use paytx_coordinator::RaftSettings;
+use paytx_participants::ChannelConfig;
+use paytx_protocol::{NodeId, ShardMap};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+}
+
+/// 2PC timings of the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoordinatorSettings {
+    /// Participants have this long to vote before the transaction aborts.
+    pub prepare_timeout_ms: u64,
+    /// Delay before re-sending an unacknowledged decision.
+    pub decide_retry_ms: u64,
+    /// Most transactions the leader drives at once (more: `Overloaded`).
+    pub max_in_flight_txns: usize,
+    /// A participant that voted YES and heard nothing for this long asks the
+    /// coordinator group for the decision.
+    pub in_doubt_after_ms: u64,
+}
+
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        CoordinatorSettings {
+            prepare_timeout_ms: 2_000,
+            decide_retry_ms: 200,
+            max_in_flight_txns: 20_000,
+            in_doubt_after_ms: 2_000,
+        }
+    }
+}
+
+/// Limits on everything that grows with load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    pub max_frame_bytes: u32,
+    pub max_connections: usize,
+    pub max_in_flight_per_connection: usize,
+    /// Budget of one client request inside the node (forwarding included).
+    pub request_timeout_ms: u64,
+    /// Timeout of one node-to-node call.
+    pub peer_timeout_ms: u64,
+    /// Most prepared (undecided) transactions per participant shard.
+    pub max_prepared_per_shard: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: paytx_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_connections: 1024,
+            max_in_flight_per_connection: 1024,
+            request_timeout_ms: 10_000,
+            peer_timeout_ms: 3_000,
+            max_prepared_per_shard: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+    pub peers: Vec<Peer>,
+    pub shards: ShardMap,
+    #[serde(default = "paytx_participants::default_channels")]
+    pub channels: Vec<ChannelConfig>,
+    #[serde(default)]
+    pub raft: RaftSettings,
+    #[serde(default)]
+    pub coordinator: CoordinatorSettings,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Seed of this node's RNGs (channel models). `None`: from the OS.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid node config: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config: NodeConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a NodeConfig always serialises to TOML")
+    }
+
+    /// Every node id → address.
+    pub fn peer_map(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.peers.iter().map(|p| (p.id, p.addr)).collect()
+    }
+
+    /// Checks what would otherwise fail obscurely later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let peers = self.peer_map();
+        if peers.len() != self.peers.len() {
+            return Err(ConfigError::Invalid("a node id appears twice in [[peers]]".into()));
+        }
+        if !peers.contains_key(&self.node_id) {
+            return Err(ConfigError::Invalid(format!("node_id {} is not listed in [[peers]]", self.node_id)));
+        }
+        if !self.shards.is_valid() {
+            return Err(ConfigError::Invalid(
+                "[shards] needs at least one node for accounts, orders and channels".into(),
+            ));
+        }
+        for kind in paytx_protocol::EntityKind::ALL {
+            for node in self.shards.nodes_of(kind) {
+                if !peers.contains_key(node) {
+                    return Err(ConfigError::Invalid(format!(
+                        "[shards] {} names node {node}, which is not in [[peers]]",
+                        kind.name()
+                    )));
+                }
+            }
+        }
+        if self.raft.election_timeout_min_ms <= self.raft.heartbeat_interval_ms
+            || self.raft.election_timeout_max_ms <= self.raft.election_timeout_min_ms
+        {
+            return Err(ConfigError::Invalid(
+                "[raft] needs heartbeat < election_timeout_min < election_timeout_max".into(),
+            ));
+        }
+        if self.limits.max_frame_bytes as usize > paytx_protocol::frame::MAX_FRAME_LIMIT_BYTES
+            || self.limits.max_frame_bytes < 1024
+        {
+            return Err(ConfigError::Invalid("[limits] max_frame_bytes must be between 1 KiB and 64 MiB".into()));
+        }
+        Ok(())
+    }
+
+    /// A config for node `id` of a local cluster of `ids` on `addrs`.
+    pub fn local(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>, data_dir: PathBuf) -> NodeConfig {
+        let ids: Vec<NodeId> = addrs.keys().copied().collect();
+        NodeConfig {
+            node_id: id,
+            listen: addrs[&id],
+            data_dir,
+            fsync: true,
+            peers: addrs.iter().map(|(id, addr)| Peer { id: *id, addr: *addr }).collect(),
+            shards: ShardMap::one_shard_per_node(&ids),
+            channels: paytx_participants::default_channels(),
+            raft: RaftSettings::default(),
+            coordinator: CoordinatorSettings::default(),
+            limits: Limits::default(),
+            seed: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_toml_and_rejects_bad_configs() {
+        let addrs: BTreeMap<NodeId, SocketAddr> =
+            (1..=3).map(|i| (i, format!("127.0.0.1:{}", 7100 + i).parse().expect("valid address"))).collect();
+        let config = NodeConfig::local(2, &addrs, PathBuf::from("/tmp/x"));
+        let text = config.to_toml();
+        let back: NodeConfig = toml::from_str(&text).expect("own output parses");
+        assert_eq!(back, config);
+        back.validate().expect("valid");
+
+        let mut bad = config.clone();
+        bad.node_id = 9;
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        let mut bad = config.clone();
+        bad.shards.orders = vec![1, 7];
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        let minimal = "node_id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7101\"\n[shards]\naccounts = [1]\norders = [1]\nchannels = [1]\n";
+        let parsed: NodeConfig = toml::from_str(minimal).expect("defaults fill the rest");
+        assert!(parsed.fsync, "durable by default");
+        parsed.validate().expect("valid");
+    }
+}

@@ -1,0 +1,21 @@
+//! paytx: a Raft-replicated two-phase-commit transaction cluster for open
+//! payment platforms.
+//!
+//! Embedding: [`Cluster`] starts an in-process cluster (each node on its own
+//! thread, real TCP on loopback, real sled on disk) and hands out [`Client`]s.
+//! Services elsewhere use [`Client`] against `paytx node` processes.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod link;
+pub mod net;
+pub mod node;
+pub mod report;
+pub mod workload;
+
+pub use client::{Client, ClientConfig, ClientError};
+pub use cluster::{Cluster, ClusterOptions};
+pub use config::NodeConfig;
+pub use paytx_protocol as protocol;

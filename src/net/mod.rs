@@ -1,0 +1,18 @@
+//! TCP networking: the server side of the wire protocol, the node-to-node
+//! [`Transport`](paytx_protocol::Transport) over TCP, and the multiplexed
+//! connection both it and the [`Client`](crate::client::Client) use.
+//!
+//! Wire format: see [`paytx_protocol::frame`] (u32 big-endian length, u8
+//! version, bincode body) and [`paytx_protocol::messages`] (an `Envelope` id
+//! pairs each reply with its request; id 0 carries connection-level errors).
+
+pub mod connection;
+pub mod server;
+pub mod tcp_transport;
+
+pub use connection::{Connection, ConnectionError, ConnectionLimits};
+pub use server::{serve, Handler, ServerLimits};
+pub use tcp_transport::{TcpTransport, TransportLimits};
+
+#[cfg(test)]
+pub(crate) mod test_support;

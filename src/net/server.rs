@@ -1,0 +1,723 @@
+//! The server side of the wire protocol: accepts TCP connections and serves
+//! client requests and node-to-node messages through a [`Handler`].
+//!
+//! Per connection, one reader loop decodes frames and spawns one task per
+//! request, so a slow request never blocks the ones behind it (replies may go
+//! out in any order; the envelope id pairs them up). Replies go through one
+//! writer task fed by a bounded channel.
+//!
+//! Bad input never panics the node: a frame that cannot be understood
+//! (garbage, over the size cap, unknown version, undecodable body, or a reply
+//! nobody asked for) gets one typed error reply with id 0,
+//! `Response::Error(RequestError::Invalid(InvalidRequest::Malformed(..)))`,
+//! then the connection is closed. A truncated frame or an I/O error just
+//! closes the connection (the peer is gone; there is nobody to tell).
+
+use futures::FutureExt;
+use paytx_protocol::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME_BYTES};
+use paytx_protocol::messages::CONNECTION_ERROR_ID;
+use paytx_protocol::{
+    BoxFuture, Envelope, InvalidRequest, Message, PeerRequest, PeerResponse, Request, RequestError, Response,
+};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// What a node does with the messages it receives. Implemented by the node
+/// (gateway to the coordinator and participants); the server only moves bytes.
+pub trait Handler: Send + Sync + 'static {
+    /// A client request. Errors are answers too: `Response::Error`.
+    fn request(&self, req: Request) -> BoxFuture<Response>;
+    /// A node-to-node request. Errors are answers too: `PeerResponse::Error`.
+    fn peer(&self, req: PeerRequest) -> BoxFuture<PeerResponse>;
+}
+
+/// Limits of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest frame accepted or sent (length prefix excluded), in bytes.
+    pub max_frame_bytes: u32,
+    /// Most connections served at once. Past it a new connection gets an
+    /// `Overloaded` error with id 0 and is closed.
+    pub max_connections: usize,
+    /// Most requests handled at once on one connection. Past it a request is
+    /// answered `Overloaded` with its own id (the connection stays open).
+    pub max_in_flight_per_connection: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_connections: 1024,
+            max_in_flight_per_connection: 1024,
+        }
+    }
+}
+
+/// Safety net on one handler call. The handler bounds its own work (Raft and
+/// 2PC timeouts are far shorter); this only guarantees a stuck handler cannot
+/// hold an in-flight slot forever.
+pub const MAX_HANDLER_MS: u64 = 120_000;
+/// Bound on writing (and flushing) one batch of replies. A peer that stops
+/// reading for this long loses its connection instead of pinning its slot.
+pub const WRITE_TIMEOUT_MS: u64 = 30_000;
+/// Once a frame has started, the rest of it must arrive within this long.
+pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
+/// How long we wait for queued replies (e.g. the final error reply) to be
+/// written when a connection closes.
+pub const CLOSE_FLUSH_MS: u64 = 1_000;
+/// After replying to bad input we read and discard what the peer still sends
+/// for this long (or this many bytes) before closing. Closing a socket with
+/// unread input makes the kernel send a reset, which can destroy the error
+/// reply before the peer reads it.
+pub const LINGER_MS: u64 = 500;
+pub const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// Most connections being turned away (over `max_connections`) at once; past
+/// it they are dropped without an error reply, so a connection flood costs
+/// bounded work.
+pub const MAX_REJECTIONS_IN_FLIGHT: usize = 64;
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
+/// does not spin.
+pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 50;
+/// Bound on waiting for connections to finish once shutdown is requested.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+
+/// Serves `listener` until `shutdown` turns true, then stops accepting,
+/// closes every connection (each gets `ShuttingDown` with id 0) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, ?limits, "serving");
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections: JoinSet<()> = JoinSet::new();
+    let mut rejections: JoinSet<()> = JoinSet::new();
+    loop {
+        // Reap finished tasks so the sets stay bounded by the live ones.
+        while connections.try_join_next().is_some() {}
+        while rejections.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(addr = ?local, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+        }
+        match connection_slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let handler = handler.clone();
+                let limits = limits.clone();
+                let shutdown = shutdown.clone();
+                connections.spawn(async move {
+                    serve_connection(stream, peer, handler, limits, shutdown).await;
+                    drop(slot);
+                });
+            }
+            Err(_) if rejections.len() < MAX_REJECTIONS_IN_FLIGHT => {
+                tracing::warn!(%peer, max_connections = limits.max_connections, "too many connections; rejecting");
+                let error = RequestError::Overloaded {
+                    what: format!("too many connections (limit {})", limits.max_connections),
+                };
+                rejections.spawn(reject(stream, peer, error, limits.max_frame_bytes));
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "too many connections and rejections; dropping without a reply");
+                drop(stream);
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(addr = ?local, connections = connections.len(), "shutting down; closing connections");
+    let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+        while rejections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(addr = ?local, "connections did not close within {SHUTDOWN_GRACE_MS} ms; aborting them");
+    }
+    // Dropping the sets aborts whatever is left.
+}
+
+/// Resolves when `shutdown` turns true. A dropped sender means nobody can
+/// ask for shutdown any more, so wait forever.
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Tells a connection we cannot serve why, then closes it.
+async fn reject(stream: TcpStream, peer: SocketAddr, error: RequestError, max_frame_bytes: u32) {
+    let (mut read_half, write_half) = stream.into_split();
+    let (replies, replies_rx) = mpsc::channel(1);
+    let writer = tokio::spawn(write_loop(write_half, peer, replies_rx, max_frame_bytes));
+    let _ = replies.send(connection_error(error)).await;
+    drop(replies);
+    finish(writer, &mut read_half, peer, true).await;
+}
+
+fn connection_error(error: RequestError) -> Envelope {
+    Envelope { id: CONNECTION_ERROR_ID, message: Message::Response(Response::Error(error)) }
+}
+
+fn malformed(reason: String) -> Envelope {
+    connection_error(RequestError::Invalid(InvalidRequest::Malformed(reason)))
+}
+
+/// How a connection's read loop ended.
+enum End {
+    /// The peer closed its side cleanly: finish in-flight requests first.
+    PeerClosed,
+    /// The peer is gone (truncated frame, I/O error) or our writer died.
+    Gone,
+    /// Bad input: the typed error reply is queued; close after it.
+    BadInput,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<dyn Handler>,
+    limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tracing::debug!(%peer, "connection opened");
+    let max_in_flight = limits.max_in_flight_per_connection;
+    let (mut read_half, write_half) = stream.into_split();
+    // Every in-flight request sends one reply; the slack covers the
+    // `Overloaded` and connection-error replies the reader sends itself. When
+    // the queue is full the reader waits, and stops reading: TCP backpressure.
+    let (replies, replies_rx) = mpsc::channel::<Envelope>(max_in_flight.saturating_add(8));
+    let writer = tokio::spawn(write_loop(write_half, peer, replies_rx, limits.max_frame_bytes));
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let mut handlers: JoinSet<()> = JoinSet::new();
+
+    let end = loop {
+        while let Some(joined) = handlers.try_join_next() {
+            if let Err(e) = joined {
+                tracing::warn!(%peer, error = %e, "request task failed");
+            }
+        }
+        let frame = tokio::select! {
+            _ = shutdown_requested(&mut shutdown) => break End::Shutdown,
+            _ = replies.closed() => break End::Gone,
+            frame = read_next(&mut read_half, limits.max_frame_bytes) => frame,
+        };
+        let Envelope { id, message } = match frame {
+            Ok(Some(envelope)) => envelope,
+            Ok(None) => break End::PeerClosed,
+            Err(e) if e.is_reportable() => {
+                tracing::warn!(%peer, error = %e, "bad frame; replying with an error and closing");
+                let _ = replies.send(malformed(e.to_string())).await;
+                break End::BadInput;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "read failed; closing");
+                break End::Gone;
+            }
+        };
+        if id == CONNECTION_ERROR_ID {
+            tracing::warn!(%peer, "message with the reserved id 0; replying with an error and closing");
+            let _ = replies.send(malformed("request id 0 is reserved for connection errors".into())).await;
+            break End::BadInput;
+        }
+        let overloaded = || RequestError::Overloaded {
+            what: format!("too many requests in flight on this connection (limit {max_in_flight})"),
+        };
+        match message {
+            Message::Request(request) => {
+                let Ok(slot) = in_flight.clone().try_acquire_owned() else {
+                    let reply = Message::Response(Response::Error(overloaded()));
+                    let _ = replies.send(Envelope { id, message: reply }).await;
+                    continue;
+                };
+                let handler = handler.clone();
+                let replies = replies.clone();
+                handlers.spawn(async move {
+                    let work = AssertUnwindSafe(async move { handler.request(request).await }).catch_unwind();
+                    let response = match tokio::time::timeout(Duration::from_millis(MAX_HANDLER_MS), work).await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(_)) => {
+                            tracing::error!(%peer, id, "request handler panicked");
+                            Response::Error(RequestError::Internal("request handler panicked".into()))
+                        }
+                        Err(_) => Response::Error(RequestError::Timeout { timeout_ms: MAX_HANDLER_MS }),
+                    };
+                    // The connection may be gone by now; the reply is moot then.
+                    let _ = replies.send(Envelope { id, message: Message::Response(response) }).await;
+                    drop(slot);
+                });
+            }
+            Message::Peer(request) => {
+                let Ok(slot) = in_flight.clone().try_acquire_owned() else {
+                    let reply = Message::PeerReply(PeerResponse::Error(overloaded()));
+                    let _ = replies.send(Envelope { id, message: reply }).await;
+                    continue;
+                };
+                let handler = handler.clone();
+                let replies = replies.clone();
+                handlers.spawn(async move {
+                    let work = AssertUnwindSafe(async move { handler.peer(request).await }).catch_unwind();
+                    let response = match tokio::time::timeout(Duration::from_millis(MAX_HANDLER_MS), work).await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(_)) => {
+                            tracing::error!(%peer, id, "peer handler panicked");
+                            PeerResponse::Error(RequestError::Internal("peer handler panicked".into()))
+                        }
+                        Err(_) => PeerResponse::Error(RequestError::Timeout { timeout_ms: MAX_HANDLER_MS }),
+                    };
+                    let _ = replies.send(Envelope { id, message: Message::PeerReply(response) }).await;
+                    drop(slot);
+                });
+            }
+            Message::Response(_) | Message::PeerReply(_) => {
+                tracing::warn!(%peer, id, "unsolicited reply; replying with an error and closing");
+                let reason = "a server only accepts requests; got a reply nobody asked for".to_string();
+                let _ = replies.send(malformed(reason)).await;
+                break End::BadInput;
+            }
+        }
+    };
+
+    match end {
+        End::PeerClosed => {
+            // The peer may have only half-closed and still read: answer what
+            // it asked, unless we are told to shut down meanwhile.
+            let finished = tokio::select! {
+                _ = async { while handlers.join_next().await.is_some() {} } => true,
+                _ = shutdown_requested(&mut shutdown) => false,
+            };
+            if !finished {
+                handlers.shutdown().await;
+                let _ = replies.try_send(connection_error(RequestError::ShuttingDown));
+            }
+        }
+        End::Gone | End::BadInput => handlers.shutdown().await,
+        End::Shutdown => {
+            handlers.shutdown().await;
+            // Best effort: tell the peer to go elsewhere rather than time out.
+            let _ = replies.try_send(connection_error(RequestError::ShuttingDown));
+        }
+    }
+    drop(replies);
+    let linger = matches!(end, End::BadInput | End::Shutdown);
+    finish(writer, &mut read_half, peer, linger).await;
+    tracing::debug!(%peer, "connection closed");
+}
+
+/// Reads the next frame. Waiting for a frame to start is unbounded (idle
+/// connections are fine, and bounded by `max_connections`), but once its
+/// first byte arrived the whole frame must follow within
+/// [`FRAME_READ_TIMEOUT_MS`]: a peer cannot pin a connection with half a frame.
+async fn read_next(read_half: &mut OwnedReadHalf, max_frame_bytes: u32) -> Result<Option<Envelope>, FrameError> {
+    let mut first = [0u8; 1];
+    if read_half.peek(&mut first).await? == 0 {
+        return Ok(None);
+    }
+    match tokio::time::timeout(Duration::from_millis(FRAME_READ_TIMEOUT_MS), read_frame(read_half, max_frame_bytes))
+        .await
+    {
+        Ok(frame) => frame,
+        Err(_) => Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("frame not completed within {FRAME_READ_TIMEOUT_MS} ms"),
+        ))),
+    }
+}
+
+/// Waits (bounded) for the writer to flush what is queued and half-close,
+/// then, if `linger`, discards input until the peer closes (bounded) so the
+/// close is a clean FIN rather than a reset that could destroy our last reply.
+async fn finish(writer: tokio::task::JoinHandle<()>, read_half: &mut OwnedReadHalf, peer: SocketAddr, linger: bool) {
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_millis(CLOSE_FLUSH_MS), writer).await.is_err() {
+        tracing::debug!(%peer, "replies not flushed within {CLOSE_FLUSH_MS} ms; dropping them");
+        abort.abort();
+        return;
+    }
+    if !linger {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut drained_bytes = 0usize;
+        while drained_bytes < LINGER_MAX_BYTES {
+            match read_half.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => drained_bytes += read,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), drain).await;
+}
+
+/// Writes replies in order of completion, batching whatever is queued into
+/// one flush, until every sender is gone; then half-closes the stream.
+async fn write_loop(
+    write_half: OwnedWriteHalf,
+    peer: SocketAddr,
+    mut replies: mpsc::Receiver<Envelope>,
+    max_frame_bytes: u32,
+) {
+    let mut writer = BufWriter::new(write_half);
+    while let Some(first) = replies.recv().await {
+        let batch = async {
+            write_reply(&mut writer, first, max_frame_bytes).await?;
+            while let Ok(next) = replies.try_recv() {
+                write_reply(&mut writer, next, max_frame_bytes).await?;
+            }
+            writer.flush().await
+        };
+        match tokio::time::timeout(Duration::from_millis(WRITE_TIMEOUT_MS), batch).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "write failed; closing");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "peer did not read replies for {WRITE_TIMEOUT_MS} ms; closing");
+                return;
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn write_reply(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    envelope: Envelope,
+    max_frame_bytes: u32,
+) -> std::io::Result<()> {
+    let frame = match encode_frame(&envelope, max_frame_bytes) {
+        Ok(frame) => frame,
+        Err(e) => {
+            // A reply over the cap (e.g. a huge read) must still answer the
+            // call, or the caller waits for its timeout.
+            tracing::warn!(id = envelope.id, error = %e, "reply does not fit in a frame");
+            let error = RequestError::Internal(format!("the reply does not fit in a frame: {e}"));
+            let message = match envelope.message {
+                Message::PeerReply(_) | Message::Peer(_) => Message::PeerReply(PeerResponse::Error(error)),
+                Message::Response(_) | Message::Request(_) => Message::Response(Response::Error(error)),
+            };
+            match encode_frame(&Envelope { id: envelope.id, message }, max_frame_bytes) {
+                Ok(frame) => frame,
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            }
+        }
+    };
+    writer.write_all(&frame).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::connection::{Connection, ConnectionError, ConnectionLimits};
+    use crate::net::test_support::{account_view, TestServer, ToyHandler};
+    use paytx_protocol::frame::{write_frame, FRAME_VERSION};
+    use paytx_protocol::{AccountId, OrderId, TxnRequest};
+
+    const TIMEOUT_MS: u64 = 5_000;
+
+    async fn toy_server(handler: ToyHandler, limits: ServerLimits) -> TestServer {
+        TestServer::start(Arc::new(handler), limits).await
+    }
+
+    fn valid_frame(message: Message) -> Vec<u8> {
+        encode_frame(&Envelope { id: 9, message }, DEFAULT_MAX_FRAME_BYTES).unwrap()
+    }
+
+    /// Writes `bytes` on a fresh connection (then half-closes if asked) and
+    /// returns the first frame read back, after checking the server closed
+    /// the connection right after it.
+    async fn exchange(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Option<Envelope> {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        if half_close {
+            stream.shutdown().await.unwrap();
+        }
+        let within = Duration::from_secs(5);
+        let first = tokio::time::timeout(within, read_frame(&mut stream, DEFAULT_MAX_FRAME_BYTES))
+            .await
+            .expect("the server answers or closes promptly")
+            .expect("a well-formed reply or a clean close");
+        if first.is_some() {
+            let next = tokio::time::timeout(within, read_frame(&mut stream, DEFAULT_MAX_FRAME_BYTES))
+                .await
+                .expect("the server closes promptly after the error");
+            assert!(matches!(next, Ok(None)), "expected a clean close after the error reply, got {next:?}");
+        }
+        first
+    }
+
+    fn assert_malformed(reply: Option<Envelope>) {
+        match reply {
+            Some(Envelope {
+                id: CONNECTION_ERROR_ID,
+                message: Message::Response(Response::Error(RequestError::Invalid(InvalidRequest::Malformed(_)))),
+            }) => {}
+            other => panic!("expected an id-0 Malformed error, got {other:?}"),
+        }
+    }
+
+    async fn assert_still_serves(addr: SocketAddr) {
+        let connection = Connection::connect(addr, ConnectionLimits::default()).await.unwrap();
+        let reply = connection.call(Message::Request(Request::GetAccount(AccountId(3))), TIMEOUT_MS).await.unwrap();
+        assert_eq!(reply, Message::Response(Response::Account(Some(account_view(3)))));
+    }
+
+    #[tokio::test]
+    async fn malformed_input_gets_a_typed_error_then_close_and_the_server_survives() {
+        let limits = ServerLimits { max_frame_bytes: 1024, ..ServerLimits::default() };
+        let server = toy_server(ToyHandler::new(1), limits).await;
+        let addr = server.addr;
+
+        // Garbage: an HTTP request. "GET " read as a length is ~1.2 GB.
+        assert_malformed(exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).await);
+        assert_still_serves(addr).await;
+
+        // Garbage body behind a plausible header.
+        assert_malformed(exchange(addr, &[0, 0, 0, 4, FRAME_VERSION, 0xde, 0xad, 0xbe], false).await);
+        assert_still_serves(addr).await;
+
+        // A length over the cap (with the bytes following it).
+        let mut too_large = 2000u32.to_be_bytes().to_vec();
+        too_large.push(FRAME_VERSION);
+        too_large.extend_from_slice(&[0u8; 1999]);
+        assert_malformed(exchange(addr, &too_large, false).await);
+        assert_still_serves(addr).await;
+
+        // An unknown version.
+        let mut wrong_version = valid_frame(Message::Request(Request::NodeStatus));
+        wrong_version[4] = FRAME_VERSION.wrapping_add(41);
+        assert_malformed(exchange(addr, &wrong_version, false).await);
+        assert_still_serves(addr).await;
+
+        // An empty frame.
+        assert_malformed(exchange(addr, &[0, 0, 0, 0], false).await);
+        assert_still_serves(addr).await;
+
+        // A well-formed frame carrying replies nobody asked for.
+        assert_malformed(exchange(addr, &valid_frame(Message::Response(Response::Charge(None))), false).await);
+        assert_malformed(exchange(addr, &valid_frame(Message::PeerReply(PeerResponse::Acked)), false).await);
+        assert_still_serves(addr).await;
+
+        // A request using the reserved id 0.
+        let id_zero = encode_frame(
+            &Envelope { id: CONNECTION_ERROR_ID, message: Message::Request(Request::NodeStatus) },
+            DEFAULT_MAX_FRAME_BYTES,
+        )
+        .unwrap();
+        assert_malformed(exchange(addr, &id_zero, false).await);
+        assert_still_serves(addr).await;
+
+        // A truncated frame, then the peer closes: nobody to answer, just close.
+        let whole = valid_frame(Message::Request(Request::NodeStatus));
+        assert_eq!(exchange(addr, &whole[..whole.len() - 1], true).await, None);
+        assert_eq!(exchange(addr, &whole[..2], true).await, None);
+        assert_still_serves(addr).await;
+
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_good_request_before_a_bad_frame_is_answered_or_failed_never_hangs() {
+        let server = toy_server(ToyHandler::new(1), ServerLimits::default()).await;
+        let mut bytes = valid_frame(Message::Request(Request::GetAccount(AccountId(8))));
+        bytes.extend_from_slice(&[0, 0, 0, 4, FRAME_VERSION, 0xde, 0xad, 0xbe]);
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        let mut saw_error = false;
+        for _ in 0..3 {
+            let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut stream, DEFAULT_MAX_FRAME_BYTES))
+                .await
+                .expect("no hang")
+                .unwrap();
+            match frame {
+                None => break,
+                Some(Envelope { id: 0, .. }) => saw_error = true,
+                Some(Envelope { id: 9, message }) => {
+                    assert_eq!(message, Message::Response(Response::Account(Some(account_view(8)))))
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(saw_error);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn over_max_connections_gets_overloaded_with_id_zero() {
+        let limits = ServerLimits { max_connections: 2, ..ServerLimits::default() };
+        let server = toy_server(ToyHandler::new(1), limits).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let connection = Connection::connect(server.addr, ConnectionLimits::default()).await.unwrap();
+            // A round trip proves the server holds a slot for it.
+            connection.call(Message::Request(Request::NodeStatus), TIMEOUT_MS).await.unwrap();
+            held.push(connection);
+        }
+        // Raw: the refusal is an id-0 Overloaded frame, then a clean close.
+        let reply = exchange(server.addr, &[], false).await;
+        assert!(
+            matches!(
+                reply,
+                Some(Envelope { id: 0, message: Message::Response(Response::Error(RequestError::Overloaded { .. })) })
+            ),
+            "{reply:?}"
+        );
+        // Through a Connection: a typed error.
+        let third = Connection::connect(server.addr, ConnectionLimits::default()).await.unwrap();
+        let result = third.call(Message::Request(Request::NodeStatus), TIMEOUT_MS).await;
+        assert!(
+            matches!(result, Err(ConnectionError::Remote { error: RequestError::Overloaded { .. }, .. })),
+            "{result:?}"
+        );
+        assert!(third.is_closed());
+        // Freeing a slot lets a new connection in.
+        drop(held.pop());
+        let mut served = false;
+        for _ in 0..100 {
+            let connection = Connection::connect(server.addr, ConnectionLimits::default()).await.unwrap();
+            if connection.call(Message::Request(Request::NodeStatus), TIMEOUT_MS).await.is_ok() {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served, "a freed connection slot is reused");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn over_max_in_flight_the_request_gets_overloaded_with_its_id() {
+        let limits = ServerLimits { max_in_flight_per_connection: 2, ..ServerLimits::default() };
+        let handler = ToyHandler { slow_ms: 300, ..ToyHandler::new(1) };
+        let server = toy_server(handler, limits).await;
+        let connection = Connection::connect(server.addr, ConnectionLimits::default()).await.unwrap();
+        let calls: Vec<_> = (0..5)
+            .map(|_| {
+                let connection = connection.clone();
+                tokio::spawn(async move {
+                    connection.call(Message::Request(Request::GetOrder(OrderId(1))), TIMEOUT_MS).await
+                })
+            })
+            .collect();
+        let peer_call = connection
+            .call(
+                Message::Peer(PeerRequest::Decide {
+                    txn: paytx_protocol::TxnId { term: 1, node: 1, seq: 1 },
+                    shard: paytx_protocol::ShardId { kind: paytx_protocol::EntityKind::Account, index: 0 },
+                    commit: true,
+                }),
+                TIMEOUT_MS,
+            )
+            .await;
+        let (mut served, mut overloaded) = (0, 0);
+        for call in calls {
+            match call.await.unwrap().unwrap() {
+                Message::Response(Response::Order(None)) => served += 1,
+                Message::Response(Response::Error(RequestError::Overloaded { .. })) => overloaded += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(served + overloaded, 5);
+        assert!(served >= 2 && overloaded >= 1, "served {served}, overloaded {overloaded}");
+        // Peer requests share the limit and are refused in their own type.
+        assert!(
+            matches!(
+                peer_call,
+                Ok(Message::PeerReply(PeerResponse::Error(RequestError::Overloaded { .. })))
+                    | Ok(Message::PeerReply(PeerResponse::Acked))
+            ),
+            "{peer_call:?}"
+        );
+        assert!(!connection.is_closed());
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_does_not_block_the_pipeline() {
+        let handler = ToyHandler { slow_ms: 10_000, ..ToyHandler::new(1) };
+        let server = toy_server(handler, ServerLimits::default()).await;
+        let connection = Connection::connect(server.addr, ConnectionLimits::default()).await.unwrap();
+        let slow = {
+            let connection = connection.clone();
+            tokio::spawn(async move { connection.call(Message::Request(Request::GetOrder(OrderId(1))), 20_000).await })
+        };
+        while connection.in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for i in 0..20 {
+            let reply = connection.call(Message::Request(Request::GetAccount(AccountId(i))), 1_000).await.unwrap();
+            assert_eq!(reply, Message::Response(Response::Account(Some(account_view(i)))));
+        }
+        assert!(!slow.is_finished());
+        slow.abort();
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal_and_the_connection_lives_on() {
+        let server = toy_server(ToyHandler::new(1), ServerLimits::default()).await;
+        let connection = Connection::connect(server.addr, ConnectionLimits::default()).await.unwrap();
+        let txn = TxnRequest::new("panic-1", Vec::new());
+        let reply = connection.call(Message::Request(Request::Submit(txn)), TIMEOUT_MS).await.unwrap();
+        assert!(matches!(reply, Message::Response(Response::Error(RequestError::Internal(_)))), "{reply:?}");
+        let reply = connection.call(Message::Request(Request::GetAccount(AccountId(1))), TIMEOUT_MS).await.unwrap();
+        assert_eq!(reply, Message::Response(Response::Account(Some(account_view(1)))));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting_and_closes_connections_with_shutting_down() {
+        let server = toy_server(ToyHandler::new(1), ServerLimits::default()).await;
+        let addr = server.addr;
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        write_frame(
+            &mut raw,
+            &Envelope { id: 1, message: Message::Request(Request::NodeStatus) },
+            DEFAULT_MAX_FRAME_BYTES,
+        )
+        .await
+        .unwrap();
+        let first = read_frame(&mut raw, DEFAULT_MAX_FRAME_BYTES).await.unwrap().unwrap();
+        assert_eq!(first.id, 1);
+        server.stop().await;
+        let notice = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut raw, DEFAULT_MAX_FRAME_BYTES))
+            .await
+            .expect("closed promptly")
+            .unwrap();
+        assert!(
+            matches!(
+                notice,
+                Some(Envelope { id: 0, message: Message::Response(Response::Error(RequestError::ShuttingDown)) })
+            ),
+            "{notice:?}"
+        );
+        let end = read_frame(&mut raw, DEFAULT_MAX_FRAME_BYTES).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+        assert!(Connection::connect(addr, ConnectionLimits::default()).await.is_err(), "no longer accepting");
+    }
+}
