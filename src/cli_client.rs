@@ -78,21 +78,46 @@ fn currency(code: &str) -> anyhow::Result<Currency> {
         .with_context(|| format!("unsupported currency {code:?} (try CNY, USD, EUR, GBP, JPY, HKD, SGD)"))
 }
 
+/// Prints one answer. A closed stdout (`| head`) ends the output quietly
+/// instead of panicking like `println!`.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
+}
+
+fn emit_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    emit(&serde_json::to_string_pretty(value)?)
+}
+
+/// Prints the receipt. An aborted transaction is an answer, not a failure of
+/// the command: the exit code is 0 and `outcome` says `Aborted`.
 async fn submit(client: &Client, request: TxnRequest) -> anyhow::Result<()> {
     let receipt = client.submit(request).await?;
-    println!("{}", serde_json::to_string_pretty(&receipt)?);
-    Ok(())
+    emit_json(&receipt)
 }
 
 pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
-    let client = Client::connect(args.addrs.clone()).await.context("connecting to the cluster")?;
+    let client = match Client::connect(args.addrs.clone()).await {
+        Ok(client) => client,
+        Err(e) if matches!(args.command, ClientCommand::Status) => {
+            for addr in &args.addrs {
+                emit(&format!("{addr}: unreachable ({e})"))?;
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e).context("connecting to the cluster (is it running? see --addrs)"),
+    };
     match args.command {
         ClientCommand::OpenAccount { account, currency: code, initial_minor, key } => {
             let op = Operation::OpenAccount { account: AccountId(account), currency: currency(&code)?, initial_minor };
             submit(&client, TxnRequest::new(key.unwrap_or_else(|| format!("open-{account}")), vec![op])).await?;
         }
         ClientCommand::Balance { account } => match client.account(AccountId(account)).await? {
-            Some(view) => println!("{}", serde_json::to_string_pretty(&view)?),
+            Some(view) => emit_json(&view)?,
             None => bail!("account {account} does not exist"),
         },
         ClientCommand::CreateOrder { order, merchant, amount_minor, currency: code, key } => {
@@ -104,7 +129,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             submit(&client, TxnRequest::new(key.unwrap_or_else(|| format!("order-{order}")), vec![op])).await?;
         }
         ClientCommand::Order { order } => match client.order(OrderId(order)).await? {
-            Some(view) => println!("{}", serde_json::to_string_pretty(&view)?),
+            Some(view) => emit_json(&view)?,
             None => bail!("order {order} does not exist"),
         },
         ClientCommand::Pay { order, payer, channel, key } => {
@@ -113,14 +138,14 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             submit(&client, TxnRequest::new(key.unwrap_or_else(|| format!("pay-{order}-{payer}")), ops)).await?;
         }
         ClientCommand::TxnStatus { key } => match client.txn_status(IdempotencyKey::new(key.clone())).await? {
-            Some(view) => println!("{}", serde_json::to_string_pretty(&view)?),
+            Some(view) => emit_json(&view)?,
             None => bail!("no transaction was submitted with key {key:?}"),
         },
         ClientCommand::Status => {
             for addr in &args.addrs {
                 match client.node_status_of(*addr).await {
-                    Ok(status) => println!("{addr}: {}", serde_json::to_string(&status)?),
-                    Err(e) => println!("{addr}: unreachable ({e})"),
+                    Ok(status) => emit(&format!("{addr}: {}", serde_json::to_string(&status)?))?,
+                    Err(e) => emit(&format!("{addr}: unreachable ({e})"))?,
                 }
             }
         }

@@ -55,7 +55,9 @@ const QUIET_LOGS: &str = "warn,openraft=off,paytx::net=error";
 
 fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only on a terminal: node logs usually go to files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 /// Runs `future` on an actix system (one thread): what a node needs.
@@ -120,7 +122,7 @@ fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
 }
 
 fn gen_configs(nodes: u64, dir: &std::path::Path, data_dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
-    anyhow::ensure!(nodes >= 1 && nodes <= 9, "--nodes must be between 1 and 9");
+    anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let data_dir = data_dir.unwrap_or_else(|| dir.join("data"));
     let addrs: BTreeMap<u64, SocketAddr> =

@@ -93,6 +93,13 @@ impl CoordinatorDriver {
     }
 
     fn dispatch(&mut self, event: Event, ctx: &mut Context<Self>) {
+        match &event {
+            Event::BeginApplied { txn, .. } => tracing::trace!(%txn, "begin applied"),
+            Event::VoteReceived { txn, shard, .. } => tracing::trace!(%txn, %shard, "vote received"),
+            Event::DecisionApplied { txn, .. } => tracing::trace!(%txn, "decision applied"),
+            Event::DecideAcked { txn, shard } => tracing::trace!(%txn, %shard, "decide acked"),
+            _ => {}
+        }
         for action in self.engine.handle(event) {
             self.execute(action, ctx);
         }
@@ -102,6 +109,7 @@ impl CoordinatorDriver {
         match action {
             Action::Propose { txn, command } => {
                 let is_begin = matches!(command, Command::Begin { .. });
+                tracing::trace!(%txn, is_begin, "propose");
                 let raft = self.raft.clone();
                 let proposal = async move { raft.client_write(command).await };
                 ctx.spawn(proposal.into_actor(self).map(move |result, act, ctx| {

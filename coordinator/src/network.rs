@@ -64,7 +64,9 @@ impl PeerClient {
         let payload = paytx_protocol::encode(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&WireError(e.to_string()))))?;
         let timeout_ms = u64::try_from(option.hard_ttl().as_millis()).unwrap_or(u64::MAX);
+        let started = tokio::time::Instant::now();
         let reply = self.transport.call(self.target, PeerRequest::Raft { kind, payload }, timeout_ms).await;
+        tracing::trace!(target = self.target, ?kind, elapsed_us = started.elapsed().as_micros() as u64, "raft rpc");
         match reply {
             Ok(PeerResponse::Raft(Ok(bytes))) => {
                 let decoded: Result<Resp, RaftError<NodeId, E>> = paytx_protocol::decode(&bytes)

@@ -8,6 +8,9 @@
 //! clone of the table (cheap next to the fsyncs of the write path) so the
 //! apply loop is never blocked by serialisation to disk.
 
+// The error type is openraft's `StorageError`, fixed by its traits.
+#![allow(clippy::result_large_err)]
+
 use crate::table::{CommandResult, TxnTable};
 use crate::types::{NodeId, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// The state of an order, as in `CREATED → PAID → PARTIALLY_REFUNDED/REFUNDED`
 /// and `CREATED → CLOSED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Created,
     Paid,

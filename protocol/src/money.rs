@@ -5,8 +5,36 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// An ISO-4217 alphabetic code, three upper-case ASCII letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Serialised as the string `"CNY"` in human-readable formats (JSON, TOML)
+/// and as three raw bytes in bincode (the wire and the disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Currency(pub [u8; 3]);
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&String::from_utf8_lossy(&self.0))
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let code = String::deserialize(deserializer)?;
+            let bytes: [u8; 3] = code
+                .as_bytes()
+                .try_into()
+                .map_err(|_| serde::de::Error::custom(format!("currency {code:?} is not a 3-letter ISO-4217 code")))?;
+            Ok(Currency(bytes))
+        } else {
+            <[u8; 3]>::deserialize(deserializer).map(Currency)
+        }
+    }
+}
 
 impl Currency {
     pub const CNY: Currency = Currency(*b"CNY");
@@ -95,6 +123,18 @@ mod tests {
             Some(Money::new(-2, Currency::CNY))
         );
         assert_eq!(Money::new(i64::MIN, Currency::CNY).checked_sub(Money::new(1, Currency::CNY)), None);
+    }
+
+    #[test]
+    fn currency_is_a_string_in_json_and_three_bytes_in_bincode() {
+        let money = Money::new(250, Currency::CNY);
+        let json = serde_json::to_string(&money).unwrap();
+        assert_eq!(json, r#"{"amount_minor":250,"currency":"CNY"}"#);
+        assert_eq!(serde_json::from_str::<Money>(&json).unwrap(), money);
+        assert!(serde_json::from_str::<Currency>(r#""CNYX""#).is_err());
+        let bytes = crate::encode(&Currency::CNY).unwrap();
+        assert_eq!(bytes, b"CNY".to_vec());
+        assert_eq!(crate::decode::<Currency>(&bytes).unwrap(), Currency::CNY);
     }
 
     #[test]

@@ -56,11 +56,10 @@ impl TxnRequest {
                 });
             }
             match op {
-                Operation::OpenAccount { initial_minor, .. } => {
-                    if *initial_minor < 0 {
-                        return Err(InvalidRequest::NegativeInitialBalance { index, amount_minor: *initial_minor });
-                    }
+                Operation::OpenAccount { initial_minor, .. } if *initial_minor < 0 => {
+                    return Err(InvalidRequest::NegativeInitialBalance { index, amount_minor: *initial_minor });
                 }
+                Operation::OpenAccount { .. } => {}
                 _ if money.amount_minor <= 0 => {
                     return Err(InvalidRequest::NonPositiveAmount { index, amount_minor: money.amount_minor });
                 }

@@ -24,6 +24,9 @@ pub enum DiskError {
     Corrupt { space: String, key_hex: String, reason: String },
 }
 
+/// One stored `(key, value)` pair.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Writes to one keyspace, applied atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
@@ -58,10 +61,10 @@ pub trait Disk: Send + Sync + 'static {
 
     /// Every `(key, value)` with `start <= key < end` (`end = None`: to the
     /// end of the space), in key order.
-    fn range(&self, space: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DiskError>;
+    fn range(&self, space: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<KeyValue>, DiskError>;
 
     /// The last `(key, value)` of a space, if any.
-    fn last(&self, space: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, DiskError>;
+    fn last(&self, space: &str) -> Result<Option<KeyValue>, DiskError>;
 
     /// Makes every write applied before this call durable. Concurrent calls
     /// share one fsync (group commit). After a failed sync every later sync

@@ -15,7 +15,7 @@ pub mod mem;
 pub mod record;
 pub mod sled_disk;
 
-pub use disk::{Batch, Disk, DiskError, SharedDisk};
+pub use disk::{Batch, Disk, DiskError, KeyValue, SharedDisk};
 pub use log_store::LogStore;
 pub use mem::MemDisk;
 pub use sled_disk::SledDisk;

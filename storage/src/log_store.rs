@@ -10,6 +10,9 @@
 //! callback when the fsync is done — openraft keeps going meanwhile, and
 //! concurrent appends share fsyncs through the disk's group commit.
 
+// The error type is openraft's `StorageError`, fixed by its traits.
+#![allow(clippy::result_large_err)]
+
 use crate::disk::{Batch, SharedDisk};
 use crate::record::{open_at, seal};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -153,8 +156,10 @@ where
         }
         self.disk.apply(LOG, batch).map_err(write_err::<C>)?;
         let sync = self.disk.sync();
+        let started = tokio::time::Instant::now();
         tokio::spawn(async move {
             let result = sync.await.map_err(|e| std::io::Error::other(e.to_string()));
+            tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, "raft log append durable");
             callback.log_io_completed(result);
         });
         Ok(())

@@ -1,7 +1,7 @@
 //! An in-memory `Disk` with crash semantics: what was applied but not synced
 //! is lost by [`MemDisk::crash`]. Used by unit tests and the simulator.
 
-use crate::disk::{Batch, Disk, DiskError};
+use crate::disk::{Batch, Disk, DiskError, KeyValue};
 use paytx_protocol::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -86,7 +86,7 @@ impl Disk for MemDisk {
         Ok(())
     }
 
-    fn range(&self, space: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DiskError> {
+    fn range(&self, space: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<KeyValue>, DiskError> {
         let state = self.lock();
         let Some(target) = state.live.get(space) else { return Ok(Vec::new()) };
         Ok(target
@@ -96,7 +96,7 @@ impl Disk for MemDisk {
             .collect())
     }
 
-    fn last(&self, space: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, DiskError> {
+    fn last(&self, space: &str) -> Result<Option<KeyValue>, DiskError> {
         let state = self.lock();
         Ok(state.live.get(space).and_then(|s| s.iter().next_back()).map(|(k, v)| (k.clone(), v.clone())))
     }

@@ -7,7 +7,7 @@
 //! caller that gets the lock and finds its ticket already durable returns
 //! without flushing. So N concurrent callers cost about two fsyncs, not N.
 
-use crate::disk::{Batch, Disk, DiskError};
+use crate::disk::{Batch, Disk, DiskError, KeyValue};
 use paytx_protocol::BoxFuture;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -47,9 +47,12 @@ impl SledDisk {
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, DiskError> {
         let db = sled::Config::new()
             .path(dir)
-            // sled's own background flush is a safety net only; durability
-            // points are our explicit syncs.
-            .flush_every_ms(Some(1000))
+            // Durability points are our explicit, group-committed syncs;
+            // sled's timer-driven flush would only add I/O.
+            .flush_every_ms(None)
+            // Append-heavy, churning keyspaces (Raft log, prepared records):
+            // favour write throughput over space.
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| io(&dir.display().to_string(), e))?;
         Ok(SledDisk {
@@ -104,7 +107,7 @@ impl Disk for SledDisk {
         self.tree(space)?.apply_batch(sled_batch).map_err(|e| io(space, e))
     }
 
-    fn range(&self, space: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DiskError> {
+    fn range(&self, space: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<KeyValue>, DiskError> {
         let tree = self.tree(space)?;
         let iter = match end {
             Some(end) => tree.range(start.to_vec()..end.to_vec()),
@@ -113,7 +116,7 @@ impl Disk for SledDisk {
         iter.map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| io(space, e))).collect()
     }
 
-    fn last(&self, space: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, DiskError> {
+    fn last(&self, space: &str) -> Result<Option<KeyValue>, DiskError> {
         Ok(self.tree(space)?.last().map_err(|e| io(space, e))?.map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 
@@ -134,7 +137,14 @@ impl Disk for SledDisk {
                 return Ok(());
             }
             let covered = inner.requested_ticket.load(Ordering::SeqCst);
-            match inner.db.flush_async().await {
+            let started = tokio::time::Instant::now();
+            let flushed = inner.db.flush_async().await;
+            tracing::debug!(
+                elapsed_us = started.elapsed().as_micros() as u64,
+                tickets = covered - inner.durable_ticket.load(Ordering::SeqCst),
+                "sled flush"
+            );
+            match flushed {
                 Ok(_) => {
                     inner.flushes.fetch_add(1, Ordering::Relaxed);
                     inner.durable_ticket.store(covered, Ordering::SeqCst);
