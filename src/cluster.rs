@@ -25,10 +25,9 @@
 //! ```
 
 use crate::client::{Client, ClientError};
-use crate::config::{CoordinatorSettings, Limits, NodeConfig};
-use crate::link::LinkFilter;
 use crate::node::{Node, NodeOptions};
 use paytx_coordinator::RaftSettings;
+use paytx_node::{CoordinatorSettings, Limits, LinkFilter, NodeConfig};
 use paytx_participants::ChannelConfig;
 use paytx_protocol::NodeId;
 use std::collections::BTreeMap;

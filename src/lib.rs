@@ -8,8 +8,6 @@
 
 pub mod client;
 pub mod cluster;
-pub mod config;
-pub mod link;
 pub mod net;
 pub mod node;
 pub mod report;
@@ -17,5 +15,5 @@ pub mod workload;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use cluster::{Cluster, ClusterOptions};
-pub use config::NodeConfig;
+pub use paytx_node::{config, link, NodeConfig};
 pub use paytx_protocol as protocol;

@@ -1,9 +1,9 @@
 //! The node's outgoing `Transport`: the local node is called directly, other
-//! nodes over TCP; a [`LinkFilter`] can drop chosen messages (tests of lost
+//! nodes through the remote transport (TCP in production, simulated links
+//! in the simulator); a [`LinkFilter`] can drop chosen messages (tests of lost
 //! messages and partitions on real processes).
 
-use crate::net::TcpTransport;
-use crate::node::NodeService;
+use crate::service::NodeService;
 use paytx_protocol::{BoxFuture, NodeId, PeerRequest, PeerResponse, Transport, TransportError};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
@@ -39,7 +39,7 @@ impl LinkFilter {
 pub struct NodeTransport {
     me: NodeId,
     local: Arc<OnceLock<Weak<NodeService>>>,
-    remote: TcpTransport,
+    remote: Arc<dyn Transport>,
     filter: LinkFilter,
     local_timeout_ms: u64,
 }
@@ -48,7 +48,7 @@ impl NodeTransport {
     pub fn new(
         me: NodeId,
         local: Arc<OnceLock<Weak<NodeService>>>,
-        remote: TcpTransport,
+        remote: Arc<dyn Transport>,
         filter: LinkFilter,
         local_timeout_ms: u64,
     ) -> Self {

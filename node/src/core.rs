@@ -1,0 +1,134 @@
+//! [`NodeCore`]: assembling one node — its participant shards, its
+//! coordinator replica and 2PC driver, and the [`NodeService`] that routes
+//! between them — on a given `Disk` and remote `Transport`.
+
+use crate::config::NodeConfig;
+use crate::link::{LinkFilter, NodeTransport};
+use crate::service::{CoordinatorParts, NodeDecisions, NodeService};
+use actix::prelude::*;
+use paytx_coordinator::engine::EngineConfig;
+use paytx_coordinator::{CoordinatorDriver, DriverConfig};
+use paytx_participants::{ParticipantActor, ParticipantConfig};
+use paytx_protocol::{ShardId, Transport};
+use paytx_storage::SharedDisk;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot open the data directory {dir}: {reason}")]
+    Storage { dir: String, reason: String },
+    #[error("cannot listen on {addr}: {reason} (is another node using the port?)")]
+    Listen { addr: std::net::SocketAddr, reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("coordinator replica: {0}")]
+    Coordinator(String),
+    #[error("participant shard {shard}: {reason}")]
+    Participant { shard: ShardId, reason: String },
+}
+
+/// A started node, minus its sockets. Must be started inside an actix
+/// system (the production thread or the simulator's).
+pub struct NodeCore {
+    service: Arc<NodeService>,
+}
+
+impl NodeCore {
+    /// Starts the node of `config` on `disk`, talking to other nodes through
+    /// `remote` (calls to itself never leave the process).
+    pub async fn start(
+        config: &NodeConfig,
+        disk: SharedDisk,
+        remote: Arc<dyn Transport>,
+        link_filter: LinkFilter,
+    ) -> Result<NodeCore, NodeError> {
+        config.validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        let service_slot: Arc<OnceLock<Weak<NodeService>>> = Arc::new(OnceLock::new());
+        let transport: Arc<dyn Transport> = Arc::new(NodeTransport::new(
+            config.node_id,
+            service_slot.clone(),
+            remote,
+            link_filter,
+            config.limits.peer_timeout_ms,
+        ));
+
+        // Participants first: a shard must be able to vote as soon as the
+        // coordinator re-drives its prepared transactions.
+        let seed_base = config.seed.unwrap_or_else(rand::random);
+        let mut participants = BTreeMap::new();
+        for shard in config.shards.shards_on(config.node_id) {
+            let mut participant_config = ParticipantConfig::new(shard);
+            participant_config.channels = config.channels.clone();
+            participant_config.rng_seed = seed_base ^ (u64::from(shard.kind.tag()) << 32 | u64::from(shard.index));
+            participant_config.in_doubt_after_ms = config.coordinator.in_doubt_after_ms;
+            participant_config.max_prepared = config.limits.max_prepared_per_shard;
+            let decisions = Arc::new(NodeDecisions { service: service_slot.clone() });
+            let actor = ParticipantActor::open(participant_config, disk.clone(), decisions)
+                .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;
+            participants.insert(shard, actor.start());
+        }
+
+        let replica = paytx_coordinator::start_replica(config.node_id, disk.clone(), transport.clone(), &config.raft)
+            .await
+            .map_err(|e| NodeError::Coordinator(e.to_string()))?;
+        let driver_config = DriverConfig {
+            node: config.node_id,
+            shard_map: config.shards.clone(),
+            engine: EngineConfig {
+                prepare_timeout_ms: config.coordinator.prepare_timeout_ms,
+                decide_retry_ms: config.coordinator.decide_retry_ms,
+                max_in_flight_txns: config.coordinator.max_in_flight_txns,
+                ..EngineConfig::default()
+            },
+            tick_ms: 20,
+            peer_timeout_ms: config.limits.peer_timeout_ms,
+        };
+        let driver =
+            CoordinatorDriver::new(driver_config, replica.raft.clone(), replica.table.clone(), transport.clone())
+                .start();
+
+        let service = Arc::new(NodeService {
+            id: config.node_id,
+            peers: config.peer_map().keys().copied().collect(),
+            shard_map: config.shards.clone(),
+            coordinator: Mutex::new(Some(CoordinatorParts {
+                raft: replica.raft.clone(),
+                driver,
+                table: replica.table,
+            })),
+            participants,
+            transport,
+            request_timeout_ms: config.limits.request_timeout_ms,
+            peer_timeout_ms: config.limits.peer_timeout_ms,
+        });
+        // Infallible: the slot is fresh and set exactly once, here.
+        let _ = service_slot.set(Arc::downgrade(&service));
+
+        // The lowest-numbered node initialises a brand-new group; every other
+        // node waits to be contacted by the leader.
+        let lowest = config.peer_map().keys().next().copied();
+        if lowest == Some(config.node_id) {
+            let members = config.peer_map().into_iter().map(|(id, a)| (id, a.to_string())).collect();
+            paytx_coordinator::initialize_if_new(&replica.raft, &members)
+                .await
+                .map_err(|e| NodeError::Coordinator(e.to_string()))?;
+        }
+        Ok(NodeCore { service })
+    }
+
+    pub fn service(&self) -> Arc<NodeService> {
+        self.service.clone()
+    }
+
+    /// Stops the coordinator replica (Raft and the driver); participants go on.
+    pub async fn shutdown_coordinator(&self) {
+        self.service.shutdown_coordinator().await;
+    }
+
+    /// Stops everything this node runs.
+    pub async fn stop(self) {
+        self.service.shutdown_coordinator().await;
+        self.service.stop_participants();
+    }
+}

@@ -1,0 +1,22 @@
+//! paytx node core: what one node runs, independent of sockets and disks.
+//!
+//! * [`config`]: the node configuration (TOML).
+//! * [`core`]: [`NodeCore`] assembles a node's participant shards, its
+//!   coordinator replica and 2PC driver on a given `Disk` and `Transport`.
+//! * [`service`]: [`NodeService`] handles and routes every message.
+//! * [`link`]: the node's outgoing transport (local calls short-circuit) and
+//!   the [`LinkFilter`] that drops chosen messages in tests.
+//!
+//! The `paytx` crate runs it on TCP and sled; the simulator on simulated
+//! links and memory.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod core;
+pub mod link;
+pub mod service;
+
+pub use crate::core::{NodeCore, NodeError};
+pub use config::{ConfigError, CoordinatorSettings, Limits, NodeConfig, Peer};
+pub use link::{LinkFilter, LinkRule, NodeTransport};
+pub use service::NodeService;

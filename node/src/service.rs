@@ -1,0 +1,300 @@
+//! [`NodeService`]: where every message a node receives is handled —
+//! client requests (`handle_request`) and peer requests (`handle_peer`) —
+//! and routed: a transaction goes to the coordinator leader, a read to the
+//! node owning the entity's shard, an in-doubt query to the leader.
+//!
+//! Independent of sockets and disks: production wraps it in a TCP server on
+//! sled, the simulator in simulated links on memory.
+
+use actix::prelude::*;
+use paytx_coordinator::driver::{GetDriverStatus, QueryDecision, StopDriver, SubmitTxn};
+use paytx_coordinator::state_machine::{read_table, SharedTable};
+use paytx_coordinator::{CoordinatorDriver, Raft};
+use paytx_participants::{DecisionSource, ParticipantActor};
+use paytx_protocol::messages::{NodeStatusView, ShardStatus};
+use paytx_protocol::{
+    BoxFuture, EntityKey, NodeId, PeerRequest, PeerResponse, Request, RequestError, Response, ShardId, ShardMap,
+    Transport, TxnId,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+/// The coordinator replica of a node, while it runs.
+#[derive(Clone)]
+pub(crate) struct CoordinatorParts {
+    pub(crate) raft: Raft,
+    pub(crate) driver: Addr<CoordinatorDriver>,
+    pub(crate) table: SharedTable,
+}
+
+/// Handles everything a node receives.
+pub struct NodeService {
+    pub(crate) id: NodeId,
+    pub(crate) peers: Vec<NodeId>,
+    pub(crate) shard_map: ShardMap,
+    pub(crate) coordinator: Mutex<Option<CoordinatorParts>>,
+    pub(crate) participants: BTreeMap<ShardId, Addr<ParticipantActor>>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) request_timeout_ms: u64,
+    pub(crate) peer_timeout_ms: u64,
+}
+
+fn error(e: RequestError) -> Response {
+    Response::Error(e)
+}
+
+impl NodeService {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Stops every participant actor of this node at once, without flushing
+    /// anything (a crash, or the last step of a stop).
+    pub fn stop_participants(&self) {
+        for actor in self.participants.values() {
+            actor.do_send(paytx_participants::messages::Shutdown);
+        }
+    }
+
+    fn coordinator(&self) -> Option<CoordinatorParts> {
+        self.coordinator.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Nodes to try, in order, to reach the coordinator leader: the hint
+    /// first, then every other node.
+    fn leader_candidates(&self, hint: Option<NodeId>) -> Vec<NodeId> {
+        let mut candidates: Vec<NodeId> = hint.filter(|h| *h != self.id).into_iter().collect();
+        candidates.extend(self.peers.iter().copied().filter(|p| *p != self.id && Some(*p) != hint));
+        candidates
+    }
+
+    /// A client request. `may_forward` is false for a request another node
+    /// already forwarded here (one hop at most: no forwarding loops).
+    pub async fn handle_request(self: Arc<Self>, request: Request, may_forward: bool) -> Response {
+        let budget = Duration::from_millis(self.request_timeout_ms);
+        let timeout_ms = self.request_timeout_ms;
+        match tokio::time::timeout(budget, self.route_request(request, may_forward)).await {
+            Ok(response) => response,
+            Err(_) => error(RequestError::Timeout { timeout_ms }),
+        }
+    }
+
+    async fn route_request(self: Arc<Self>, request: Request, may_forward: bool) -> Response {
+        match request {
+            Request::Submit(txn) => {
+                let local = match self.coordinator() {
+                    Some(parts) => match parts.driver.send(SubmitTxn(txn.clone())).await {
+                        Ok(Ok(receipt)) => return Response::Submitted(receipt),
+                        Ok(Err(RequestError::NoLeader { leader_hint })) => RequestError::NoLeader { leader_hint },
+                        Ok(Err(e)) => return error(e),
+                        Err(_) => RequestError::ShuttingDown,
+                    },
+                    None => RequestError::NoLeader { leader_hint: None },
+                };
+                if !may_forward {
+                    return error(local);
+                }
+                let hint = match &local {
+                    RequestError::NoLeader { leader_hint } => *leader_hint,
+                    _ => None,
+                };
+                self.forward_to_leader(Request::Submit(txn), hint, local).await
+            }
+            Request::GetAccount(account) => {
+                self.read(EntityKey::Account(account), Request::GetAccount(account), may_forward).await
+            }
+            Request::GetOrder(order) => self.read(EntityKey::Order(order), Request::GetOrder(order), may_forward).await,
+            Request::GetCharge { channel, order } => {
+                self.read(EntityKey::Channel(channel), Request::GetCharge { channel, order }, may_forward).await
+            }
+            Request::TxnStatus(key) => {
+                let parts = self.coordinator();
+                let leader_ready = match &parts {
+                    Some(p) => p.driver.send(GetDriverStatus).await.map(|s| (s.is_leader, s.leader_hint)).ok(),
+                    None => None,
+                };
+                match (parts, leader_ready) {
+                    (Some(parts), Some((true, _))) => {
+                        Response::TxnStatus(read_table(&parts.table).table.status_of_key(&key))
+                    }
+                    (_, hint) if may_forward => {
+                        let hint = hint.and_then(|(_, h)| h);
+                        let fallback = RequestError::NoLeader { leader_hint: hint };
+                        self.forward_to_leader(Request::TxnStatus(key), hint, fallback).await
+                    }
+                    _ => error(RequestError::NoLeader { leader_hint: None }),
+                }
+            }
+            Request::NodeStatus => Response::NodeStatus(self.status().await),
+        }
+    }
+
+    async fn forward_to_leader(&self, request: Request, hint: Option<NodeId>, mut last: RequestError) -> Response {
+        for node in self.leader_candidates(hint) {
+            let reply = self.transport.call(node, PeerRequest::Forward(request.clone()), self.request_timeout_ms).await;
+            match reply {
+                Ok(PeerResponse::Forwarded(Response::Error(
+                    e @ (RequestError::NoLeader { .. } | RequestError::ShuttingDown),
+                ))) => last = e,
+                Ok(PeerResponse::Forwarded(response)) => return response,
+                Ok(other) => last = RequestError::Internal(format!("node {node} answered a forward with {other:?}")),
+                Err(e) => {
+                    tracing::debug!(error = %e, node, "forward to a leader candidate failed");
+                    last = RequestError::NoLeader { leader_hint: None };
+                }
+            }
+        }
+        error(last)
+    }
+
+    async fn read(&self, entity: EntityKey, request: Request, may_forward: bool) -> Response {
+        let shard = self.shard_map.shard_of(entity);
+        if let Some(actor) = self.participants.get(&shard) {
+            let answer = match request {
+                Request::GetAccount(account) => {
+                    actor.send(paytx_participants::ReadAccount(account)).await.map(Response::Account)
+                }
+                Request::GetOrder(order) => actor.send(paytx_participants::ReadOrder(order)).await.map(Response::Order),
+                Request::GetCharge { channel, order } => {
+                    actor.send(paytx_participants::ReadCharge { channel, order }).await.map(Response::Charge)
+                }
+                _ => return error(RequestError::Internal("not a read".into())),
+            };
+            return answer.unwrap_or_else(|_| error(RequestError::ShuttingDown));
+        }
+        let Some(owner) = self.shard_map.node_of(shard).filter(|owner| *owner != self.id && may_forward) else {
+            return error(RequestError::ShardUnavailable { shard });
+        };
+        match self.transport.call(owner, PeerRequest::Forward(request), self.request_timeout_ms).await {
+            Ok(PeerResponse::Forwarded(response)) => response,
+            Ok(other) => error(RequestError::Internal(format!("node {owner} answered a read with {other:?}"))),
+            Err(e) => {
+                tracing::debug!(error = %e, %shard, "read forward failed");
+                error(RequestError::ShardUnavailable { shard })
+            }
+        }
+    }
+
+    /// A node-to-node request.
+    pub async fn handle_peer(self: Arc<Self>, request: PeerRequest) -> PeerResponse {
+        match request {
+            PeerRequest::Raft { kind, payload } => match self.coordinator() {
+                Some(parts) => {
+                    PeerResponse::Raft(paytx_coordinator::network::handle_raft_rpc(&parts.raft, kind, &payload).await)
+                }
+                None => PeerResponse::Raft(Err(format!("the coordinator replica of node {} is shut down", self.id))),
+            },
+            PeerRequest::Prepare { txn, shard, ops } => match self.participants.get(&shard) {
+                Some(actor) => match actor.send(paytx_participants::Prepare { txn, ops }).await {
+                    Ok(Ok(vote)) => PeerResponse::Vote(vote),
+                    Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
+                    Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
+                },
+                None => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
+            },
+            PeerRequest::Decide { txn, shard, commit } => match self.participants.get(&shard) {
+                Some(actor) => match actor.send(paytx_participants::Decide { txn, commit }).await {
+                    Ok(Ok(())) => PeerResponse::Acked,
+                    Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
+                    Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
+                },
+                None => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
+            },
+            PeerRequest::QueryDecision { txn } => match self.local_decision(txn).await {
+                Ok(commit) => PeerResponse::Decision { commit },
+                Err(e) => PeerResponse::Error(e),
+            },
+            PeerRequest::Forward(request) => PeerResponse::Forwarded(self.handle_request(request, false).await),
+        }
+    }
+
+    async fn local_decision(&self, txn: TxnId) -> Result<bool, RequestError> {
+        match self.coordinator() {
+            Some(parts) => parts.driver.send(QueryDecision(txn)).await.unwrap_or(Err(RequestError::ShuttingDown)),
+            None => Err(RequestError::NoLeader { leader_hint: None }),
+        }
+    }
+
+    /// Asks the coordinator group for the decision of `txn`: this node's
+    /// replica first, then the leader it names, then every other node.
+    async fn query_decision(&self, txn: TxnId) -> Result<bool, String> {
+        let hint = match self.local_decision(txn).await {
+            Ok(commit) => return Ok(commit),
+            Err(RequestError::NoLeader { leader_hint }) => leader_hint,
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut last = String::from("no node answered");
+        for node in self.leader_candidates(hint) {
+            match self.transport.call(node, PeerRequest::QueryDecision { txn }, self.peer_timeout_ms).await {
+                Ok(PeerResponse::Decision { commit }) => return Ok(commit),
+                Ok(PeerResponse::Error(e @ RequestError::InProgress { .. })) => return Err(e.to_string()),
+                Ok(other) => last = format!("node {node}: {other:?}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    pub async fn status(&self) -> NodeStatusView {
+        let mut shards: Vec<ShardStatus> = Vec::new();
+        for actor in self.participants.values() {
+            if let Ok(status) = actor.send(paytx_participants::GetStatus).await {
+                shards.push(status);
+            }
+        }
+        let mut view = NodeStatusView {
+            node: self.id,
+            raft_term: None,
+            leader: None,
+            coordinator_ready: false,
+            last_applied_index: None,
+            snapshot_index: None,
+            undecided_txns: 0,
+            unacked_txns: 0,
+            shards,
+        };
+        if let Some(parts) = self.coordinator() {
+            let metrics = parts.raft.metrics().borrow().clone();
+            view.raft_term = Some(metrics.current_term);
+            view.leader = metrics.current_leader;
+            view.last_applied_index = metrics.last_applied.map(|l| l.index);
+            view.snapshot_index = metrics.snapshot.map(|l| l.index);
+            let (undecided, unacked) = read_table(&parts.table).table.counts();
+            view.undecided_txns = undecided;
+            view.unacked_txns = unacked;
+            view.coordinator_ready = parts.driver.send(GetDriverStatus).await.map(|s| s.is_leader).unwrap_or(false);
+        }
+        view
+    }
+
+    /// Stops this node's coordinator replica (Raft and the 2PC driver). The
+    /// participants keep serving; the other replicas elect a new leader.
+    pub async fn shutdown_coordinator(&self) {
+        let parts = self.coordinator.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(parts) = parts {
+            parts.driver.do_send(StopDriver);
+            if let Err(e) = parts.raft.shutdown().await {
+                tracing::warn!(error = %e, "raft shutdown reported an error");
+            }
+            tracing::info!(node = self.id, "coordinator replica shut down");
+        }
+    }
+}
+
+/// Where in-doubt participants of this node ask for decisions.
+pub(crate) struct NodeDecisions {
+    pub(crate) service: Arc<OnceLock<Weak<NodeService>>>,
+}
+
+impl DecisionSource for NodeDecisions {
+    fn query(&self, txn: TxnId) -> BoxFuture<Result<bool, String>> {
+        let service = self.service.get().and_then(Weak::upgrade);
+        Box::pin(async move {
+            match service {
+                Some(service) => service.query_decision(txn).await,
+                None => Err("the node is starting or stopping".to_string()),
+            }
+        })
+    }
+}
