@@ -17,6 +17,7 @@ pub mod ids;
 pub mod messages;
 pub mod money;
 pub mod ops;
+pub mod planted;
 pub mod transport;
 pub mod txn;
 

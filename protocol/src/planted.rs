@@ -1,0 +1,126 @@
+//! Planted bugs: classic two-phase-commit and recovery mistakes, switchable
+//! at run time, that the deterministic simulator must catch.
+//!
+//! They exist to prove the simulator finds bugs (FoundationDB's "buggify"
+//! in reverse). They are compiled in only with the `planted-bugs` feature of
+//! this crate; without it [`active`] is a constant `false` and every hook
+//! disappears from the binary. The switch is thread-local: the simulator
+//! runs a whole cluster on one thread, and parallel tests do not interfere.
+
+/// A bug that can be planted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// A participant votes YES before its prepared record is synced: a crash
+    /// after the vote loses the reservation of a transaction that commits.
+    VoteBeforeSync,
+    /// The coordinator commits when all but one participant voted YES.
+    CommitWithoutAllVotes,
+    /// A new coordinator leader does not re-drive the decided transactions
+    /// of the table, so their participants are never told and never acked.
+    NoRedriveOnNewLeader,
+    /// A participant restarting from its journal forgets the holds of its
+    /// prepared transactions.
+    DropHoldsOnRestart,
+    /// The transaction table registers an idempotency key again when it was
+    /// first used under an earlier leader (term): a resubmission after a
+    /// leader change is applied twice.
+    IdempotencyTwiceAfterLeaderChange,
+    /// An in-doubt participant asking about a transaction the table does not
+    /// know is told "commit" instead of "abort" (presumed commit).
+    PresumeCommit,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 6] = [
+        Bug::VoteBeforeSync,
+        Bug::CommitWithoutAllVotes,
+        Bug::NoRedriveOnNewLeader,
+        Bug::DropHoldsOnRestart,
+        Bug::IdempotencyTwiceAfterLeaderChange,
+        Bug::PresumeCommit,
+    ];
+
+    /// The name used on the command line (`--bug NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::VoteBeforeSync => "vote-before-sync",
+            Bug::CommitWithoutAllVotes => "commit-without-all-votes",
+            Bug::NoRedriveOnNewLeader => "no-redrive-on-new-leader",
+            Bug::DropHoldsOnRestart => "drop-holds-on-restart",
+            Bug::IdempotencyTwiceAfterLeaderChange => "idempotency-twice-after-leader-change",
+            Bug::PresumeCommit => "presume-commit",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+}
+
+impl std::fmt::Display for Bug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `true` when this build can plant bugs.
+pub const AVAILABLE: bool = cfg!(feature = "planted-bugs");
+
+#[cfg(feature = "planted-bugs")]
+thread_local! {
+    static PLANTED: std::cell::Cell<Option<Bug>> = const { std::cell::Cell::new(None) };
+}
+
+/// Plants `bug` on this thread (`None` removes it). Returns `false`, and
+/// plants nothing, in a build without the `planted-bugs` feature.
+pub fn plant(bug: Option<Bug>) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        PLANTED.with(|planted| planted.set(bug));
+        true
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+/// Whether `bug` is planted on this thread. Always `false` (a constant the
+/// compiler removes) without the `planted-bugs` feature.
+#[inline]
+pub fn active(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        PLANTED.with(|planted| planted.get() == Some(bug))
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for bug in Bug::ALL {
+            assert_eq!(Bug::parse(bug.name()), Some(bug));
+        }
+        assert_eq!(Bug::parse("nope"), None);
+    }
+
+    #[test]
+    fn planting_is_thread_local_and_compiled_out_without_the_feature() {
+        let planted = plant(Some(Bug::PresumeCommit));
+        assert_eq!(planted, AVAILABLE);
+        assert_eq!(active(Bug::PresumeCommit), AVAILABLE);
+        assert!(!active(Bug::VoteBeforeSync));
+        std::thread::spawn(|| assert!(!active(Bug::PresumeCommit))).join().unwrap();
+        plant(None);
+        assert!(!active(Bug::PresumeCommit));
+    }
+}
