@@ -4,6 +4,7 @@
 mod bench;
 mod cli_client;
 mod demo;
+mod sim_cli;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Requests against running nodes: open accounts, read balances, create and pay orders.
     Client(cli_client::ClientArgs),
+    /// Deterministic simulation: the real cluster under seeded faults.
+    Sim(sim_cli::SimArgs),
     /// Write node configs for a local cluster (one file per node).
     GenConfigs {
         #[arg(long, default_value_t = 3)]
@@ -94,6 +97,12 @@ fn main() -> std::process::ExitCode {
         Command::Client(args) => {
             init_tracing("warn");
             on_tokio(cli_client::run(args)).map(|_| 0)
+        }
+        Command::Sim(args) => {
+            // The simulator's own nodes log nothing by default: a run is
+            // thousands of crashes and retries. RUST_LOG overrides.
+            init_tracing("error,openraft=off");
+            sim_cli::run_sim(args).map(|ok| if ok { 0 } else { 1 })
         }
         Command::GenConfigs { nodes, dir, data_dir, base_port } => {
             init_tracing("warn");

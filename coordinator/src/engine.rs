@@ -23,6 +23,7 @@
 
 use crate::table::{Command, CommandResult, TxnRecord};
 use paytx_protocol::messages::TxnState;
+use paytx_protocol::planted::Bug;
 use paytx_protocol::InvalidRequest;
 use paytx_protocol::{
     AbortReason, IdempotencyKey, NodeId, Operation, Outcome, RequestError, ShardId, ShardMap, TxnId, TxnReceipt,
@@ -47,6 +48,9 @@ pub struct EngineConfig {
     pub forget_batch_max: usize,
     /// Most operations per transaction.
     pub max_ops_per_txn: usize,
+    /// First `seq` of this incarnation's transaction ids
+    /// ([`crate::epoch::next_seq_base`]).
+    pub seq_base: u64,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +61,7 @@ impl Default for EngineConfig {
             max_in_flight_txns: 20_000,
             forget_batch_max: 512,
             max_ops_per_txn: paytx_protocol::txn::MAX_OPS_PER_TXN,
+            seq_base: 0,
         }
     }
 }
@@ -189,13 +194,14 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(node: NodeId, shard_map: ShardMap, config: EngineConfig) -> Self {
+        let next_seq = config.seq_base;
         Engine {
             node,
             shard_map,
             config,
             leader_term: None,
             leader_hint: None,
-            next_seq: 0,
+            next_seq,
             txns: BTreeMap::new(),
             forget_queue: Vec::new(),
         }
@@ -351,7 +357,12 @@ impl Engine {
         let outcome = match vote {
             Vote::Yes => {
                 yes.insert(shard);
-                if yes.len() < record.shards.len() {
+                let mut needed = record.shards.len();
+                // PLANTED BUG (simulator only): commit with the last shard's vote still missing.
+                if paytx_protocol::planted::active(Bug::CommitWithoutAllVotes) && needed >= 2 {
+                    needed -= 1;
+                }
+                if yes.len() < needed {
                     return;
                 }
                 Outcome::Committed
@@ -417,12 +428,18 @@ impl Engine {
         self.on_stepped_down(Some(self.node), actions);
         self.leader_term = Some(term);
         self.leader_hint = Some(self.node);
-        self.next_seq = 0;
+        // `next_seq` is NOT reset: leadership of one term can be reported
+        // more than once (metrics flicker), and a reset would hand out a
+        // `TxnId` twice. Ids stay unique because they only ever grow.
         // Re-drive everything the table holds: decided transactions get their
         // decision re-sent until every participant acks; undecided ones are
         // prepared again (participants answer re-prepares idempotently) and
         // abort if the votes do not all arrive before the deadline.
         for (txn, record) in live {
+            // PLANTED BUG (simulator only): decided transactions are neither re-sent nor tracked.
+            if paytx_protocol::planted::active(Bug::NoRedriveOnNewLeader) && record.decision.is_some() {
+                continue;
+            }
             let shards = self.shard_map.split(&record.ops);
             let phase = match &record.decision {
                 Some(outcome) => {

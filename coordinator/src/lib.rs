@@ -12,6 +12,7 @@
 
 pub mod driver;
 pub mod engine;
+pub mod epoch;
 pub mod network;
 pub mod replica;
 pub mod runtime;

@@ -19,6 +19,7 @@
 //! simulator run) iterates in the same order.
 
 use paytx_protocol::messages::{TxnState, TxnStatusView};
+use paytx_protocol::planted::Bug;
 use paytx_protocol::txn::BodyHash;
 use paytx_protocol::{AbortReason, IdempotencyKey, Operation, Outcome, TxnId};
 use serde::{Deserialize, Serialize};
@@ -131,14 +132,26 @@ impl TxnTable {
         prepare_timeout_ms: u64,
     ) -> CommandResult {
         if let Some(existing) = self.keys.get(key) {
+            // PLANTED BUG (simulator only): a key first used under an earlier leader's term counts as new.
+            if paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange)
+                && existing.txn.term != txn.term
+                && !self.txns.contains_key(&txn)
+            {
+                self.keys.insert(key.clone(), KeyRecord { txn, body_hash, outcome: None });
+                let record = TxnRecord { key: key.clone(), ops: ops.to_vec(), prepare_timeout_ms, decision: None };
+                self.txns.insert(txn, record);
+                return CommandResult::Begun;
+            }
             if existing.body_hash != body_hash {
                 return CommandResult::KeyConflict;
             }
             return CommandResult::Existing { txn: existing.txn, state: self.state_of(existing) };
         }
         if self.txns.contains_key(&txn) {
-            // A re-proposed Begin of the same txn id (e.g. a retried
-            // proposal) under another key cannot happen: ids are unique.
+            // Ids are unique by construction (term, node, ever-growing seq);
+            // a second Begin of one id under another key is a coordinator
+            // bug. Refuse it rather than overwrite the first transaction.
+            tracing::error!(%txn, %key, "Begin of a transaction id already in the table; refused");
             return CommandResult::KeyConflict;
         }
         self.keys.insert(key.clone(), KeyRecord { txn, body_hash, outcome: None });
@@ -154,6 +167,10 @@ impl TxnTable {
             record.decision = Some(outcome.clone());
             let key = record.key.clone();
             if let Some(key_record) = self.keys.get_mut(&key) {
+                // PLANTED BUG (simulator only): the key may have been taken over by a later txn (see `begin`).
+                if paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange) && key_record.txn != txn {
+                    return CommandResult::Decided { outcome: outcome.clone() };
+                }
                 debug_assert_eq!(key_record.txn, txn, "a txn record and its key record agree");
                 key_record.outcome = Some(outcome.clone());
             }
@@ -165,6 +182,10 @@ impl TxnTable {
             .and_then(|k| self.keys.get(k))
             .filter(|record| record.txn == txn)
             .and_then(|record| record.outcome.clone());
+        // PLANTED BUG (simulator only): presume commit for a transaction the table does not know.
+        if paytx_protocol::planted::active(Bug::PresumeCommit) && remembered.is_none() {
+            return CommandResult::Decided { outcome: Outcome::Committed };
+        }
         CommandResult::Decided { outcome: remembered.unwrap_or(Outcome::Aborted(AbortReason::PresumedAbort)) }
     }
 
@@ -199,6 +220,10 @@ impl TxnTable {
     }
 
     fn check_invariants(&self) {
+        // PLANTED BUG (simulator only): with a key taken over, an older live txn no longer owns its key record.
+        if paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange) {
+            return;
+        }
         if cfg!(debug_assertions) {
             for (txn, record) in &self.txns {
                 let key = self.keys.get(&record.key);
@@ -306,5 +331,57 @@ mod tests {
         assert!(table.status_of_key(&IdempotencyKey::new("b")).is_none(), "oldest retired key evicted");
         assert!(table.status_of_key(&IdempotencyKey::new("d")).is_some());
         assert!(table.status_of_key(&IdempotencyKey::new("a")).is_some(), "live key kept");
+    }
+
+    // Planted bugs (`paytx_protocol::planted`): each test plants its bug,
+    // shows the wrong behaviour, and unplants it. Built without
+    // `paytx-protocol/planted-bugs`, planting is refused and the test checks
+    // the correct behaviour instead (the hooks are inert).
+
+    #[test]
+    fn planted_idempotency_twice_after_leader_change_registers_the_key_again() {
+        use paytx_protocol::planted::{plant, Bug};
+        let mut table = TxnTable::default();
+        let first = TxnId { term: 1, node: 1, seq: 1 };
+        let retry = TxnId { term: 2, node: 2, seq: 1 };
+        let same_term = TxnId { term: 1, node: 1, seq: 2 };
+        let planted = plant(Some(Bug::IdempotencyTwiceAfterLeaderChange));
+        assert_eq!(table.apply(&begin(first, "k", 5)), CommandResult::Begun);
+        // A resubmission under the same leader (term) still finds the original.
+        let under_same_term = table.apply(&begin(same_term, "k", 5));
+        // The client's retry reaches the next leader.
+        let after_leader_change = table.apply(&begin(retry, "k", 5));
+        // Both transactions get decided without tripping the table's checks.
+        let decide = |txn| Command::Decide { txn, key: None, outcome: Outcome::Committed };
+        assert_eq!(table.apply(&decide(first)), CommandResult::Decided { outcome: Outcome::Committed });
+        let retry_decided = table.apply(&decide(retry));
+        plant(None);
+        assert_eq!(under_same_term, CommandResult::Existing { txn: first, state: TxnState::InProgress });
+        if !planted {
+            assert_eq!(after_leader_change, CommandResult::Existing { txn: first, state: TxnState::InProgress });
+            assert_eq!(table.counts(), (0, 1));
+            return;
+        }
+        assert_eq!(after_leader_change, CommandResult::Begun, "the key is registered a second time");
+        assert_eq!(retry_decided, CommandResult::Decided { outcome: Outcome::Committed });
+        assert_eq!(table.counts(), (0, 2), "one key, two committed transactions");
+        assert_eq!(table.status_of_key(&IdempotencyKey::new("k")).map(|s| s.txn), Some(retry));
+    }
+
+    #[test]
+    fn planted_presume_commit_answers_commit_for_an_unknown_txn() {
+        use paytx_protocol::planted::{plant, Bug};
+        let mut table = TxnTable::default();
+        // What the driver proposes before answering an in-doubt participant.
+        let query = Command::Decide { txn: id(9), key: None, outcome: Outcome::Aborted(AbortReason::PresumedAbort) };
+        let planted = plant(Some(Bug::PresumeCommit));
+        let answer = table.apply(&query);
+        plant(None);
+        assert_eq!(table.counts(), (0, 0), "nothing recorded either way");
+        if !planted {
+            assert_eq!(answer, CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) });
+            return;
+        }
+        assert_eq!(answer, CommandResult::Decided { outcome: Outcome::Committed });
     }
 }

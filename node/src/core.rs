@@ -69,6 +69,10 @@ impl NodeCore {
             participants.insert(shard, actor.start());
         }
 
+        // Transaction ids of this incarnation number above every earlier one.
+        let seq_base = paytx_coordinator::epoch::next_seq_base(&disk)
+            .await
+            .map_err(|e| NodeError::Coordinator(format!("cannot bump the coordinator epoch: {e}")))?;
         let replica = paytx_coordinator::start_replica(config.node_id, disk.clone(), transport.clone(), &config.raft)
             .await
             .map_err(|e| NodeError::Coordinator(e.to_string()))?;
@@ -79,6 +83,7 @@ impl NodeCore {
                 prepare_timeout_ms: config.coordinator.prepare_timeout_ms,
                 decide_retry_ms: config.coordinator.decide_retry_ms,
                 max_in_flight_txns: config.coordinator.max_in_flight_txns,
+                seq_base,
                 ..EngineConfig::default()
             },
             tick_ms: 20,

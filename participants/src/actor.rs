@@ -38,6 +38,7 @@ use crate::MAX_DECLINE_PER_MILLION;
 use actix::fut::{ready, wrap_future, ActorFutureExt};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, ResponseActFuture};
 use paytx_protocol::messages::{AccountView, ChargeView, OrderView};
+use paytx_protocol::planted::Bug;
 use paytx_protocol::{AbortReason, ChannelId, EntityKind, Operation, TxnId, Vote};
 use paytx_storage::SharedDisk;
 use rand::{Rng, SeedableRng};
@@ -202,6 +203,10 @@ impl ParticipantActor {
                     return Box::pin(ready(()).map(move |(), act: &mut Self, ctx| Err(act.fail_stop(ctx, e))));
                 }
                 self.prepared_at.insert(txn, Instant::now());
+                // PLANTED BUG (simulator only): vote YES before the prepared record is synced.
+                if paytx_protocol::planted::active(Bug::VoteBeforeSync) {
+                    return Box::pin(ready(Ok(Vote::Yes)));
+                }
                 self.after_sync(Vote::Yes)
             }
             // A re-sent prepare: the earlier record may still be on its way

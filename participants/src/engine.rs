@@ -32,6 +32,7 @@ use crate::channels::{ChannelConfig, ChannelsState, ChargePlan};
 use crate::orders::{OrderPlan, OrdersState};
 use crate::records::{EntityRecord, JournalContents, PreparedRecord};
 use paytx_protocol::messages::{AccountView, ChargeView, OrderView, ShardStatus};
+use paytx_protocol::planted::Bug;
 use paytx_protocol::{AbortReason, AccountId, ChannelId, EntityKind, Operation, OrderId, ShardId, TxnId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -158,8 +159,12 @@ impl Engine {
         shard: ShardId,
         channels: &[ChannelConfig],
         remembered_commits: usize,
-        contents: JournalContents,
+        mut contents: JournalContents,
     ) -> Result<Self, RecoveryError> {
+        // PLANTED BUG (simulator only): forget the prepared transactions, and so their holds and locks.
+        if paytx_protocol::planted::active(Bug::DropHoldsOnRestart) {
+            contents.prepared.clear();
+        }
         let mut engine = Engine::new(shard, channels).with_remembered_commits(remembered_commits);
         for (key, record) in contents.entities {
             engine.restore_entity(record).map_err(|reason| RecoveryError { key, reason })?;

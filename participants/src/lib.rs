@@ -32,6 +32,9 @@ pub mod messages;
 pub mod orders;
 pub mod records;
 
+#[cfg(test)]
+mod planted_tests;
+
 pub use actor::ParticipantActor;
 pub use channels::{default_channels, ChannelConfig, ChannelKind, MAX_DECLINE_PER_MILLION};
 pub use config::ParticipantConfig;

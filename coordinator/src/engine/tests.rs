@@ -230,3 +230,56 @@ fn a_new_leader_redrives_decided_and_undecided_transactions() {
     assert!(actions.is_empty(), "no clients were waiting on re-driven transactions");
     assert_eq!(engine.in_flight(), 0);
 }
+
+// Planted bugs (`paytx_protocol::planted`): each test plants its bug, shows
+// the wrong behaviour, and unplants it. Built without
+// `paytx-protocol/planted-bugs`, planting is refused and the test checks the
+// correct behaviour instead (the hooks are inert).
+
+#[test]
+fn planted_commit_without_all_votes_commits_with_a_vote_missing_and_ignores_a_later_no() {
+    use paytx_protocol::planted::{plant, Bug};
+    let mut engine = engine();
+    let (txn, shards) = submit_and_begin(&mut engine, 1, "k1");
+    let planted = plant(Some(Bug::CommitWithoutAllVotes));
+    let first_yes = engine.handle(Event::VoteReceived { txn, shard: shards[0], vote: Vote::Yes });
+    let reason = AbortReason::UnknownAccount(AccountId(1));
+    let late_no = engine.handle(Event::VoteReceived { txn, shard: shards[1], vote: Vote::No(reason.clone()) });
+    plant(None);
+    if !planted {
+        assert!(first_yes.is_empty(), "waits for every vote");
+        assert_eq!(proposed_decision(&late_no), Outcome::Aborted(reason));
+        return;
+    }
+    assert_eq!(proposed_decision(&first_yes), Outcome::Committed, "committed on one YES of two");
+    assert!(late_no.is_empty(), "the NO of the shard that was not waited for changes nothing");
+}
+
+#[test]
+fn planted_no_redrive_on_new_leader_sends_no_decides_but_still_reprepares() {
+    use paytx_protocol::planted::{plant, Bug};
+    let mut engine = Engine::new(2, ShardMap::one_shard_per_node(&[1, 2, 3]), EngineConfig::default());
+    let request = transfer("k", 5);
+    let decided = TxnId { term: 1, node: 1, seq: 1 };
+    let undecided = TxnId { term: 1, node: 1, seq: 2 };
+    let record =
+        |decision| TxnRecord { key: request.key.clone(), ops: request.ops.clone(), prepare_timeout_ms: 50, decision };
+    let planted = plant(Some(Bug::NoRedriveOnNewLeader));
+    let actions = engine.handle(Event::BecameLeader {
+        term: 2,
+        live: vec![(decided, record(Some(Outcome::Committed))), (undecided, record(None))],
+    });
+    plant(None);
+    let decides = actions.iter().filter(|a| matches!(a, Action::SendDecide { .. })).count();
+    let prepares = actions.iter().filter(|a| matches!(a, Action::SendPrepare { txn, .. } if *txn == undecided)).count();
+    if !planted {
+        assert_eq!((decides, prepares, engine.in_flight()), (2, 2, 2));
+        return;
+    }
+    assert_eq!((decides, prepares), (0, 2), "the decided txn is not re-sent, the undecided one is re-prepared");
+    assert_eq!(engine.in_flight(), 1, "the decided txn is not tracked");
+    // Nothing will ever retry it: its participants are never told, never ack.
+    let shard = ShardMap::one_shard_per_node(&[1, 2, 3]).split(&request.ops).into_keys().next().expect("two shards");
+    assert!(engine.handle(Event::DecideFailed { txn: decided, shard }).is_empty());
+    assert!(engine.handle(Event::RetryDecide { txn: decided, shard, term: 2 }).is_empty());
+}

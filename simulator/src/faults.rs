@@ -1,0 +1,215 @@
+//! The fault schedule (the "nemesis"): crashes and restarts, partitions,
+//! pauses and fsync failures, each chosen from the seed.
+
+use crate::cluster::SimCluster;
+use crate::world::NetFaults;
+use paytx_protocol::NodeId;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Which faults a run injects (`--faults PROFILE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultProfile {
+    /// A perfect network and no crashes: the baseline.
+    None,
+    /// Drops, duplicates, delays, partitions and pauses; no crashes.
+    Network,
+    /// Crashes, restarts and fsync failures; messages only delayed.
+    Crashes,
+    /// Everything.
+    All,
+}
+
+impl FaultProfile {
+    pub const ALL: [FaultProfile; 4] =
+        [FaultProfile::None, FaultProfile::Network, FaultProfile::Crashes, FaultProfile::All];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultProfile::None => "none",
+            FaultProfile::Network => "network",
+            FaultProfile::Crashes => "crashes",
+            FaultProfile::All => "all",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FaultProfile> {
+        FaultProfile::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    fn network(self) -> bool {
+        matches!(self, FaultProfile::Network | FaultProfile::All)
+    }
+
+    fn crashes(self) -> bool {
+        matches!(self, FaultProfile::Crashes | FaultProfile::All)
+    }
+
+    /// The message-level faults of a run.
+    pub fn net_faults(self, rng: &mut ChaCha8Rng) -> NetFaults {
+        if !self.network() {
+            return NetFaults {
+                drop_per_million: 0,
+                duplicate_per_million: 0,
+                delay_min_ms: 1,
+                delay_max_ms: rng.gen_range(2..10),
+            };
+        }
+        // Most runs are mildly lossy and fast; some are slow and lossy.
+        let slow = rng.gen_bool(0.2);
+        NetFaults {
+            drop_per_million: rng.gen_range(0..30_000),
+            duplicate_per_million: rng.gen_range(0..20_000),
+            delay_min_ms: rng.gen_range(0..3),
+            delay_max_ms: if slow { rng.gen_range(50..300) } else { rng.gen_range(3..30) },
+        }
+    }
+}
+
+/// Injects faults step by step.
+pub struct Nemesis {
+    profile: FaultProfile,
+    rng: ChaCha8Rng,
+    /// Crashed nodes and when they come back (virtual ms).
+    restart_at: BTreeMap<NodeId, u64>,
+    /// When the current partition or pause heals.
+    heal_at: Option<u64>,
+    /// A node whose fsyncs fail, and when the operator restarts it.
+    failing_sync: Option<(NodeId, u64)>,
+}
+
+impl Nemesis {
+    pub fn new(profile: FaultProfile, rng: ChaCha8Rng) -> Self {
+        Nemesis { profile, rng, restart_at: BTreeMap::new(), heal_at: None, failing_sync: None }
+    }
+
+    async fn leader(cluster: &SimCluster) -> Option<NodeId> {
+        for id in cluster.ids() {
+            if let Some(service) = cluster.service(id) {
+                if service.status().await.coordinator_ready {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits a seeded slice of virtual time, then applies due recoveries and
+    /// maybe one new fault.
+    pub async fn step(&mut self, cluster: &mut SimCluster) {
+        tokio::time::sleep(Duration::from_millis(self.rng.gen_range(50..250))).await;
+        let world = cluster.world.clone();
+        let now = world.now_ms();
+        let due: Vec<NodeId> = self.restart_at.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            self.restart_at.remove(&id);
+            if cluster.start(id).await.is_ok() {
+                world.lock().counters.restarts += 1;
+            }
+        }
+        if self.heal_at.is_some_and(|at| at <= now) {
+            self.heal_at = None;
+            world.lock().cut.clear();
+            world.record(|| "partition healed".to_string(), b"heal");
+        }
+        if let Some((id, at)) = self.failing_sync {
+            if at <= now {
+                // The node stopped itself on the failed fsync (fail-stop);
+                // the operator restarts it.
+                self.failing_sync = None;
+                cluster.crash(id).await;
+                self.restart_at.insert(id, now + self.rng.gen_range(100..1_000));
+            }
+        }
+        if self.profile == FaultProfile::None || !self.rng.gen_bool(0.05) {
+            return;
+        }
+        let ids = cluster.ids();
+        let anyone = ids[self.rng.gen_range(0..ids.len())];
+        let nobody_down = self.restart_at.is_empty() && self.failing_sync.is_none();
+        match self.rng.gen_range(0..6u32) {
+            0 | 1 if self.profile.crashes() && nobody_down => {
+                // Crash a random node, or the leader.
+                let victim = if self.rng.gen_bool(0.5) {
+                    let leader = Self::leader(cluster).await;
+                    if leader.is_some() {
+                        world.lock().counters.leader_crashes += 1;
+                    }
+                    leader.unwrap_or(anyone)
+                } else {
+                    anyone
+                };
+                cluster.crash(victim).await;
+                self.restart_at.insert(victim, now + self.rng.gen_range(200..3_000));
+            }
+            2 if self.profile.crashes() && nobody_down => {
+                cluster.disks[&anyone].fail_syncs(true);
+                self.failing_sync = Some((anyone, now + self.rng.gen_range(50..500)));
+                world.lock().counters.fsync_failures += 1;
+                world.record(|| format!("node {anyone} fsyncs start failing"), &[3, anyone as u8]);
+            }
+            3 | 4 if self.profile.network() && self.heal_at.is_none() => {
+                let target = match self.rng.gen_range(0..3u32) {
+                    0 => Self::leader(cluster).await.unwrap_or(anyone),
+                    _ => anyone,
+                };
+                let one_way = self.rng.gen_bool(0.3);
+                let mut state = world.lock();
+                for other in ids.iter().copied().filter(|o| *o != target) {
+                    state.cut.insert((target, other));
+                    if !one_way {
+                        state.cut.insert((other, target));
+                    }
+                }
+                state.counters.partitions += 1;
+                let at = state.now_ms();
+                state.trace.record(
+                    at,
+                    || format!("partition: node {target} isolated (one-way: {one_way})"),
+                    &[4, target as u8],
+                );
+                drop(state);
+                self.heal_at = Some(now + self.rng.gen_range(300..3_000));
+            }
+            5 if self.profile.network() && self.heal_at.is_none() => {
+                // A pause longer than the election timeout: the node hears
+                // nothing and says nothing, then resumes where it was.
+                let mut state = world.lock();
+                for other in ids.iter().copied().filter(|o| *o != anyone) {
+                    state.cut.insert((anyone, other));
+                    state.cut.insert((other, anyone));
+                }
+                state.counters.pauses += 1;
+                let at = state.now_ms();
+                state.trace.record(at, || format!("node {anyone} paused"), &[5, anyone as u8]);
+                drop(state);
+                self.heal_at = Some(now + self.rng.gen_range(700..1_500));
+            }
+            _ => {}
+        }
+    }
+
+    /// Heals everything: links, message faults, disks, crashed nodes.
+    pub async fn heal(&mut self, cluster: &mut SimCluster) {
+        {
+            let mut state = cluster.world.lock();
+            state.cut.clear();
+            state.faults = NetFaults::none();
+        }
+        if let Some((id, _)) = self.failing_sync.take() {
+            cluster.crash(id).await;
+        }
+        for disk in cluster.disks.values() {
+            disk.fail_syncs(false);
+        }
+        self.restart_at.clear();
+        self.heal_at = None;
+        for id in cluster.down() {
+            if cluster.start(id).await.is_ok() {
+                cluster.world.lock().counters.restarts += 1;
+            }
+        }
+    }
+}

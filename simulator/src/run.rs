@@ -1,0 +1,486 @@
+//! One simulation run: a seeded cluster, a seeded workload, a seeded fault
+//! schedule, then heal, settle and check.
+
+use crate::check::{check_state, Actual, Model, Violation};
+use crate::cluster::SimCluster;
+use crate::faults::{FaultProfile, Nemesis};
+use crate::workload::{self, client_call, Client, History, Known, SharedHistory, WorkloadConfig, CLIENT_ID_BASE};
+use crate::world::{Counters, NetFaults, World};
+use paytx_node::NodeConfig;
+use paytx_protocol::messages::TxnState;
+use paytx_protocol::planted::Bug;
+use paytx_protocol::{
+    AccountId, ChannelId, EntityKey, NodeId, Operation, OrderId, Outcome, Request, Response, TxnRequest,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Client operations in all (a payment is one operation of two txns).
+    pub operations: u64,
+    /// Stop the workload after this much virtual time, if it runs longer.
+    pub virtual_secs: Option<u64>,
+    pub faults: FaultProfile,
+    pub bug: Option<Bug>,
+    /// Keep every event (for `--trace FILE`).
+    pub keep_trace: bool,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> Self {
+        SimConfig { seed, operations: 300, virtual_secs: None, faults: FaultProfile::All, bug: None, keep_trace: false }
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub violations: Vec<Violation>,
+    /// Virtual time at which the first violation was seen.
+    pub at_ms: u64,
+    /// The last events before it.
+    pub recent: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub seed: u64,
+    pub trace_hash: u64,
+    pub events: u64,
+    pub virtual_ms: u64,
+    pub txns: u64,
+    pub committed: u64,
+    pub aborted: u64,
+    pub unknown: u64,
+    pub counters: Counters,
+    pub failure: Option<Failure>,
+    pub trace: Option<Vec<String>>,
+}
+
+/// Derives independent sub-seeds from the run seed.
+pub fn sub_seed(seed: u64, stream: u64) -> u64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng.gen()
+}
+
+/// Runs one simulation on this thread: a paused tokio runtime whose
+/// scheduler is seeded, an actix system on it, every RNG from the seed.
+pub fn run(config: &SimConfig) -> RunReport {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&config.seed.to_le_bytes()))
+        .build()
+        .expect("a current-thread runtime can always be built");
+    paytx_coordinator::runtime::seed_raft_rng(sub_seed(config.seed, 1));
+    paytx_protocol::planted::plant(config.bug);
+    let system = actix_rt::System::with_tokio_rt(move || runtime);
+    let config = config.clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| system.block_on(simulate(config.clone()))));
+    paytx_protocol::planted::plant(None);
+    match outcome {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_string());
+            RunReport {
+                seed: config.seed,
+                trace_hash: 0,
+                events: 0,
+                virtual_ms: 0,
+                txns: 0,
+                committed: 0,
+                aborted: 0,
+                unknown: 0,
+                counters: Counters::default(),
+                failure: Some(Failure {
+                    violations: vec![Violation { invariant: "no-panic", detail: message }],
+                    at_ms: 0,
+                    recent: Vec::new(),
+                }),
+                trace: None,
+            }
+        }
+    }
+}
+
+fn node_configs(seed: u64, rng: &mut ChaCha8Rng) -> BTreeMap<NodeId, NodeConfig> {
+    let addrs: BTreeMap<NodeId, SocketAddr> =
+        (1..=3u64).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16)))).collect();
+    // Channels with seeded latency and failure models (slow prepares,
+    // declined charges).
+    let mut channels = paytx_participants::default_channels();
+    for channel in &mut channels {
+        channel.authorize_latency_ms = rng.gen_range(0..40);
+        channel.decline_per_million = if rng.gen_bool(0.5) { rng.gen_range(0..50_000) } else { 0 };
+    }
+    addrs
+        .keys()
+        .map(|id| {
+            let mut config = NodeConfig::local(*id, &addrs, format!("sim/node-{id}").into());
+            config.seed = Some(sub_seed(seed, 100 + id));
+            config.channels = channels.clone();
+            config.raft.heartbeat_interval_ms = 50;
+            config.raft.election_timeout_min_ms = 300;
+            config.raft.election_timeout_max_ms = 600;
+            // Small, so snapshots and snapshot installs happen in most runs.
+            config.raft.snapshot_every_entries = 300;
+            config.raft.keep_entries_after_snapshot = 50;
+            config.coordinator.prepare_timeout_ms = 1_000;
+            config.coordinator.decide_retry_ms = 100;
+            config.coordinator.in_doubt_after_ms = 500;
+            config.limits.request_timeout_ms = 3_000;
+            config.limits.peer_timeout_ms = 1_000;
+            (*id, config)
+        })
+        .collect()
+}
+
+/// Reads from the node owning an entity, straight from its service (the
+/// network has been healed by then).
+async fn read(cluster: &SimCluster, entity: EntityKey, request: Request) -> Option<Response> {
+    let config = cluster.configs.values().next()?;
+    let owner = config.shards.node_of(config.shards.shard_of(entity))?;
+    let service = cluster.service(owner)?;
+    Some(service.handle_request(request, false).await)
+}
+
+async fn wait_for_leader(cluster: &SimCluster, timeout_ms: u64) -> Option<NodeId> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    while tokio::time::Instant::now() < deadline {
+        for id in cluster.ids() {
+            if let Some(service) = cluster.service(id) {
+                if service.status().await.coordinator_ready {
+                    return Some(id);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// `true` once nothing is undecided, unacknowledged or in doubt anywhere.
+async fn quiet(cluster: &SimCluster) -> bool {
+    let mut leader_seen = false;
+    for id in cluster.ids() {
+        let Some(service) = cluster.service(id) else { return false };
+        let status = service.status().await;
+        if status.shards.iter().any(|s| s.in_doubt > 0) {
+            return false;
+        }
+        if status.coordinator_ready {
+            leader_seen = true;
+            if status.undecided_txns > 0 || status.unacked_txns > 0 {
+                return false;
+            }
+        }
+    }
+    leader_seen
+}
+
+struct Monitor {
+    leaders: BTreeMap<u64, NodeId>,
+    violations: Vec<Violation>,
+    first_at_ms: Option<u64>,
+    recent: Vec<String>,
+}
+
+impl Monitor {
+    fn flag(&mut self, world: &World, violation: Violation) {
+        if self.first_at_ms.is_none() {
+            self.first_at_ms = Some(world.now_ms());
+            self.recent = world.lock().trace.recent();
+        }
+        if !self.violations.contains(&violation) {
+            self.violations.push(violation);
+        }
+    }
+
+    /// The cheap invariants, checked continuously: at most one leader per
+    /// term, no negative balance on any hot account.
+    async fn observe(&mut self, world: &World, cluster: &SimCluster, hot: &[AccountId]) {
+        for id in cluster.ids() {
+            let Some(service) = cluster.service(id) else { continue };
+            let status = service.status().await;
+            if let (Some(term), Some(leader)) = (status.raft_term, status.leader) {
+                match self.leaders.get(&term) {
+                    Some(known) if *known != leader => {
+                        let detail = format!("term {term}: node {id} follows {leader}, another node followed {known}");
+                        self.flag(world, Violation { invariant: "one-leader-per-term", detail });
+                    }
+                    _ => {
+                        self.leaders.insert(term, leader);
+                    }
+                }
+            }
+        }
+        for account in hot {
+            if let Some(Response::Account(Some(view))) =
+                read(cluster, EntityKey::Account(*account), Request::GetAccount(*account)).await
+            {
+                if view.balance_minor < 0 {
+                    let detail = format!("{account} at {}", view.balance_minor);
+                    self.flag(world, Violation { invariant: "no-negative-balance", detail });
+                }
+            }
+        }
+    }
+}
+
+async fn simulate(config: SimConfig) -> RunReport {
+    let seed = config.seed;
+    let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(seed, 2));
+    let configs = node_configs(seed, &mut rng);
+    let nodes: Vec<NodeId> = configs.keys().copied().collect();
+    let world = World::new(ChaCha8Rng::seed_from_u64(sub_seed(seed, 3)), config.keep_trace, NetFaults::none());
+    let mut cluster = SimCluster::new(world.clone(), configs);
+    let mut monitor =
+        Monitor { leaders: BTreeMap::new(), violations: Vec::new(), first_at_ms: None, recent: Vec::new() };
+    let workload_config = WorkloadConfig {
+        clients: rng.gen_range(2..=6),
+        operations: config.operations,
+        accounts: rng.gen_range(6..=16),
+        hot_accounts: rng.gen_range(1..=3),
+        initial_balance_minor: rng.gen_range(5_000..50_000),
+        client_timeout_ms: 2_000,
+        max_retries: 6,
+    };
+    let history: SharedHistory = Arc::new(Mutex::new(History::default()));
+
+    for id in cluster.ids() {
+        if let Err(e) = cluster.start(id).await {
+            monitor.flag(&world, Violation { invariant: "node-starts", detail: format!("node {id}: {e}") });
+        }
+    }
+    if wait_for_leader(&cluster, 20_000).await.is_none() {
+        monitor.flag(&world, Violation { invariant: "liveness", detail: "no leader within 20 s".into() });
+    }
+
+    // Opening deposits, before any fault.
+    let opening = workload::opening_balances(&workload_config);
+    let deposited: i64 = opening.values().sum();
+    let open_ops: Vec<Operation> = opening
+        .iter()
+        .map(|(account, initial)| Operation::OpenAccount {
+            account: *account,
+            currency: workload::CURRENCY,
+            initial_minor: *initial,
+        })
+        .collect();
+    let mut opener = Client {
+        id: CLIENT_ID_BASE,
+        world: world.clone(),
+        nodes: nodes.clone(),
+        rng: ChaCha8Rng::seed_from_u64(sub_seed(seed, 4)),
+        config: WorkloadConfig { max_retries: 30, ..workload_config.clone() },
+        history: history.clone(),
+    };
+    if opener.submit(TxnRequest::new("open-accounts", open_ops)).await != Known::Acked(Outcome::Committed) {
+        monitor.flag(&world, Violation { invariant: "liveness", detail: "opening the accounts did not commit".into() });
+    }
+
+    // Faults on, clients go.
+    world.lock().faults = config.faults.net_faults(&mut rng);
+    let mut handles = Vec::new();
+    let per_client = workload_config.operations / workload_config.clients + 1;
+    for c in 0..workload_config.clients {
+        let client = Client {
+            id: CLIENT_ID_BASE + 1 + c,
+            world: world.clone(),
+            nodes: nodes.clone(),
+            rng: ChaCha8Rng::seed_from_u64(sub_seed(seed, 10 + c)),
+            config: workload_config.clone(),
+            history: history.clone(),
+        };
+        handles.push(tokio::spawn(client.run(per_client)));
+    }
+    let hot: Vec<AccountId> = (1..=workload_config.hot_accounts).map(AccountId).collect();
+    let mut nemesis = Nemesis::new(config.faults, ChaCha8Rng::seed_from_u64(sub_seed(seed, 5)));
+    let stop_at_ms = config.virtual_secs.map(|s| s * 1_000);
+    loop {
+        if handles.iter().all(|h| h.is_finished()) {
+            break;
+        }
+        if stop_at_ms.is_some_and(|stop| world.now_ms() >= stop) {
+            for handle in &handles {
+                handle.abort();
+            }
+            break;
+        }
+        nemesis.step(&mut cluster).await;
+        monitor.observe(&world, &cluster, &hot).await;
+    }
+    for handle in handles {
+        let _ = handle.await;
+    }
+
+    // Heal everything and let the cluster settle for a bounded time.
+    nemesis.heal(&mut cluster).await;
+    world.record(|| "healed".to_string(), b"healed");
+    let settle_deadline = world.now_ms() + 60_000;
+    let mut settled = false;
+    while world.now_ms() < settle_deadline {
+        if quiet(&cluster).await {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !settled {
+        monitor
+            .flag(&world, Violation { invariant: "nothing-in-doubt", detail: "not quiet 60 s after healing".into() });
+    }
+
+    // Final outcomes: what the clients were told must be what the table
+    // says (durability); what they were not told is looked up by key.
+    let txns = workload::lock(&history).txns.clone();
+    let mut model = Model::new(&BTreeMap::new());
+    let (mut committed, mut aborted, mut unknown) = (0, 0, 0);
+    let mut committed_ops: Vec<Vec<Operation>> = Vec::new();
+    for record in &txns {
+        let final_state = workload::final_status(&world, &nodes, &record.request.key).await;
+        let final_outcome = match final_state {
+            Some(Some(TxnState::Decided(outcome))) => Some(outcome),
+            Some(None) => None, // never registered: nothing applied
+            Some(Some(TxnState::InProgress)) => {
+                let detail = format!("{} still in progress after settling", record.request.key);
+                monitor.flag(&world, Violation { invariant: "nothing-in-doubt", detail });
+                None
+            }
+            None => {
+                let detail = format!("no node answered the status of {}", record.request.key);
+                monitor.flag(&world, Violation { invariant: "liveness", detail });
+                None
+            }
+        };
+        match &record.known {
+            Known::Acked(told) => {
+                if final_outcome.as_ref() != Some(told) {
+                    let detail =
+                        format!("{}: client was told {told:?}, the table says {final_outcome:?}", record.request.key);
+                    monitor.flag(&world, Violation { invariant: "durable-outcomes", detail });
+                }
+            }
+            Known::Unknown => unknown += 1,
+            Known::Rejected(reason) => {
+                let detail = format!("{} rejected: {reason}", record.request.key);
+                monitor.flag(&world, Violation { invariant: "valid-requests-accepted", detail });
+            }
+        }
+        match final_outcome {
+            Some(Outcome::Committed) => {
+                committed += 1;
+                committed_ops.push(record.request.ops.clone());
+            }
+            Some(Outcome::Aborted(_)) => aborted += 1,
+            None => {}
+        }
+    }
+    // Apply in an order that respects the order life cycle.
+    let rank = |ops: &Vec<Operation>| {
+        if ops.iter().any(|o| matches!(o, Operation::OpenAccount { .. })) {
+            0
+        } else if ops.iter().any(|o| matches!(o, Operation::CreateOrder { .. })) {
+            1
+        } else if ops.iter().any(|o| matches!(o, Operation::MarkPaid { .. })) {
+            2
+        } else if ops.iter().any(|o| matches!(o, Operation::RefundOrder { .. })) {
+            3
+        } else {
+            4
+        }
+    };
+    committed_ops.sort_by_key(rank);
+    for ops in &committed_ops {
+        if let Err(detail) = model.apply(ops) {
+            monitor.flag(&world, Violation { invariant: "order-state-machine", detail });
+        }
+    }
+
+    // The actual state.
+    let mut actual = Actual::default();
+    for account in opening.keys() {
+        let view = match read(&cluster, EntityKey::Account(*account), Request::GetAccount(*account)).await {
+            Some(Response::Account(view)) => view,
+            _ => None,
+        };
+        actual.accounts.insert(*account, view);
+    }
+    let orders = workload::lock(&history).next_order;
+    for order in (1..=orders).map(OrderId) {
+        let view = match read(&cluster, EntityKey::Order(order), Request::GetOrder(order)).await {
+            Some(Response::Order(view)) => view,
+            _ => None,
+        };
+        actual.orders.insert(order, view);
+        for channel in (1..=3).map(ChannelId) {
+            let request = Request::GetCharge { channel, order };
+            let view = match read(&cluster, EntityKey::Channel(channel), request).await {
+                Some(Response::Charge(view)) => view,
+                _ => None,
+            };
+            actual.charges.insert((channel, order), view);
+        }
+    }
+    for violation in check_state(&model, &actual, deposited) {
+        monitor.flag(&world, violation);
+    }
+
+    // Idempotency: resubmitting acknowledged transactions replays them and
+    // changes nothing.
+    let before: Vec<_> = actual.accounts.values().cloned().collect();
+    for record in txns.iter().filter(|r| matches!(r.known, Known::Acked(_))).take(8) {
+        let response =
+            client_call(&world, CLIENT_ID_BASE - 2, nodes[0], Request::Submit(record.request.clone()), 5_000).await;
+        if let Some(Response::Submitted(receipt)) = response {
+            if !receipt.replayed || Known::Acked(receipt.outcome.clone()) != record.known {
+                let detail =
+                    format!("{} resubmitted: {receipt:?}, first answer {:?}", record.request.key, record.known);
+                monitor.flag(&world, Violation { invariant: "idempotency", detail });
+            }
+        }
+    }
+    let mut after = Vec::new();
+    for account in opening.keys() {
+        after.push(match read(&cluster, EntityKey::Account(*account), Request::GetAccount(*account)).await {
+            Some(Response::Account(view)) => view,
+            _ => None,
+        });
+    }
+    if after != before {
+        monitor.flag(&world, Violation { invariant: "idempotency", detail: "a replay changed balances".into() });
+    }
+
+    cluster.stop_all().await;
+    let virtual_ms = world.now_ms();
+    let mut state = world.lock();
+    RunReport {
+        seed,
+        trace_hash: state.trace.hash(),
+        events: state.trace.events(),
+        virtual_ms,
+        txns: txns.len() as u64,
+        committed,
+        aborted,
+        unknown,
+        counters: state.counters.clone(),
+        failure: monitor.first_at_ms.map(|at_ms| Failure {
+            violations: monitor.violations,
+            at_ms,
+            recent: monitor.recent,
+        }),
+        trace: state.trace.take_full(),
+    }
+}

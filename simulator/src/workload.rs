@@ -1,0 +1,299 @@
+//! Simulated clients: payments (create an order, then pay it), refunds and
+//! transfers between hot accounts, submitted to random nodes over simulated
+//! client links, retried with the same idempotency key after a timeout or a
+//! transient error — exactly what a real service does.
+
+use crate::world::World;
+use paytx_protocol::messages::TxnState;
+use paytx_protocol::{
+    AccountId, ChannelId, Currency, IdempotencyKey, Money, NodeId, Operation, OrderId, Outcome, Request, Response,
+    TxnRequest,
+};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const CURRENCY: Currency = Currency::CNY;
+/// Client ids start here in the trace (node ids are small).
+pub const CLIENT_ID_BASE: u64 = 1_000;
+
+pub fn request_label(request: &Request) -> String {
+    match request {
+        Request::Submit(txn) => format!("submit {} ({} ops)", txn.key, txn.ops.len()),
+        Request::GetAccount(account) => format!("read {account}"),
+        Request::GetOrder(order) => format!("read {order}"),
+        Request::GetCharge { channel, order } => format!("read charge {channel}/{order}"),
+        Request::TxnStatus(key) => format!("status of {key}"),
+        Request::NodeStatus => "node status".to_string(),
+    }
+}
+
+/// Shape of the workload (chosen from the seed).
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub clients: u64,
+    /// Operations in all (a payment counts as one operation, two txns).
+    pub operations: u64,
+    pub accounts: u64,
+    pub hot_accounts: u64,
+    pub initial_balance_minor: i64,
+    pub client_timeout_ms: u64,
+    pub max_retries: u32,
+}
+
+/// What a client learned about one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    /// The cluster answered this outcome.
+    Acked(Outcome),
+    /// Retries ran out: the outcome is unknown to the client.
+    Unknown,
+    /// Refused before running (must not happen with this workload).
+    Rejected(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TxnRecord {
+    pub request: TxnRequest,
+    pub known: Known,
+    pub attempts: u32,
+}
+
+/// Everything the clients did, in submission order.
+#[derive(Debug, Default)]
+pub struct History {
+    pub txns: Vec<TxnRecord>,
+    /// Orders whose payment was acknowledged committed: (order, payer, merchant, channel, amount).
+    pub paid: Vec<(OrderId, AccountId, AccountId, ChannelId, i64)>,
+    pub next_order: u64,
+}
+
+pub type SharedHistory = Arc<Mutex<History>>;
+
+pub fn lock(history: &SharedHistory) -> std::sync::MutexGuard<'_, History> {
+    history.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One client request over a simulated client link: delayed both ways,
+/// possibly dropped, handled at the node in a task of its own.
+pub async fn client_call(
+    world: &World,
+    client: u64,
+    node: NodeId,
+    request: Request,
+    timeout_ms: u64,
+) -> Option<Response> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let plan = {
+        let mut state = world.lock();
+        let service = state.nodes.get(&node).and_then(|slot| slot.service.clone().map(|s| (slot.incarnation, s)));
+        let p = state.faults.drop_per_million;
+        let dropped = state.chance(p);
+        let (delay, back) = (state.delay_ms(), state.delay_ms());
+        service.map(|s| (s, dropped, delay, back))
+    };
+    let Some(((incarnation, service), dropped, delay, back)) = plan else {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        return None; // node down: connection refused
+    };
+    if !dropped {
+        let world = world.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            {
+                let mut state = world.lock();
+                if !state.is_up(node, incarnation) {
+                    return;
+                }
+                let identity = paytx_protocol::encode(&request).unwrap_or_default();
+                let at = state.now_ms();
+                state.trace.record(at, || format!("client {client} -> {node} {}", request_label(&request)), &identity);
+            }
+            let response = service.handle_request(request, true).await;
+            tokio::time::sleep(Duration::from_millis(back)).await;
+            let alive = world.lock().is_up(node, incarnation);
+            if alive {
+                let identity = paytx_protocol::encode(&response).unwrap_or_default();
+                world.record(|| format!("{node} -> client {client} {}", response_label(&response)), &identity);
+                let _ = tx.send(response);
+            }
+        });
+    }
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(response)) => Some(response),
+        Ok(Err(_)) => {
+            tokio::time::sleep_until(deadline).await;
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+fn response_label(response: &Response) -> String {
+    match response {
+        Response::Submitted(receipt) => {
+            format!("{} {:?}{}", receipt.txn, receipt.outcome, if receipt.replayed { " (replay)" } else { "" })
+        }
+        Response::Error(e) => format!("error {e}"),
+        other => format!("{:?}", std::mem::discriminant(other)),
+    }
+}
+
+/// A simulated client.
+pub struct Client {
+    pub id: u64,
+    pub world: World,
+    pub nodes: Vec<NodeId>,
+    pub rng: ChaCha8Rng,
+    pub config: WorkloadConfig,
+    pub history: SharedHistory,
+}
+
+impl Client {
+    /// Submits `request`, retrying with the same key; records what it learned.
+    pub async fn submit(&mut self, request: TxnRequest) -> Known {
+        let mut attempts = 0;
+        let mut known = Known::Unknown;
+        while attempts <= self.config.max_retries {
+            attempts += 1;
+            let node = self.nodes[self.rng.gen_range(0..self.nodes.len())];
+            let response = client_call(
+                &self.world,
+                self.id,
+                node,
+                Request::Submit(request.clone()),
+                self.config.client_timeout_ms,
+            )
+            .await;
+            match response {
+                Some(Response::Submitted(receipt)) => {
+                    known = Known::Acked(receipt.outcome);
+                    break;
+                }
+                Some(Response::Error(e)) if !e.is_retryable() => {
+                    known = Known::Rejected(e.to_string());
+                    break;
+                }
+                // Transient error, timeout or a node that is down: back off
+                // and retry the same request (same key: at most once).
+                _ => {
+                    let backoff = self.rng.gen_range(20..200u64) * u64::from(attempts);
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                }
+            }
+        }
+        lock(&self.history).txns.push(TxnRecord { request, known: known.clone(), attempts });
+        known
+    }
+
+    fn account(&mut self) -> AccountId {
+        // Half the picks go to the few hot accounts: contention on holds.
+        if self.rng.gen_bool(0.5) {
+            AccountId(1 + self.rng.gen_range(0..self.config.hot_accounts.max(1)))
+        } else {
+            AccountId(1 + self.rng.gen_range(0..self.config.accounts))
+        }
+    }
+
+    /// Runs `operations` operations.
+    pub async fn run(mut self, operations: u64) {
+        let id = self.id;
+        for n in 0..operations {
+            let key = |what: &str| format!("c{id}-{n}-{what}");
+            match self.rng.gen_range(0..10u32) {
+                0..=3 => {
+                    let (from, to) = (self.account(), self.account());
+                    if from == to {
+                        continue;
+                    }
+                    let amount = Money::new(self.rng.gen_range(1..3_000), CURRENCY);
+                    let request = TxnRequest::new(
+                        key("transfer"),
+                        vec![Operation::Debit { account: from, amount }, Operation::Credit { account: to, amount }],
+                    );
+                    self.submit(request).await;
+                }
+                4..=7 => self.payment(key("order"), key("pay")).await,
+                _ => self.refund(key("refund")).await,
+            }
+        }
+    }
+
+    async fn payment(&mut self, create_key: String, pay_key: String) {
+        let order = {
+            let mut history = lock(&self.history);
+            history.next_order += 1;
+            OrderId(history.next_order)
+        };
+        let merchant = self.account();
+        let payer = self.account();
+        if merchant == payer {
+            return;
+        }
+        let amount = Money::new(self.rng.gen_range(100..5_000), CURRENCY);
+        let channel = ChannelId(1 + self.rng.gen_range(0..3));
+        let create = TxnRequest::new(create_key, vec![Operation::CreateOrder { order, merchant, amount }]);
+        if self.submit(create).await != Known::Acked(Outcome::Committed) {
+            return;
+        }
+        let pay = TxnRequest::new(
+            pay_key,
+            vec![
+                Operation::Debit { account: payer, amount },
+                Operation::Credit { account: merchant, amount },
+                Operation::MarkPaid { order, amount },
+                Operation::Charge { channel, order, amount },
+            ],
+        );
+        if self.submit(pay).await == Known::Acked(Outcome::Committed) {
+            lock(&self.history).paid.push((order, payer, merchant, channel, amount.amount_minor));
+        }
+    }
+
+    async fn refund(&mut self, key: String) {
+        let paid = {
+            let history = lock(&self.history);
+            if history.paid.is_empty() {
+                return;
+            }
+            history.paid[self.rng.gen_range(0..history.paid.len())]
+        };
+        let (order, payer, merchant, channel, paid_minor) = paid;
+        // Sometimes more than is left: must abort with a typed reason.
+        let amount = Money::new(self.rng.gen_range(1..=paid_minor.max(1)), CURRENCY);
+        let request = TxnRequest::new(
+            key,
+            vec![
+                Operation::RefundOrder { order, amount },
+                Operation::ChannelRefund { channel, order, amount },
+                Operation::Debit { account: merchant, amount },
+                Operation::Credit { account: payer, amount },
+            ],
+        );
+        self.submit(request).await;
+    }
+}
+
+/// Resolves every transaction whose outcome the client does not know, by
+/// its idempotency key, once the cluster has settled.
+pub async fn final_status(world: &World, nodes: &[NodeId], key: &IdempotencyKey) -> Option<Option<TxnState>> {
+    for _ in 0..20 {
+        for node in nodes {
+            if let Some(Response::TxnStatus(view)) =
+                client_call(world, CLIENT_ID_BASE - 1, *node, Request::TxnStatus(key.clone()), 2_000).await
+            {
+                return Some(view.map(|v| v.state));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// The opening deposits: account id → initial balance.
+pub fn opening_balances(config: &WorkloadConfig) -> BTreeMap<AccountId, i64> {
+    (1..=config.accounts).map(|id| (AccountId(id), config.initial_balance_minor)).collect()
+}

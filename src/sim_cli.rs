@@ -1,0 +1,230 @@
+//! `paytx sim`: one deterministic simulation, or a campaign over many seeds.
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use paytx::protocol::planted::{self, Bug};
+use paytx_simulator::{run, FaultProfile, RunReport, SimConfig};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimArgs {
+    /// Run this one seed.
+    #[arg(long, conflicts_with = "seeds")]
+    pub seed: Option<u64>,
+    /// Run a campaign over seeds A..B (B excluded).
+    #[arg(long, value_name = "A..B")]
+    pub seeds: Option<String>,
+    /// Client operations per run.
+    #[arg(long, default_value_t = 300)]
+    pub steps: u64,
+    /// Stop the workload after this much virtual time.
+    #[arg(long)]
+    pub virtual_secs: Option<u64>,
+    /// Faults to inject: none, network, crashes, all.
+    #[arg(long, default_value = "all")]
+    pub faults: String,
+    /// Plant a bug (needs a build with `--features planted-bugs`).
+    #[arg(long)]
+    pub bug: Option<String>,
+    /// Write every event of the run to this file (single seed only).
+    #[arg(long)]
+    pub trace: Option<std::path::PathBuf>,
+    /// Worker threads for a campaign (default: one per core).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+fn parse_seeds(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
+    let (a, b) = text.split_once("..").context("--seeds takes A..B, e.g. 0..200")?;
+    let (a, b): (u64, u64) = (a.parse().context("seed range start")?, b.parse().context("seed range end")?);
+    anyhow::ensure!(a < b, "--seeds {a}..{b} is empty");
+    Ok(a..b)
+}
+
+fn config(args: &SimArgs, seed: u64) -> anyhow::Result<SimConfig> {
+    let faults = FaultProfile::parse(&args.faults)
+        .with_context(|| format!("unknown fault profile {:?} (none, network, crashes, all)", args.faults))?;
+    let bug = match &args.bug {
+        None => None,
+        Some(name) => {
+            let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+            let bug = Bug::parse(name).with_context(|| format!("unknown bug {name:?}; known: {}", names.join(", ")))?;
+            if !planted::AVAILABLE {
+                bail!("this binary has no planted bugs; rebuild with `cargo run --release --features planted-bugs -- sim ...`");
+            }
+            Some(bug)
+        }
+    };
+    Ok(SimConfig {
+        seed,
+        operations: args.steps,
+        virtual_secs: args.virtual_secs,
+        faults,
+        bug,
+        keep_trace: args.trace.is_some(),
+    })
+}
+
+/// The command that replays `seed` with the same settings.
+fn replay_command(args: &SimArgs, seed: u64) -> String {
+    let mut command = String::from("cargo run --release");
+    if args.bug.is_some() {
+        command.push_str(" --features planted-bugs");
+    }
+    command.push_str(&format!(" -- sim --seed {seed} --steps {} --faults {}", args.steps, args.faults));
+    if let Some(secs) = args.virtual_secs {
+        command.push_str(&format!(" --virtual-secs {secs}"));
+    }
+    if let Some(bug) = &args.bug {
+        command.push_str(&format!(" --bug {bug}"));
+    }
+    command
+}
+
+fn print_failure(args: &SimArgs, report: &RunReport) {
+    let Some(failure) = &report.failure else { return };
+    println!("FAILED seed {} at {} ms (virtual)", report.seed, failure.at_ms);
+    for violation in &failure.violations {
+        println!("  invariant {}: {}", violation.invariant, violation.detail);
+    }
+    if !failure.recent.is_empty() {
+        println!("  last events before it:");
+        for event in &failure.recent {
+            println!("    {event}");
+        }
+    }
+    println!("  replay: {}", replay_command(args, report.seed));
+    println!("  trace:  {} --trace trace.log", replay_command(args, report.seed));
+}
+
+pub fn run_sim(args: SimArgs) -> anyhow::Result<bool> {
+    match (&args.seed, &args.seeds) {
+        (Some(seed), _) => single(&args, *seed),
+        (None, Some(range)) => campaign(&args, parse_seeds(range)?),
+        (None, None) => single(&args, 0),
+    }
+}
+
+fn single(args: &SimArgs, seed: u64) -> anyhow::Result<bool> {
+    let config = config(args, seed)?;
+    let started = Instant::now();
+    let mut report = run(&config);
+    let wall = started.elapsed().as_secs_f64();
+    if let (Some(path), Some(trace)) = (&args.trace, report.trace.take()) {
+        std::fs::write(path, trace.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("trace: {} events written to {}", trace.len(), path.display());
+    }
+    let c = &report.counters;
+    println!("seed {}  trace hash {:016x}  ({} events)", report.seed, report.trace_hash, report.events);
+    println!(
+        "  transactions {} (committed {}, aborted {}, unknown to clients {})",
+        report.txns, report.committed, report.aborted, report.unknown
+    );
+    println!(
+        "  faults: {} crashes ({} of the leader), {} restarts, {} partitions, {} pauses, {} fsync failures, {} messages dropped, {} duplicated",
+        c.crashes, c.leader_crashes, c.restarts, c.partitions, c.pauses, c.fsync_failures, c.messages_dropped, c.messages_duplicated
+    );
+    println!(
+        "  {:.1} virtual s in {:.2} wall s ({:.0}x), {:.0} simulated txns per wall second",
+        report.virtual_ms as f64 / 1000.0,
+        wall,
+        report.virtual_ms as f64 / 1000.0 / wall.max(1e-9),
+        report.txns as f64 / wall.max(1e-9)
+    );
+    if report.failure.is_some() {
+        print_failure(args, &report);
+        return Ok(false);
+    }
+    println!("  all invariants hold");
+    Ok(true)
+}
+
+fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool> {
+    anyhow::ensure!(args.trace.is_none(), "--trace is for a single --seed");
+    config(args, seeds.start)?; // validate the arguments once, up front
+    let total = seeds.end - seeds.start;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} seeds [{bar:40}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let next = AtomicU64::new(seeds.start);
+    let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
+    let failures = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= seeds.end {
+                    break;
+                }
+                let Ok(config) = config(args, seed) else { break };
+                let report = run(&config);
+                if report.failure.is_some() {
+                    let failed = failures.fetch_add(1, Ordering::SeqCst) + 1;
+                    progress.set_message(format!("{failed} failed (first: seed {seed})"));
+                }
+                reports.lock().unwrap_or_else(|p| p.into_inner()).push(report);
+                progress.inc(1);
+            });
+        }
+    });
+    progress.finish();
+    let wall = started.elapsed().as_secs_f64();
+    let mut reports = reports.into_inner().unwrap_or_else(|p| p.into_inner());
+    reports.sort_by_key(|r| r.seed);
+    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut txns, mut committed, mut virtual_ms) = (0u64, 0u64, 0u64);
+    for report in &reports {
+        let c = &report.counters;
+        txns += report.txns;
+        committed += report.committed;
+        virtual_ms += report.virtual_ms;
+        for (name, count) in [
+            ("crashes", c.crashes),
+            ("leader crashes", c.leader_crashes),
+            ("restarts", c.restarts),
+            ("partitions", c.partitions),
+            ("pauses", c.pauses),
+            ("fsync failures", c.fsync_failures),
+            ("messages dropped", c.messages_dropped),
+            ("messages duplicated", c.messages_duplicated),
+        ] {
+            *faults.entry(name).or_default() += count;
+        }
+    }
+    let failed: Vec<&RunReport> = reports.iter().filter(|r| r.failure.is_some()).collect();
+    println!();
+    println!(
+        "campaign: seeds {}..{} ({} runs, faults {}{})",
+        seeds.start,
+        seeds.end,
+        reports.len(),
+        args.faults,
+        args.bug.as_deref().map(|b| format!(", planted bug {b}")).unwrap_or_default()
+    );
+    println!("  transactions    {txns} ({committed} committed)");
+    for (name, count) in &faults {
+        println!("  {name:<16}{count}");
+    }
+    println!(
+        "  speed           {:.0} simulated txns per wall second, {:.0}x virtual/wall ({} jobs)",
+        txns as f64 / wall.max(1e-9),
+        virtual_ms as f64 / 1000.0 / (wall * jobs as f64).max(1e-9),
+        jobs
+    );
+    println!("  failures        {}", failed.len());
+    if let Some(first) = failed.first() {
+        let seeds: Vec<String> = failed.iter().take(20).map(|r| r.seed.to_string()).collect();
+        println!("  failing seeds   {}{}", seeds.join(", "), if failed.len() > 20 { ", ..." } else { "" });
+        println!();
+        print_failure(args, first);
+    }
+    Ok(failed.is_empty())
+}
