@@ -75,7 +75,15 @@ pub struct CoordinatorDriver {
     tickets: BTreeMap<Ticket, oneshot::Sender<Result<TxnReceipt, RequestError>>>,
     next_ticket: u64,
     leadership: Leadership,
+    /// Ticks since start (drives the orphan sweep).
+    ticks: u64,
+    /// Undecided-or-unacked transactions of the table the engine did not
+    /// track at the last sweep.
+    orphans: std::collections::BTreeSet<TxnId>,
 }
+
+/// Ticks between two orphan sweeps.
+const SWEEP_EVERY_TICKS: u64 = 50;
 
 impl CoordinatorDriver {
     pub fn new(config: DriverConfig, raft: Raft, table: SharedTable, transport: Arc<dyn Transport>) -> Self {
@@ -89,6 +97,8 @@ impl CoordinatorDriver {
             tickets: BTreeMap::new(),
             next_ticket: 0,
             leadership: Leadership { is_leader: false, term: 0, leader: None },
+            ticks: 0,
+            orphans: std::collections::BTreeSet::new(),
         }
     }
 
@@ -192,6 +202,31 @@ impl CoordinatorDriver {
         }
     }
 
+    /// A safety net: a transaction of the table that the leader's engine
+    /// does not track (seen so at two sweeps in a row, so a Forget or Begin
+    /// in flight is not mistaken for one) is adopted and driven to the end.
+    fn sweep_orphans(&mut self, ctx: &mut Context<Self>) {
+        if !self.engine.is_leader() {
+            self.orphans.clear();
+            return;
+        }
+        let untracked: Vec<(TxnId, crate::table::TxnRecord)> = read_table(&self.table)
+            .table
+            .txns()
+            .filter(|(txn, _)| !self.engine.tracks(txn))
+            .map(|(txn, record)| (*txn, record.clone()))
+            .collect();
+        let previous = std::mem::take(&mut self.orphans);
+        for (txn, record) in untracked {
+            if previous.contains(&txn) {
+                tracing::warn!(%txn, "adopting a transaction nobody drives");
+                self.dispatch(Event::Adopt { txn, record }, ctx);
+            } else {
+                self.orphans.insert(txn);
+            }
+        }
+    }
+
     fn on_became_leader(&mut self, term: u64, ctx: &mut Context<Self>) {
         let raft = self.raft.clone();
         // The table is complete once every entry of earlier terms is applied:
@@ -238,7 +273,13 @@ impl Actor for CoordinatorDriver {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let tick = Duration::from_millis(self.config.tick_ms.max(1));
-        ctx.run_interval(tick, |act, ctx| act.dispatch(Event::Tick, ctx));
+        ctx.run_interval(tick, |act, ctx| {
+            act.dispatch(Event::Tick, ctx);
+            act.ticks += 1;
+            if act.ticks % SWEEP_EVERY_TICKS == 0 {
+                act.sweep_orphans(ctx);
+            }
+        });
         let mut metrics = self.raft.metrics();
         let addr = ctx.address();
         let watch = async move {

@@ -125,6 +125,12 @@ pub enum Event {
     SteppedDown {
         leader_hint: Option<NodeId>,
     },
+    /// A transaction of the table nobody drives (found by the driver's
+    /// periodic sweep): drive it like a re-driven one.
+    Adopt {
+        txn: TxnId,
+        record: TxnRecord,
+    },
 }
 
 /// Something to do.
@@ -259,6 +265,11 @@ impl Engine {
             Event::Tick => self.flush_forgets(&mut actions),
             Event::BecameLeader { term, live } => self.on_became_leader(term, live, &mut actions),
             Event::SteppedDown { leader_hint } => self.on_stepped_down(leader_hint, &mut actions),
+            Event::Adopt { txn, record } => {
+                if let Some(term) = self.leader_term {
+                    self.adopt(term, txn, record, &mut actions);
+                }
+            }
         }
         actions
     }
@@ -425,43 +436,61 @@ impl Engine {
     }
 
     fn on_became_leader(&mut self, term: u64, live: Vec<(TxnId, TxnRecord)>, actions: &mut Vec<Action>) {
+        if self.leader_term == Some(term) {
+            // Leadership of the term we already lead reported again (the
+            // metrics flicker): keep driving what we drive. Resetting here
+            // would drop transactions whose Begin is still in flight.
+            return;
+        }
         self.on_stepped_down(Some(self.node), actions);
         self.leader_term = Some(term);
         self.leader_hint = Some(self.node);
-        // `next_seq` is NOT reset: leadership of one term can be reported
-        // more than once (metrics flicker), and a reset would hand out a
-        // `TxnId` twice. Ids stay unique because they only ever grow.
+        // `next_seq` is NOT reset: ids only ever grow (see `EngineConfig::seq_base`).
         // Re-drive everything the table holds: decided transactions get their
         // decision re-sent until every participant acks; undecided ones are
         // prepared again (participants answer re-prepares idempotently) and
         // abort if the votes do not all arrive before the deadline.
         for (txn, record) in live {
-            // PLANTED BUG (simulator only): decided transactions are neither re-sent nor tracked.
-            if paytx_protocol::planted::active(Bug::NoRedriveOnNewLeader) && record.decision.is_some() {
-                continue;
-            }
-            let shards = self.shard_map.split(&record.ops);
-            let phase = match &record.decision {
-                Some(outcome) => {
-                    let commit = outcome.is_committed();
-                    for shard in shards.keys() {
-                        actions.push(Action::SendDecide { txn, shard: *shard, commit });
-                    }
-                    Phase::Finishing { commit, acked: BTreeSet::new() }
-                }
-                None => {
-                    for (shard, ops) in &shards {
-                        actions.push(Action::SendPrepare { txn, shard: *shard, ops: ops.clone() });
-                    }
-                    actions.push(Action::SetTimer {
-                        after_ms: record.prepare_timeout_ms,
-                        event: Event::PrepareDeadline { txn, term },
-                    });
-                    Phase::Preparing { yes: BTreeSet::new() }
-                }
-            };
-            self.txns.insert(txn, Txn { key: record.key, shards, phase, clients: Vec::new() });
+            self.adopt(term, txn, record, actions);
         }
+    }
+
+    /// Starts driving a transaction of the table that this engine does not
+    /// track (after a leader change, or found by the driver's sweep).
+    fn adopt(&mut self, term: u64, txn: TxnId, record: TxnRecord, actions: &mut Vec<Action>) {
+        if self.txns.contains_key(&txn) || self.forget_queue.contains(&txn) {
+            return;
+        }
+        // PLANTED BUG (simulator only): decided transactions are neither re-sent nor tracked.
+        if paytx_protocol::planted::active(Bug::NoRedriveOnNewLeader) && record.decision.is_some() {
+            return;
+        }
+        let shards = self.shard_map.split(&record.ops);
+        let phase = match &record.decision {
+            Some(outcome) => {
+                let commit = outcome.is_committed();
+                for shard in shards.keys() {
+                    actions.push(Action::SendDecide { txn, shard: *shard, commit });
+                }
+                Phase::Finishing { commit, acked: BTreeSet::new() }
+            }
+            None => {
+                for (shard, ops) in &shards {
+                    actions.push(Action::SendPrepare { txn, shard: *shard, ops: ops.clone() });
+                }
+                actions.push(Action::SetTimer {
+                    after_ms: record.prepare_timeout_ms,
+                    event: Event::PrepareDeadline { txn, term },
+                });
+                Phase::Preparing { yes: BTreeSet::new() }
+            }
+        };
+        self.txns.insert(txn, Txn { key: record.key, shards, phase, clients: Vec::new() });
+    }
+
+    /// Whether the engine tracks `txn` (driving it, or queued to forget).
+    pub fn tracks(&self, txn: &TxnId) -> bool {
+        self.txns.contains_key(txn) || self.forget_queue.contains(txn)
     }
 
     fn on_stepped_down(&mut self, leader_hint: Option<NodeId>, actions: &mut Vec<Action>) {

@@ -283,3 +283,34 @@ fn planted_no_redrive_on_new_leader_sends_no_decides_but_still_reprepares() {
     assert!(engine.handle(Event::DecideFailed { txn: decided, shard }).is_empty());
     assert!(engine.handle(Event::RetryDecide { txn: decided, shard, term: 2 }).is_empty());
 }
+
+#[test]
+fn leadership_of_the_same_term_reported_again_keeps_transactions_in_flight() {
+    let mut engine = engine();
+    let (txn, shards) = submit_and_begin(&mut engine, 1, "k1");
+    assert!(engine.handle(Event::BecameLeader { term: TERM, live: Vec::new() }).is_empty());
+    assert_eq!(engine.in_flight(), 1, "the transaction is still driven");
+    engine.handle(Event::VoteReceived { txn, shard: shards[0], vote: Vote::Yes });
+    let actions = engine.handle(Event::VoteReceived { txn, shard: shards[1], vote: Vote::Yes });
+    assert_eq!(proposed_decision(&actions), Outcome::Committed);
+    // Ids keep growing: the next transaction gets a new one.
+    let actions = engine.handle(Event::Submit { ticket: Ticket(2), request: transfer("k2", 1) });
+    let [Action::Propose { txn: next, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+    assert!(next.seq > txn.seq);
+}
+
+#[test]
+fn an_adopted_orphan_is_prepared_and_an_already_tracked_one_is_ignored() {
+    let mut engine = engine();
+    let request = transfer("orphan", 5);
+    let orphan = TxnId { term: TERM, node: 1, seq: 999 };
+    let record =
+        TxnRecord { key: request.key.clone(), ops: request.ops.clone(), prepare_timeout_ms: 70, decision: None };
+    let actions = engine.handle(Event::Adopt { txn: orphan, record: record.clone() });
+    assert_eq!(actions.iter().filter(|a| matches!(a, Action::SendPrepare { .. })).count(), 2);
+    assert!(
+        actions.contains(&Action::SetTimer { after_ms: 70, event: Event::PrepareDeadline { txn: orphan, term: TERM } })
+    );
+    assert!(engine.tracks(&orphan));
+    assert!(engine.handle(Event::Adopt { txn: orphan, record }).is_empty(), "adopted once");
+}
