@@ -209,20 +209,20 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
         args.faults,
         args.bug.as_deref().map(|b| format!(", planted bug {b}")).unwrap_or_default()
     );
-    println!("  transactions    {txns} ({committed} committed)");
+    println!("  {:<21}{txns} ({committed} committed)", "transactions");
     for (name, count) in &faults {
-        println!("  {name:<16}{count}");
+        println!("  {name:<21}{count}");
     }
     println!(
-        "  speed           {:.0} simulated txns per wall second, {:.0}x virtual/wall ({} jobs)",
+        "  speed                {:.0} simulated txns per wall second, {:.0}x virtual/wall ({} jobs)",
         txns as f64 / wall.max(1e-9),
         virtual_ms as f64 / 1000.0 / (wall * jobs as f64).max(1e-9),
         jobs
     );
-    println!("  failures        {}", failed.len());
+    println!("  {:<21}{}", "failures", failed.len());
     if let Some(first) = failed.first() {
         let seeds: Vec<String> = failed.iter().take(20).map(|r| r.seed.to_string()).collect();
-        println!("  failing seeds   {}{}", seeds.join(", "), if failed.len() > 20 { ", ..." } else { "" });
+        println!("  failing seeds        {}{}", seeds.join(", "), if failed.len() > 20 { ", ..." } else { "" });
         println!();
         print_failure(args, first);
     }
