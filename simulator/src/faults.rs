@@ -78,11 +78,13 @@ pub struct Nemesis {
     heal_at: Option<u64>,
     /// A node whose fsyncs fail, and when the operator restarts it.
     failing_sync: Option<(NodeId, u64)>,
+    /// A flapping link: the node, toggles left, and when the next one is due.
+    flapping: Option<(NodeId, u32, u64)>,
 }
 
 impl Nemesis {
     pub fn new(profile: FaultProfile, rng: ChaCha8Rng) -> Self {
-        Nemesis { profile, rng, restart_at: BTreeMap::new(), heal_at: None, failing_sync: None }
+        Nemesis { profile, rng, restart_at: BTreeMap::new(), heal_at: None, failing_sync: None, flapping: None }
     }
 
     async fn leader(cluster: &SimCluster) -> Option<NodeId> {
@@ -123,13 +125,34 @@ impl Nemesis {
                 self.restart_at.insert(id, now + self.rng.gen_range(100..1_000));
             }
         }
+        if let Some((node, toggles, at)) = self.flapping {
+            if at <= now {
+                let mut state = world.lock();
+                let isolated = state.cut.iter().any(|(from, _)| *from == node);
+                for other in state.nodes.keys().copied().filter(|o| *o != node).collect::<Vec<_>>() {
+                    if isolated {
+                        state.cut.remove(&(node, other));
+                        state.cut.remove(&(other, node));
+                    } else {
+                        state.cut.insert((node, other));
+                        state.cut.insert((other, node));
+                    }
+                }
+                drop(state);
+                world.record(
+                    || format!("flap: node {node} {}", if isolated { "reconnected" } else { "cut off" }),
+                    &[6, node as u8],
+                );
+                self.flapping = (toggles > 1).then(|| (node, toggles - 1, now + self.rng.gen_range(100..400)));
+            }
+        }
         if self.profile == FaultProfile::None || !self.rng.gen_bool(0.05) {
             return;
         }
         let ids = cluster.ids();
         let anyone = ids[self.rng.gen_range(0..ids.len())];
         let nobody_down = self.restart_at.is_empty() && self.failing_sync.is_none();
-        match self.rng.gen_range(0..6u32) {
+        match self.rng.gen_range(0..7u32) {
             0 | 1 if self.profile.crashes() && nobody_down => {
                 // Crash a random node, or the leader.
                 let victim = if self.rng.gen_bool(0.5) {
@@ -187,6 +210,13 @@ impl Nemesis {
                 drop(state);
                 self.heal_at = Some(now + self.rng.gen_range(700..1_500));
             }
+            6 if self.profile.network() && self.heal_at.is_none() && self.flapping.is_none() => {
+                // A flapping link: the node is cut off and reconnected a few
+                // times in quick succession (an even count: it ends connected).
+                let toggles = 2 * self.rng.gen_range(2..5u32);
+                self.flapping = Some((anyone, toggles, now));
+                world.lock().counters.partitions += 1;
+            }
             _ => {}
         }
     }
@@ -206,6 +236,7 @@ impl Nemesis {
         }
         self.restart_at.clear();
         self.heal_at = None;
+        self.flapping = None;
         for id in cluster.down() {
             if cluster.start(id).await.is_ok() {
                 cluster.world.lock().counters.restarts += 1;

@@ -122,7 +122,9 @@ fn node_configs(seed: u64, rng: &mut ChaCha8Rng) -> BTreeMap<NodeId, NodeConfig>
     // declined charges).
     let mut channels = paytx_participants::default_channels();
     for channel in &mut channels {
-        channel.authorize_latency_ms = rng.gen_range(0..40);
+        // Now and then a channel slower than the prepare timeout: its
+        // transactions time out in prepare and abort.
+        channel.authorize_latency_ms = if rng.gen_bool(0.1) { rng.gen_range(800..1_500) } else { rng.gen_range(0..40) };
         channel.decline_per_million = if rng.gen_bool(0.5) { rng.gen_range(0..50_000) } else { 0 };
     }
     addrs
