@@ -173,9 +173,11 @@ impl Cluster {
         let ports_text = toml::to_string(&ports).expect("a map of addresses serialises to TOML");
         std::fs::write(&ports_file, ports_text).map_err(ClusterError::DataDir)?;
 
+        // A fresh secret per start: it lives in the configs, not the data.
+        let secret = NodeConfig::random_secret();
         let mut configs = BTreeMap::new();
         for id in addrs.keys() {
-            let mut config = NodeConfig::local(*id, &addrs, data_dir.join(format!("node-{id}")));
+            let mut config = NodeConfig::local(*id, &addrs, data_dir.join(format!("node-{id}")), &secret);
             config.fsync = options.fsync;
             config.raft = options.raft.clone();
             config.coordinator = options.coordinator.clone();

@@ -134,10 +134,17 @@ fn gen_configs(nodes: u64, dir: &std::path::Path, data_dir: Option<PathBuf>, bas
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let data_dir = data_dir.unwrap_or_else(|| dir.join("data"));
+    anyhow::ensure!(
+        base_port.checked_add(nodes as u16).is_some(),
+        "--base-port {base_port} leaves no room for {nodes} ports"
+    );
     let addrs: BTreeMap<u64, SocketAddr> =
         (1..=nodes).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], base_port + id as u16 - 1)))).collect();
+    // One random secret shared by the cluster's nodes: only they may speak
+    // the node-to-node protocol.
+    let secret = NodeConfig::random_secret();
     for id in 1..=nodes {
-        let config = NodeConfig::local(id, &addrs, data_dir.join(format!("node-{id}")));
+        let config = NodeConfig::local(id, &addrs, data_dir.join(format!("node-{id}")), &secret);
         let path = dir.join(format!("node-{id}.toml"));
         std::fs::write(&path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());

@@ -2,7 +2,7 @@
 //! routing) on sled in its data directory, served over TCP — all on one
 //! actix system (one thread).
 
-use crate::net::{serve, Handler, ServerLimits, TcpTransport, TransportLimits};
+use crate::net::{serve, Handler, PeerCredentials, ServerLimits, TcpTransport, TransportLimits};
 use paytx_node::{LinkFilter, NodeConfig, NodeCore, NodeError, NodeService};
 use paytx_protocol::{BoxFuture, NodeId, PeerRequest, PeerResponse, Request, Response, Transport};
 use paytx_storage::{Disk as _, SharedDisk, SledDisk};
@@ -60,7 +60,12 @@ impl Node {
         };
         let addr = listener.local_addr().map_err(listen_error)?;
 
-        let remote: Arc<dyn Transport> = Arc::new(TcpTransport::new(config.peer_map(), TransportLimits::default()));
+        let secret: Arc<[u8]> = Arc::from(config.cluster_secret.as_bytes());
+        let transport_limits = TransportLimits {
+            auth: Some(PeerCredentials { node: config.node_id, secret: secret.clone() }),
+            ..TransportLimits::default()
+        };
+        let remote: Arc<dyn Transport> = Arc::new(TcpTransport::new(config.peer_map(), transport_limits));
         let core = NodeCore::start(&config, disk, remote, options.link_filter.clone()).await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -68,6 +73,7 @@ impl Node {
             max_frame_bytes: config.limits.max_frame_bytes,
             max_connections: config.limits.max_connections,
             max_in_flight_per_connection: config.limits.max_in_flight_per_connection,
+            peer_secret: Some(secret),
         };
         let server = tokio::spawn(serve(listener, Arc::new(ServiceHandler(core.service())), limits, shutdown_rx));
         tracing::info!(node = config.node_id, %addr, "node started");

@@ -746,15 +746,15 @@ async fn idle_half_frames_on_many_connections_do_not_stop_service() {
 }
 
 /// Every node serves node-to-node messages (`Message::Peer`) on the same
-/// port as clients, from any connection. A client that sends a 2PC
+/// port as clients, but only on a connection that proved it knows the
+/// cluster secret (`protocol/src/auth.rs`). A client that sends a 2PC
 /// `Prepare` of a lone credit and then `Decide { commit: true }` straight to
-/// the account's shard mints money: the coordinator, which validates and
-/// balances transactions, is bypassed. The same goes for openraft RPCs (a
-/// crafted `Vote` or `AppendEntries`). Whatever the fix (a peer handshake, a
-/// separate peer port, authenticated peers), the invariant is: nothing a
-/// client connection sends moves money outside a validated transaction.
+/// the account's shard — bypassing the coordinator, which validates and
+/// balances transactions — or a forged openraft `AppendEntries`, or a
+/// handshake with a guessed proof, gets `Unauthorized` and the connection is
+/// closed. Nothing a client connection sends moves money outside a
+/// validated transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the client port accepts 2PC Prepare/Decide from anyone; a client mints money (src/node.rs handle_peer)"]
 async fn two_phase_commit_messages_from_a_client_connection_change_nothing() {
     let (cluster, client) = start(test_options()).await;
     let accounts = open(&client, "open", 1..=2, 1_000).await;
@@ -774,6 +774,55 @@ async fn two_phase_commit_messages_from_a_client_connection_change_nothing() {
     assert!(
         !matches!(&vote, Ok(Some(Envelope { message: Message::PeerReply(PeerResponse::Vote(Vote::Yes)), .. }))),
         "a participant voted YES on a prepare sent by a client: {vote:?}"
+    );
+    assert!(
+        matches!(
+            &vote,
+            Ok(Some(Envelope {
+                id: 1,
+                message: Message::PeerReply(PeerResponse::Error(paytx::protocol::RequestError::Unauthorized { .. }))
+            }))
+        ),
+        "a typed Unauthorized answer: {vote:?}"
+    );
+    assert!(matches!(next_frame(&mut stream, "after the refusal").await, Ok(None)), "then the connection is closed");
+    // A forged Raft AppendEntries, and a handshake with a guessed proof.
+    let mut stream = connect_raw(owner).await;
+    let forged =
+        PeerRequest::Raft { kind: paytx::protocol::messages::RaftRpcKind::AppendEntries, payload: vec![0; 16] };
+    send_raw(&mut stream, &peer(3, forged)).await;
+    let answer = next_frame(&mut stream, "forged append entries").await;
+    assert!(
+        matches!(
+            &answer,
+            Ok(Some(Envelope {
+                message: Message::PeerReply(PeerResponse::Error(paytx::protocol::RequestError::Unauthorized { .. })),
+                ..
+            }))
+        ),
+        "{answer:?}"
+    );
+    let mut stream = connect_raw(owner).await;
+    send_raw(&mut stream, &peer(4, PeerRequest::AuthHello { node: 1, nonce: [7; 32] })).await;
+    let challenge = next_frame(&mut stream, "hello").await;
+    assert!(
+        matches!(
+            &challenge,
+            Ok(Some(Envelope { message: Message::PeerReply(PeerResponse::AuthChallenge { .. }), .. }))
+        ),
+        "{challenge:?}"
+    );
+    send_raw(&mut stream, &peer(5, PeerRequest::AuthProof { proof: [9; 32] })).await;
+    let refused = next_frame(&mut stream, "guessed proof").await;
+    assert!(
+        matches!(
+            &refused,
+            Ok(Some(Envelope {
+                message: Message::PeerReply(PeerResponse::Error(paytx::protocol::RequestError::Unauthorized { .. })),
+                ..
+            }))
+        ),
+        "{refused:?}"
     );
     // Whatever the answer, try to commit it on a fresh connection.
     let mut stream = connect_raw(owner).await;

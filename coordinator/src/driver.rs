@@ -295,8 +295,10 @@ impl Actor for CoordinatorDriver {
                 };
                 if last != Some(seen) {
                     last = Some(seen);
-                    if addr.try_send(seen).is_err() {
-                        break;
+                    // `send`, not `try_send`: a full mailbox (many submits in
+                    // flight) must delay a leadership change, never lose it.
+                    if addr.send(seen).await.is_err() {
+                        break; // the driver stopped
                     }
                 }
                 if metrics.changed().await.is_err() {

@@ -58,7 +58,7 @@ impl Default for EngineConfig {
         EngineConfig {
             prepare_timeout_ms: 2_000,
             decide_retry_ms: 200,
-            max_in_flight_txns: 20_000,
+            max_in_flight_txns: 4_000,
             forget_batch_max: 512,
             max_ops_per_txn: paytx_protocol::txn::MAX_OPS_PER_TXN,
             seq_base: 0,
@@ -172,7 +172,7 @@ enum Phase {
     Beginning,
     Preparing { yes: BTreeSet<ShardId> },
     Deciding,
-    Finishing { commit: bool, acked: BTreeSet<ShardId> },
+    Finishing { outcome: Outcome, acked: BTreeSet<ShardId> },
 }
 
 #[derive(Debug, Clone)]
@@ -195,7 +195,7 @@ pub struct Engine {
     leader_hint: Option<NodeId>,
     next_seq: u64,
     txns: BTreeMap<TxnId, Txn>,
-    forget_queue: Vec<TxnId>,
+    forget_queue: BTreeSet<TxnId>,
 }
 
 impl Engine {
@@ -209,7 +209,7 @@ impl Engine {
             leader_hint: None,
             next_seq,
             txns: BTreeMap::new(),
-            forget_queue: Vec::new(),
+            forget_queue: BTreeSet::new(),
         }
     }
 
@@ -255,9 +255,9 @@ impl Engine {
             }
             Event::RetryDecide { txn, shard, term } => {
                 if self.leader_term == Some(term) {
-                    if let Some(Txn { phase: Phase::Finishing { commit, acked }, .. }) = self.txns.get(&txn) {
+                    if let Some(Txn { phase: Phase::Finishing { outcome, acked }, .. }) = self.txns.get(&txn) {
                         if !acked.contains(&shard) {
-                            actions.push(Action::SendDecide { txn, shard, commit: *commit });
+                            actions.push(Action::SendDecide { txn, shard, commit: outcome.is_committed() });
                         }
                     }
                 }
@@ -294,7 +294,15 @@ impl Engine {
             actions.push(Action::Reply { ticket, result: Err(RequestError::Overloaded { what }) });
             return;
         }
-        self.next_seq += 1;
+        // Ids of this epoch live in the low 32 bits of `seq`; running out
+        // must never carry into the epoch bits (the next incarnation's ids).
+        let next = self.next_seq + 1;
+        if next >> crate::epoch::SEQ_BITS_PER_EPOCH != self.config.seq_base >> crate::epoch::SEQ_BITS_PER_EPOCH {
+            let what = "transaction ids of this coordinator epoch are used up; restart the node".to_string();
+            actions.push(Action::Reply { ticket, result: Err(RequestError::Overloaded { what }) });
+            return;
+        }
+        self.next_seq = next;
         let txn = TxnId { term, node: self.node, seq: self.next_seq };
         let command = Command::Begin {
             txn,
@@ -318,13 +326,7 @@ impl Engine {
                     return;
                 }
                 record.phase = Phase::Preparing { yes: BTreeSet::new() };
-                for (shard, ops) in &record.shards {
-                    actions.push(Action::SendPrepare { txn, shard: *shard, ops: ops.clone() });
-                }
-                actions.push(Action::SetTimer {
-                    after_ms: self.config.prepare_timeout_ms,
-                    event: Event::PrepareDeadline { txn, term },
-                });
+                start_prepare(txn, term, &record.shards, self.config.prepare_timeout_ms, actions);
             }
             CommandResult::Existing { txn: original, state } => {
                 let Some(record) = self.txns.remove(&txn) else { return };
@@ -334,6 +336,12 @@ impl Engine {
                         reply_all(&record.clients, Ok(receipt), actions);
                     }
                     TxnState::InProgress => match self.txns.get_mut(&original) {
+                        // Decided meanwhile (results of proposals can be
+                        // handled out of order): answer with the outcome now.
+                        Some(Txn { phase: Phase::Finishing { outcome, .. }, .. }) => {
+                            let receipt = TxnReceipt { txn: original, outcome: outcome.clone(), replayed: true };
+                            reply_all(&record.clients, Ok(receipt), actions);
+                        }
                         // We drive the original: its outcome answers these clients too.
                         Some(driving) => driving.clients.extend(record.clients.iter().map(|(t, _)| (*t, true))),
                         None => {
@@ -407,11 +415,9 @@ impl Engine {
         for (ticket, replayed) in record.clients.drain(..) {
             actions.push(Action::Reply { ticket, result: Ok(TxnReceipt { replayed, ..receipt.clone() }) });
         }
-        let commit = outcome.is_committed();
-        record.phase = Phase::Finishing { commit, acked: BTreeSet::new() };
-        for shard in record.shards.keys() {
-            actions.push(Action::SendDecide { txn, shard: *shard, commit });
-        }
+        record.phase = Phase::Finishing { outcome: outcome.clone(), acked: BTreeSet::new() };
+        let shards: Vec<ShardId> = record.shards.keys().copied().collect();
+        send_decision(txn, &shards, outcome.is_committed(), actions);
     }
 
     fn on_decide_acked(&mut self, txn: TxnId, shard: ShardId, actions: &mut Vec<Action>) {
@@ -421,8 +427,12 @@ impl Engine {
             acked.insert(shard);
         }
         if acked.len() == record.shards.len() {
-            self.txns.remove(&txn);
-            self.forget_queue.push(txn);
+            if let Some(Txn { clients, phase: Phase::Finishing { outcome, .. }, .. }) = self.txns.remove(&txn) {
+                // Clients attached after the decision was announced.
+                let receipt = TxnReceipt { txn, outcome, replayed: true };
+                reply_all(&clients, Ok(receipt), actions);
+            }
+            self.forget_queue.insert(txn);
             if self.forget_queue.len() >= self.config.forget_batch_max {
                 self.flush_forgets(actions);
             }
@@ -431,7 +441,8 @@ impl Engine {
 
     fn flush_forgets(&mut self, actions: &mut Vec<Action>) {
         if self.leader_term.is_some() && !self.forget_queue.is_empty() {
-            actions.push(Action::ProposeForget { txns: std::mem::take(&mut self.forget_queue) });
+            let txns = std::mem::take(&mut self.forget_queue).into_iter().collect();
+            actions.push(Action::ProposeForget { txns });
         }
     }
 
@@ -468,20 +479,12 @@ impl Engine {
         let shards = self.shard_map.split(&record.ops);
         let phase = match &record.decision {
             Some(outcome) => {
-                let commit = outcome.is_committed();
-                for shard in shards.keys() {
-                    actions.push(Action::SendDecide { txn, shard: *shard, commit });
-                }
-                Phase::Finishing { commit, acked: BTreeSet::new() }
+                let ids: Vec<ShardId> = shards.keys().copied().collect();
+                send_decision(txn, &ids, outcome.is_committed(), actions);
+                Phase::Finishing { outcome: outcome.clone(), acked: BTreeSet::new() }
             }
             None => {
-                for (shard, ops) in &shards {
-                    actions.push(Action::SendPrepare { txn, shard: *shard, ops: ops.clone() });
-                }
-                actions.push(Action::SetTimer {
-                    after_ms: record.prepare_timeout_ms,
-                    event: Event::PrepareDeadline { txn, term },
-                });
+                start_prepare(txn, term, &shards, record.prepare_timeout_ms, actions);
                 Phase::Preparing { yes: BTreeSet::new() }
             }
         };
@@ -500,6 +503,27 @@ impl Engine {
             reply_all(&record.clients, Err(RequestError::NoLeader { leader_hint: self.leader_hint }), actions);
         }
         self.forget_queue.clear();
+    }
+}
+
+/// Phase one: a prepare to every shard, and the deadline of the votes.
+fn start_prepare(
+    txn: TxnId,
+    term: u64,
+    shards: &BTreeMap<ShardId, Vec<Operation>>,
+    prepare_timeout_ms: u64,
+    actions: &mut Vec<Action>,
+) {
+    for (shard, ops) in shards {
+        actions.push(Action::SendPrepare { txn, shard: *shard, ops: ops.clone() });
+    }
+    actions.push(Action::SetTimer { after_ms: prepare_timeout_ms, event: Event::PrepareDeadline { txn, term } });
+}
+
+/// Phase two: the decision to every shard.
+fn send_decision(txn: TxnId, shards: &[ShardId], commit: bool, actions: &mut Vec<Action>) {
+    for shard in shards {
+        actions.push(Action::SendDecide { txn, shard: *shard, commit });
     }
 }
 

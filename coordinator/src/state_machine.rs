@@ -69,7 +69,7 @@ impl StateMachineStore {
         let mut state = TableState { table: TxnTable::new(key_retention), ..TableState::default() };
         if let Some(bytes) = disk.get(SNAPSHOT_SPACE, SNAPSHOT_KEY).map_err(snap_read_err)? {
             let stored: StoredSnapshot = open_at(SNAPSHOT_SPACE, SNAPSHOT_KEY, &bytes).map_err(snap_read_err)?;
-            state = paytx_protocol::decode(&stored.data)
+            state = paytx_protocol::decode_local(&stored.data)
                 .map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
         }
         Ok(StateMachineStore { state: Arc::new(RwLock::new(state)), disk, snapshot_seq: 0 })
@@ -78,21 +78,29 @@ impl StateMachineStore {
     pub fn shared(&self) -> SharedTable {
         self.state.clone()
     }
+}
 
-    fn current_stored(&self) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
-        match self.disk.get(SNAPSHOT_SPACE, SNAPSHOT_KEY).map_err(snap_read_err)? {
-            None => Ok(None),
-            Some(bytes) => open_at(SNAPSHOT_SPACE, SNAPSHOT_KEY, &bytes).map(Some).map_err(snap_read_err),
+fn stored_snapshot(disk: &SharedDisk) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
+    match disk.get(SNAPSHOT_SPACE, SNAPSHOT_KEY).map_err(snap_read_err)? {
+        None => Ok(None),
+        Some(bytes) => open_at(SNAPSHOT_SPACE, SNAPSHOT_KEY, &bytes).map(Some).map_err(snap_read_err),
+    }
+}
+
+/// Stores `stored` as the current snapshot — unless the stored one is
+/// newer (a slow build finishing after an install must not move the
+/// snapshot back behind a log prefix that is already purged). Synced before
+/// openraft may purge the log entries it covers.
+async fn persist_snapshot(disk: &SharedDisk, stored: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
+    if let Some(current) = stored_snapshot(disk)? {
+        if current.meta.last_log_id > stored.meta.last_log_id {
+            return Ok(());
         }
     }
-
-    async fn persist(&self, stored: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-        let mut batch = Batch::new();
-        batch.put(SNAPSHOT_KEY.to_vec(), seal(stored));
-        self.disk.apply(SNAPSHOT_SPACE, batch).map_err(sm_write_err)?;
-        // Synced before openraft may purge the log entries it covers.
-        self.disk.sync().await.map_err(sm_write_err)
-    }
+    let mut batch = Batch::new();
+    batch.put(SNAPSHOT_KEY.to_vec(), seal(stored));
+    disk.apply(SNAPSHOT_SPACE, batch).map_err(sm_write_err)?;
+    disk.sync().await.map_err(sm_write_err)
 }
 
 /// Builds snapshots from a clone of the table.
@@ -112,10 +120,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id: self.snapshot_id.clone(),
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        let mut batch = Batch::new();
-        batch.put(SNAPSHOT_KEY.to_vec(), seal(&stored));
-        self.disk.apply(SNAPSHOT_SPACE, batch).map_err(sm_write_err)?;
-        self.disk.sync().await.map_err(sm_write_err)?;
+        persist_snapshot(&self.disk, &stored).await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
@@ -172,13 +177,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let installed: TableState = paytx_protocol::decode(&data).map_err(|e| {
+        let installed: TableState = paytx_protocol::decode_local(&data).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 &std::io::Error::other(e.to_string()),
             ))
         })?;
-        self.persist(&StoredSnapshot { meta: meta.clone(), data }).await?;
+        persist_snapshot(&self.disk, &StoredSnapshot { meta: meta.clone(), data }).await?;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         *state = installed;
         state.last_applied = meta.last_log_id;
@@ -187,8 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self
-            .current_stored()?
+        Ok(stored_snapshot(&self.disk)?
             .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

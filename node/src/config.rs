@@ -5,6 +5,7 @@
 //! listen = "127.0.0.1:7101"
 //! data_dir = "paytx-data/node-1"
 //! fsync = true                      # default; false only for benchmarks
+//! cluster_secret = "…"              # the same on every node, 16+ bytes
 //!
 //! [[peers]]                         # every node of the cluster, this one included
 //! id = 1
@@ -86,7 +87,7 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: paytx_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 1024,
-            max_in_flight_per_connection: 1024,
+            max_in_flight_per_connection: 8192,
             request_timeout_ms: 10_000,
             peer_timeout_ms: 3_000,
             max_prepared_per_shard: 100_000,
@@ -114,6 +115,11 @@ pub struct NodeConfig {
     /// Seed of this node's RNGs (channel models). `None`: from the OS.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// The shared secret nodes prove they know before they may speak the
+    /// node-to-node protocol (at least 16 bytes; the same on every node).
+    /// `paytx gen-configs` writes a random one.
+    #[serde(default)]
+    pub cluster_secret: String,
 }
 
 fn default_true() -> bool {
@@ -180,6 +186,12 @@ impl NodeConfig {
                 "[raft] needs heartbeat < election_timeout_min < election_timeout_max".into(),
             ));
         }
+        if self.cluster_secret.len() < paytx_protocol::auth::MIN_SECRET_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_secret must be at least {} bytes, the same on every node (paytx gen-configs writes a random one)",
+                paytx_protocol::auth::MIN_SECRET_BYTES
+            )));
+        }
         if self.limits.max_frame_bytes as usize > paytx_protocol::frame::MAX_FRAME_LIMIT_BYTES
             || self.limits.max_frame_bytes < 1024
         {
@@ -188,8 +200,14 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// A config for node `id` of a local cluster of `ids` on `addrs`.
-    pub fn local(id: NodeId, addrs: &BTreeMap<NodeId, SocketAddr>, data_dir: PathBuf) -> NodeConfig {
+    /// A config for node `id` of a local cluster on `addrs`, sharing
+    /// `cluster_secret` with the other nodes.
+    pub fn local(
+        id: NodeId,
+        addrs: &BTreeMap<NodeId, SocketAddr>,
+        data_dir: PathBuf,
+        cluster_secret: &str,
+    ) -> NodeConfig {
         let ids: Vec<NodeId> = addrs.keys().copied().collect();
         NodeConfig {
             node_id: id,
@@ -203,7 +221,14 @@ impl NodeConfig {
             coordinator: CoordinatorSettings::default(),
             limits: Limits::default(),
             seed: None,
+            cluster_secret: cluster_secret.to_string(),
         }
+    }
+
+    /// A random cluster secret (hex of 32 bytes from the OS RNG).
+    pub fn random_secret() -> String {
+        let bytes: [u8; 32] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -215,7 +240,7 @@ mod tests {
     fn round_trips_through_toml_and_rejects_bad_configs() {
         let addrs: BTreeMap<NodeId, SocketAddr> =
             (1..=3).map(|i| (i, format!("127.0.0.1:{}", 7100 + i).parse().expect("valid address"))).collect();
-        let config = NodeConfig::local(2, &addrs, PathBuf::from("/tmp/x"));
+        let config = NodeConfig::local(2, &addrs, PathBuf::from("/tmp/x"), "a-secret-of-sixteen-bytes");
         let text = config.to_toml();
         let back: NodeConfig = toml::from_str(&text).expect("own output parses");
         assert_eq!(back, config);
@@ -227,7 +252,10 @@ mod tests {
         let mut bad = config.clone();
         bad.shards.orders = vec![1, 7];
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
-        let minimal = "node_id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7101\"\n[shards]\naccounts = [1]\norders = [1]\nchannels = [1]\n";
+        let mut bad = config.clone();
+        bad.cluster_secret = "short".into();
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        let minimal = "node_id = 1\ncluster_secret = \"0123456789abcdef\"\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7101\"\n[shards]\naccounts = [1]\norders = [1]\nchannels = [1]\n";
         let parsed: NodeConfig = toml::from_str(minimal).expect("defaults fill the rest");
         assert!(parsed.fsync, "durable by default");
         parsed.validate().expect("valid");

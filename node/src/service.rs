@@ -206,6 +206,11 @@ impl NodeService {
                 Err(e) => PeerResponse::Error(e),
             },
             PeerRequest::Forward(request) => PeerResponse::Forwarded(self.handle_request(request, false).await),
+            // The connection layer runs the handshake; one reaching the
+            // service came through a path that does not authenticate.
+            PeerRequest::AuthHello { .. } | PeerRequest::AuthProof { .. } => {
+                PeerResponse::Error(RequestError::Unauthorized { reason: "handshake outside a connection".into() })
+            }
         }
     }
 

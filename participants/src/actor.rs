@@ -25,8 +25,9 @@
 //! A failed fsync or journal write is fail-stop: the actor answers the
 //! message with an error (never a vote or an acknowledgement), logs, marks
 //! itself stopped and stops its context. Its memory may be ahead of its disk,
-//! so it must not serve anything more; the node restarts the shard from the
-//! journal, which is consistent by construction.
+//! so it must not serve anything more. Restarting the node reopens the
+//! shard from the journal, which is consistent by construction (the node
+//! does not yet restart a stopped shard by itself).
 
 use crate::config::ParticipantConfig;
 use crate::decision::DecisionSource;

@@ -156,6 +156,8 @@ pub enum RequestError {
     ShardUnavailable { shard: ShardId },
     #[error("the transaction with idempotency key {key} is still in progress; retry shortly with the same key")]
     InProgress { key: String },
+    #[error("node-to-node messages need a connection authenticated with the cluster secret ({reason})")]
+    Unauthorized { reason: String },
     #[error("the node is shutting down; retry on another node")]
     ShuttingDown,
     #[error("internal error: {0}; see the node's log")]
@@ -165,6 +167,9 @@ pub enum RequestError {
 impl RequestError {
     /// `true` when retrying the same request (same idempotency key) may succeed.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, RequestError::Invalid(_) | RequestError::IdempotencyConflict { .. })
+        !matches!(
+            self,
+            RequestError::Invalid(_) | RequestError::IdempotencyConflict { .. } | RequestError::Unauthorized { .. }
+        )
     }
 }

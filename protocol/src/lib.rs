@@ -11,6 +11,7 @@
 //! * [`error`]: typed errors, one enum per concern.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod error;
 pub mod frame;
 pub mod ids;
@@ -39,6 +40,25 @@ pub fn bincode_config() -> bincode::config::Configuration {
 /// Serialises `value` with [`bincode_config`].
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
     bincode::serde::encode_to_vec(value, bincode_config())
+}
+
+/// Largest allocation a decode of local, checksummed data (records,
+/// snapshots) may make: far above any snapshot we write, still a bound.
+pub const MAX_LOCAL_DECODE_BYTES: usize = 1 << 30;
+
+/// [`decode`] for data this node wrote itself and verified by checksum
+/// (journal records, Raft snapshots): the same format, with a limit sized
+/// for snapshots of large tables instead of the frame cap.
+pub fn decode_local<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    let config = bincode_config().with_limit::<MAX_LOCAL_DECODE_BYTES>();
+    let (value, read) = bincode::serde::decode_from_slice(bytes, config)?;
+    if read != bytes.len() {
+        return Err(bincode::error::DecodeError::OtherString(format!(
+            "{} trailing bytes after the record",
+            bytes.len() - read
+        )));
+    }
+    Ok(value)
 }
 
 /// Deserialises a whole buffer; trailing bytes are an error (a frame holds

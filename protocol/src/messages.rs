@@ -164,6 +164,10 @@ pub enum PeerRequest {
     QueryDecision { txn: TxnId },
     /// A client request forwarded to the node that can answer it.
     Forward(Request),
+    /// Peer authentication, step 1 (see [`crate::auth`]).
+    AuthHello { node: NodeId, nonce: crate::auth::Nonce },
+    /// Peer authentication, step 3.
+    AuthProof { proof: crate::auth::Proof },
 }
 
 /// Node-to-node answers.
@@ -178,5 +182,10 @@ pub enum PeerResponse {
         commit: bool,
     },
     Forwarded(Response),
+    /// Peer authentication, step 2: the acceptor's nonce and proof.
+    AuthChallenge {
+        nonce: crate::auth::Nonce,
+        proof: crate::auth::Proof,
+    },
     Error(RequestError),
 }

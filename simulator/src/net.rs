@@ -26,6 +26,8 @@ pub fn peer_label(request: &PeerRequest) -> String {
         PeerRequest::Decide { txn, shard, commit } => format!("decide {txn} on {shard} commit={commit}"),
         PeerRequest::QueryDecision { txn } => format!("query decision of {txn}"),
         PeerRequest::Forward(request) => format!("forward {}", crate::workload::request_label(request)),
+        PeerRequest::AuthHello { node, .. } => format!("auth hello from {node}"),
+        PeerRequest::AuthProof { .. } => "auth proof".to_string(),
     }
 }
 

@@ -78,6 +78,9 @@ pub fn run(config: &SimConfig) -> RunReport {
         .enable_all()
         .start_paused(true)
         .rng_seed(tokio::runtime::RngSeed::from_bytes(&config.seed.to_le_bytes()))
+        // A panic in any task (an actor, an openraft task, a message in
+        // flight) ends the run and is reported, instead of being swallowed.
+        .unhandled_panic(tokio::runtime::UnhandledPanic::ShutdownRuntime)
         .build()
         .expect("a current-thread runtime can always be built");
     paytx_coordinator::runtime::seed_raft_rng(sub_seed(config.seed, 1));
@@ -130,7 +133,10 @@ fn node_configs(seed: u64, rng: &mut ChaCha8Rng) -> BTreeMap<NodeId, NodeConfig>
     addrs
         .keys()
         .map(|id| {
-            let mut config = NodeConfig::local(*id, &addrs, format!("sim/node-{id}").into());
+            // The simulated links need no handshake; the config still
+            // carries a valid secret.
+            let mut config =
+                NodeConfig::local(*id, &addrs, format!("sim/node-{id}").into(), "simulated-cluster-secret");
             config.seed = Some(sub_seed(seed, 100 + id));
             config.channels = channels.clone();
             config.raft.heartbeat_interval_ms = 50;

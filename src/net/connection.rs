@@ -52,7 +52,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-            max_in_flight: 1024,
+            max_in_flight: 8192,
             connect_timeout_ms: 2_000,
             write_timeout_ms: 30_000,
         }

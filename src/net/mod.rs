@@ -12,7 +12,7 @@ pub mod tcp_transport;
 
 pub use connection::{Connection, ConnectionError, ConnectionLimits};
 pub use server::{serve, Handler, ServerLimits};
-pub use tcp_transport::{TcpTransport, TransportLimits};
+pub use tcp_transport::{PeerCredentials, TcpTransport, TransportLimits};
 
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -14,8 +14,10 @@
 //! closes the connection (the peer is gone; there is nobody to tell).
 
 use futures::FutureExt;
+use paytx_protocol::auth::{self, Nonce};
 use paytx_protocol::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME_BYTES};
 use paytx_protocol::messages::CONNECTION_ERROR_ID;
+use paytx_protocol::NodeId;
 use paytx_protocol::{
     BoxFuture, Envelope, InvalidRequest, Message, PeerRequest, PeerResponse, Request, RequestError, Response,
 };
@@ -49,6 +51,11 @@ pub struct ServerLimits {
     /// Most requests handled at once on one connection. Past it a request is
     /// answered `Overloaded` with its own id (the connection stays open).
     pub max_in_flight_per_connection: usize,
+    /// The cluster secret. When set, node-to-node messages are served only
+    /// on a connection that authenticated with it first
+    /// ([`paytx_protocol::auth`]); client requests need no authentication.
+    /// `None` serves peer messages to anyone (unit tests only).
+    pub peer_secret: Option<Arc<[u8]>>,
 }
 
 impl Default for ServerLimits {
@@ -56,8 +63,64 @@ impl Default for ServerLimits {
         ServerLimits {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_connections: 1024,
-            max_in_flight_per_connection: 1024,
+            max_in_flight_per_connection: 8192,
+            peer_secret: None,
         }
+    }
+}
+
+/// Where a connection stands in the peer handshake.
+enum PeerAuth {
+    /// No secret configured: peer messages are served (unit tests).
+    Open,
+    Unauthenticated,
+    Challenged {
+        node: NodeId,
+        client_nonce: Nonce,
+        server_nonce: Nonce,
+    },
+    Authenticated(NodeId),
+}
+
+/// What to do with a peer message, given the handshake state.
+enum PeerStep {
+    /// Serve it.
+    Serve,
+    /// Answer this (a handshake step) and keep reading.
+    Answer(PeerResponse),
+    /// Answer this and close: the connection did not authenticate.
+    Refuse(PeerResponse),
+}
+
+fn unauthorized(reason: &str) -> PeerResponse {
+    PeerResponse::Error(RequestError::Unauthorized { reason: reason.to_string() })
+}
+
+/// Advances the handshake with one peer message.
+fn peer_step(auth: &mut PeerAuth, secret: Option<&[u8]>, request: &PeerRequest) -> PeerStep {
+    match (request, secret) {
+        (PeerRequest::AuthHello { node, nonce }, Some(secret)) if matches!(auth, PeerAuth::Unauthenticated) => {
+            let server_nonce: Nonce = rand::random();
+            let proof = auth::server_proof(secret, *node, nonce, &server_nonce);
+            *auth = PeerAuth::Challenged { node: *node, client_nonce: *nonce, server_nonce };
+            PeerStep::Answer(PeerResponse::AuthChallenge { nonce: server_nonce, proof })
+        }
+        (PeerRequest::AuthProof { proof }, Some(secret)) => match *auth {
+            PeerAuth::Challenged { node, client_nonce, server_nonce }
+                if auth::verify_client(secret, node, &client_nonce, &server_nonce, proof) =>
+            {
+                *auth = PeerAuth::Authenticated(node);
+                PeerStep::Answer(PeerResponse::Acked)
+            }
+            _ => PeerStep::Refuse(unauthorized("wrong proof: this connection does not know the cluster secret")),
+        },
+        (PeerRequest::AuthHello { .. } | PeerRequest::AuthProof { .. }, _) => {
+            PeerStep::Refuse(unauthorized("unexpected handshake message"))
+        }
+        _ => match auth {
+            PeerAuth::Open | PeerAuth::Authenticated(_) => PeerStep::Serve,
+            _ => PeerStep::Refuse(unauthorized("authenticate the connection before sending peer messages")),
+        },
     }
 }
 
@@ -213,6 +276,7 @@ async fn serve_connection(
     let writer = tokio::spawn(write_loop(write_half, peer, replies_rx, limits.max_frame_bytes));
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut handlers: JoinSet<()> = JoinSet::new();
+    let mut auth = if limits.peer_secret.is_some() { PeerAuth::Unauthenticated } else { PeerAuth::Open };
 
     let end = loop {
         while let Some(joined) = handlers.try_join_next() {
@@ -271,6 +335,21 @@ async fn serve_connection(
                 });
             }
             Message::Peer(request) => {
+                match peer_step(&mut auth, limits.peer_secret.as_deref(), &request) {
+                    PeerStep::Serve => {}
+                    PeerStep::Answer(reply) => {
+                        if let PeerAuth::Authenticated(node) = auth {
+                            tracing::debug!(%peer, node, "peer authenticated");
+                        }
+                        let _ = replies.send(Envelope { id, message: Message::PeerReply(reply) }).await;
+                        continue;
+                    }
+                    PeerStep::Refuse(reply) => {
+                        tracing::warn!(%peer, id, "peer message on an unauthenticated connection; refused, closing");
+                        let _ = replies.send(Envelope { id, message: Message::PeerReply(reply) }).await;
+                        break End::BadInput;
+                    }
+                }
                 let Ok(slot) = in_flight.clone().try_acquire_owned() else {
                     let reply = Message::PeerReply(PeerResponse::Error(overloaded()));
                     let _ = replies.send(Envelope { id, message: reply }).await;

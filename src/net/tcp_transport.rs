@@ -7,6 +7,7 @@
 //! one connect attempt per backoff period, not one per call.
 
 use super::connection::{Connection, ConnectionError, ConnectionLimits};
+use paytx_protocol::auth;
 use paytx_protocol::{BoxFuture, Message, NodeId, PeerRequest, PeerResponse, RequestError, Transport, TransportError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +25,42 @@ pub struct TransportLimits {
     pub reconnect_backoff_min_ms: u64,
     /// The backoff doubles per consecutive failure up to this, in ms.
     pub reconnect_backoff_max_ms: u64,
+    /// Authenticate every new connection as this node with the cluster
+    /// secret (see [`paytx_protocol::auth`]). `None`: no handshake.
+    pub auth: Option<PeerCredentials>,
+}
+
+/// Who this node is, and the secret it proves it knows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub node: NodeId,
+    pub secret: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for PeerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("PeerCredentials").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// The connector's side of the handshake on a fresh connection.
+async fn authenticate(connection: &Connection, credentials: &PeerCredentials, timeout_ms: u64) -> Result<(), String> {
+    let client_nonce: auth::Nonce = rand::random();
+    let hello = PeerRequest::AuthHello { node: credentials.node, nonce: client_nonce };
+    let challenge = connection.call(Message::Peer(hello), timeout_ms).await.map_err(|e| e.to_string())?;
+    let Message::PeerReply(PeerResponse::AuthChallenge { nonce: server_nonce, proof }) = challenge else {
+        return Err(format!("unexpected answer to the handshake: {challenge:?}"));
+    };
+    if !auth::verify_server(&credentials.secret, credentials.node, &client_nonce, &server_nonce, &proof) {
+        return Err("the peer does not know the cluster secret".to_string());
+    }
+    let proof = auth::client_proof(&credentials.secret, credentials.node, &client_nonce, &server_nonce);
+    match connection.call(Message::Peer(PeerRequest::AuthProof { proof }), timeout_ms).await {
+        Ok(Message::PeerReply(PeerResponse::Acked)) => Ok(()),
+        Ok(other) => Err(format!("the peer refused our proof: {other:?} (is cluster_secret the same on every node?)")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl Default for TransportLimits {
@@ -32,6 +69,7 @@ impl Default for TransportLimits {
             connection: ConnectionLimits::default(),
             reconnect_backoff_min_ms: 10,
             reconnect_backoff_max_ms: 1_000,
+            auth: None,
         }
     }
 }
@@ -114,7 +152,22 @@ impl Inner {
                 });
             }
         }
-        match Connection::connect(peer.addr, self.limits.connection.clone()).await {
+        let connected = match Connection::connect(peer.addr, self.limits.connection.clone()).await {
+            Ok(connection) => match &self.limits.auth {
+                None => Ok(connection),
+                Some(credentials) => {
+                    match authenticate(&connection, credentials, self.limits.connection.connect_timeout_ms).await {
+                        Ok(()) => Ok(connection),
+                        Err(reason) => {
+                            connection.close();
+                            Err(format!("{}: peer authentication failed: {reason}", peer.addr))
+                        }
+                    }
+                }
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match connected {
             Ok(connection) => {
                 if state.consecutive_failures > 0 {
                     tracing::info!(node, addr = %peer.addr, failures = state.consecutive_failures, "reconnected");
@@ -132,9 +185,9 @@ impl Inner {
                     state.consecutive_failures,
                 );
                 state.retry_at = Some(Instant::now() + Duration::from_millis(backoff_ms));
-                state.last_error = e.to_string();
                 tracing::debug!(node, addr = %peer.addr, error = %e, backoff_ms, "connect failed");
-                Err(TransportError::Unreachable { node, reason: e.to_string() })
+                state.last_error = e.clone();
+                Err(TransportError::Unreachable { node, reason: e })
             }
         }
     }
@@ -222,6 +275,34 @@ mod tests {
 
     fn fast_backoff() -> TransportLimits {
         TransportLimits { reconnect_backoff_min_ms: 5, reconnect_backoff_max_ms: 50, ..TransportLimits::default() }
+    }
+
+    #[tokio::test]
+    async fn peers_with_the_cluster_secret_authenticate_and_others_are_refused() {
+        let secret: Arc<[u8]> = Arc::from(b"the-cluster-secret-0123".as_slice());
+        let limits = ServerLimits { peer_secret: Some(secret.clone()), ..ServerLimits::default() };
+        let server = TestServer::start(Arc::new(ToyHandler::new(2)), limits).await;
+        let peers = BTreeMap::from([(2, server.addr)]);
+
+        let credentials = |secret: Arc<[u8]>| TransportLimits {
+            auth: Some(PeerCredentials { node: 1, secret }),
+            ..TransportLimits::default()
+        };
+        let member = TcpTransport::new(peers.clone(), credentials(secret));
+        assert_eq!(member.call(2, query(2), TIMEOUT_MS).await, Ok(PeerResponse::Decision { commit: true }));
+
+        let impostor = TcpTransport::new(peers.clone(), credentials(Arc::from(b"a-wrong-secret-012345".as_slice())));
+        match impostor.call(2, query(2), TIMEOUT_MS).await {
+            Err(TransportError::Unreachable { reason, .. }) => assert!(reason.contains("authentication"), "{reason}"),
+            other => panic!("an impostor must be refused, got {other:?}"),
+        }
+        let anonymous = TcpTransport::new(peers, TransportLimits::default());
+        let answer = anonymous.call(2, query(2), TIMEOUT_MS).await;
+        assert!(
+            matches!(answer, Ok(PeerResponse::Error(RequestError::Unauthorized { .. })) | Err(_)),
+            "no handshake, no peer messages: {answer:?}"
+        );
+        server.stop().await;
     }
 
     #[tokio::test]

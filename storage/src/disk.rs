@@ -71,10 +71,3 @@ pub trait Disk: Send + Sync + 'static {
     /// fails too: the node must stop.
     fn sync(&self) -> BoxFuture<Result<(), DiskError>>;
 }
-
-/// Convenience: applies a one-key batch (not synced).
-pub fn put(disk: &dyn Disk, space: &str, key: &[u8], value: Vec<u8>) -> Result<(), DiskError> {
-    let mut batch = Batch::new();
-    batch.put(key.to_vec(), value);
-    disk.apply(space, batch)
-}

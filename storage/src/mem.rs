@@ -20,7 +20,6 @@ struct State {
     fail_syncs: bool,
     /// Set after a failed sync: every later sync fails (fail-stop).
     poisoned: bool,
-    syncs: u64,
 }
 
 /// A cloneable handle; clones share the same disk (as a node and the test
@@ -67,11 +66,6 @@ impl MemDisk {
     pub fn fail_syncs(&self, fail: bool) {
         self.lock().fail_syncs = fail;
     }
-
-    /// How many syncs completed (group commit makes this less than callers).
-    pub fn sync_count(&self) -> u64 {
-        self.lock().syncs
-    }
 }
 
 impl Disk for MemDisk {
@@ -112,7 +106,6 @@ impl Disk for MemDisk {
                 for (space, batch) in &pending {
                     apply_to(&mut state.durable, space, batch);
                 }
-                state.syncs += 1;
                 Ok(())
             }
         };

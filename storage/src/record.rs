@@ -34,7 +34,7 @@ pub fn open<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
     if stored != computed {
         return Err(RecordError::Checksum { stored, computed });
     }
-    paytx_protocol::decode(payload).map_err(|e| RecordError::Decode(e.to_string()))
+    paytx_protocol::decode_local(payload).map_err(|e| RecordError::Decode(e.to_string()))
 }
 
 /// [`open`], turning a failure into [`crate::DiskError::Corrupt`] naming where.

@@ -84,11 +84,6 @@ impl SledDisk {
     pub fn flush_count(&self) -> u64 {
         self.inner.flushes.load(Ordering::Relaxed)
     }
-
-    /// Bytes sled reports on disk (for status and benchmarks).
-    pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 impl Disk for SledDisk {

@@ -314,3 +314,41 @@ fn an_adopted_orphan_is_prepared_and_an_already_tracked_one_is_ignored() {
     assert!(engine.tracks(&orphan));
     assert!(engine.handle(Event::Adopt { txn: orphan, record }).is_empty(), "adopted once");
 }
+
+#[test]
+fn a_duplicate_attached_after_the_decision_is_answered_at_once() {
+    let mut engine = engine();
+    let (txn, shards) = submit_and_begin(&mut engine, 1, "k");
+    for shard in &shards {
+        engine.handle(Event::VoteReceived { txn, shard: *shard, vote: Vote::Yes });
+    }
+    engine.handle(Event::DecisionApplied { txn, outcome: Outcome::Committed });
+    // A duplicate whose Begin result is handled only now (out of order).
+    let actions = engine.handle(Event::Submit { ticket: Ticket(2), request: transfer("k", 10) });
+    let [Action::Propose { txn: dup, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+    let actions = engine.handle(Event::BeginApplied {
+        txn: *dup,
+        result: CommandResult::Existing { txn, state: TxnState::InProgress },
+    });
+    assert_eq!(
+        actions,
+        vec![Action::Reply {
+            ticket: Ticket(2),
+            result: Ok(TxnReceipt { txn, outcome: Outcome::Committed, replayed: true })
+        }]
+    );
+}
+
+#[test]
+fn the_ids_of_an_epoch_never_spill_into_the_next() {
+    let config = EngineConfig { seq_base: (1 << 32) + u64::from(u32::MAX) - 1, ..EngineConfig::default() };
+    let mut engine = Engine::new(1, ShardMap::one_shard_per_node(&[1, 2, 3]), config);
+    engine.handle(Event::BecameLeader { term: TERM, live: Vec::new() });
+    let actions = engine.handle(Event::Submit { ticket: Ticket(1), request: transfer("last", 1) });
+    assert!(matches!(actions.as_slice(), [Action::Propose { .. }]), "the last id of the epoch is used");
+    let actions = engine.handle(Event::Submit { ticket: Ticket(2), request: transfer("over", 1) });
+    assert!(
+        matches!(actions.as_slice(), [Action::Reply { result: Err(RequestError::Overloaded { .. }), .. }]),
+        "{actions:?}"
+    );
+}
