@@ -233,8 +233,15 @@ impl Engine {
             Event::BeginApplied { txn, result } => self.on_begin_applied(txn, result, &mut actions),
             Event::DecisionApplied { txn, outcome } => self.on_decision_applied(txn, outcome, &mut actions),
             Event::ProposalFailed { txn, error } => {
-                if let Some(record) = self.txns.remove(&txn) {
-                    reply_all(&record.clients, Err(error), &mut actions);
+                // Only a transaction waiting on a proposal can be failed by
+                // one; a late failure from an earlier drive (the transaction
+                // was re-adopted since) must not drop the current drive.
+                let waiting =
+                    self.txns.get(&txn).is_some_and(|t| matches!(t.phase, Phase::Beginning | Phase::Deciding));
+                if waiting {
+                    if let Some(record) = self.txns.remove(&txn) {
+                        reply_all(&record.clients, Err(error), &mut actions);
+                    }
                 }
             }
             Event::VoteReceived { txn, shard, vote } => self.on_vote(txn, shard, vote, &mut actions),

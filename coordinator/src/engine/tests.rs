@@ -352,3 +352,16 @@ fn the_ids_of_an_epoch_never_spill_into_the_next() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn a_late_proposal_failure_does_not_drop_a_transaction_driven_again() {
+    let mut engine = engine();
+    let request = transfer("readopted", 5);
+    let txn = TxnId { term: TERM, node: 1, seq: 77 };
+    let record =
+        TxnRecord { key: request.key.clone(), ops: request.ops.clone(), prepare_timeout_ms: 50, decision: None };
+    engine.handle(Event::Adopt { txn, record });
+    let error = RequestError::NoLeader { leader_hint: None };
+    assert!(engine.handle(Event::ProposalFailed { txn, error }).is_empty());
+    assert!(engine.tracks(&txn), "still driven");
+}
