@@ -99,9 +99,11 @@ fn main() -> std::process::ExitCode {
             on_tokio(cli_client::run(args)).map(|_| 0)
         }
         Command::Sim(args) => {
-            // The simulator's own nodes log nothing by default: a run is
-            // thousands of crashes and retries. RUST_LOG overrides.
-            init_tracing("error,openraft=off");
+            // The simulated nodes log nothing by default: a run is thousands
+            // of injected crashes, fsync failures and retries, each of which
+            // a node rightly reports as an error. The simulator reports what
+            // matters itself. RUST_LOG overrides (e.g. RUST_LOG=paytx=debug).
+            init_tracing("off");
             sim_cli::run_sim(args).map(|ok| if ok { 0 } else { 1 })
         }
         Command::GenConfigs { nodes, dir, data_dir, base_port } => {
