@@ -4,23 +4,7 @@
 use crate::client::{Client, ClientError};
 use paytx_protocol::{AccountId, ChannelId, Currency, Money, Operation, OrderId, TxnReceipt, TxnRequest};
 
-/// The ops of one payment: debit the payer, credit the merchant, move the
-/// order `CREATED → PAID`, record the channel's charge. One transaction,
-/// up to four shards, all or nothing.
-pub fn payment_ops(
-    payer: AccountId,
-    merchant: AccountId,
-    order: OrderId,
-    channel: ChannelId,
-    amount: Money,
-) -> Vec<Operation> {
-    vec![
-        Operation::Debit { account: payer, amount },
-        Operation::Credit { account: merchant, amount },
-        Operation::MarkPaid { order, amount },
-        Operation::Charge { channel, order, amount },
-    ]
-}
+pub use paytx_protocol::ops::payment_ops;
 
 /// A payment that also creates its order (the benchmark's unit of work).
 pub fn create_and_pay_ops(

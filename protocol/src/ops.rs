@@ -32,6 +32,25 @@ pub enum Operation {
     ChannelRefund { channel: ChannelId, order: OrderId, amount: Money },
 }
 
+/// The ops of one payment: debit the payer, credit the merchant, move the
+/// order `CREATED → PAID`, record the channel's charge. One transaction, up
+/// to four shards, all or nothing. (Shared by the demo, the benchmark, the
+/// CLI and the simulator, so they all pay the same way.)
+pub fn payment_ops(
+    payer: AccountId,
+    merchant: AccountId,
+    order: OrderId,
+    channel: ChannelId,
+    amount: Money,
+) -> Vec<Operation> {
+    vec![
+        Operation::Debit { account: payer, amount },
+        Operation::Credit { account: merchant, amount },
+        Operation::MarkPaid { order, amount },
+        Operation::Charge { channel, order, amount },
+    ]
+}
+
 /// The entity an operation addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum EntityKey {

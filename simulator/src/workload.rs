@@ -239,15 +239,7 @@ impl Client {
         if self.submit(create).await != Known::Acked(Outcome::Committed) {
             return;
         }
-        let pay = TxnRequest::new(
-            pay_key,
-            vec![
-                Operation::Debit { account: payer, amount },
-                Operation::Credit { account: merchant, amount },
-                Operation::MarkPaid { order, amount },
-                Operation::Charge { channel, order, amount },
-            ],
-        );
+        let pay = TxnRequest::new(pay_key, paytx_protocol::ops::payment_ops(payer, merchant, order, channel, amount));
         if self.submit(pay).await == Known::Acked(Outcome::Committed) {
             lock(&self.history).paid.push((order, payer, merchant, channel, amount.amount_minor));
         }
