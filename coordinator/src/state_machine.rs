@@ -196,3 +196,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId};
+    use paytx_storage::MemDisk;
+
+    fn stored(index: u64, data: &[u8]) -> StoredSnapshot {
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s-{index}"),
+        };
+        StoredSnapshot { meta, data: data.to_vec() }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_never_moves_back() {
+        let disk: SharedDisk = Arc::new(MemDisk::new());
+        persist_snapshot(&disk, &stored(100, b"newer")).await.unwrap();
+        // A slow build of an older state finishing after an install.
+        persist_snapshot(&disk, &stored(40, b"older")).await.unwrap();
+        let current = stored_snapshot(&disk).unwrap().expect("a snapshot");
+        assert_eq!(current.data, b"newer".to_vec());
+        persist_snapshot(&disk, &stored(120, b"newest")).await.unwrap();
+        assert_eq!(stored_snapshot(&disk).unwrap().expect("a snapshot").data, b"newest".to_vec());
+    }
+}

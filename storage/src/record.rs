@@ -63,6 +63,17 @@ mod tests {
         assert_eq!(open::<u64>(&record[..2]), Err(RecordError::TooShort(2)));
     }
 
+    #[test]
+    fn records_larger_than_the_frame_cap_still_open() {
+        // Snapshots of big tables exceed the 64 MiB network frame cap; local
+        // checksummed data decodes with its own, larger limit.
+        // A string, not a Vec<u8>: serde moves it as one slice (fast).
+        let big = "x".repeat(paytx_protocol::frame::MAX_FRAME_LIMIT_BYTES + 1024);
+        let record = seal(&big);
+        assert!(paytx_protocol::decode::<String>(&record[4..]).is_err(), "the frame cap refuses it");
+        assert_eq!(open::<String>(&record).unwrap().len(), big.len());
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
