@@ -69,6 +69,30 @@ impl Default for ServerLimits {
     }
 }
 
+/// Whether a message came from a client or a peer: replies and errors go
+/// back as `Response` or `PeerReply` accordingly.
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Client,
+    Peer,
+}
+
+impl Lane {
+    fn error(self, error: RequestError) -> Message {
+        match self {
+            Lane::Client => Message::Response(Response::Error(error)),
+            Lane::Peer => Message::PeerReply(PeerResponse::Error(error)),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Lane::Client => "request",
+            Lane::Peer => "peer",
+        }
+    }
+}
+
 /// Where a connection stands in the peer handshake.
 enum PeerAuth {
     /// No secret configured: peer messages are served (unit tests).
@@ -310,29 +334,10 @@ async fn serve_connection(
         let overloaded = || RequestError::Overloaded {
             what: format!("too many requests in flight on this connection (limit {max_in_flight})"),
         };
-        match message {
+        let (lane, work): (Lane, BoxFuture<Message>) = match message {
             Message::Request(request) => {
-                let Ok(slot) = in_flight.clone().try_acquire_owned() else {
-                    let reply = Message::Response(Response::Error(overloaded()));
-                    let _ = replies.send(Envelope { id, message: reply }).await;
-                    continue;
-                };
                 let handler = handler.clone();
-                let replies = replies.clone();
-                handlers.spawn(async move {
-                    let work = AssertUnwindSafe(async move { handler.request(request).await }).catch_unwind();
-                    let response = match tokio::time::timeout(Duration::from_millis(MAX_HANDLER_MS), work).await {
-                        Ok(Ok(response)) => response,
-                        Ok(Err(_)) => {
-                            tracing::error!(%peer, id, "request handler panicked");
-                            Response::Error(RequestError::Internal("request handler panicked".into()))
-                        }
-                        Err(_) => Response::Error(RequestError::Timeout { timeout_ms: MAX_HANDLER_MS }),
-                    };
-                    // The connection may be gone by now; the reply is moot then.
-                    let _ = replies.send(Envelope { id, message: Message::Response(response) }).await;
-                    drop(slot);
-                });
+                (Lane::Client, Box::pin(async move { Message::Response(handler.request(request).await) }))
             }
             Message::Peer(request) => {
                 match peer_step(&mut auth, limits.peer_secret.as_deref(), &request) {
@@ -350,26 +355,8 @@ async fn serve_connection(
                         break End::BadInput;
                     }
                 }
-                let Ok(slot) = in_flight.clone().try_acquire_owned() else {
-                    let reply = Message::PeerReply(PeerResponse::Error(overloaded()));
-                    let _ = replies.send(Envelope { id, message: reply }).await;
-                    continue;
-                };
                 let handler = handler.clone();
-                let replies = replies.clone();
-                handlers.spawn(async move {
-                    let work = AssertUnwindSafe(async move { handler.peer(request).await }).catch_unwind();
-                    let response = match tokio::time::timeout(Duration::from_millis(MAX_HANDLER_MS), work).await {
-                        Ok(Ok(response)) => response,
-                        Ok(Err(_)) => {
-                            tracing::error!(%peer, id, "peer handler panicked");
-                            PeerResponse::Error(RequestError::Internal("peer handler panicked".into()))
-                        }
-                        Err(_) => PeerResponse::Error(RequestError::Timeout { timeout_ms: MAX_HANDLER_MS }),
-                    };
-                    let _ = replies.send(Envelope { id, message: Message::PeerReply(response) }).await;
-                    drop(slot);
-                });
+                (Lane::Peer, Box::pin(async move { Message::PeerReply(handler.peer(request).await) }))
             }
             Message::Response(_) | Message::PeerReply(_) => {
                 tracing::warn!(%peer, id, "unsolicited reply; replying with an error and closing");
@@ -377,7 +364,26 @@ async fn serve_connection(
                 let _ = replies.send(malformed(reason)).await;
                 break End::BadInput;
             }
-        }
+        };
+        let Ok(slot) = in_flight.clone().try_acquire_owned() else {
+            let _ = replies.send(Envelope { id, message: lane.error(overloaded()) }).await;
+            continue;
+        };
+        let replies = replies.clone();
+        handlers.spawn(async move {
+            let work = AssertUnwindSafe(work).catch_unwind();
+            let message = match tokio::time::timeout(Duration::from_millis(MAX_HANDLER_MS), work).await {
+                Ok(Ok(message)) => message,
+                Ok(Err(_)) => {
+                    tracing::error!(%peer, id, lane = lane.name(), "handler panicked");
+                    lane.error(RequestError::Internal(format!("{} handler panicked", lane.name())))
+                }
+                Err(_) => lane.error(RequestError::Timeout { timeout_ms: MAX_HANDLER_MS }),
+            };
+            // The connection may be gone by now; the reply is moot then.
+            let _ = replies.send(Envelope { id, message }).await;
+            drop(slot);
+        });
     };
 
     match end {
