@@ -6,6 +6,7 @@
 //! Services elsewhere use [`Client`] against `paytx node` processes.
 #![forbid(unsafe_code)]
 
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod net;

@@ -38,6 +38,9 @@ enum Command {
     Client(cli_client::ClientArgs),
     /// Deterministic simulation: the real cluster under seeded faults.
     Sim(sim_cli::SimArgs),
+    /// Fault injection against real `paytx node` processes: kills, pauses,
+    /// partitions and slow links on a seeded schedule, then Jepsen-bank checks.
+    Chaos(paytx::chaos::ChaosArgs),
     /// Write node configs for a local cluster (one file per node).
     GenConfigs {
         #[arg(long, default_value_t = 3)]
@@ -106,6 +109,10 @@ fn main() -> std::process::ExitCode {
             init_tracing("off");
             sim_cli::run_sim(args).map(|ok| if ok { 0 } else { 1 })
         }
+        Command::Chaos(args) => {
+            init_tracing(QUIET_LOGS);
+            on_tokio(run_chaos(args)).map(|ok| if ok { 0 } else { 1 })
+        }
         Command::GenConfigs { nodes, dir, data_dir, base_port } => {
             init_tracing("warn");
             gen_configs(nodes, &dir, data_dir, base_port).map(|_| 0)
@@ -117,6 +124,14 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// A chaos run that Ctrl-C stops: dropping the run kills every node it started.
+async fn run_chaos(args: paytx::chaos::ChaosArgs) -> anyhow::Result<bool> {
+    tokio::select! {
+        result = paytx::chaos::run(args) => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; every node process was killed"),
     }
 }
 

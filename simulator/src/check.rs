@@ -87,6 +87,23 @@ impl Model {
     }
 }
 
+/// Where a committed transaction goes when the model replays commits: the
+/// order's life cycle (open, create, pay, refund) decides, since concurrent
+/// commits reach the model in no particular order. (Shared with `paytx chaos`.)
+pub fn lifecycle_rank(ops: &[Operation]) -> u8 {
+    if ops.iter().any(|o| matches!(o, Operation::OpenAccount { .. })) {
+        0
+    } else if ops.iter().any(|o| matches!(o, Operation::CreateOrder { .. })) {
+        1
+    } else if ops.iter().any(|o| matches!(o, Operation::MarkPaid { .. })) {
+        2
+    } else if ops.iter().any(|o| matches!(o, Operation::RefundOrder { .. })) {
+        3
+    } else {
+        4
+    }
+}
+
 /// The actual state, read from the participants.
 #[derive(Debug, Default)]
 pub struct Actual {

@@ -397,20 +397,7 @@ async fn simulate(config: SimConfig) -> RunReport {
         }
     }
     // Apply in an order that respects the order life cycle.
-    let rank = |ops: &Vec<Operation>| {
-        if ops.iter().any(|o| matches!(o, Operation::OpenAccount { .. })) {
-            0
-        } else if ops.iter().any(|o| matches!(o, Operation::CreateOrder { .. })) {
-            1
-        } else if ops.iter().any(|o| matches!(o, Operation::MarkPaid { .. })) {
-            2
-        } else if ops.iter().any(|o| matches!(o, Operation::RefundOrder { .. })) {
-            3
-        } else {
-            4
-        }
-    };
-    committed_ops.sort_by_key(rank);
+    committed_ops.sort_by_key(|ops| crate::check::lifecycle_rank(ops));
     for ops in &committed_ops {
         if let Err(detail) = model.apply(ops) {
             monitor.flag(&world, Violation { invariant: "order-state-machine", detail });
