@@ -9,10 +9,10 @@
 
 use crate::chaos::workload::{History, Known, CHANNELS};
 use crate::client::Client;
+use futures::StreamExt;
 use paytx_protocol::messages::TxnState;
 use paytx_protocol::{AccountId, ChannelId, IdempotencyKey, Operation, OrderId, Outcome};
 use paytx_simulator::check::{check_state, lifecycle_rank, Actual, Model};
-use futures::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -166,7 +166,8 @@ pub async fn check(
                     }
                 }
                 match (outcome, &final_outcome) {
-                    (Outcome::Committed, Some(Outcome::Committed)) | (Outcome::Aborted(_), Some(Outcome::Aborted(_))) => {}
+                    (Outcome::Committed, Some(Outcome::Committed))
+                    | (Outcome::Aborted(_), Some(Outcome::Aborted(_))) => {}
                     (Outcome::Committed, other) => findings.flag(
                         "acked_commits_present",
                         format!("{key}: acknowledged committed ({txn}), the cluster says {other:?}"),

@@ -35,7 +35,13 @@ pub struct ChaosCluster {
 impl ChaosCluster {
     /// Picks ports, starts the proxies, writes the configs into `dir`.
     /// Nodes are not started yet.
-    pub async fn prepare(dir: &Path, nodes: u64, seed: u64, program: PathBuf, log_filter: String) -> anyhow::Result<Self> {
+    pub async fn prepare(
+        dir: &Path,
+        nodes: u64,
+        seed: u64,
+        program: PathBuf,
+        log_filter: String,
+    ) -> anyhow::Result<Self> {
         let addrs = free_ports(nodes)?;
         let mut proxies = BTreeMap::new();
         for from in addrs.keys() {
@@ -84,7 +90,8 @@ impl ChaosCluster {
                 self.procs.check_alive(id)?;
             }
             if self.status_client.is_none() {
-                let config = ClientConfig { request_timeout_ms: STATUS_TIMEOUT_MS, max_retries: 0, ..Default::default() };
+                let config =
+                    ClientConfig { request_timeout_ms: STATUS_TIMEOUT_MS, max_retries: 0, ..Default::default() };
                 self.status_client = Client::connect_with(self.addr_list(), config).await.ok();
             }
             if let Some(leader) = self.leader().await {

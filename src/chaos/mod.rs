@@ -148,7 +148,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
             DataDir::Given(path.clone())
         }
-        None => DataDir::Temp(tempfile::Builder::new().prefix("paytx-chaos-").tempdir().context("temporary directory")?),
+        None => {
+            DataDir::Temp(tempfile::Builder::new().prefix("paytx-chaos-").tempdir().context("temporary directory")?)
+        }
     };
     let program = std::env::current_exe().context("locating the paytx binary")?;
     let log_filter =
@@ -160,7 +162,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         Ok(summary) => summary,
         Err(e) => {
             let kept = keep(data);
-            return Err(e.context(format!("chaos run with seed {seed} failed; node data and logs in {}", kept.display())));
+            return Err(
+                e.context(format!("chaos run with seed {seed} failed; node data and logs in {}", kept.display()))
+            );
         }
     };
     if !summary.passed || args.data_dir.is_some() {
@@ -308,10 +312,8 @@ async fn campaign(
 async fn tamper(client: &Client) -> anyhow::Result<()> {
     use paytx_protocol::{Money, Operation, TxnRequest};
     let amount = Money::new(1, workload::CURRENCY);
-    let ops = vec![
-        Operation::Credit { account: AccountId(1), amount },
-        Operation::Debit { account: AccountId(2), amount },
-    ];
+    let ops =
+        vec![Operation::Credit { account: AccountId(1), amount }, Operation::Debit { account: AccountId(2), amount }];
     // Opening deposits: account 2 was funded; one minor unit is always there
     // unless the workload drained it, in which case account 1 pays.
     let receipt = client.submit(TxnRequest::new("chaos-tamper", ops)).await?;

@@ -243,7 +243,8 @@ mod tests {
         assert!(procs.is_running(1));
         let pid = procs.nodes[&1].child.as_ref().map(Child::id).expect("running");
         drop(procs);
-        let alive = Command::new("kill").arg("-0").arg(pid.to_string()).status().expect("kill -0");
+        let alive =
+            Command::new("kill").arg("-0").arg(pid.to_string()).stderr(Stdio::null()).status().expect("kill -0");
         assert!(!alive.success(), "dropping NodeProcs killed pid {pid}");
     }
 }

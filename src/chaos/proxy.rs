@@ -40,7 +40,9 @@ pub enum DropStyle {
 pub enum Mode {
     Pass,
     /// Each chunk waits this long before it is forwarded (order is kept).
-    Delay { ms: u64 },
+    Delay {
+        ms: u64,
+    },
     Drop(DropStyle),
 }
 
@@ -114,7 +116,12 @@ fn closing(mode: Mode) -> bool {
     mode == Mode::Drop(DropStyle::Close)
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, up: watch::Receiver<Mode>, down: watch::Receiver<Mode>) {
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    up: watch::Receiver<Mode>,
+    down: watch::Receiver<Mode>,
+) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
             // Out of file descriptors or similar: back off, keep serving.

@@ -14,6 +14,9 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+/// Bound on finding the leader before a fault.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
 /// Runs every planned fault in order. `started` is the start of the fault
 /// phase (the schedule's `at_ms` counts from it).
 pub async fn run_schedule(
@@ -29,7 +32,7 @@ pub async fn run_schedule(
     for (index, planned) in schedule.faults.iter().enumerate() {
         let due = started + Duration::from_millis(planned.at_ms);
         tokio::time::sleep_until(due.into()).await;
-        let leader = cluster.leader().await;
+        let leader = find_leader(cluster).await;
         let at_ms = started.elapsed().as_millis() as u64;
         match inject(cluster, planned, leader, &mut rng).await {
             Ok((detail, hit_leader)) => {
@@ -66,6 +69,22 @@ pub async fn run_schedule(
         tokio::time::sleep_until(end.into()).await;
     }
     records
+}
+
+/// The leader, asked for up to [`LEADER_WAIT`]: right after a fault is
+/// healed an election may still be under way, and a fault meant for the
+/// leader should hit it.
+async fn find_leader(cluster: &ChaosCluster) -> Option<NodeId> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        if let Some(leader) = cluster.leader().await {
+            return Some(leader);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The node a target names now; a random node when the leader is unknown.
@@ -127,7 +146,15 @@ async fn inject(
                 ids.iter().copied().filter(|id| *id != from).collect()
             } else {
                 // A target equal to the source means "the next node".
-                to.iter().map(|t| if *t == from { ids[(ids.iter().position(|i| *i == from).unwrap_or(0) + 1) % ids.len()] } else { *t }).collect()
+                to.iter()
+                    .map(|t| {
+                        if *t == from {
+                            ids[(ids.iter().position(|i| *i == from).unwrap_or(0) + 1) % ids.len()]
+                        } else {
+                            *t
+                        }
+                    })
+                    .collect()
             };
             // Held, not closed: closing would cut the other direction too.
             for t in &to {

@@ -121,11 +121,7 @@ impl Summary {
             if invariant.ok() {
                 let _ = writeln!(out, "    [ok]     {}", invariant.description);
             } else {
-                let _ = writeln!(
-                    out,
-                    "    [FAILED] {} — {} violation(s)",
-                    invariant.description, invariant.violations
-                );
+                let _ = writeln!(out, "    [FAILED] {} — {} violation(s)", invariant.description, invariant.violations);
                 for example in &invariant.examples {
                     let _ = writeln!(out, "             {example}");
                 }

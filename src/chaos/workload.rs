@@ -33,9 +33,14 @@ pub struct WorkloadConfig {
 /// What a client learned about one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Known {
-    Acked { outcome: Outcome, txn: TxnId },
+    Acked {
+        outcome: Outcome,
+        txn: TxnId,
+    },
     /// Retries ran out: the outcome is unknown to the client.
-    Unknown { last_error: String },
+    Unknown {
+        last_error: String,
+    },
     /// Refused as invalid (must not happen with this workload).
     Rejected(String),
 }
@@ -132,10 +137,8 @@ impl Driver {
                     let (from, to) = (self.account(), self.account());
                     if from != to {
                         let amount = Money::new(self.rng.gen_range(1..3_000), CURRENCY);
-                        let ops = vec![
-                            Operation::Debit { account: from, amount },
-                            Operation::Credit { account: to, amount },
-                        ];
+                        let ops =
+                            vec![Operation::Debit { account: from, amount }, Operation::Credit { account: to, amount }];
                         self.submit(TxnRequest::new(key("transfer"), ops)).await;
                     }
                 }
@@ -201,7 +204,11 @@ impl Driver {
         let index = {
             let mut history = self.shared.lock();
             let last_error = "not finished".to_string();
-            history.txns.push(TxnRecord { request: request.clone(), known: Known::Unknown { last_error }, attempts: 1 });
+            history.txns.push(TxnRecord {
+                request: request.clone(),
+                known: Known::Unknown { last_error },
+                attempts: 1,
+            });
             history.txns.len() - 1
         };
         let mut attempts = 0u32;
@@ -240,7 +247,8 @@ impl Driver {
         let second = self.client.submit(request.clone()).await;
         let mismatch = match (&second, first) {
             (Ok(receipt), Known::Acked { outcome, txn }) => {
-                (!receipt.replayed || receipt.outcome != *outcome || receipt.txn != *txn).then(|| format!("{receipt:?}"))
+                (!receipt.replayed || receipt.outcome != *outcome || receipt.txn != *txn)
+                    .then(|| format!("{receipt:?}"))
             }
             // Unavailable right now (a fault is on): not a verdict.
             (Err(e), _) if e.is_retryable() => None,
