@@ -172,14 +172,12 @@ pub async fn check(
                         "acked_commits_present",
                         format!("{key}: acknowledged committed ({txn}), the cluster says {other:?}"),
                     ),
-                    (Outcome::Aborted(reason), other) => {
-                        if other.is_some() {
-                            findings.flag(
-                                "acked_aborts_stand",
-                                format!("{key}: acknowledged aborted ({reason:?}), the cluster says {other:?}"),
-                            );
-                        }
-                    }
+                    // Committed since, or forgotten (a retry with the key
+                    // would run it again): either way the answer did not stand.
+                    (Outcome::Aborted(reason), other) => findings.flag(
+                        "acked_aborts_stand",
+                        format!("{key}: acknowledged aborted ({reason:?}), the cluster says {other:?}"),
+                    ),
                 }
             }
             Known::Unknown { .. } => {

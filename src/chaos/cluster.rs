@@ -61,7 +61,8 @@ impl ChaosCluster {
                     peer.addr = proxy.addr();
                 }
             }
-            config.seed = Some(seed.wrapping_add(*id));
+            // TOML integers are i64: keep the node seed below 2^63.
+            config.seed = Some(seed.wrapping_add(*id) >> 1);
             config.validate().context("a generated config is invalid")?;
             let path = dir.join(format!("node-{id}.toml"));
             std::fs::write(&path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;

@@ -15,14 +15,18 @@
 //! cluster secret over the proxied connection.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Bytes read per chunk; a delay applies per chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks read and not yet written, per direction of a connection (the
+/// bound on what a proxy buffers: `QUEUE_CHUNKS × CHUNK_BYTES`).
+const QUEUE_CHUNKS: usize = 256;
 /// Bound on dialling the target.
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 
@@ -157,9 +161,17 @@ async fn connection(inbound: TcpStream, target: SocketAddr, up: watch::Receiver<
 
 /// Moves bytes from `reader` to `writer` as `mode` says. Returns when the
 /// stream ends, fails, or the mode turns to `Close`.
-async fn pump(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+async fn pump(reader: OwnedReadHalf, writer: OwnedWriteHalf, mode: watch::Receiver<Mode>) {
+    // Reading and writing are decoupled by a queue of time-stamped chunks,
+    // so a delay is latency (each chunk leaves `ms` after it arrived), not
+    // a throughput cap that compounds under load.
+    let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
+    tokio::join!(read_side(reader, tx, mode.clone()), write_side(rx, writer, mode));
+}
+
+async fn read_side(
+    mut reader: OwnedReadHalf,
+    queue: mpsc::Sender<(Instant, Vec<u8>)>,
     mut mode: watch::Receiver<Mode>,
 ) {
     let mut buf = vec![0u8; CHUNK_BYTES];
@@ -179,16 +191,28 @@ async fn pump(
             }
         };
         let n = match read {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return, // dropping the queue ends the writer
             Ok(n) => n,
         };
+        if queue.send((Instant::now(), buf[..n].to_vec())).await.is_err() {
+            return; // the writer is gone
+        }
+    }
+}
+
+async fn write_side(
+    mut queue: mpsc::Receiver<(Instant, Vec<u8>)>,
+    mut writer: OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    while let Some((read_at, chunk)) = queue.recv().await {
         // A chunk already read is delivered under the mode of now.
         loop {
             let current = *mode.borrow_and_update();
             match current {
                 Mode::Pass => break,
                 Mode::Delay { ms } => {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    tokio::time::sleep_until((read_at + Duration::from_millis(ms)).into()).await;
                     break;
                 }
                 Mode::Drop(DropStyle::Close) => return,
@@ -199,7 +223,7 @@ async fn pump(
                 }
             }
         }
-        if writer.write_all(&buf[..n]).await.is_err() {
+        if writer.write_all(&chunk).await.is_err() {
             return;
         }
     }
@@ -225,7 +249,6 @@ async fn wait_passing(mode: &mut watch::Receiver<Mode>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     /// An echo server on loopback.
     async fn echo_server() -> SocketAddr {
@@ -322,6 +345,19 @@ mod tests {
         let started = Instant::now();
         assert!(round_trip(&mut stream, b"slow", 3_000).await.is_some());
         assert!(started.elapsed() >= Duration::from_millis(250), "took {:?}", started.elapsed());
+        // Latency, not a throughput cap: ten messages in flight at once
+        // take one delay, not ten.
+        let started = Instant::now();
+        for i in 0..10u8 {
+            stream.write_all(&[i; 100]).await.expect("write");
+        }
+        let mut got = vec![0u8; 1_000];
+        tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut got))
+            .await
+            .expect("echoes arrive")
+            .expect("read");
+        assert!(got.chunks(100).enumerate().all(|(i, c)| c.iter().all(|b| usize::from(*b) == i)), "order kept");
+        assert!(started.elapsed() < Duration::from_millis(1_000), "took {:?}", started.elapsed());
         proxy.heal();
         let started = Instant::now();
         assert!(round_trip(&mut stream, b"fast", 3_000).await.is_some());
