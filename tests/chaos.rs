@@ -1,7 +1,8 @@
 //! `paytx chaos` end to end, short: real `paytx node` processes behind the
 //! fault-injecting proxies, every kind of fault, then the Jepsen-bank check
 //! through the client API. And the check's teeth: a run with one transfer
-//! committed behind its back must fail, naming the seed.
+//! committed behind its back must fail, naming the seed (a seed above 2^63:
+//! node configs are TOML, whose integers are i64).
 #![cfg(unix)]
 
 use serde_json::Value;
