@@ -215,7 +215,6 @@ async fn campaign(
     let config = WorkloadConfig {
         accounts: args.accounts,
         hot_accounts: args.hot_accounts,
-        initial_balance_minor: INITIAL_BALANCE_MINOR,
         max_attempts: 4,
         duplicate_per_mille: 30,
     };

@@ -59,7 +59,6 @@ pub enum ProxyError {
 /// One proxied link. Dropping it stops the proxy and closes its connections.
 pub struct LinkProxy {
     addr: SocketAddr,
-    target: SocketAddr,
     up: watch::Sender<Mode>,
     down: watch::Sender<Mode>,
     acceptor: JoinHandle<()>,
@@ -74,16 +73,12 @@ impl LinkProxy {
         let (up, up_rx) = watch::channel(Mode::Pass);
         let (down, down_rx) = watch::channel(Mode::Pass);
         let acceptor = tokio::spawn(accept_loop(listener, target, up_rx, down_rx));
-        Ok(LinkProxy { addr, target, up, down, acceptor })
+        Ok(LinkProxy { addr, up, down, acceptor })
     }
 
     /// Where the dialling node connects.
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn target(&self) -> SocketAddr {
-        self.target
     }
 
     /// Sets the mode of the dialling node → target direction.
@@ -100,10 +95,6 @@ impl LinkProxy {
     pub fn heal(&self) {
         self.set_up(Mode::Pass);
         self.set_down(Mode::Pass);
-    }
-
-    pub fn modes(&self) -> (Mode, Mode) {
-        (*self.up.borrow(), *self.down.borrow())
     }
 }
 

@@ -22,7 +22,6 @@ pub struct WorkloadConfig {
     pub accounts: u64,
     /// Half of all account picks go to accounts `1..=hot_accounts`.
     pub hot_accounts: u64,
-    pub initial_balance_minor: i64,
     /// Submits of one transaction before its outcome counts as unknown.
     pub max_attempts: u32,
     /// Chance (per mille) of resubmitting an acknowledged transaction on
