@@ -6,7 +6,7 @@
 //! * [`RequestError`]: the node could not answer the request (yet); the
 //!   client may retry with the same idempotency key.
 
-use crate::ids::{AccountId, ChannelId, NodeId, OrderId, ShardId};
+use crate::ids::{AccountId, ChannelId, NodeId, OrderId, RecordKey, ShardId};
 use crate::money::Currency;
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +84,10 @@ pub enum AbortReason {
     PresumedAbort,
     #[error("participant shard {shard} is at its limit of prepared transactions")]
     ShardOverloaded { shard: ShardId },
+    #[error("{key} already exists")]
+    RecordExists { key: RecordKey },
+    #[error("{key} is at version {actual:?}, the write expected version {expected}")]
+    RecordVersionMismatch { key: RecordKey, expected: u64, actual: Option<u64> },
 }
 
 impl AbortReason {
@@ -109,6 +113,8 @@ impl AbortReason {
             AbortReason::ShardUnavailable { .. } => "shard_unavailable",
             AbortReason::PresumedAbort => "presumed_abort",
             AbortReason::ShardOverloaded { .. } => "shard_overloaded",
+            AbortReason::RecordExists { .. } => "record_exists",
+            AbortReason::RecordVersionMismatch { .. } => "record_version_mismatch",
         }
     }
 }
@@ -132,6 +138,8 @@ pub enum InvalidRequest {
     Unbalanced { currency: Currency, debits_minor: i128, credits_minor: i128 },
     #[error("amounts overflow")]
     AmountOverflow,
+    #[error("operation {index}: record value of {len_bytes} bytes exceeds the {max_bytes}-byte limit")]
+    RecordTooLarge { index: usize, len_bytes: usize, max_bytes: usize },
     #[error("the request could not be decoded: {0}")]
     Malformed(String),
 }
