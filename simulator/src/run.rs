@@ -60,6 +60,8 @@ pub struct RunReport {
     pub committed: u64,
     pub aborted: u64,
     pub unknown: u64,
+    /// Committed record writes (the records the checker followed).
+    pub record_writes: u64,
     pub counters: Counters,
     pub failure: Option<Failure>,
     pub trace: Option<Vec<String>>,
@@ -107,6 +109,7 @@ pub fn run(config: &SimConfig) -> RunReport {
                 committed: 0,
                 aborted: 0,
                 unknown: 0,
+                record_writes: 0,
                 counters: Counters::default(),
                 failure: Some(Failure {
                     violations: vec![Violation { invariant: "no-panic", detail: message }],
@@ -540,6 +543,7 @@ async fn simulate(config: SimConfig) -> RunReport {
         committed,
         aborted,
         unknown,
+        record_writes: model.record_writes.values().map(|writes| writes.len() as u64).sum(),
         counters: state.counters.clone(),
         failure: monitor.first_at_ms.map(|at_ms| Failure {
             violations: monitor.violations,
