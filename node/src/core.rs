@@ -106,6 +106,8 @@ impl NodeCore {
             transport,
             request_timeout_ms: config.limits.request_timeout_ms,
             peer_timeout_ms: config.limits.peer_timeout_ms,
+            // Half a frame: the page travels inside a forward reply too.
+            max_scan_page_bytes: config.limits.max_frame_bytes as usize / 2,
         });
         // Infallible: the slot is fresh and set exactly once, here.
         let _ = service_slot.set(Arc::downgrade(&service));

@@ -378,7 +378,7 @@ impl Handler<ScanRecords> for ParticipantActor {
     type Result = MessageResult<ScanRecords>;
 
     fn handle(&mut self, msg: ScanRecords, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.engine.scan_records(msg.ns, msg.after, msg.limit))
+        MessageResult(self.engine.scan_records(msg.ns, msg.after, msg.limit, msg.max_bytes))
     }
 }
 

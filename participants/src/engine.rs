@@ -380,11 +380,12 @@ impl Engine {
         }
     }
 
-    /// One page of the committed records of namespace `ns` after `after`
-    /// (see [`crate::record_store`]); empty on a shard of another kind.
-    pub fn scan_records(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32) -> ScanPage {
+    /// One page of the committed records of namespace `ns` after `after`,
+    /// bounded by `limit` and `max_bytes` (see [`crate::record_store`]);
+    /// empty on a shard of another kind.
+    pub fn scan_records(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32, max_bytes: usize) -> ScanPage {
         match &self.state {
-            KindState::Records(state) => state.scan(ns, after, limit),
+            KindState::Records(state) => state.scan(ns, after, limit, max_bytes),
             _ => ScanPage::default(),
         }
     }

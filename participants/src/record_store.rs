@@ -34,6 +34,10 @@ use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+/// What a record costs in a scan page besides its value: key, version and
+/// encoding (a generous upper bound).
+const SCAN_RECORD_OVERHEAD_BYTES: usize = 64;
+
 /// A record as committed (the durable after-image).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredRecord {
@@ -183,8 +187,10 @@ impl RecordsState {
     }
 
     /// Committed records of namespace `ns` in key order, strictly after
-    /// `after`, at most `min(limit, MAX_SCAN_RECORDS)`.
-    pub(crate) fn scan(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32) -> ScanPage {
+    /// `after`, at most `min(limit, MAX_SCAN_RECORDS)`, and no more than
+    /// `max_bytes` of encoded records — except that a page holds at least
+    /// one record when `limit > 0`, so a scan always moves forward.
+    pub(crate) fn scan(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32, max_bytes: usize) -> ScanPage {
         let limit = limit.min(MAX_SCAN_RECORDS) as usize;
         let first_of_ns = RecordKey { ns, digest: [0; 32] };
         let lower = match after {
@@ -192,9 +198,20 @@ impl RecordsState {
             Some(after) if after.ns > ns => return ScanPage::default(),
             _ => Bound::Included(first_of_ns),
         };
-        let mut matching = self.records.range((lower, Bound::Unbounded)).take_while(|(key, _)| key.ns == ns);
-        let records: Vec<RecordView> = matching.by_ref().take(limit).map(|(key, record)| view(*key, record)).collect();
-        let more = matching.next().is_some();
+        let mut matching = self.records.range((lower, Bound::Unbounded)).take_while(|(key, _)| key.ns == ns).peekable();
+        let mut records: Vec<RecordView> = Vec::new();
+        let mut bytes: usize = 0;
+        while records.len() < limit {
+            let Some((key, record)) = matching.peek() else { break };
+            let size = record.value.len().saturating_add(SCAN_RECORD_OVERHEAD_BYTES);
+            if !records.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            records.push(view(**key, record));
+            matching.next();
+        }
+        let more = matching.peek().is_some();
         ScanPage { records, more }
     }
 
@@ -250,14 +267,14 @@ mod tests {
             run(&mut state, i, &[put(key(1, &format!("a{i}")), "x", RecordExpect::Absent)]).unwrap();
             run(&mut state, 100 + i, &[put(key(2, &format!("b{i}")), "y", RecordExpect::Absent)]).unwrap();
         }
-        let first = state.scan(1, None, 4);
+        let first = state.scan(1, None, 4, usize::MAX);
         assert_eq!(first.records.len(), 4);
         assert!(first.more);
         assert!(first.records.windows(2).all(|w| w[0].key < w[1].key));
         let mut all = first.records.clone();
         let mut after = first.records.last().map(|r| r.key);
         loop {
-            let page = state.scan(1, after, 4);
+            let page = state.scan(1, after, 4, usize::MAX);
             all.extend(page.records.iter().cloned());
             after = page.records.last().map(|r| r.key);
             if !page.more {
@@ -269,11 +286,27 @@ mod tests {
         assert!(all.windows(2).all(|w| w[0].key < w[1].key));
         // A cursor from another namespace: below starts at the beginning,
         // above finds nothing.
-        assert_eq!(state.scan(2, Some(key(1, "a0")), 100).records.len(), 10);
-        assert!(state.scan(1, Some(key(2, "b0")), 100).records.is_empty());
+        assert_eq!(state.scan(2, Some(key(1, "a0")), 100, usize::MAX).records.len(), 10);
+        assert!(state.scan(1, Some(key(2, "b0")), 100, usize::MAX).records.is_empty());
         // The limit is capped, and 0 returns nothing.
-        assert!(state.scan(1, None, 0).records.is_empty());
-        assert_eq!(state.scan(3, None, 10), ScanPage::default());
+        assert!(state.scan(1, None, 0, usize::MAX).records.is_empty());
+        assert_eq!(state.scan(3, None, 10, usize::MAX), ScanPage::default());
+    }
+
+    #[test]
+    fn a_page_stays_within_its_byte_budget_but_always_moves_forward() {
+        let mut state = RecordsState::default();
+        let big = "x".repeat(1_000);
+        for i in 0..5 {
+            run(&mut state, i, &[put(key(1, &format!("k{i}")), &big, RecordExpect::Absent)]).unwrap();
+        }
+        let budget = 2 * (1_000 + SCAN_RECORD_OVERHEAD_BYTES);
+        let page = state.scan(1, None, 100, budget);
+        assert_eq!((page.records.len(), page.more), (2, true));
+        let tiny = state.scan(1, None, 100, 10);
+        assert_eq!((tiny.records.len(), tiny.more), (1, true), "one record even over the budget");
+        let rest = state.scan(1, page.records.last().map(|r| r.key), 100, usize::MAX);
+        assert_eq!((rest.records.len(), rest.more), (3, false));
     }
 
     #[test]

@@ -129,7 +129,7 @@ fn a_key_locked_by_a_prepared_txn_conflicts_until_it_is_decided() {
 fn an_abort_leaves_nothing_behind() {
     let mut engine = Engine::new(RECORDS, &[]);
     run(&mut engine, 1, &[put(key("k"), "v1", RecordExpect::Absent)]).unwrap();
-    let before = format!("{:?}", engine.scan_records(1, None, 100));
+    let before = format!("{:?}", engine.scan_records(1, None, 100, usize::MAX));
     engine
         .prepare(
             txn(2),
@@ -141,7 +141,7 @@ fn an_abort_leaves_nothing_behind() {
         )
         .unwrap();
     assert!(engine.abort(txn(2)));
-    assert_eq!(format!("{:?}", engine.scan_records(1, None, 100)), before);
+    assert_eq!(format!("{:?}", engine.scan_records(1, None, 100, usize::MAX)), before);
     assert_eq!(engine.prepared_count(), 0);
     // Every key is free again.
     run(&mut engine, 3, &[put(key("new"), "n", RecordExpect::Absent), put(key("k"), "v2", RecordExpect::Version(1))])
@@ -241,7 +241,7 @@ async fn a_restart_recovers_committed_records_and_prepared_locks_from_the_journa
     assert_eq!(version_and_value(&recovered, key("c")), Some((1, "c1".into())));
     journal.sync().await.unwrap();
     let again = Journal::new(Arc::new(disk.clone()), RECORDS).recover(&[], 10).unwrap();
-    assert_eq!(again.scan_records(1, None, 10), recovered.scan_records(1, None, 10));
+    assert_eq!(again.scan_records(1, None, 10, usize::MAX), recovered.scan_records(1, None, 10, usize::MAX));
     assert_eq!(again.prepared_count(), 0);
     // A stored record's key is named in errors.
     let label = crate::records::key_label(EntityKind::Record, &crate::records::record_entity_key(key("a")));
