@@ -63,6 +63,7 @@ impl NodeCore {
             participant_config.rng_seed = seed_base ^ (u64::from(shard.kind.tag()) << 32 | u64::from(shard.index));
             participant_config.in_doubt_after_ms = config.coordinator.in_doubt_after_ms;
             participant_config.max_prepared = config.limits.max_prepared_per_shard;
+            participant_config.max_records = config.limits.max_records_per_shard;
             let decisions = Arc::new(NodeDecisions { service: service_slot.clone() });
             let actor = ParticipantActor::open(participant_config, disk.clone(), decisions)
                 .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;

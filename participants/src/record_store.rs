@@ -51,6 +51,24 @@ pub struct StoredRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct RecordPlan {
     after: BTreeMap<RecordKey, Option<StoredRecord>>,
+    /// Keys it creates (absent now, present after commit).
+    creates: usize,
+}
+
+/// Why a records prepare was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Abort(AbortReason),
+    /// Creating the records would exceed `max_records` (the engine names the shard).
+    Full {
+        max_records: u64,
+    },
+}
+
+impl From<AbortReason> for Refused {
+    fn from(reason: AbortReason) -> Self {
+        Refused::Abort(reason)
+    }
 }
 
 /// The effects of a commit on the records: after-images to store, keys to
@@ -75,20 +93,37 @@ pub(crate) struct RecordsState {
     records: BTreeMap<RecordKey, StoredRecord>,
     /// Keys (existing or not) locked by a prepared transaction.
     locks: BTreeMap<RecordKey, TxnId>,
+    /// Records prepared transactions will create, counted against the limit.
+    pending_creates: usize,
 }
 
 impl RecordsState {
-    /// Validates `ops` in order against a scratch copy and, only if all pass,
+    /// Validates `ops` in order against a scratch copy and, only if all pass
+    /// (and the records it creates fit under `max_records`, when given),
     /// locks the touched keys for `txn`. On error nothing has changed.
-    pub(crate) fn prepare(&mut self, txn: TxnId, ops: &[Operation]) -> Result<RecordPlan, AbortReason> {
+    pub(crate) fn prepare(
+        &mut self,
+        txn: TxnId,
+        ops: &[Operation],
+        max_records: Option<usize>,
+    ) -> Result<RecordPlan, Refused> {
         let mut scratch: BTreeMap<RecordKey, Option<StoredRecord>> = BTreeMap::new();
         for op in ops {
             self.validate(&mut scratch, op)?;
         }
+        // Deletes free nothing until they commit: the count is an upper bound.
+        let creates = scratch.iter().filter(|(key, after)| after.is_some() && !self.records.contains_key(key)).count();
+        if let Some(max_records) = max_records {
+            let total = self.records.len().saturating_add(self.pending_creates).saturating_add(creates);
+            if creates > 0 && total > max_records {
+                return Err(Refused::Full { max_records: max_records as u64 });
+            }
+        }
         for key in scratch.keys() {
             self.locks.insert(*key, txn);
         }
-        Ok(RecordPlan { after: scratch })
+        self.pending_creates = self.pending_creates.saturating_add(creates);
+        Ok(RecordPlan { after: scratch, creates })
     }
 
     fn validate(
@@ -144,6 +179,7 @@ impl RecordsState {
 
     /// Writes the after-images and unlocks. Returns what to journal.
     pub(crate) fn commit(&mut self, txn: TxnId, plan: RecordPlan) -> RecordChanges {
+        self.release_creates(plan.creates);
         let mut changes = RecordChanges::default();
         for (key, after) in plan.after {
             self.unlock(txn, key);
@@ -163,9 +199,17 @@ impl RecordsState {
 
     /// Unlocks without changing anything.
     pub(crate) fn abort(&mut self, txn: TxnId, plan: RecordPlan) {
+        self.release_creates(plan.creates);
         for key in plan.after.keys() {
             self.unlock(txn, *key);
         }
+    }
+
+    fn release_creates(&mut self, creates: usize) {
+        self.pending_creates = self
+            .pending_creates
+            .checked_sub(creates)
+            .expect("a plan's creates are part of the total until released once");
     }
 
     fn unlock(&mut self, txn: TxnId, key: RecordKey) {
@@ -255,8 +299,8 @@ mod tests {
         Operation::PutRecord { key, value: Some(value.as_bytes().to_vec()), expect }
     }
 
-    fn run(state: &mut RecordsState, seq: u64, ops: &[Operation]) -> Result<RecordChanges, AbortReason> {
-        let plan = state.prepare(txn(seq), ops)?;
+    fn run(state: &mut RecordsState, seq: u64, ops: &[Operation]) -> Result<RecordChanges, Refused> {
+        let plan = state.prepare(txn(seq), ops, None)?;
         Ok(state.commit(txn(seq), plan))
     }
 
@@ -317,7 +361,7 @@ mod tests {
             value: Some(vec![0; MAX_RECORD_VALUE_BYTES + 1]),
             expect: RecordExpect::Any,
         };
-        assert!(matches!(state.prepare(txn(1), &[op]), Err(AbortReason::Conflict { .. })));
+        assert!(matches!(state.prepare(txn(1), &[op], None), Err(Refused::Abort(AbortReason::Conflict { .. }))));
         assert!(state.locks.is_empty());
     }
 }

@@ -319,3 +319,41 @@ fn recovery_refuses_entries_that_do_not_explain_the_balance() {
     let err = Engine::recover(ACCOUNTS, &[], 10, contents).unwrap_err();
     assert_eq!(err.key, "e/1");
 }
+
+#[test]
+fn a_full_shard_refuses_new_records_but_not_updates_and_recovery_keeps_its_promises() {
+    let mut engine = Engine::new(RECORDS, &[]).with_max_records(2);
+    run(&mut engine, 1, &[put(key("a"), "a", RecordExpect::Absent)]).unwrap();
+    // A prepared creation counts before it commits.
+    assert!(engine.prepare(txn(2), &[put(key("b"), "b", RecordExpect::Absent)]).is_ok(), "room for a second");
+    let full = AbortReason::RecordStoreFull { shard: RECORDS, max_records: 2 };
+    assert_eq!(engine.prepare(txn(3), &[put(key("c"), "c", RecordExpect::Absent)]), Err(full.clone()));
+    // Updating an existing record creates nothing.
+    run(&mut engine, 4, &[put(key("a"), "a2", RecordExpect::Version(1))]).unwrap();
+    // An abort gives the room back.
+    assert!(engine.abort(txn(2)));
+    run(&mut engine, 5, &[put(key("c"), "c", RecordExpect::Absent)]).unwrap();
+    assert_eq!(engine.prepare(txn(6), &[put(key("d"), "d", RecordExpect::Absent)]), Err(full));
+    // A delete frees room once committed.
+    run(&mut engine, 7, &[delete(key("c"), RecordExpect::Any)]).unwrap();
+    run(&mut engine, 8, &[put(key("d"), "d", RecordExpect::Absent)]).unwrap();
+
+    // A prepared transaction recovered under a lower limit is kept: its YES was a promise.
+    let mut promised = Engine::new(RECORDS, &[]).with_max_records(1);
+    let Ok(Prepared::New(record)) = promised.prepare(txn(9), &[put(key("x"), "x", RecordExpect::Absent)]) else {
+        panic!("room for one")
+    };
+    let contents = JournalContents {
+        entities: vec![(
+            "e/y".into(),
+            EntityRecord::Record {
+                key: key("y"),
+                record: crate::record_store::StoredRecord { version: 1, value: b"y".to_vec() },
+            },
+        )],
+        prepared: vec![("p/9".into(), record)],
+        ..JournalContents::default()
+    };
+    let recovered = Engine::recover(RECORDS, &[], 10, contents).unwrap().with_max_records(1);
+    assert_eq!(recovered.prepared_txns(), vec![txn(9)]);
+}
