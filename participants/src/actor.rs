@@ -34,11 +34,13 @@ use crate::decision::DecisionSource;
 use crate::engine::{Engine, Prepared};
 use crate::error::ParticipantError;
 use crate::journal::Journal;
-use crate::messages::{Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, Shutdown};
+use crate::messages::{
+    Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, ReadRecord, ScanRecords, Shutdown,
+};
 use crate::MAX_DECLINE_PER_MILLION;
 use actix::fut::{ready, wrap_future, ActorFutureExt};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, ResponseActFuture};
-use paytx_protocol::messages::{AccountView, ChargeView, OrderView};
+use paytx_protocol::messages::{AccountView, ChargeView, OrderView, RecordView};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{AbortReason, ChannelId, EntityKind, Operation, TxnId, Vote};
 use paytx_storage::SharedDisk;
@@ -97,7 +99,9 @@ impl ParticipantActor {
     ) -> Result<Self, ParticipantError> {
         config.validate()?;
         let journal = Journal::new(disk, config.shard);
-        let engine = journal.recover(&config.channels, config.remembered_commits)?;
+        // The record limit applies to new prepares only: a recovered
+        // prepared transaction was promised (YES) under the old limit.
+        let engine = journal.recover(&config.channels, config.remembered_commits)?.with_max_records(config.max_records);
         let in_doubt = engine.prepared_count();
         tracing::info!(shard = %config.shard, entities = engine.status().entities, in_doubt, "participant shard recovered");
         Ok(ParticipantActor {
@@ -361,6 +365,22 @@ impl Handler<ReadCharge> for ParticipantActor {
 
     fn handle(&mut self, msg: ReadCharge, _ctx: &mut Context<Self>) -> Option<ChargeView> {
         self.engine.charge(msg.channel, msg.order)
+    }
+}
+
+impl Handler<ReadRecord> for ParticipantActor {
+    type Result = Option<RecordView>;
+
+    fn handle(&mut self, msg: ReadRecord, _ctx: &mut Context<Self>) -> Option<RecordView> {
+        self.engine.record(msg.0)
+    }
+}
+
+impl Handler<ScanRecords> for ParticipantActor {
+    type Result = MessageResult<ScanRecords>;
+
+    fn handle(&mut self, msg: ScanRecords, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.engine.scan_records(msg.ns, msg.after, msg.limit, msg.max_bytes))
     }
 }
 

@@ -6,7 +6,7 @@
 //! * [`RequestError`]: the node could not answer the request (yet); the
 //!   client may retry with the same idempotency key.
 
-use crate::ids::{AccountId, ChannelId, NodeId, OrderId, ShardId};
+use crate::ids::{AccountId, ChannelId, NodeId, OrderId, RecordKey, ShardId};
 use crate::money::Currency;
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +84,12 @@ pub enum AbortReason {
     PresumedAbort,
     #[error("participant shard {shard} is at its limit of prepared transactions")]
     ShardOverloaded { shard: ShardId },
+    #[error("{key} already exists")]
+    RecordExists { key: RecordKey },
+    #[error("{key} is at version {actual:?}, the write expected version {expected}")]
+    RecordVersionMismatch { key: RecordKey, expected: u64, actual: Option<u64> },
+    #[error("records shard {shard} is full ({max_records} records, its configured max_records_per_shard)")]
+    RecordStoreFull { shard: ShardId, max_records: u64 },
 }
 
 impl AbortReason {
@@ -109,6 +115,9 @@ impl AbortReason {
             AbortReason::ShardUnavailable { .. } => "shard_unavailable",
             AbortReason::PresumedAbort => "presumed_abort",
             AbortReason::ShardOverloaded { .. } => "shard_overloaded",
+            AbortReason::RecordExists { .. } => "record_exists",
+            AbortReason::RecordVersionMismatch { .. } => "record_version_mismatch",
+            AbortReason::RecordStoreFull { .. } => "record_store_full",
         }
     }
 }
@@ -132,8 +141,12 @@ pub enum InvalidRequest {
     Unbalanced { currency: Currency, debits_minor: i128, credits_minor: i128 },
     #[error("amounts overflow")]
     AmountOverflow,
+    #[error("operation {index}: record value of {len_bytes} bytes exceeds the {max_bytes}-byte limit")]
+    RecordTooLarge { index: usize, len_bytes: usize, max_bytes: usize },
     #[error("the request could not be decoded: {0}")]
     Malformed(String),
+    #[error("records shard {shard} does not exist: the cluster has {shard_count} (0..{shard_count})")]
+    RecordShardOutOfRange { shard: u32, shard_count: u32 },
 }
 
 /// Why a node could not serve a request. Everything except `Invalid` and

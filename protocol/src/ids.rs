@@ -43,10 +43,13 @@ pub enum EntityKind {
     Account,
     Order,
     Channel,
+    /// Opaque application records (the open-platform gateway's users,
+    /// merchants, nonces, notifications…), see [`RecordKey`].
+    Record,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 3] = [EntityKind::Account, EntityKind::Order, EntityKind::Channel];
+    pub const ALL: [EntityKind; 4] = [EntityKind::Account, EntityKind::Order, EntityKind::Channel, EntityKind::Record];
 
     /// Stable one-byte tag; part of the shard hash, so it must never change.
     pub fn tag(self) -> u8 {
@@ -54,6 +57,7 @@ impl EntityKind {
             EntityKind::Account => 1,
             EntityKind::Order => 2,
             EntityKind::Channel => 3,
+            EntityKind::Record => 4,
         }
     }
 
@@ -62,6 +66,7 @@ impl EntityKind {
             EntityKind::Account => "accounts",
             EntityKind::Order => "orders",
             EntityKind::Channel => "channels",
+            EntityKind::Record => "records",
         }
     }
 }
@@ -117,5 +122,45 @@ impl IdempotencyKey {
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The namespace of a record: what kind of thing it is (a user, a nonce, a
+/// notification…). Chosen by the application; the cluster only uses it to
+/// scan one kind of record at a time.
+pub type RecordNs = u16;
+
+/// The key of a record in the cluster's record store: a namespace and the
+/// SHA-256 digest of the application's key bytes.
+///
+/// Why a digest: keys stay fixed-size (so `EntityKey` stays `Copy` and a
+/// key costs 34 bytes however long the username or nonce), and an adversary
+/// who picks the application keys (usernames, nonces) cannot make two keys
+/// collide, as it could with a 64-bit hash. The application keeps the
+/// readable key inside the record's value when it needs it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordKey {
+    pub ns: RecordNs,
+    pub digest: [u8; 32],
+}
+
+impl RecordKey {
+    /// The key of `app_key` in namespace `ns`: `SHA-256(ns_le16 ++ app_key)`.
+    pub fn new(ns: RecordNs, app_key: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(ns.to_le_bytes());
+        hasher.update(app_key);
+        RecordKey { ns, digest: hasher.finalize().into() }
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record-{}/", self.ns)?;
+        for byte in &self.digest[..6] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
     }
 }

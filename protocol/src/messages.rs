@@ -7,7 +7,7 @@
 //! Id 0 is reserved for connection-level errors (e.g. a malformed frame).
 
 use crate::error::{OrderStatus, RequestError};
-use crate::ids::{AccountId, ChannelId, IdempotencyKey, NodeId, OrderId, ShardId, TxnId};
+use crate::ids::{AccountId, ChannelId, IdempotencyKey, NodeId, OrderId, RecordKey, RecordNs, ShardId, TxnId};
 use crate::money::{Currency, Money};
 use crate::ops::Operation;
 use crate::txn::{Outcome, TxnReceipt, TxnRequest};
@@ -51,6 +51,13 @@ pub enum Request {
     TxnStatus(IdempotencyKey),
     /// The answering node's view of the cluster.
     NodeStatus,
+    /// Read one record (forwarded to the node owning its shard).
+    GetRecord(RecordKey),
+    /// One page of the records of namespace `ns` held by records shard
+    /// `shard`, in key order, starting after `after`. To scan a namespace,
+    /// page through every shard `0..RecordPage::shard_count`. `limit` is
+    /// capped at [`crate::ops::MAX_SCAN_RECORDS`].
+    ScanRecords { shard: u32, ns: RecordNs, after: Option<RecordKey>, limit: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +68,39 @@ pub enum Response {
     Charge(Option<ChargeView>),
     TxnStatus(Option<TxnStatusView>),
     NodeStatus(NodeStatusView),
+    Record(Option<RecordView>),
+    Records(RecordPage),
     Error(RequestError),
+}
+
+/// A committed record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordView {
+    pub key: RecordKey,
+    /// Committed writes since the record was created (1 after the insert);
+    /// the value for [`crate::ops::RecordExpect::Version`].
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// One page of a [`Request::ScanRecords`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordPage {
+    pub records: Vec<RecordView>,
+    /// `true` when the shard holds more records of the namespace after the
+    /// last one returned.
+    pub more: bool,
+    /// How many records shards the cluster has.
+    pub shard_count: u32,
+}
+
+/// One committed change of an account's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub txn: TxnId,
+    /// Positive for a credit (or the opening deposit), negative for a debit.
+    pub delta_minor: i64,
+    pub balance_after_minor: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +111,13 @@ pub struct AccountView {
     pub balance_minor: i64,
     /// Sum of debits held by prepared, undecided transactions.
     pub held_minor: i64,
+    /// The most recent committed entries, newest first (at most
+    /// [`MAX_RECENT_ENTRIES`]).
+    pub recent: Vec<EntryView>,
 }
+
+/// How many recent entries an account keeps for [`AccountView::recent`].
+pub const MAX_RECENT_ENTRIES: usize = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderView {

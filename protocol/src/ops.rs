@@ -1,6 +1,6 @@
 //! Operations, the entities they address, and how entities map to shards.
 
-use crate::ids::{AccountId, ChannelId, EntityKind, NodeId, OrderId, ShardId};
+use crate::ids::{AccountId, ChannelId, EntityKind, NodeId, OrderId, RecordKey, ShardId};
 use crate::money::{Currency, Money};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,6 +30,34 @@ pub enum Operation {
     Charge { channel: ChannelId, order: OrderId, amount: Money },
     /// Refunds part of an earlier charge through the same channel.
     ChannelRefund { channel: ChannelId, order: OrderId, amount: Money },
+    /// Writes an opaque record (`value: None` deletes it) if `expect` holds.
+    /// `expect` is checked and the record locked at prepare; the write is
+    /// applied at commit. At most [`MAX_RECORD_VALUE_BYTES`] of value.
+    PutRecord { key: RecordKey, value: Option<Vec<u8>>, expect: RecordExpect },
+}
+
+/// Largest record value, in bytes. Records are bounded like everything
+/// else; a scan page of [`MAX_SCAN_RECORDS`] such records stays well under
+/// the default frame cap.
+pub const MAX_RECORD_VALUE_BYTES: usize = 8 * 1024;
+
+/// Most records one scan returns.
+pub const MAX_SCAN_RECORDS: u32 = 128;
+
+/// The precondition of a [`Operation::PutRecord`], checked at prepare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RecordExpect {
+    /// No precondition (an upsert, or a delete of whatever is there).
+    Any,
+    /// The record must not exist (an insert; a unique claim such as a
+    /// username, an `out_trade_no` or a nonce). Fails with
+    /// [`crate::AbortReason::RecordExists`].
+    Absent,
+    /// The record must exist at exactly this version (compare-and-set).
+    /// A record's version is the number of committed writes to it since it
+    /// was last created: 1 after the insert. Fails with
+    /// [`crate::AbortReason::RecordVersionMismatch`].
+    Version(u64),
 }
 
 /// The ops of one payment: debit the payer, credit the merchant, move the
@@ -57,6 +85,7 @@ pub enum EntityKey {
     Account(AccountId),
     Order(OrderId),
     Channel(ChannelId),
+    Record(RecordKey),
 }
 
 impl EntityKey {
@@ -65,14 +94,7 @@ impl EntityKey {
             EntityKey::Account(_) => EntityKind::Account,
             EntityKey::Order(_) => EntityKind::Order,
             EntityKey::Channel(_) => EntityKind::Channel,
-        }
-    }
-
-    fn raw_id(self) -> u64 {
-        match self {
-            EntityKey::Account(id) => id.0,
-            EntityKey::Order(id) => id.0,
-            EntityKey::Channel(id) => id.0,
+            EntityKey::Record(_) => EntityKind::Record,
         }
     }
 
@@ -83,10 +105,22 @@ impl EntityKey {
         const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
         const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
         let mut hash = FNV_OFFSET;
-        let tag = [self.kind().tag()];
-        for byte in tag.iter().chain(self.raw_id().to_le_bytes().iter()) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(FNV_PRIME);
+        let mut feed = |bytes: &[u8]| {
+            for byte in bytes {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(FNV_PRIME);
+            }
+        };
+        feed(&[self.kind().tag()]);
+        match self {
+            EntityKey::Account(id) => feed(&id.0.to_le_bytes()),
+            EntityKey::Order(id) => feed(&id.0.to_le_bytes()),
+            EntityKey::Channel(id) => feed(&id.0.to_le_bytes()),
+            // The digest is already uniform; FNV over it keeps one scheme.
+            EntityKey::Record(key) => {
+                feed(&key.ns.to_le_bytes());
+                feed(&key.digest);
+            }
         }
         hash
     }
@@ -98,6 +132,7 @@ impl std::fmt::Display for EntityKey {
             EntityKey::Account(id) => id.fmt(f),
             EntityKey::Order(id) => id.fmt(f),
             EntityKey::Channel(id) => id.fmt(f),
+            EntityKey::Record(key) => key.fmt(f),
         }
     }
 }
@@ -115,6 +150,7 @@ impl Operation {
             Operation::Charge { channel, .. } | Operation::ChannelRefund { channel, .. } => {
                 EntityKey::Channel(*channel)
             }
+            Operation::PutRecord { key, .. } => EntityKey::Record(*key),
         }
     }
 
@@ -129,7 +165,7 @@ impl Operation {
             | Operation::RefundOrder { amount, .. }
             | Operation::Charge { amount, .. }
             | Operation::ChannelRefund { amount, .. } => Some(*amount),
-            Operation::CloseOrder { .. } => None,
+            Operation::CloseOrder { .. } | Operation::PutRecord { .. } => None,
         }
     }
 }
@@ -142,12 +178,13 @@ pub struct ShardMap {
     pub accounts: Vec<NodeId>,
     pub orders: Vec<NodeId>,
     pub channels: Vec<NodeId>,
+    pub records: Vec<NodeId>,
 }
 
 impl ShardMap {
     /// One shard of each kind per node, shard `i` on `nodes[i]`.
     pub fn one_shard_per_node(nodes: &[NodeId]) -> Self {
-        ShardMap { accounts: nodes.to_vec(), orders: nodes.to_vec(), channels: nodes.to_vec() }
+        ShardMap { accounts: nodes.to_vec(), orders: nodes.to_vec(), channels: nodes.to_vec(), records: nodes.to_vec() }
     }
 
     pub fn nodes_of(&self, kind: EntityKind) -> &[NodeId] {
@@ -155,6 +192,7 @@ impl ShardMap {
             EntityKind::Account => &self.accounts,
             EntityKind::Order => &self.orders,
             EntityKind::Channel => &self.channels,
+            EntityKind::Record => &self.records,
         }
     }
 

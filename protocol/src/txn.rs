@@ -48,6 +48,15 @@ impl TxnRequest {
         // i128 sums cannot overflow for at most 64 i64 amounts.
         let mut balance: BTreeMap<Currency, (i128, i128)> = BTreeMap::new();
         for (index, op) in self.ops.iter().enumerate() {
+            if let Operation::PutRecord { value: Some(value), .. } = op {
+                if value.len() > crate::ops::MAX_RECORD_VALUE_BYTES {
+                    return Err(InvalidRequest::RecordTooLarge {
+                        index,
+                        len_bytes: value.len(),
+                        max_bytes: crate::ops::MAX_RECORD_VALUE_BYTES,
+                    });
+                }
+            }
             let Some(money) = op.amount() else { continue };
             if !money.currency.is_supported() {
                 return Err(InvalidRequest::UnsupportedCurrency {

@@ -1,0 +1,367 @@
+//! Records: the opaque key-value records of one records shard (the
+//! open-platform gateway's users, merchants, nonces, notifications…).
+//!
+//! (The module is `record_store`, not `records`: [`crate::records`] is the
+//! journal's vocabulary of stored records.)
+//!
+//! A record is `(version, value)` under a [`RecordKey`]. A write
+//! ([`Operation::PutRecord`]) carries a precondition ([`RecordExpect`]),
+//! checked at prepare; the prepared transaction then *locks* the key (even
+//! for a key that does not exist yet, or a delete of nothing), so the
+//! after-image computed at prepare is exactly what the commit writes: nobody
+//! else can change the record in between. Like orders, a lock held by
+//! another prepared transaction refuses the write with `Conflict`, which is
+//! checked *before* the precondition: while a write is in doubt the record's
+//! future is unknown, so "it exists" or "wrong version" would be a guess.
+//!
+//! # Several writes to one key in one transaction (decision)
+//!
+//! They behave as if run one after another: each op's precondition is
+//! checked against the record *as changed by the earlier ops of the same
+//! transaction*, and each op is one write. So `[insert(v1), cas(1, v2)]`
+//! passes and commits the record at version 2, while `[insert, insert]`
+//! aborts with `RecordExists`. The commit writes the final image only.
+//!
+//! Versions count committed writes since the record was last created: an
+//! insert makes version 1, every later put adds one, a delete removes the
+//! record (a later insert starts again at 1).
+
+use paytx_protocol::messages::RecordView;
+use paytx_protocol::ops::{MAX_RECORD_VALUE_BYTES, MAX_SCAN_RECORDS};
+use paytx_protocol::{AbortReason, Operation, RecordExpect, RecordKey, RecordNs, TxnId};
+use serde::{Deserialize, Serialize};
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// What a record costs in a scan page besides its value: key, version and
+/// encoding (a generous upper bound).
+const SCAN_RECORD_OVERHEAD_BYTES: usize = 64;
+
+/// A record as committed (the durable after-image).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    /// Committed writes since the record was created; at least 1.
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// What one prepared transaction will write: the after-image of every key it
+/// touches (all locked by it); `None` deletes the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RecordPlan {
+    after: BTreeMap<RecordKey, Option<StoredRecord>>,
+    /// Keys it creates (absent now, present after commit).
+    creates: usize,
+}
+
+/// Why a records prepare was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Abort(AbortReason),
+    /// Creating the records would exceed `max_records` (the engine names the shard).
+    Full {
+        max_records: u64,
+    },
+}
+
+impl From<AbortReason> for Refused {
+    fn from(reason: AbortReason) -> Self {
+        Refused::Abort(reason)
+    }
+}
+
+/// The effects of a commit on the records: after-images to store, keys to
+/// delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RecordChanges {
+    pub written: Vec<(RecordKey, StoredRecord)>,
+    pub removed: Vec<RecordKey>,
+}
+
+/// One page of a scan of one shard (the node adds the shard count).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    pub records: Vec<RecordView>,
+    /// The shard holds more records of the namespace after the last one.
+    pub more: bool,
+}
+
+/// The records shard's state.
+#[derive(Debug, Default)]
+pub(crate) struct RecordsState {
+    records: BTreeMap<RecordKey, StoredRecord>,
+    /// Keys (existing or not) locked by a prepared transaction.
+    locks: BTreeMap<RecordKey, TxnId>,
+    /// Records prepared transactions will create, counted against the limit.
+    pending_creates: usize,
+}
+
+impl RecordsState {
+    /// Validates `ops` in order against a scratch copy and, only if all pass
+    /// (and the records it creates fit under `max_records`, when given),
+    /// locks the touched keys for `txn`. On error nothing has changed.
+    pub(crate) fn prepare(
+        &mut self,
+        txn: TxnId,
+        ops: &[Operation],
+        max_records: Option<usize>,
+    ) -> Result<RecordPlan, Refused> {
+        let mut scratch: BTreeMap<RecordKey, Option<StoredRecord>> = BTreeMap::new();
+        for op in ops {
+            self.validate(&mut scratch, op)?;
+        }
+        // Deletes free nothing until they commit: the count is an upper bound.
+        let creates = scratch.iter().filter(|(key, after)| after.is_some() && !self.records.contains_key(key)).count();
+        if let Some(max_records) = max_records {
+            let total = self.records.len().saturating_add(self.pending_creates).saturating_add(creates);
+            if creates > 0 && total > max_records {
+                return Err(Refused::Full { max_records: max_records as u64 });
+            }
+        }
+        for key in scratch.keys() {
+            self.locks.insert(*key, txn);
+        }
+        self.pending_creates = self.pending_creates.saturating_add(creates);
+        Ok(RecordPlan { after: scratch, creates })
+    }
+
+    fn validate(
+        &self,
+        scratch: &mut BTreeMap<RecordKey, Option<StoredRecord>>,
+        op: &Operation,
+    ) -> Result<(), AbortReason> {
+        let Operation::PutRecord { key, value, expect } = op else {
+            return Err(crate::engine::misrouted(op));
+        };
+        if let Some(value) = value {
+            if value.len() > MAX_RECORD_VALUE_BYTES {
+                // Requests are validated before any prepare, so only a broken
+                // upstream gets here; refusing keeps every stored value bounded.
+                return Err(AbortReason::Conflict {
+                    entity: format!(
+                        "{key} (value of {} bytes over the {MAX_RECORD_VALUE_BYTES}-byte limit: the request was not validated)",
+                        value.len()
+                    ),
+                });
+            }
+        }
+        let current = match scratch.entry(*key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                if self.locks.contains_key(key) {
+                    return Err(AbortReason::Conflict { entity: key.to_string() });
+                }
+                entry.insert(self.records.get(key).cloned())
+            }
+        };
+        let version = current.as_ref().map(|record| record.version);
+        match (*expect, version) {
+            (RecordExpect::Any, _) | (RecordExpect::Absent, None) => {}
+            (RecordExpect::Absent, Some(_)) => return Err(AbortReason::RecordExists { key: *key }),
+            (RecordExpect::Version(expected), actual) => {
+                if actual != Some(expected) {
+                    return Err(AbortReason::RecordVersionMismatch { key: *key, expected, actual });
+                }
+            }
+        }
+        *current = match value {
+            None => None,
+            Some(value) => {
+                // A version is a count of writes: u64 cannot run out, but
+                // saturating beats a panic on a journal someone edited.
+                let version = version.map_or(1, |v| v.saturating_add(1));
+                Some(StoredRecord { version, value: value.clone() })
+            }
+        };
+        Ok(())
+    }
+
+    /// Writes the after-images and unlocks. Returns what to journal.
+    pub(crate) fn commit(&mut self, txn: TxnId, plan: RecordPlan) -> RecordChanges {
+        self.release_creates(plan.creates);
+        let mut changes = RecordChanges::default();
+        for (key, after) in plan.after {
+            self.unlock(txn, key);
+            match after {
+                Some(record) => {
+                    self.records.insert(key, record.clone());
+                    changes.written.push((key, record));
+                }
+                None => {
+                    self.records.remove(&key);
+                    changes.removed.push(key);
+                }
+            }
+        }
+        changes
+    }
+
+    /// Unlocks without changing anything.
+    pub(crate) fn abort(&mut self, txn: TxnId, plan: RecordPlan) {
+        self.release_creates(plan.creates);
+        for key in plan.after.keys() {
+            self.unlock(txn, *key);
+        }
+    }
+
+    fn release_creates(&mut self, creates: usize) {
+        self.pending_creates = self
+            .pending_creates
+            .checked_sub(creates)
+            .expect("a plan's creates are part of the total until released once");
+    }
+
+    fn unlock(&mut self, txn: TxnId, key: RecordKey) {
+        let owner = self.locks.remove(&key);
+        assert_eq!(owner, Some(txn), "{key} was locked by {txn} until its decision");
+    }
+
+    /// Loads a committed record (recovery).
+    pub(crate) fn restore(&mut self, key: RecordKey, record: StoredRecord) -> Result<(), String> {
+        check_record(key, &record)?;
+        if self.records.insert(key, record).is_some() {
+            return Err(format!("{key} stored twice"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn view(&self, key: RecordKey) -> Option<RecordView> {
+        self.records.get(&key).map(|record| view(key, record))
+    }
+
+    /// Committed records of namespace `ns` in key order, strictly after
+    /// `after`, at most `min(limit, MAX_SCAN_RECORDS)`, and no more than
+    /// `max_bytes` of encoded records — except that a page holds at least
+    /// one record when `limit > 0`, so a scan always moves forward.
+    pub(crate) fn scan(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32, max_bytes: usize) -> ScanPage {
+        let limit = limit.min(MAX_SCAN_RECORDS) as usize;
+        let first_of_ns = RecordKey { ns, digest: [0; 32] };
+        let lower = match after {
+            Some(after) if after.ns == ns => Bound::Excluded(after),
+            Some(after) if after.ns > ns => return ScanPage::default(),
+            _ => Bound::Included(first_of_ns),
+        };
+        let mut matching = self.records.range((lower, Bound::Unbounded)).take_while(|(key, _)| key.ns == ns).peekable();
+        let mut records: Vec<RecordView> = Vec::new();
+        let mut bytes: usize = 0;
+        while records.len() < limit {
+            let Some((key, record)) = matching.peek() else { break };
+            let size = record.value.len().saturating_add(SCAN_RECORD_OVERHEAD_BYTES);
+            if !records.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            records.push(view(**key, record));
+            matching.next();
+        }
+        let more = matching.peek().is_some();
+        ScanPage { records, more }
+    }
+
+    pub(crate) fn entity_count(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        self.records.iter().try_for_each(|(key, record)| check_record(*key, record))
+    }
+}
+
+fn view(key: RecordKey, record: &StoredRecord) -> RecordView {
+    RecordView { key, version: record.version, value: record.value.clone() }
+}
+
+/// A stored record exists since at least one write and is bounded.
+fn check_record(key: RecordKey, record: &StoredRecord) -> Result<(), String> {
+    if record.version == 0 {
+        return Err(format!("{key} at version 0 (versions start at 1)"));
+    }
+    if record.value.len() > MAX_RECORD_VALUE_BYTES {
+        return Err(format!("{key}: a value of {} bytes, over the limit", record.value.len()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(seq: u64) -> TxnId {
+        TxnId { term: 1, node: 1, seq }
+    }
+
+    fn key(ns: RecordNs, name: &str) -> RecordKey {
+        RecordKey::new(ns, name.as_bytes())
+    }
+
+    fn put(key: RecordKey, value: &str, expect: RecordExpect) -> Operation {
+        Operation::PutRecord { key, value: Some(value.as_bytes().to_vec()), expect }
+    }
+
+    fn run(state: &mut RecordsState, seq: u64, ops: &[Operation]) -> Result<RecordChanges, Refused> {
+        let plan = state.prepare(txn(seq), ops, None)?;
+        Ok(state.commit(txn(seq), plan))
+    }
+
+    #[test]
+    fn scans_one_namespace_in_key_order_in_pages() {
+        let mut state = RecordsState::default();
+        for i in 0..10 {
+            run(&mut state, i, &[put(key(1, &format!("a{i}")), "x", RecordExpect::Absent)]).unwrap();
+            run(&mut state, 100 + i, &[put(key(2, &format!("b{i}")), "y", RecordExpect::Absent)]).unwrap();
+        }
+        let first = state.scan(1, None, 4, usize::MAX);
+        assert_eq!(first.records.len(), 4);
+        assert!(first.more);
+        assert!(first.records.windows(2).all(|w| w[0].key < w[1].key));
+        let mut all = first.records.clone();
+        let mut after = first.records.last().map(|r| r.key);
+        loop {
+            let page = state.scan(1, after, 4, usize::MAX);
+            all.extend(page.records.iter().cloned());
+            after = page.records.last().map(|r| r.key);
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(all.len(), 10);
+        assert!(all.iter().all(|r| r.key.ns == 1));
+        assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+        // A cursor from another namespace: below starts at the beginning,
+        // above finds nothing.
+        assert_eq!(state.scan(2, Some(key(1, "a0")), 100, usize::MAX).records.len(), 10);
+        assert!(state.scan(1, Some(key(2, "b0")), 100, usize::MAX).records.is_empty());
+        // The limit is capped, and 0 returns nothing.
+        assert!(state.scan(1, None, 0, usize::MAX).records.is_empty());
+        assert_eq!(state.scan(3, None, 10, usize::MAX), ScanPage::default());
+    }
+
+    #[test]
+    fn a_page_stays_within_its_byte_budget_but_always_moves_forward() {
+        let mut state = RecordsState::default();
+        let big = "x".repeat(1_000);
+        for i in 0..5 {
+            run(&mut state, i, &[put(key(1, &format!("k{i}")), &big, RecordExpect::Absent)]).unwrap();
+        }
+        let budget = 2 * (1_000 + SCAN_RECORD_OVERHEAD_BYTES);
+        let page = state.scan(1, None, 100, budget);
+        assert_eq!((page.records.len(), page.more), (2, true));
+        let tiny = state.scan(1, None, 100, 10);
+        assert_eq!((tiny.records.len(), tiny.more), (1, true), "one record even over the budget");
+        let rest = state.scan(1, page.records.last().map(|r| r.key), 100, usize::MAX);
+        assert_eq!((rest.records.len(), rest.more), (3, false));
+    }
+
+    #[test]
+    fn an_oversized_value_is_refused_at_prepare() {
+        let mut state = RecordsState::default();
+        let op = Operation::PutRecord {
+            key: key(1, "big"),
+            value: Some(vec![0; MAX_RECORD_VALUE_BYTES + 1]),
+            expect: RecordExpect::Any,
+        };
+        assert!(matches!(state.prepare(txn(1), &[op], None), Err(Refused::Abort(AbortReason::Conflict { .. }))));
+        assert!(state.locks.is_empty());
+    }
+}
