@@ -130,3 +130,23 @@ mod tests {
         assert_eq!(load_private_key(&path).unwrap(), key);
     }
 }
+
+/// The four headers of a signed request (what a merchant's SDK sends), with
+/// the current time and a random nonce.
+pub fn signed_headers(
+    key: &RsaPrivateKey,
+    merchant_id: &str,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> [(&'static str, String); 4] {
+    let timestamp = crate::model::now_secs().to_string();
+    let nonce = crate::model::new_id("n").0;
+    let signature = sign(key, &canonical_string(method, path_and_query, &timestamp, &nonce, body));
+    [
+        (HEADER_MERCHANT, merchant_id.to_string()),
+        (HEADER_TIMESTAMP, timestamp),
+        (HEADER_NONCE, nonce),
+        (HEADER_SIGNATURE, signature),
+    ]
+}

@@ -1,0 +1,77 @@
+//! The gateway over real HTTP against an in-memory model of the cluster.
+
+mod memory_cluster;
+mod support {
+    pub mod api;
+    pub mod receiver;
+    pub mod scenarios;
+}
+
+use memory_cluster::MemoryCluster;
+use paytx_gateway::{GatewayConfig, PayMethod, RouteConfig};
+use paytx_protocol::ChannelId;
+use std::sync::Arc;
+use support::api::Api;
+use support::receiver::Receiver;
+
+async fn start(dir: &std::path::Path) -> (paytx_gateway::RunningGateway, Api) {
+    let config = GatewayConfig {
+        admin_key_file: dir.join("admin.key"),
+        card_key_file: dir.join("card.key"),
+        platform_key_file: dir.join("platform.pem"),
+        notify_retry_schedule: vec!["100ms".into(), "100ms".into(), "100ms".into()],
+        notify_poll_ms: 50,
+        ..GatewayConfig::default()
+    };
+    paytx_gateway::create_missing_keys(&config).unwrap();
+    let routes = vec![
+        RouteConfig { method: PayMethod::BankCard, channel: ChannelId(1), weight: 1 },
+        RouteConfig { method: PayMethod::Alipay, channel: ChannelId(2), weight: 1 },
+        RouteConfig { method: PayMethod::Wechat, channel: ChannelId(3), weight: 1 },
+    ];
+    let admin = std::fs::read_to_string(&config.admin_key_file).unwrap().trim().to_string();
+    let cluster: Arc<dyn paytx_gateway::ClusterApi> = Arc::new(MemoryCluster::default());
+    let gateway = paytx_gateway::Gateway::new(config, cluster, 1, dir, &routes).unwrap();
+    let running = paytx_gateway::start(gateway, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let api = Api::new(format!("http://{}", running.addr()), admin);
+    (running, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_flows_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    let receiver = Receiver::start(0).await;
+    support::scenarios::money_flows(&api, &receiver).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_retried_until_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    let receiver = Receiver::start(2).await;
+    support::scenarios::retried_delivery(&api, &receiver).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    let receiver = Receiver::start(0).await;
+    support::scenarios::bad_inputs(&api, &receiver).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    let reply = api.get("/openapi.json", None).await;
+    assert_eq!(reply.status, reqwest::StatusCode::OK);
+    assert!(reply.body["paths"]["/v1/orders/{id}/pay"].is_object());
+    let missing = api.get("/v1/nope", None).await;
+    assert_eq!((missing.status, missing.code()), (reqwest::StatusCode::NOT_FOUND, "not_found"));
+    gateway.stop().await;
+}
