@@ -36,9 +36,13 @@
 //! ```
 
 use crate::net::connection::{Connection, ConnectionError, ConnectionLimits};
-use paytx_protocol::messages::{AccountView, ChargeView, NodeStatusView, OrderView, TxnStatusView};
+use paytx_protocol::messages::{
+    AccountView, ChargeView, NodeStatusView, OrderView, RecordPage, RecordView, TxnStatusView,
+};
+use paytx_protocol::ops::MAX_SCAN_RECORDS;
 use paytx_protocol::{
-    AccountId, ChannelId, IdempotencyKey, Message, OrderId, Request, RequestError, Response, TxnReceipt, TxnRequest,
+    AccountId, ChannelId, IdempotencyKey, Message, OrderId, RecordKey, RecordNs, Request, RequestError, Response,
+    TxnReceipt, TxnRequest,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -248,6 +252,74 @@ impl Client {
             Response::Charge(view) => Ok(view),
             other => Err(unexpected("Charge", &other)),
         }
+    }
+
+    /// Reads a committed record; `None` when it does not exist.
+    pub async fn get_record(&self, key: RecordKey) -> Result<Option<RecordView>, ClientError> {
+        match self.request(Request::GetRecord(key)).await? {
+            Response::Record(view) => Ok(view),
+            other => Err(unexpected("Record", &other)),
+        }
+    }
+
+    /// One page of the committed records of namespace `ns` on records shard
+    /// `shard`, in key order, strictly after `after`, at most
+    /// `min(limit, MAX_SCAN_RECORDS)`. The page says how many records shards
+    /// there are; a shard out of range is `RequestError::Invalid`.
+    pub async fn scan_records(
+        &self,
+        shard: u32,
+        ns: RecordNs,
+        after: Option<RecordKey>,
+        limit: u32,
+    ) -> Result<RecordPage, ClientError> {
+        match self.request(Request::ScanRecords { shard, ns, after, limit }).await? {
+            Response::Records(page) => Ok(page),
+            other => Err(unexpected("Records", &other)),
+        }
+    }
+
+    /// Every committed record of namespace `ns`, at most `max_records` of
+    /// them: shard by shard (`0..shard_count`), each in key order. Ask for
+    /// one more than you need to learn whether there were more. Pages are
+    /// read one after another; records written meanwhile may or may not be
+    /// seen (each page is consistent, the whole scan is not a snapshot).
+    pub async fn scan_namespace(&self, ns: RecordNs, max_records: usize) -> Result<Vec<RecordView>, ClientError> {
+        let mut records: Vec<RecordView> = Vec::new();
+        let mut shard: u32 = 0;
+        let mut shard_count: u32 = 1;
+        while shard < shard_count && records.len() < max_records {
+            let mut after: Option<RecordKey> = None;
+            loop {
+                let remaining = max_records.saturating_sub(records.len());
+                if remaining == 0 {
+                    break;
+                }
+                let limit = u32::try_from(remaining).unwrap_or(u32::MAX).min(MAX_SCAN_RECORDS);
+                let page = self.scan_records(shard, ns, after, limit).await?;
+                shard_count = page.shard_count;
+                // A page must move the cursor forward and stay in the
+                // namespace, or a broken node could keep this loop going.
+                let sane = page.records.len() <= limit as usize
+                    && page.records.iter().all(|r| r.key.ns == ns)
+                    && page.records.windows(2).all(|w| w[0].key < w[1].key)
+                    && page.records.first().is_none_or(|r| after.is_none_or(|a| a < r.key))
+                    && !(page.more && page.records.is_empty());
+                if !sane {
+                    return Err(ClientError::Protocol(format!(
+                        "records shard {shard} answered a scan page that does not follow the cursor"
+                    )));
+                }
+                after = page.records.last().map(|r| r.key).or(after);
+                records.extend(page.records);
+                if !page.more {
+                    break;
+                }
+            }
+            shard = shard.saturating_add(1);
+        }
+        records.truncate(max_records);
+        Ok(records)
     }
 
     /// What became of the transaction submitted with `key`; `None` when the
@@ -521,6 +593,10 @@ mod tests {
         assert_eq!(client.order(OrderId(1)).await.unwrap(), None);
         assert_eq!(client.charge(ChannelId(1), OrderId(1)).await.unwrap(), None);
         assert_eq!(client.txn_status(IdempotencyKey::new("pay-1")).await.unwrap(), None);
+        assert_eq!(client.get_record(RecordKey::new(1, b"k")).await.unwrap(), None);
+        let page = client.scan_records(0, 1, None, 10).await.unwrap();
+        assert_eq!((page.records.len(), page.more, page.shard_count), (0, false, 1));
+        assert!(client.scan_namespace(1, 10).await.unwrap().is_empty());
         assert_eq!(client.node_status().await.unwrap(), node_status(4));
         assert_eq!(client.node_status_of(server.addr).await.unwrap(), node_status(4));
         assert_eq!(client.connected_to().await, Some(server.addr));

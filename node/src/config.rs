@@ -21,6 +21,7 @@
 //! accounts = [1, 2, 3]
 //! orders = [1, 2, 3]
 //! channels = [1, 2, 3]
+//! records = [1, 2, 3]
 //! ```
 //!
 //! Optional sections: `[raft]` (timings, snapshots), `[limits]` (frames,
@@ -166,7 +167,7 @@ impl NodeConfig {
         }
         if !self.shards.is_valid() {
             return Err(ConfigError::Invalid(
-                "[shards] needs at least one node for accounts, orders and channels".into(),
+                "[shards] needs at least one node for accounts, orders, channels and records".into(),
             ));
         }
         for kind in paytx_protocol::EntityKind::ALL {
@@ -255,9 +256,15 @@ mod tests {
         let mut bad = config.clone();
         bad.cluster_secret = "short".into();
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
-        let minimal = "node_id = 1\ncluster_secret = \"0123456789abcdef\"\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7101\"\n[shards]\naccounts = [1]\norders = [1]\nchannels = [1]\n";
+        let minimal = "node_id = 1\ncluster_secret = \"0123456789abcdef\"\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7101\"\n[shards]\naccounts = [1]\norders = [1]\nchannels = [1]\nrecords = [1]\n";
         let parsed: NodeConfig = toml::from_str(minimal).expect("defaults fill the rest");
         assert!(parsed.fsync, "durable by default");
         parsed.validate().expect("valid");
+        // `records` is required like the other kinds.
+        let without_records = minimal.replace("records = [1]\n", "");
+        assert!(toml::from_str::<NodeConfig>(&without_records).is_err());
+        let mut bad = config.clone();
+        bad.shards.records = vec![];
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
     }
 }

@@ -11,10 +11,10 @@ use paytx_coordinator::driver::{GetDriverStatus, QueryDecision, StopDriver, Subm
 use paytx_coordinator::state_machine::{read_table, SharedTable};
 use paytx_coordinator::{CoordinatorDriver, Raft};
 use paytx_participants::{DecisionSource, ParticipantActor};
-use paytx_protocol::messages::{NodeStatusView, ShardStatus};
+use paytx_protocol::messages::{NodeStatusView, RecordPage, ShardStatus};
 use paytx_protocol::{
-    BoxFuture, EntityKey, NodeId, PeerRequest, PeerResponse, Request, RequestError, Response, ShardId, ShardMap,
-    Transport, TxnId,
+    BoxFuture, EntityKey, EntityKind, InvalidRequest, NodeId, PeerRequest, PeerResponse, Request, RequestError,
+    Response, ShardId, ShardMap, Transport, TxnId,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -102,11 +102,16 @@ impl NodeService {
                 self.forward_to_leader(Request::Submit(txn), hint, local).await
             }
             Request::GetAccount(account) => {
-                self.read(EntityKey::Account(account), Request::GetAccount(account), may_forward).await
+                let shard = self.shard_map.shard_of(EntityKey::Account(account));
+                self.read(shard, Request::GetAccount(account), may_forward).await
             }
-            Request::GetOrder(order) => self.read(EntityKey::Order(order), Request::GetOrder(order), may_forward).await,
+            Request::GetOrder(order) => {
+                let shard = self.shard_map.shard_of(EntityKey::Order(order));
+                self.read(shard, Request::GetOrder(order), may_forward).await
+            }
             Request::GetCharge { channel, order } => {
-                self.read(EntityKey::Channel(channel), Request::GetCharge { channel, order }, may_forward).await
+                let shard = self.shard_map.shard_of(EntityKey::Channel(channel));
+                self.read(shard, Request::GetCharge { channel, order }, may_forward).await
             }
             Request::TxnStatus(key) => {
                 let parts = self.coordinator();
@@ -127,7 +132,27 @@ impl NodeService {
                 }
             }
             Request::NodeStatus => Response::NodeStatus(self.status().await),
+            Request::GetRecord(key) => {
+                let shard = self.shard_map.shard_of(EntityKey::Record(key));
+                self.read(shard, Request::GetRecord(key), may_forward).await
+            }
+            Request::ScanRecords { shard: index, ns, after, limit } => {
+                let shard_count = self.record_shard_count();
+                if index >= shard_count {
+                    return error(RequestError::Invalid(InvalidRequest::RecordShardOutOfRange {
+                        shard: index,
+                        shard_count,
+                    }));
+                }
+                let shard = ShardId { kind: EntityKind::Record, index };
+                self.read(shard, Request::ScanRecords { shard: index, ns, after, limit }, may_forward).await
+            }
         }
+    }
+
+    /// How many records shards the cluster has (a shard index is `u32`).
+    fn record_shard_count(&self) -> u32 {
+        u32::try_from(self.shard_map.records.len()).unwrap_or(u32::MAX)
     }
 
     async fn forward_to_leader(&self, request: Request, hint: Option<NodeId>, mut last: RequestError) -> Response {
@@ -148,8 +173,9 @@ impl NodeService {
         error(last)
     }
 
-    async fn read(&self, entity: EntityKey, request: Request, may_forward: bool) -> Response {
-        let shard = self.shard_map.shard_of(entity);
+    /// A read of `shard`: answered here when this node hosts it, else
+    /// forwarded (once) to the node that does.
+    async fn read(&self, shard: ShardId, request: Request, may_forward: bool) -> Response {
         if let Some(actor) = self.participants.get(&shard) {
             let answer = match request {
                 Request::GetAccount(account) => {
@@ -158,6 +184,13 @@ impl NodeService {
                 Request::GetOrder(order) => actor.send(paytx_participants::ReadOrder(order)).await.map(Response::Order),
                 Request::GetCharge { channel, order } => {
                     actor.send(paytx_participants::ReadCharge { channel, order }).await.map(Response::Charge)
+                }
+                Request::GetRecord(key) => actor.send(paytx_participants::ReadRecord(key)).await.map(Response::Record),
+                Request::ScanRecords { ns, after, limit, .. } => {
+                    let shard_count = self.record_shard_count();
+                    actor.send(paytx_participants::ScanRecords { ns, after, limit }).await.map(|page| {
+                        Response::Records(RecordPage { records: page.records, more: page.more, shard_count })
+                    })
                 }
                 _ => return error(RequestError::Internal("not a read".into())),
             };

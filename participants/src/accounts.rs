@@ -6,19 +6,35 @@
 //! counted as *pending credits* only so a commit can never overflow `i64`).
 //! So whatever subset of the prepared transactions commits, in any order, no
 //! balance goes below zero and none overflows.
+//!
+//! Each account keeps its last [`MAX_RECENT_ENTRIES`] committed entries,
+//! newest first, inside its after-image: one entry per committed transaction
+//! that touched it, with the net change (an opening counts as an entry from
+//! 0). Bounded, and journaled with the balance it explains, so the two can
+//! never disagree.
 
 use crate::amounts::{non_positive_amount, overflow};
-use paytx_protocol::messages::AccountView;
+use paytx_protocol::messages::{AccountView, EntryView, MAX_RECENT_ENTRIES};
 use paytx_protocol::{AbortReason, AccountId, Currency, Money, Operation, TxnId};
 use serde::{Deserialize, Serialize};
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 /// An account as committed (the durable after-image).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub currency: Currency,
     pub balance_minor: i64,
+    /// The last committed entries, newest first, at most
+    /// [`MAX_RECENT_ENTRIES`]; the first one ends at `balance_minor`.
+    pub recent: Vec<EntryView>,
+}
+
+impl Account {
+    /// A new account, before its opening entry.
+    pub fn new(currency: Currency, balance_minor: i64) -> Self {
+        Account { currency, balance_minor, recent: Vec::new() }
+    }
 }
 
 /// Money reserved on one account: by one transaction (in an
@@ -81,8 +97,8 @@ impl AccountsState {
         let mut plan = AccountPlan::default();
         for (id, s) in scratch {
             if s.opened_here {
-                let account = Account { currency: s.currency, balance_minor: s.balance_minor };
-                self.opening.insert(id, (txn, account));
+                let account = Account::new(s.currency, s.balance_minor);
+                self.opening.insert(id, (txn, account.clone()));
                 plan.opens.insert(id, account);
             }
             if !s.mine.is_empty() {
@@ -192,10 +208,15 @@ impl AccountsState {
     /// Applies a prepared transaction: opens its accounts, moves its money,
     /// releases its reservations. Returns the touched accounts' after-images.
     pub(crate) fn commit(&mut self, txn: TxnId, plan: AccountPlan) -> Vec<(AccountId, Account)> {
-        for (id, account) in &plan.opens {
-            let removed = self.opening.remove(id);
+        let touched: std::collections::BTreeSet<AccountId> =
+            plan.opens.keys().chain(plan.reserved.keys()).copied().collect();
+        // Balances before this transaction, for the entries (0 for an opening).
+        let before: BTreeMap<AccountId, i64> =
+            touched.iter().map(|id| (*id, self.accounts.get(id).map_or(0, |account| account.balance_minor))).collect();
+        for (id, account) in plan.opens {
+            let removed = self.opening.remove(&id);
             assert_eq!(removed.map(|(owner, _)| owner), Some(txn), "{id} was reserved for opening by {txn}");
-            let previous = self.accounts.insert(*id, *account);
+            let previous = self.accounts.insert(id, account);
             assert!(previous.is_none(), "{id} cannot exist while reserved for opening");
         }
         for (id, mine) in &plan.reserved {
@@ -207,13 +228,20 @@ impl AccountsState {
                 .and_then(|b| b.checked_add(mine.pending_credit_minor))
                 .expect("holds never exceed the balance and pending credits never overflow it");
         }
-        let touched: std::collections::BTreeSet<AccountId> =
-            plan.opens.keys().chain(plan.reserved.keys()).copied().collect();
         touched
             .into_iter()
             .map(|id| {
+                let account = self.accounts.get_mut(&id).expect("touched accounts exist after commit");
+                let before_minor = before.get(&id).copied().unwrap_or(0);
+                let delta_minor = account
+                    .balance_minor
+                    .checked_sub(before_minor)
+                    .expect("two non-negative i64 balances differ by less than i64::MAX");
+                account.recent.insert(0, EntryView { txn, delta_minor, balance_after_minor: account.balance_minor });
+                account.recent.truncate(MAX_RECENT_ENTRIES);
+                let after_image = account.clone();
                 self.assert_account_invariants(id);
-                (id, *self.accounts.get(&id).expect("touched accounts exist after commit"))
+                (id, after_image)
             })
             .collect()
     }
@@ -249,6 +277,7 @@ impl AccountsState {
         if account.balance_minor < 0 {
             return Err(format!("{id} has a negative balance {}", account.balance_minor));
         }
+        check_entries(id, &account)?;
         if self.accounts.insert(id, account).is_some() {
             return Err(format!("{id} stored twice"));
         }
@@ -262,6 +291,7 @@ impl AccountsState {
             currency: account.currency,
             balance_minor: account.balance_minor,
             held_minor: self.reserved.get(&id).map_or(0, |r| r.held_minor),
+            recent: account.recent.clone(),
         })
     }
 
@@ -282,6 +312,9 @@ impl AccountsState {
         let reserved = self.reserved.get(&id).copied().unwrap_or_default();
         if reserved.held_minor < 0 || reserved.pending_credit_minor < 0 {
             return Err(format!("{id}: negative reservation {reserved:?}"));
+        }
+        if let Some(account) = self.accounts.get(&id) {
+            check_entries(id, account)?;
         }
         let base = match (self.accounts.get(&id), self.opening.get(&id)) {
             (Some(account), None) => account,
@@ -308,6 +341,29 @@ impl AccountsState {
             self.accounts.keys().chain(self.reserved.keys()).chain(self.opening.keys()).copied().collect();
         ids.into_iter().try_for_each(|id| self.check_one(id))
     }
+}
+
+/// The recent entries are bounded and tell the balance's story: the newest
+/// ends at the balance, and each one starts where the next older one ended.
+fn check_entries(id: AccountId, account: &Account) -> Result<(), String> {
+    if account.recent.len() > MAX_RECENT_ENTRIES {
+        return Err(format!("{id}: {} recent entries, over the limit", account.recent.len()));
+    }
+    if let Some(newest) = account.recent.first() {
+        if newest.balance_after_minor != account.balance_minor {
+            return Err(format!(
+                "{id}: the newest entry ends at {}, the balance is {}",
+                newest.balance_after_minor, account.balance_minor
+            ));
+        }
+    }
+    for pair in account.recent.windows(2) {
+        let started_minor = pair[0].balance_after_minor.checked_sub(pair[0].delta_minor);
+        if started_minor != Some(pair[1].balance_after_minor) {
+            return Err(format!("{id}: entry of {} does not follow the one of {}", pair[0].txn, pair[1].txn));
+        }
+    }
+    Ok(())
 }
 
 fn conflict(account: AccountId) -> AbortReason {
@@ -338,7 +394,7 @@ mod tests {
 
     fn with_account(id: u64, balance_minor: i64) -> AccountsState {
         let mut state = AccountsState::default();
-        state.restore(AccountId(id), Account { currency: CNY, balance_minor }).unwrap();
+        state.restore(AccountId(id), Account::new(CNY, balance_minor)).unwrap();
         state
     }
 

@@ -34,11 +34,13 @@ use crate::decision::DecisionSource;
 use crate::engine::{Engine, Prepared};
 use crate::error::ParticipantError;
 use crate::journal::Journal;
-use crate::messages::{Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, Shutdown};
+use crate::messages::{
+    Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, ReadRecord, ScanRecords, Shutdown,
+};
 use crate::MAX_DECLINE_PER_MILLION;
 use actix::fut::{ready, wrap_future, ActorFutureExt};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, ResponseActFuture};
-use paytx_protocol::messages::{AccountView, ChargeView, OrderView};
+use paytx_protocol::messages::{AccountView, ChargeView, OrderView, RecordView};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{AbortReason, ChannelId, EntityKind, Operation, TxnId, Vote};
 use paytx_storage::SharedDisk;
@@ -361,6 +363,22 @@ impl Handler<ReadCharge> for ParticipantActor {
 
     fn handle(&mut self, msg: ReadCharge, _ctx: &mut Context<Self>) -> Option<ChargeView> {
         self.engine.charge(msg.channel, msg.order)
+    }
+}
+
+impl Handler<ReadRecord> for ParticipantActor {
+    type Result = Option<RecordView>;
+
+    fn handle(&mut self, msg: ReadRecord, _ctx: &mut Context<Self>) -> Option<RecordView> {
+        self.engine.record(msg.0)
+    }
+}
+
+impl Handler<ScanRecords> for ParticipantActor {
+    type Result = MessageResult<ScanRecords>;
+
+    fn handle(&mut self, msg: ScanRecords, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.engine.scan_records(msg.ns, msg.after, msg.limit))
     }
 }
 

@@ -4,8 +4,8 @@
 //! and replayed deterministically.
 //!
 //! The engine dispatches on the shard's [`EntityKind`] to one of
-//! [`crate::accounts`], [`crate::orders`], [`crate::channels`], and owns what
-//! is common to all three: the set of prepared transactions and the bounded
+//! [`crate::accounts`], [`crate::orders`], [`crate::channels`],
+//! [`crate::record_store`], and owns what is common to all four: the set of prepared transactions and the bounded
 //! memory of recent commits.
 //!
 //! # Why remember commits
@@ -30,10 +30,13 @@
 use crate::accounts::{AccountPlan, AccountsState};
 use crate::channels::{ChannelConfig, ChannelsState, ChargePlan};
 use crate::orders::{OrderPlan, OrdersState};
+use crate::record_store::{RecordPlan, RecordsState, ScanPage};
 use crate::records::{EntityRecord, JournalContents, PreparedRecord};
-use paytx_protocol::messages::{AccountView, ChargeView, OrderView, ShardStatus};
+use paytx_protocol::messages::{AccountView, ChargeView, OrderView, RecordView, ShardStatus};
 use paytx_protocol::planted::Bug;
-use paytx_protocol::{AbortReason, AccountId, ChannelId, EntityKind, Operation, OrderId, ShardId, TxnId};
+use paytx_protocol::{
+    AbortReason, AccountId, ChannelId, EntityKind, Operation, OrderId, RecordKey, RecordNs, ShardId, TxnId,
+};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Default for how many committed txn ids a shard remembers.
@@ -45,6 +48,7 @@ enum KindState {
     Accounts(AccountsState),
     Orders(OrdersState),
     Channels(ChannelsState),
+    Records(RecordsState),
 }
 
 /// What one prepared transaction reserved, in its kind's terms.
@@ -53,6 +57,7 @@ enum Plan {
     Accounts(AccountPlan),
     Orders(OrderPlan),
     Channels(ChargePlan),
+    Records(RecordPlan),
 }
 
 #[derive(Debug)]
@@ -78,8 +83,11 @@ pub enum Prepared {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub txn: TxnId,
-    /// After-images of every entity the transaction touched.
+    /// After-images of every entity the transaction touched (and left in
+    /// existence).
     pub entities: Vec<EntityRecord>,
+    /// Records the transaction deleted: delete their stored after-images.
+    pub removed: Vec<RecordKey>,
     /// Older commits this one pushed out of memory: delete their records.
     pub forgotten: Vec<TxnId>,
     /// The new `forgotten_through`, when it moved.
@@ -122,6 +130,10 @@ pub(crate) fn misrouted(op: &Operation) -> AbortReason {
         Operation::Charge { channel, .. } | Operation::ChannelRefund { channel, .. } => {
             AbortReason::UnknownChannel(*channel)
         }
+        // There is no "unknown record" (a write may create it): refuse, naming why.
+        Operation::PutRecord { key, .. } => {
+            AbortReason::Conflict { entity: format!("{key} (sent to a shard of another kind: shard maps disagree)") }
+        }
     }
 }
 
@@ -132,6 +144,7 @@ impl Engine {
             EntityKind::Account => KindState::Accounts(AccountsState::default()),
             EntityKind::Order => KindState::Orders(OrdersState::default()),
             EntityKind::Channel => KindState::Channels(ChannelsState::new(channels)),
+            EntityKind::Record => KindState::Records(RecordsState::default()),
         };
         Engine {
             shard,
@@ -195,6 +208,7 @@ impl Engine {
             (KindState::Channels(state), EntityRecord::Charge { channel, order, charge }) => {
                 state.restore((channel, order), charge)
             }
+            (KindState::Records(state), EntityRecord::Record { key, record }) => state.restore(key, record),
             _ => Err(format!("a {} record in a {} shard", kind.name(), self.shard.kind.name())),
         }
     }
@@ -234,6 +248,7 @@ impl Engine {
             KindState::Accounts(state) => Plan::Accounts(state.prepare(txn, &ops)?),
             KindState::Orders(state) => Plan::Orders(state.prepare(txn, &ops)?),
             KindState::Channels(state) => Plan::Channels(state.prepare(txn, &ops)?),
+            KindState::Records(state) => Plan::Records(state.prepare(txn, &ops)?),
         };
         self.prepared.insert(txn, PreparedTxn { ops, plan });
         Ok(())
@@ -243,6 +258,7 @@ impl Engine {
     /// decided and forgotten, or never prepared) — nothing to do.
     pub fn commit(&mut self, txn: TxnId) -> Option<Committed> {
         let prepared = self.prepared.remove(&txn)?;
+        let mut removed = Vec::new();
         let entities = match (&mut self.state, prepared.plan) {
             (KindState::Accounts(state), Plan::Accounts(plan)) => {
                 state.commit(txn, plan).into_iter().map(|(id, account)| EntityRecord::Account { id, account }).collect()
@@ -255,6 +271,11 @@ impl Engine {
                 .into_iter()
                 .map(|((channel, order), charge)| EntityRecord::Charge { channel, order, charge })
                 .collect(),
+            (KindState::Records(state), Plan::Records(plan)) => {
+                let changes = state.commit(txn, plan);
+                removed = changes.removed;
+                changes.written.into_iter().map(|(key, record)| EntityRecord::Record { key, record }).collect()
+            }
             _ => unreachable!("a plan is made by the shard's own kind"),
         };
         self.committed.insert(txn);
@@ -269,7 +290,7 @@ impl Engine {
         if moved.is_some() {
             self.forgotten_through = moved;
         }
-        Some(Committed { txn, entities, forgotten, forgotten_through: moved })
+        Some(Committed { txn, entities, removed, forgotten, forgotten_through: moved })
     }
 
     /// Releases everything a prepared transaction reserved, and remembers
@@ -286,6 +307,7 @@ impl Engine {
             (KindState::Accounts(state), Plan::Accounts(plan)) => state.abort(txn, plan),
             (KindState::Orders(state), Plan::Orders(plan)) => state.abort(txn, plan),
             (KindState::Channels(state), Plan::Channels(plan)) => state.abort(txn, plan),
+            (KindState::Records(state), Plan::Records(plan)) => state.abort(txn, plan),
             _ => unreachable!("a plan is made by the shard's own kind"),
         }
         true
@@ -350,12 +372,30 @@ impl Engine {
         }
     }
 
-    /// Entity count (accounts, orders or charges) and in-doubt count.
+    /// A committed record (records shards only).
+    pub fn record(&self, key: RecordKey) -> Option<RecordView> {
+        match &self.state {
+            KindState::Records(state) => state.view(key),
+            _ => None,
+        }
+    }
+
+    /// One page of the committed records of namespace `ns` after `after`
+    /// (see [`crate::record_store`]); empty on a shard of another kind.
+    pub fn scan_records(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32) -> ScanPage {
+        match &self.state {
+            KindState::Records(state) => state.scan(ns, after, limit),
+            _ => ScanPage::default(),
+        }
+    }
+
+    /// Entity count (accounts, orders, charges or records) and in-doubt count.
     pub fn status(&self) -> ShardStatus {
         let entities = match &self.state {
             KindState::Accounts(state) => state.entity_count(),
             KindState::Orders(state) => state.entity_count(),
             KindState::Channels(state) => state.entity_count(),
+            KindState::Records(state) => state.entity_count(),
         };
         ShardStatus { shard: self.shard, entities: entities as u64, in_doubt: self.prepared.len() as u64 }
     }
@@ -367,9 +407,13 @@ impl Engine {
             KindState::Accounts(state) => state.check_invariants(),
             KindState::Orders(state) => state.check_invariants(),
             KindState::Channels(state) => state.check_invariants(),
+            KindState::Records(state) => state.check_invariants(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod record_tests;

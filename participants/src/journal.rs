@@ -5,7 +5,8 @@
 //!
 //! * prepare: put `p/<txn>`;
 //! * commit: put the touched entities' after-images and `c/<txn>`, delete
-//!   `p/<txn>` (and the commit ids that fall out of memory);
+//!   `p/<txn>`, the records the transaction deleted, and the commit ids that
+//!   fall out of memory;
 //! * abort: delete `p/<txn>`.
 //!
 //! So the keyspace is always a committed state plus the prepared records of
@@ -20,8 +21,8 @@ use crate::channels::ChannelConfig;
 use crate::engine::{Committed, Engine};
 use crate::error::ParticipantError;
 use crate::records::{
-    key_label, txn_key, EntityRecord, JournalContents, PreparedRecord, COMMITTED_PREFIX, ENTITY_PREFIX,
-    FORGOTTEN_THROUGH_KEY, PREPARED_PREFIX,
+    key_label, record_entity_key, txn_key, EntityRecord, JournalContents, PreparedRecord, COMMITTED_PREFIX,
+    ENTITY_PREFIX, FORGOTTEN_THROUGH_KEY, PREPARED_PREFIX,
 };
 use paytx_protocol::{BoxFuture, ShardId, TxnId};
 use paytx_storage::record::{open_at, seal};
@@ -103,6 +104,9 @@ impl Journal {
         let mut batch = Batch::new();
         for entity in &committed.entities {
             batch.put(entity.key(), seal(entity));
+        }
+        for key in &committed.removed {
+            batch.delete(record_entity_key(*key));
         }
         batch.delete(txn_key(PREPARED_PREFIX, committed.txn));
         batch.put(txn_key(COMMITTED_PREFIX, committed.txn), seal(&committed.txn));

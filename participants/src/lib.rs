@@ -1,13 +1,13 @@
 //! paytx participants: the participant side of two-phase commit.
 //!
-//! Each shard of accounts, orders or channel charges is owned by one
+//! Each shard of accounts, orders, channel charges or records is owned by one
 //! [`ParticipantActor`], its only writer. The actor is a thin impure shell
 //! around a pure engine:
 //!
 //! * [`engine`] — events in (prepare, commit, abort), effects out (records
 //!   to journal); dispatches to [`accounts`] (balances and holds),
-//!   [`orders`] (the order state machine) or [`channels`] (charges per
-//!   channel and order). No I/O, clock, RNG or threads.
+//!   [`orders`] (the order state machine), [`channels`] (charges per
+//!   channel and order) or [`record_store`] (versioned opaque records). No I/O, clock, RNG or threads.
 //! * [`journal`] — the shard's records on the `Disk` seam, one atomic batch
 //!   per step, checksummed, replayed at start-up ([`records`] has the layout).
 //! * [`actor`] — fsync before every YES and every commit acknowledgement
@@ -30,6 +30,7 @@ pub mod error;
 pub mod journal;
 pub mod messages;
 pub mod orders;
+pub mod record_store;
 pub mod records;
 
 #[cfg(test)]
@@ -42,4 +43,7 @@ pub use decision::DecisionSource;
 pub use engine::{Engine, Prepared};
 pub use error::ParticipantError;
 pub use journal::Journal;
-pub use messages::{Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, Shutdown};
+pub use messages::{
+    Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, ReadRecord, ScanRecords, Shutdown,
+};
+pub use record_store::{ScanPage, StoredRecord};

@@ -2,9 +2,10 @@
 //! any task of the node can address the actor.
 
 use crate::error::ParticipantError;
+use crate::record_store::ScanPage;
 use actix::Message;
-use paytx_protocol::messages::{AccountView, ChargeView, OrderView, ShardStatus};
-use paytx_protocol::{AccountId, ChannelId, Operation, OrderId, TxnId, Vote};
+use paytx_protocol::messages::{AccountView, ChargeView, OrderView, RecordView, ShardStatus};
+use paytx_protocol::{AccountId, ChannelId, Operation, OrderId, RecordKey, RecordNs, TxnId, Vote};
 
 /// 2PC phase one: validate, reserve, journal, fsync, vote.
 ///
@@ -45,6 +46,21 @@ pub struct ReadOrder(pub OrderId);
 pub struct ReadCharge {
     pub channel: ChannelId,
     pub order: OrderId,
+}
+
+/// A committed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Option<RecordView>")]
+pub struct ReadRecord(pub RecordKey);
+
+/// One page of the committed records of namespace `ns`, in key order,
+/// strictly after `after`, at most `min(limit, MAX_SCAN_RECORDS)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "ScanPage")]
+pub struct ScanRecords {
+    pub ns: RecordNs,
+    pub after: Option<RecordKey>,
+    pub limit: u32,
 }
 
 /// Entity count and in-doubt count of the shard.

@@ -6,7 +6,7 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `e/` + entity key | [`EntityRecord`]: the committed after-image of one entity |
+//! | `e/` + entity key | [`EntityRecord`]: the committed after-image of one entity (a record: `ns` big-endian ‖ digest) |
 //! | `p/` + txn key | [`PreparedRecord`]: a transaction prepared (voted YES) and not yet decided |
 //! | `c/` + txn key | [`TxnId`]: a transaction committed here, remembered to ignore late duplicates |
 //! | `m/forgotten-through` | [`TxnId`]: the newest commit no longer remembered (see the engine) |
@@ -16,7 +16,8 @@
 use crate::accounts::Account;
 use crate::channels::Charge;
 use crate::orders::Order;
-use paytx_protocol::{AccountId, ChannelId, EntityKind, Operation, OrderId, TxnId};
+use crate::record_store::StoredRecord;
+use paytx_protocol::{AccountId, ChannelId, EntityKind, Operation, OrderId, RecordKey, TxnId};
 use serde::{Deserialize, Serialize};
 
 pub(crate) const ENTITY_PREFIX: &[u8] = b"e/";
@@ -30,6 +31,7 @@ pub enum EntityRecord {
     Account { id: AccountId, account: Account },
     Order { id: OrderId, order: Order },
     Charge { channel: ChannelId, order: OrderId, charge: Charge },
+    Record { key: RecordKey, record: StoredRecord },
 }
 
 impl EntityRecord {
@@ -38,6 +40,7 @@ impl EntityRecord {
             EntityRecord::Account { .. } => EntityKind::Account,
             EntityRecord::Order { .. } => EntityKind::Order,
             EntityRecord::Charge { .. } => EntityKind::Channel,
+            EntityRecord::Record { .. } => EntityKind::Record,
         }
     }
 
@@ -46,6 +49,7 @@ impl EntityRecord {
     pub fn key(&self) -> Vec<u8> {
         let mut key = ENTITY_PREFIX.to_vec();
         match self {
+            EntityRecord::Record { key: record_key, .. } => return record_entity_key(*record_key),
             EntityRecord::Account { id, .. } => key.extend_from_slice(&id.0.to_be_bytes()),
             EntityRecord::Order { id, .. } => key.extend_from_slice(&id.0.to_be_bytes()),
             EntityRecord::Charge { channel, order, .. } => {
@@ -55,6 +59,17 @@ impl EntityRecord {
         }
         key
     }
+}
+
+/// Where the record `key` is stored: `e/` ‖ `ns` (big-endian) ‖ digest, so
+/// the journal sorts records like the engine does. Also the key a commit
+/// deletes when it deletes the record.
+pub(crate) fn record_entity_key(key: RecordKey) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(ENTITY_PREFIX.len() + 2 + key.digest.len());
+    stored.extend_from_slice(ENTITY_PREFIX);
+    stored.extend_from_slice(&key.ns.to_be_bytes());
+    stored.extend_from_slice(&key.digest);
+    stored
 }
 
 /// A transaction this shard voted YES on: its operations on this shard. On
@@ -102,6 +117,10 @@ pub fn key_label(kind: EntityKind, key: &[u8]) -> String {
             (EntityKind::Channel, 16) => u64_at(rest, 0)
                 .zip(u64_at(rest, 1))
                 .map(|(channel, order)| format!("e/{}/{}", ChannelId(channel), OrderId(order))),
+            (EntityKind::Record, 34) => <[u8; 32]>::try_from(&rest[2..]).ok().map(|digest| {
+                let ns = u16::from_be_bytes([rest[0], rest[1]]);
+                format!("e/{}", RecordKey { ns, digest })
+            }),
             _ => None,
         },
         _ => None,

@@ -142,6 +142,8 @@ pub enum InvalidRequest {
     RecordTooLarge { index: usize, len_bytes: usize, max_bytes: usize },
     #[error("the request could not be decoded: {0}")]
     Malformed(String),
+    #[error("records shard {shard} does not exist: the cluster has {shard_count} (0..{shard_count})")]
+    RecordShardOutOfRange { shard: u32, shard_count: u32 },
 }
 
 /// Why a node could not serve a request. Everything except `Invalid` and

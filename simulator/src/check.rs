@@ -7,8 +7,8 @@
 //! or an acknowledged commit lost.
 
 use paytx_protocol::error::OrderStatus;
-use paytx_protocol::messages::{AccountView, ChargeView, OrderView};
-use paytx_protocol::{AccountId, ChannelId, Operation, OrderId};
+use paytx_protocol::messages::{AccountView, ChargeView, OrderView, RecordView};
+use paytx_protocol::{AccountId, ChannelId, Operation, OrderId, RecordExpect, RecordKey};
 use std::collections::BTreeMap;
 
 /// One broken invariant.
@@ -24,6 +24,9 @@ pub struct Model {
     pub balances: BTreeMap<AccountId, i64>,
     pub orders: BTreeMap<OrderId, (i64, OrderStatus, i64)>,
     pub charges: BTreeMap<(ChannelId, OrderId), (i64, i64)>,
+    /// Records: (version, value). The version must equal the number of
+    /// committed writes since the record's creation.
+    pub records: BTreeMap<RecordKey, (u64, Vec<u8>)>,
 }
 
 impl Model {
@@ -81,6 +84,25 @@ impl Model {
                         self.charges.get_mut(&(*channel, *order)).ok_or(format!("refund of an uncharged {order}"))?;
                     entry.1 += amount.amount_minor;
                 }
+                Operation::PutRecord { key, value, expect } => {
+                    let version = self.records.get(key).map(|(version, _)| *version);
+                    let holds = match expect {
+                        RecordExpect::Any => true,
+                        RecordExpect::Absent => version.is_none(),
+                        RecordExpect::Version(expected) => version == Some(*expected),
+                    };
+                    if !holds {
+                        return Err(format!("{key} written with {expect:?} while at version {version:?}"));
+                    }
+                    match value {
+                        Some(value) => {
+                            self.records.insert(*key, (version.map_or(1, |v| v + 1), value.clone()));
+                        }
+                        None => {
+                            self.records.remove(key);
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -93,6 +115,7 @@ pub struct Actual {
     pub accounts: BTreeMap<AccountId, Option<AccountView>>,
     pub orders: BTreeMap<OrderId, Option<OrderView>>,
     pub charges: BTreeMap<(ChannelId, OrderId), Option<ChargeView>>,
+    pub records: BTreeMap<RecordKey, Option<RecordView>>,
 }
 
 /// Checks the settled state against the model.
@@ -155,6 +178,20 @@ pub fn check_state(model: &Model, actual: &Actual, deposited: i64) -> Vec<Violat
             push(
                 "all-or-nothing",
                 format!("charge {}/{}: {got:?}, committed transactions give {expected:?}", key.0, key.1),
+            );
+        }
+    }
+    for (key, view) in &actual.records {
+        let expected = model.records.get(key);
+        let got = view.as_ref().map(|r| (r.version, &r.value));
+        if got != expected.map(|(version, value)| (*version, value)) {
+            push(
+                "record-writes-exactly-once",
+                format!(
+                    "{key}: version {:?} but the committed transactions give version {:?}",
+                    got.map(|g| g.0),
+                    expected.map(|e| e.0)
+                ),
             );
         }
     }

@@ -27,6 +27,8 @@ pub fn request_label(request: &Request) -> String {
         Request::GetCharge { channel, order } => format!("read charge {channel}/{order}"),
         Request::TxnStatus(key) => format!("status of {key}"),
         Request::NodeStatus => "node status".to_string(),
+        Request::GetRecord(key) => format!("read {key}"),
+        Request::ScanRecords { shard, ns, .. } => format!("scan records shard {shard} ns {ns}"),
     }
 }
 

@@ -48,6 +48,7 @@ pub(crate) fn account_view(id: u64) -> AccountView {
         currency: Currency::CNY,
         balance_minor: i64::try_from(id).unwrap_or(i64::MAX),
         held_minor: 0,
+        recent: Vec::new(),
     }
 }
 
@@ -90,6 +91,12 @@ impl Handler for ToyHandler {
                 Request::GetCharge { .. } => Response::Charge(None),
                 Request::TxnStatus(_) => Response::TxnStatus(None),
                 Request::NodeStatus => Response::NodeStatus(node_status(node)),
+                Request::GetRecord(_) => Response::Record(None),
+                Request::ScanRecords { .. } => Response::Records(paytx_protocol::messages::RecordPage {
+                    records: Vec::new(),
+                    more: false,
+                    shard_count: 1,
+                }),
             }
         })
     }

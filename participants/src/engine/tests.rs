@@ -118,12 +118,9 @@ fn commit_moves_money_and_returns_after_images() {
         vec![
             EntityRecord::Account {
                 id: AccountId(1),
-                account: crate::accounts::Account { currency: Currency::CNY, balance_minor: 70 }
+                account: account_with_entries(70, &[(1, -30, 70), (0, 100, 100)]),
             },
-            EntityRecord::Account {
-                id: AccountId(2),
-                account: crate::accounts::Account { currency: Currency::CNY, balance_minor: 35 }
-            },
+            EntityRecord::Account { id: AccountId(2), account: account_with_entries(35, &[(1, 30, 35), (0, 5, 5)]) },
         ]
     );
     assert_eq!(engine.status(), ShardStatus { shard: ACCOUNTS, entities: 2, in_doubt: 0 });
@@ -352,7 +349,21 @@ fn recovery_brings_back_holds_and_locks() {
 }
 
 fn account(balance_minor: i64) -> crate::accounts::Account {
-    crate::accounts::Account { currency: Currency::CNY, balance_minor }
+    crate::accounts::Account::new(Currency::CNY, balance_minor)
+}
+
+/// An account with its recent entries `(txn seq, delta, balance after)`, newest first.
+fn account_with_entries(balance_minor: i64, entries: &[(u64, i64, i64)]) -> crate::accounts::Account {
+    let mut account = account(balance_minor);
+    account.recent = entries
+        .iter()
+        .map(|(seq, delta_minor, balance_after_minor)| paytx_protocol::messages::EntryView {
+            txn: txn(*seq),
+            delta_minor: *delta_minor,
+            balance_after_minor: *balance_after_minor,
+        })
+        .collect();
+    account
 }
 
 #[test]

@@ -1,0 +1,152 @@
+//! The record store over a real embedded cluster (TCP on loopback, sled on
+//! disk): unique claims, compare-and-set, records and money in one 2PC
+//! transaction, namespace scans across shards, and a whole-cluster restart.
+
+mod common;
+
+use common::*;
+use paytx::protocol::messages::RecordView;
+use paytx::protocol::{
+    AbortReason, AccountId, EntityKey, EntityKind, InvalidRequest, Operation, Outcome, RecordExpect, RecordKey,
+    RequestError, TxnRequest,
+};
+use paytx::{ClientError, ClusterOptions};
+use std::collections::BTreeSet;
+
+const USERS: u16 = 7;
+const NONCES: u16 = 8;
+
+fn put(key: RecordKey, value: &[u8], expect: RecordExpect) -> Operation {
+    Operation::PutRecord { key, value: Some(value.to_vec()), expect }
+}
+
+fn abort_code(outcome: &Outcome) -> Option<&'static str> {
+    match outcome {
+        Outcome::Aborted(reason) => Some(reason.code()),
+        Outcome::Committed => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_cas_and_money_commit_together_or_not_at_all() {
+    let (cluster, client) = start(test_options()).await;
+    let alice = RecordKey::new(USERS, b"alice");
+
+    // Claim a key; a second claim of it aborts, leaving the first intact.
+    let claimed = submit(&client, "claim-alice", vec![put(alice, b"v1", RecordExpect::Absent)]).await;
+    assert!(claimed.outcome.is_committed(), "{claimed:?}");
+    let again = submit(&client, "claim-alice-again", vec![put(alice, b"other", RecordExpect::Absent)]).await;
+    assert_eq!(again.outcome, Outcome::Aborted(AbortReason::RecordExists { key: alice }));
+    let view = client.get_record(alice).await.expect("read").expect("claimed");
+    assert_eq!(view, RecordView { key: alice, version: 1, value: b"v1".to_vec() });
+
+    // A claim together with a debit the account cannot pay: neither applies.
+    let payer = open(&client, "open-payer", std::iter::once(1), 100).await[0];
+    let merchant = open(&client, "open-merchant", std::iter::once(2), 0).await[0];
+    let bob = RecordKey::new(USERS, b"bob");
+    let too_much = vec![
+        put(bob, b"bob", RecordExpect::Absent),
+        Operation::Debit { account: payer, amount: cny(500) },
+        Operation::Credit { account: merchant, amount: cny(500) },
+    ];
+    let receipt = submit(&client, "claim-bob-and-overpay", too_much).await;
+    assert_eq!(abort_code(&receipt.outcome), Some("insufficient_funds"), "{receipt:?}");
+    assert_eq!(client.get_record(bob).await.expect("read"), None, "the claim did not apply");
+    let payer_view = client.account(payer).await.expect("read").expect("exists");
+    assert_eq!((payer_view.balance_minor, payer_view.held_minor), (100, 0), "nor did the debit");
+    // The same with funds: both apply.
+    let affordable = vec![
+        put(bob, b"bob", RecordExpect::Absent),
+        Operation::Debit { account: payer, amount: cny(60) },
+        Operation::Credit { account: merchant, amount: cny(60) },
+    ];
+    assert!(submit(&client, "claim-bob-and-pay", affordable).await.outcome.is_committed());
+    assert_eq!(client.get_record(bob).await.expect("read").map(|r| r.version), Some(1));
+    let payer_view = client.account(payer).await.expect("read").expect("exists");
+    assert_eq!(payer_view.balance_minor, 40);
+    let deltas: Vec<(i64, i64)> = payer_view.recent.iter().map(|e| (e.delta_minor, e.balance_after_minor)).collect();
+    assert_eq!(deltas, vec![(-60, 40), (100, 100)], "recent entries, newest first, the opening included");
+
+    // Compare-and-set: the right version wins, a stale one aborts.
+    let cas = submit(&client, "cas-alice-1", vec![put(alice, b"v2", RecordExpect::Version(1))]).await;
+    assert!(cas.outcome.is_committed(), "{cas:?}");
+    let stale = submit(&client, "cas-alice-stale", vec![put(alice, b"v3", RecordExpect::Version(1))]).await;
+    assert_eq!(
+        stale.outcome,
+        Outcome::Aborted(AbortReason::RecordVersionMismatch { key: alice, expected: 1, actual: Some(2) })
+    );
+    let view = client.get_record(alice).await.expect("read").expect("exists");
+    assert_eq!((view.version, view.value.as_slice()), (2, &b"v2"[..]));
+    // A CAS on a missing record aborts too; a delete removes the record.
+    let carol = RecordKey::new(USERS, b"carol");
+    let missing = submit(&client, "cas-carol", vec![put(carol, b"x", RecordExpect::Version(1))]).await;
+    assert_eq!(abort_code(&missing.outcome), Some("record_version_mismatch"));
+    let delete = Operation::PutRecord { key: alice, value: None, expect: RecordExpect::Version(2) };
+    assert!(submit(&client, "delete-alice", vec![delete]).await.outcome.is_committed());
+    assert_eq!(client.get_record(alice).await.expect("read"), None);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_scans_cover_every_shard_and_records_survive_a_whole_cluster_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = ClusterOptions { data_dir: Some(dir.path().to_path_buf()), ..test_options() };
+    let (cluster, client) = start(options.clone()).await;
+    let shards = cluster.config(1).expect("node 1").shards.clone();
+    assert_eq!(shards.records.len(), 3);
+
+    // 40 users and 10 nonces, written ten to a transaction (several shards each).
+    let users: Vec<RecordKey> = (0..40).map(|i| RecordKey::new(USERS, format!("user-{i}").as_bytes())).collect();
+    let nonces: Vec<RecordKey> = (0..10).map(|i| RecordKey::new(NONCES, format!("nonce-{i}").as_bytes())).collect();
+    for (batch, keys) in users.chunks(10).chain(nonces.chunks(10)).enumerate() {
+        let ops = keys.iter().map(|key| put(*key, &key.digest[..4], RecordExpect::Absent)).collect();
+        let receipt = submit(&client, &format!("batch-{batch}"), ops).await;
+        assert!(receipt.outcome.is_committed(), "{receipt:?}");
+    }
+    let used: BTreeSet<u32> = users.iter().map(|k| shards.shard_of(EntityKey::Record(*k)).index).collect();
+    assert!(used.len() > 1, "the users are spread over several shards");
+
+    let scanned = client.scan_namespace(USERS, 1_000).await.expect("scan");
+    let scanned_keys: BTreeSet<RecordKey> = scanned.iter().map(|r| r.key).collect();
+    assert_eq!(scanned.len(), users.len(), "each record once");
+    assert_eq!(scanned_keys, users.iter().copied().collect::<BTreeSet<_>>(), "every user, no nonce");
+    assert!(scanned.iter().all(|r| r.version == 1 && r.value == r.key.digest[..4]));
+    assert_eq!(client.scan_namespace(USERS, 5).await.expect("scan").len(), 5, "bounded by max_records");
+    assert_eq!(client.scan_namespace(NONCES, 1_000).await.expect("scan").len(), 10);
+    // A page of one shard, and a shard that does not exist.
+    let page = client.scan_records(0, USERS, None, 2).await.expect("page");
+    assert_eq!(page.shard_count, 3);
+    assert!(page.records.len() <= 2 && page.records.iter().all(|r| r.key.ns == USERS));
+    let err = client.scan_records(3, USERS, None, 10).await.expect_err("shard 3 of 3");
+    assert!(
+        matches!(
+            err,
+            ClientError::Request(RequestError::Invalid(InvalidRequest::RecordShardOutOfRange {
+                shard: 3,
+                shard_count: 3
+            }))
+        ),
+        "{err}"
+    );
+    // One more write to a user, so the restart has a version above 1 to keep.
+    let cas = submit(&client, "cas-user-0", vec![put(users[0], b"renamed", RecordExpect::Version(1))]).await;
+    assert!(cas.outcome.is_committed());
+    let status = client.node_status().await.expect("status");
+    assert!(status.shards.iter().any(|s| s.shard.kind == EntityKind::Record && s.entities > 0));
+    let before = client.scan_namespace(USERS, 1_000).await.expect("scan");
+    let account = open(&client, "open", std::iter::once(9), 70).await[0];
+    let account_before = client.account(account).await.expect("read").expect("exists");
+    drop(client);
+    cluster.shutdown().await;
+
+    let (cluster, client) = start(options).await;
+    assert_eq!(client.scan_namespace(USERS, 1_000).await.expect("scan"), before, "every record identical");
+    let user0 = client.get_record(users[0]).await.expect("read").expect("exists");
+    assert_eq!((user0.version, user0.value.as_slice()), (2, &b"renamed"[..]));
+    assert_eq!(client.account(AccountId(9)).await.expect("read"), Some(account_before), "entries survive too");
+    // The claims are still claimed.
+    let again = TxnRequest::new("claim-user-1-again", vec![put(users[1], b"x", RecordExpect::Absent)]);
+    let receipt = client.submit(again).await.expect("submit");
+    assert_eq!(receipt.outcome, Outcome::Aborted(AbortReason::RecordExists { key: users[1] }));
+    cluster.shutdown().await;
+}
