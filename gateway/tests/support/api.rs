@@ -43,6 +43,14 @@ impl Reply {
     }
 }
 
+/// Every answer body any `Api` received in this test binary (for the
+/// plaintext-card search).
+pub fn transcript() -> Vec<String> {
+    TRANSCRIPT.lock().unwrap().clone()
+}
+
+static TRANSCRIPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 impl Api {
     pub fn new(base: String, admin_key: String) -> Api {
         Api { base, http: reqwest::Client::new(), admin_key }
@@ -69,6 +77,7 @@ impl Api {
         let response = request.send().await.expect("the gateway answers");
         let status = response.status();
         let text = response.text().await.expect("a body");
+        TRANSCRIPT.lock().unwrap().push(text.clone());
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Reply { status, body, text }
     }
