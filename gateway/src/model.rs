@@ -404,6 +404,6 @@ mod tests {
         assert_eq!(parse_id("ord", &id), Some(n));
         assert_eq!(parse_id("usr", &id), None);
         assert_eq!(parse_id("ord", "ord_x"), None);
-        assert!(n >= 1 << 40 && n < 1 << 53);
+        assert!(((1u64 << 40)..(1u64 << 53)).contains(&n));
     }
 }

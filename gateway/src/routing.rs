@@ -204,6 +204,9 @@ impl Router {
     }
 }
 
+/// Most routes tried for one payment (each a declined, aborted transaction).
+pub const MAX_ROUTES_PER_METHOD: usize = 8;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +265,3 @@ mod tests {
         );
     }
 }
-
-/// Most routes tried for one payment (each a declined, aborted transaction).
-pub const MAX_ROUTES_PER_METHOD: usize = 8;

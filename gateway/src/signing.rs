@@ -99,6 +99,26 @@ pub fn load_private_key(path: &std::path::Path) -> Result<RsaPrivateKey, KeyErro
     RsaPrivateKey::from_pkcs8_pem(pem.trim()).map_err(|e| KeyError::Crypto(format!("{}: {e}", path.display())))
 }
 
+/// The four headers of a signed request (what a merchant's SDK sends), with
+/// the current time and a random nonce.
+pub fn signed_headers(
+    key: &RsaPrivateKey,
+    merchant_id: &str,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> [(&'static str, String); 4] {
+    let timestamp = crate::model::now_secs().to_string();
+    let nonce = crate::model::new_id("n").0;
+    let signature = sign(key, &canonical_string(method, path_and_query, &timestamp, &nonce, body));
+    [
+        (HEADER_MERCHANT, merchant_id.to_string()),
+        (HEADER_TIMESTAMP, timestamp),
+        (HEADER_NONCE, nonce),
+        (HEADER_SIGNATURE, signature),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,24 +149,4 @@ mod tests {
         std::fs::write(&path, private_pem).unwrap();
         assert_eq!(load_private_key(&path).unwrap(), key);
     }
-}
-
-/// The four headers of a signed request (what a merchant's SDK sends), with
-/// the current time and a random nonce.
-pub fn signed_headers(
-    key: &RsaPrivateKey,
-    merchant_id: &str,
-    method: &str,
-    path_and_query: &str,
-    body: &[u8],
-) -> [(&'static str, String); 4] {
-    let timestamp = crate::model::now_secs().to_string();
-    let nonce = crate::model::new_id("n").0;
-    let signature = sign(key, &canonical_string(method, path_and_query, &timestamp, &nonce, body));
-    [
-        (HEADER_MERCHANT, merchant_id.to_string()),
-        (HEADER_TIMESTAMP, timestamp),
-        (HEADER_NONCE, nonce),
-        (HEADER_SIGNATURE, signature),
-    ]
 }
