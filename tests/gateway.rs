@@ -215,3 +215,57 @@ async fn pending_notifications_survive_a_node_restart() {
     receiver.stop().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn channel_routes_fail_over_and_a_decline_changes_nothing() {
+    use paytx_gateway::{PayMethod, RouteConfig, RoutingStrategy};
+    use paytx_participants::{ChannelConfig, ChannelKind};
+    use paytx_protocol::ChannelId;
+    captured_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(dir.path());
+    let declining = |id: u64, kind: ChannelKind| ChannelConfig {
+        id: ChannelId(id),
+        kind,
+        name: format!("declining-{id}"),
+        decline_per_million: paytx_participants::MAX_DECLINE_PER_MILLION,
+        authorize_latency_ms: 1,
+    };
+    options.channels.push(declining(4, ChannelKind::BankCard));
+    options.channels.push(declining(5, ChannelKind::WechatPay));
+    let http = options.http.as_mut().unwrap();
+    http.gateway.routing_strategy = RoutingStrategy::RoundRobin;
+    http.gateway.breaker = paytx_gateway::routing::BreakerSettings { failure_threshold: 1, open_ms: 60_000 };
+    http.gateway.routes = vec![
+        // The heavier bank-card route always declines: payments fail over.
+        RouteConfig { method: PayMethod::BankCard, channel: ChannelId(4), weight: 5 },
+        RouteConfig { method: PayMethod::BankCard, channel: ChannelId(1), weight: 1 },
+        RouteConfig { method: PayMethod::Alipay, channel: ChannelId(2), weight: 1 },
+        // WeChat's only route declines.
+        RouteConfig { method: PayMethod::Wechat, channel: ChannelId(5), weight: 1 },
+    ];
+    let cluster = Cluster::start(options).await.expect("cluster starts");
+    let api = api_of(&cluster, 1, dir.path());
+    let receiver = Receiver::start(0).await;
+    let w = scenarios::world(&api, &receiver, "grace").await;
+    for n in 0..4 {
+        let order = scenarios::new_order(&api, &w, &format!("C-{n}"), 100).await;
+        let paid = scenarios::pay(&api, &w, &order, "bank_card").await;
+        assert_eq!(paid.status, StatusCode::OK, "{}", paid.text);
+        assert_eq!(paid.body["payment"]["channel_id"], 1, "the declining route was skipped");
+    }
+    let merchant_before = scenarios::merchant_balance(&api, &w).await;
+    let order = scenarios::new_order(&api, &w, "C-wechat", 100).await;
+    let declined = scenarios::pay(&api, &w, &order, "wechat").await;
+    assert_eq!((declined.status, declined.code()), (StatusCode::PAYMENT_REQUIRED, "channel_declined"));
+    assert_eq!(scenarios::order(&api, &w, &order).await["status"], "CREATED");
+    assert_eq!(scenarios::merchant_balance(&api, &w).await, merchant_before);
+    assert!(scenarios::notifications(&api, &w, &order).await.is_empty());
+    // The decline opened the route's circuit breaker: WeChat has no route
+    // in rotation for a while (this node's breaker; it is per node).
+    let again = scenarios::pay(&api, &w, &order, "wechat").await;
+    assert_eq!((again.status, again.code()), (StatusCode::SERVICE_UNAVAILABLE, "channel_unavailable"));
+    assert_eq!(scenarios::order(&api, &w, &order).await["status"], "CREATED");
+    receiver.stop().await;
+    cluster.shutdown().await;
+}
