@@ -269,3 +269,61 @@ async fn channel_routes_fail_over_and_a_decline_changes_nothing() {
     receiver.stop().await;
     cluster.shutdown().await;
 }
+
+/// `paytx up` as a process: serves the API, stops cleanly on SIGINT, and a
+/// restart on the same directory continues (the user registered before the
+/// restart logs in after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paytx_up_serves_stops_on_ctrl_c_and_continues_after_a_restart() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("up");
+    let admin_file = dir.path().join("admin.key");
+    let (up_data, up_admin) = (data.clone(), admin_file.clone());
+    let run = move || {
+        let (data, admin_file) = (&up_data, &up_admin);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paytx"))
+            .args(["up", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .arg("--admin-key-file")
+            .arg(admin_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("paytx up starts");
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut apis = Vec::new();
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if let Some(url) = line.split("api ").nth(1) {
+                apis.push(url.trim().to_string());
+            }
+            if line.starts_with("running") {
+                break;
+            }
+        }
+        assert_eq!(apis.len(), 3, "one API per node: {apis:?}");
+        (child, apis)
+    };
+    let stop = |mut child: std::process::Child| {
+        let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a clean stop on Ctrl-C: {status}");
+    };
+
+    let (child, apis) = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+    let admin = std::fs::read_to_string(&admin_file).unwrap().trim().to_string();
+    assert!(data.join("card.key").exists() && data.join("platform.pem").exists(), "keys created on first start");
+    let api = Api::new(apis[0].clone(), admin.clone());
+    let (_, account, token) = api.register("henry", CARD).await;
+    tokio::task::spawn_blocking(move || stop(child)).await.unwrap();
+
+    let (child, apis) = tokio::task::spawn_blocking(run).await.unwrap();
+    let api = Api::new(apis[2].clone(), admin);
+    let login = api.post("/v1/sessions", None, &json!({"username": "henry", "password": "s3cretpass"})).await;
+    assert_eq!(login.status, StatusCode::CREATED, "{}", login.text);
+    assert_eq!(api.balance(&account, login.body["token"].as_str().unwrap()).await, 0);
+    assert!(!token.is_empty());
+    tokio::task::spawn_blocking(move || stop(child)).await.unwrap();
+}

@@ -33,6 +33,11 @@ pub struct MemoryCluster {
 }
 
 impl MemoryCluster {
+    /// How many records of namespace `ns` exist.
+    pub fn count(&self, ns: u16) -> usize {
+        self.state.lock().unwrap().records.keys().filter(|k| k.ns == ns).count()
+    }
+
     fn apply(&self, state: &mut State, txn: TxnId, op: &Operation) -> Result<(), AbortReason> {
         let entry = |delta: i64, after: i64| EntryView { txn, delta_minor: delta, balance_after_minor: after };
         match op {
