@@ -1,7 +1,10 @@
 //! `paytx client ...`: one-shot requests against running nodes.
 
 use anyhow::{bail, Context};
-use paytx::protocol::{AccountId, ChannelId, Currency, IdempotencyKey, Money, Operation, OrderId, TxnRequest};
+use paytx::protocol::{
+    AccountId, ChannelId, Currency, IdempotencyKey, Money, Operation, OrderId, RecordExpect, RecordKey, RecordNs,
+    TxnRequest,
+};
 use paytx::workload::payment_ops;
 use paytx::Client;
 use std::net::SocketAddr;
@@ -69,8 +72,53 @@ pub enum ClientCommand {
         #[arg(long)]
         key: String,
     },
+    /// Write a record of the record store (`--delete` removes it).
+    PutRecord {
+        /// Namespace (the application's kind of record).
+        #[arg(long)]
+        ns: RecordNs,
+        /// The application key (hashed with the namespace into the record key).
+        #[arg(long)]
+        key: String,
+        /// The value, as UTF-8 text.
+        #[arg(long, conflicts_with = "delete", required_unless_present = "delete")]
+        value: Option<String>,
+        #[arg(long)]
+        delete: bool,
+        /// Precondition: `any`, `absent` (insert) or a version number (compare-and-set).
+        #[arg(long, default_value = "any")]
+        expect: String,
+        /// Idempotency key (default: derived from the record and the value).
+        #[arg(long)]
+        txn_key: Option<String>,
+    },
+    /// Read a record.
+    GetRecord {
+        #[arg(long)]
+        ns: RecordNs,
+        #[arg(long)]
+        key: String,
+    },
+    /// Every record of a namespace, across all records shards (at most --max).
+    ScanRecords {
+        #[arg(long)]
+        ns: RecordNs,
+        #[arg(long, default_value_t = 1_000)]
+        max: usize,
+    },
     /// Each node's view: Raft term and leader, transactions in the table, shards.
     Status,
+}
+
+fn record_expect(text: &str) -> anyhow::Result<RecordExpect> {
+    match text {
+        "any" => Ok(RecordExpect::Any),
+        "absent" => Ok(RecordExpect::Absent),
+        version => version
+            .parse::<u64>()
+            .map(RecordExpect::Version)
+            .with_context(|| format!("--expect {version:?}: use any, absent or a version number")),
+    }
 }
 
 fn currency(code: &str) -> anyhow::Result<Currency> {
@@ -141,6 +189,27 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             Some(view) => emit_json(&view)?,
             None => bail!("no transaction was submitted with key {key:?}"),
         },
+        ClientCommand::PutRecord { ns, key, value, delete, expect, txn_key } => {
+            let value = if delete { None } else { value.map(String::into_bytes) };
+            let record = RecordKey::new(ns, key.as_bytes());
+            let op = Operation::PutRecord { key: record, value: value.clone(), expect: record_expect(&expect)? };
+            // The default key names what is written, so re-running the same
+            // command is a retry, not a second write.
+            let default_key = || {
+                let what = value.as_deref().map_or_else(|| "delete".to_string(), |v| format!("{:x}", fnv(v)));
+                format!("record-{ns}-{}-{expect}-{what}", fnv(key.as_bytes()))
+            };
+            submit(&client, TxnRequest::new(txn_key.unwrap_or_else(default_key), vec![op])).await?;
+        }
+        ClientCommand::GetRecord { ns, key } => match client.get_record(RecordKey::new(ns, key.as_bytes())).await? {
+            Some(view) => emit_json(&RecordJson::from(view))?,
+            None => bail!("no record {key:?} in namespace {ns}"),
+        },
+        ClientCommand::ScanRecords { ns, max } => {
+            for view in client.scan_namespace(ns, max).await? {
+                emit(&serde_json::to_string(&RecordJson::from(view))?)?;
+            }
+        }
         ClientCommand::Status => {
             for addr in &args.addrs {
                 match client.node_status_of(*addr).await {
@@ -151,4 +220,30 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A record for people: the digest in hex, the value as text when it is UTF-8.
+#[derive(serde::Serialize)]
+struct RecordJson {
+    ns: RecordNs,
+    digest: String,
+    version: u64,
+    value: String,
+    value_is_utf8: bool,
+}
+
+impl From<paytx::protocol::messages::RecordView> for RecordJson {
+    fn from(view: paytx::protocol::messages::RecordView) -> Self {
+        let digest = view.key.digest.iter().map(|b| format!("{b:02x}")).collect();
+        let (value, value_is_utf8) = match String::from_utf8(view.value) {
+            Ok(text) => (text, true),
+            Err(e) => (e.into_bytes().iter().map(|b| format!("{b:02x}")).collect(), false),
+        };
+        RecordJson { ns: view.key.ns, digest, version: view.version, value, value_is_utf8 }
+    }
+}
+
+/// A short, stable fingerprint for default idempotency keys (FNV-1a 64).
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }

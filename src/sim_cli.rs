@@ -120,8 +120,8 @@ fn single(args: &SimArgs, seed: u64) -> anyhow::Result<bool> {
     let c = &report.counters;
     println!("seed {}  trace hash {:016x}  ({} events)", report.seed, report.trace_hash, report.events);
     println!(
-        "  transactions {} (committed {}, aborted {}, unknown to clients {})",
-        report.txns, report.committed, report.aborted, report.unknown
+        "  transactions {} (committed {}, aborted {}, unknown to clients {}), record writes {}",
+        report.txns, report.committed, report.aborted, report.unknown, report.record_writes
     );
     println!(
         "  faults: {} crashes ({} of the leader), {} restarts, {} partitions, {} pauses, {} fsync failures, {} messages dropped, {} duplicated",

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use paytx::protocol::messages::RecordView;
+use paytx::protocol::ops::MAX_RECORD_VALUE_BYTES;
 use paytx::protocol::{
     AbortReason, AccountId, EntityKey, EntityKind, InvalidRequest, Operation, Outcome, RecordExpect, RecordKey,
     RequestError, TxnRequest,
@@ -81,6 +82,10 @@ async fn claims_cas_and_money_commit_together_or_not_at_all() {
     let carol = RecordKey::new(USERS, b"carol");
     let missing = submit(&client, "cas-carol", vec![put(carol, b"x", RecordExpect::Version(1))]).await;
     assert_eq!(abort_code(&missing.outcome), Some("record_version_mismatch"));
+    // A value over the limit is refused before anything runs.
+    let huge = put(carol, &vec![b'x'; MAX_RECORD_VALUE_BYTES + 1], RecordExpect::Any);
+    let err = client.submit(TxnRequest::new("too-large", vec![huge])).await.expect_err("too large");
+    assert!(matches!(err, ClientError::Request(RequestError::Invalid(InvalidRequest::RecordTooLarge { .. }))), "{err}");
     let delete = Operation::PutRecord { key: alice, value: None, expect: RecordExpect::Version(2) };
     assert!(submit(&client, "delete-alice", vec![delete]).await.outcome.is_committed());
     assert_eq!(client.get_record(alice).await.expect("read"), None);

@@ -83,6 +83,8 @@ pub struct Limits {
     pub peer_timeout_ms: u64,
     /// Most prepared (undecided) transactions per participant shard.
     pub max_prepared_per_shard: usize,
+    /// Most records per records shard (the store is held in memory).
+    pub max_records_per_shard: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +96,7 @@ impl Default for Limits {
             request_timeout_ms: 10_000,
             peer_timeout_ms: 3_000,
             max_prepared_per_shard: 100_000,
+            max_records_per_shard: 1_000_000,
         }
     }
 }

@@ -63,6 +63,7 @@ impl NodeCore {
             participant_config.rng_seed = seed_base ^ (u64::from(shard.kind.tag()) << 32 | u64::from(shard.index));
             participant_config.in_doubt_after_ms = config.coordinator.in_doubt_after_ms;
             participant_config.max_prepared = config.limits.max_prepared_per_shard;
+            participant_config.max_records = config.limits.max_records_per_shard;
             let decisions = Arc::new(NodeDecisions { service: service_slot.clone() });
             let actor = ParticipantActor::open(participant_config, disk.clone(), decisions)
                 .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;
@@ -106,6 +107,8 @@ impl NodeCore {
             transport,
             request_timeout_ms: config.limits.request_timeout_ms,
             peer_timeout_ms: config.limits.peer_timeout_ms,
+            // Half a frame: the page travels inside a forward reply too.
+            max_scan_page_bytes: config.limits.max_frame_bytes as usize / 2,
         });
         // Infallible: the slot is fresh and set exactly once, here.
         let _ = service_slot.set(Arc::downgrade(&service));

@@ -38,6 +38,9 @@ pub struct NodeService {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) request_timeout_ms: u64,
     pub(crate) peer_timeout_ms: u64,
+    /// Budget of record values in one scan page, so a page always fits in a
+    /// frame whatever `max_frame_bytes` is.
+    pub(crate) max_scan_page_bytes: usize,
 }
 
 fn error(e: RequestError) -> Response {
@@ -188,7 +191,9 @@ impl NodeService {
                 Request::GetRecord(key) => actor.send(paytx_participants::ReadRecord(key)).await.map(Response::Record),
                 Request::ScanRecords { ns, after, limit, .. } => {
                     let shard_count = self.record_shard_count();
-                    actor.send(paytx_participants::ScanRecords { ns, after, limit }).await.map(|page| {
+                    let scan =
+                        paytx_participants::ScanRecords { ns, after, limit, max_bytes: self.max_scan_page_bytes };
+                    actor.send(scan).await.map(|page| {
                         Response::Records(RecordPage { records: page.records, more: page.more, shard_count })
                     })
                 }

@@ -99,7 +99,9 @@ impl ParticipantActor {
     ) -> Result<Self, ParticipantError> {
         config.validate()?;
         let journal = Journal::new(disk, config.shard);
-        let engine = journal.recover(&config.channels, config.remembered_commits)?;
+        // The record limit applies to new prepares only: a recovered
+        // prepared transaction was promised (YES) under the old limit.
+        let engine = journal.recover(&config.channels, config.remembered_commits)?.with_max_records(config.max_records);
         let in_doubt = engine.prepared_count();
         tracing::info!(shard = %config.shard, entities = engine.status().entities, in_doubt, "participant shard recovered");
         Ok(ParticipantActor {
@@ -378,7 +380,7 @@ impl Handler<ScanRecords> for ParticipantActor {
     type Result = MessageResult<ScanRecords>;
 
     fn handle(&mut self, msg: ScanRecords, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.engine.scan_records(msg.ns, msg.after, msg.limit))
+        MessageResult(self.engine.scan_records(msg.ns, msg.after, msg.limit, msg.max_bytes))
     }
 }
 

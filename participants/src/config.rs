@@ -12,6 +12,8 @@ pub const DEFAULT_IN_DOUBT_AFTER_MS: u64 = 2_000;
 pub const DEFAULT_IN_DOUBT_CHECK_INTERVAL_MS: u64 = 500;
 /// Default limit on prepared, undecided transactions per shard.
 pub const DEFAULT_MAX_PREPARED: usize = 10_000;
+/// Default limit on records per records shard.
+pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
 /// Default limit on decision queries started per check.
 pub const DEFAULT_MAX_QUERIES_PER_TICK: usize = 64;
 
@@ -38,6 +40,10 @@ pub struct ParticipantConfig {
     /// Most decision queries started per check (bounds the burst after a
     /// restart with many in-doubt transactions).
     pub max_queries_per_tick: usize,
+    /// Most records a records shard holds (committed plus being created by
+    /// prepared transactions); a prepare creating more votes
+    /// `RecordStoreFull`. The store lives in memory, like every shard's state.
+    pub max_records: usize,
     /// How many committed txn ids are remembered (durably) to ignore late
     /// duplicate prepares, and aborted ones (in memory) to refuse prepares
     /// that arrive after their abort (see [`crate::engine`]).
@@ -55,6 +61,7 @@ impl ParticipantConfig {
             in_doubt_check_interval_ms: DEFAULT_IN_DOUBT_CHECK_INTERVAL_MS,
             max_prepared: DEFAULT_MAX_PREPARED,
             max_queries_per_tick: DEFAULT_MAX_QUERIES_PER_TICK,
+            max_records: DEFAULT_MAX_RECORDS,
             remembered_commits: DEFAULT_REMEMBERED_COMMITS,
         }
     }

@@ -60,6 +60,14 @@ enum Plan {
     Records(RecordPlan),
 }
 
+/// Whether capacity limits apply to a reservation: to new prepares, not to
+/// prepared transactions recovered from the journal (their YES is a promise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limits {
+    Enforced,
+    Waived,
+}
+
 #[derive(Debug)]
 struct PreparedTxn {
     ops: Vec<Operation>,
@@ -113,6 +121,8 @@ pub struct Engine {
     aborted_order: VecDeque<TxnId>,
     forgotten_through: Option<TxnId>,
     remembered_commits: usize,
+    /// Most records (records shards only), enforced on new prepares.
+    max_records: usize,
 }
 
 /// The abort reason for an operation sent to a shard of another kind: the
@@ -155,7 +165,15 @@ impl Engine {
             aborted: BTreeSet::new(),
             aborted_order: VecDeque::new(),
             remembered_commits: DEFAULT_REMEMBERED_COMMITS,
+            max_records: crate::config::DEFAULT_MAX_RECORDS,
         }
+    }
+
+    /// Sets the most records a records shard holds (see
+    /// [`crate::ParticipantConfig::max_records`]).
+    pub fn with_max_records(mut self, max_records: usize) -> Self {
+        self.max_records = max_records;
+        self
     }
 
     /// Sets how many committed txn ids are remembered (see the module doc).
@@ -191,7 +209,7 @@ impl Engine {
             if engine.prepared.contains_key(&record.txn) {
                 return Err(RecoveryError { key, reason: format!("{} prepared twice", record.txn) });
             }
-            engine.reserve(record.txn, record.ops).map_err(|reason| RecoveryError {
+            engine.reserve(record.txn, record.ops, Limits::Waived).map_err(|reason| RecoveryError {
                 key,
                 reason: format!("the prepared transaction no longer validates: {reason}"),
             })?;
@@ -239,16 +257,27 @@ impl Engine {
         if self.forgotten_through.is_some_and(|through| txn <= through) {
             return Err(AbortReason::PrepareTimeout { shard: self.shard });
         }
-        self.reserve(txn, ops.to_vec())?;
+        self.reserve(txn, ops.to_vec(), Limits::Enforced)?;
         Ok(Prepared::New(PreparedRecord { txn, ops: ops.to_vec() }))
     }
 
-    fn reserve(&mut self, txn: TxnId, ops: Vec<Operation>) -> Result<(), AbortReason> {
+    fn reserve(&mut self, txn: TxnId, ops: Vec<Operation>, limits: Limits) -> Result<(), AbortReason> {
         let plan = match &mut self.state {
             KindState::Accounts(state) => Plan::Accounts(state.prepare(txn, &ops)?),
             KindState::Orders(state) => Plan::Orders(state.prepare(txn, &ops)?),
             KindState::Channels(state) => Plan::Channels(state.prepare(txn, &ops)?),
-            KindState::Records(state) => Plan::Records(state.prepare(txn, &ops)?),
+            KindState::Records(state) => {
+                let max_records = match limits {
+                    Limits::Enforced => Some(self.max_records),
+                    Limits::Waived => None,
+                };
+                Plan::Records(state.prepare(txn, &ops, max_records).map_err(|full| match full {
+                    crate::record_store::Refused::Abort(reason) => reason,
+                    crate::record_store::Refused::Full { max_records } => {
+                        AbortReason::RecordStoreFull { shard: self.shard, max_records }
+                    }
+                })?)
+            }
         };
         self.prepared.insert(txn, PreparedTxn { ops, plan });
         Ok(())
@@ -380,11 +409,12 @@ impl Engine {
         }
     }
 
-    /// One page of the committed records of namespace `ns` after `after`
-    /// (see [`crate::record_store`]); empty on a shard of another kind.
-    pub fn scan_records(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32) -> ScanPage {
+    /// One page of the committed records of namespace `ns` after `after`,
+    /// bounded by `limit` and `max_bytes` (see [`crate::record_store`]);
+    /// empty on a shard of another kind.
+    pub fn scan_records(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32, max_bytes: usize) -> ScanPage {
         match &self.state {
-            KindState::Records(state) => state.scan(ns, after, limit),
+            KindState::Records(state) => state.scan(ns, after, limit, max_bytes),
             _ => ScanPage::default(),
         }
     }

@@ -54,13 +54,15 @@ pub struct ReadCharge {
 pub struct ReadRecord(pub RecordKey);
 
 /// One page of the committed records of namespace `ns`, in key order,
-/// strictly after `after`, at most `min(limit, MAX_SCAN_RECORDS)`.
+/// strictly after `after`, at most `min(limit, MAX_SCAN_RECORDS)` records
+/// and about `max_bytes` of keys and values (at least one record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "ScanPage")]
 pub struct ScanRecords {
     pub ns: RecordNs,
     pub after: Option<RecordKey>,
     pub limit: u32,
+    pub max_bytes: usize,
 }
 
 /// Entity count and in-doubt count of the shard.

@@ -34,6 +34,10 @@ use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+/// What a record costs in a scan page besides its value: key, version and
+/// encoding (a generous upper bound).
+const SCAN_RECORD_OVERHEAD_BYTES: usize = 64;
+
 /// A record as committed (the durable after-image).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredRecord {
@@ -47,6 +51,24 @@ pub struct StoredRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct RecordPlan {
     after: BTreeMap<RecordKey, Option<StoredRecord>>,
+    /// Keys it creates (absent now, present after commit).
+    creates: usize,
+}
+
+/// Why a records prepare was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Abort(AbortReason),
+    /// Creating the records would exceed `max_records` (the engine names the shard).
+    Full {
+        max_records: u64,
+    },
+}
+
+impl From<AbortReason> for Refused {
+    fn from(reason: AbortReason) -> Self {
+        Refused::Abort(reason)
+    }
 }
 
 /// The effects of a commit on the records: after-images to store, keys to
@@ -71,20 +93,37 @@ pub(crate) struct RecordsState {
     records: BTreeMap<RecordKey, StoredRecord>,
     /// Keys (existing or not) locked by a prepared transaction.
     locks: BTreeMap<RecordKey, TxnId>,
+    /// Records prepared transactions will create, counted against the limit.
+    pending_creates: usize,
 }
 
 impl RecordsState {
-    /// Validates `ops` in order against a scratch copy and, only if all pass,
+    /// Validates `ops` in order against a scratch copy and, only if all pass
+    /// (and the records it creates fit under `max_records`, when given),
     /// locks the touched keys for `txn`. On error nothing has changed.
-    pub(crate) fn prepare(&mut self, txn: TxnId, ops: &[Operation]) -> Result<RecordPlan, AbortReason> {
+    pub(crate) fn prepare(
+        &mut self,
+        txn: TxnId,
+        ops: &[Operation],
+        max_records: Option<usize>,
+    ) -> Result<RecordPlan, Refused> {
         let mut scratch: BTreeMap<RecordKey, Option<StoredRecord>> = BTreeMap::new();
         for op in ops {
             self.validate(&mut scratch, op)?;
         }
+        // Deletes free nothing until they commit: the count is an upper bound.
+        let creates = scratch.iter().filter(|(key, after)| after.is_some() && !self.records.contains_key(key)).count();
+        if let Some(max_records) = max_records {
+            let total = self.records.len().saturating_add(self.pending_creates).saturating_add(creates);
+            if creates > 0 && total > max_records {
+                return Err(Refused::Full { max_records: max_records as u64 });
+            }
+        }
         for key in scratch.keys() {
             self.locks.insert(*key, txn);
         }
-        Ok(RecordPlan { after: scratch })
+        self.pending_creates = self.pending_creates.saturating_add(creates);
+        Ok(RecordPlan { after: scratch, creates })
     }
 
     fn validate(
@@ -140,6 +179,7 @@ impl RecordsState {
 
     /// Writes the after-images and unlocks. Returns what to journal.
     pub(crate) fn commit(&mut self, txn: TxnId, plan: RecordPlan) -> RecordChanges {
+        self.release_creates(plan.creates);
         let mut changes = RecordChanges::default();
         for (key, after) in plan.after {
             self.unlock(txn, key);
@@ -159,9 +199,17 @@ impl RecordsState {
 
     /// Unlocks without changing anything.
     pub(crate) fn abort(&mut self, txn: TxnId, plan: RecordPlan) {
+        self.release_creates(plan.creates);
         for key in plan.after.keys() {
             self.unlock(txn, *key);
         }
+    }
+
+    fn release_creates(&mut self, creates: usize) {
+        self.pending_creates = self
+            .pending_creates
+            .checked_sub(creates)
+            .expect("a plan's creates are part of the total until released once");
     }
 
     fn unlock(&mut self, txn: TxnId, key: RecordKey) {
@@ -183,8 +231,10 @@ impl RecordsState {
     }
 
     /// Committed records of namespace `ns` in key order, strictly after
-    /// `after`, at most `min(limit, MAX_SCAN_RECORDS)`.
-    pub(crate) fn scan(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32) -> ScanPage {
+    /// `after`, at most `min(limit, MAX_SCAN_RECORDS)`, and no more than
+    /// `max_bytes` of encoded records — except that a page holds at least
+    /// one record when `limit > 0`, so a scan always moves forward.
+    pub(crate) fn scan(&self, ns: RecordNs, after: Option<RecordKey>, limit: u32, max_bytes: usize) -> ScanPage {
         let limit = limit.min(MAX_SCAN_RECORDS) as usize;
         let first_of_ns = RecordKey { ns, digest: [0; 32] };
         let lower = match after {
@@ -192,9 +242,20 @@ impl RecordsState {
             Some(after) if after.ns > ns => return ScanPage::default(),
             _ => Bound::Included(first_of_ns),
         };
-        let mut matching = self.records.range((lower, Bound::Unbounded)).take_while(|(key, _)| key.ns == ns);
-        let records: Vec<RecordView> = matching.by_ref().take(limit).map(|(key, record)| view(*key, record)).collect();
-        let more = matching.next().is_some();
+        let mut matching = self.records.range((lower, Bound::Unbounded)).take_while(|(key, _)| key.ns == ns).peekable();
+        let mut records: Vec<RecordView> = Vec::new();
+        let mut bytes: usize = 0;
+        while records.len() < limit {
+            let Some((key, record)) = matching.peek() else { break };
+            let size = record.value.len().saturating_add(SCAN_RECORD_OVERHEAD_BYTES);
+            if !records.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            records.push(view(**key, record));
+            matching.next();
+        }
+        let more = matching.peek().is_some();
         ScanPage { records, more }
     }
 
@@ -238,8 +299,8 @@ mod tests {
         Operation::PutRecord { key, value: Some(value.as_bytes().to_vec()), expect }
     }
 
-    fn run(state: &mut RecordsState, seq: u64, ops: &[Operation]) -> Result<RecordChanges, AbortReason> {
-        let plan = state.prepare(txn(seq), ops)?;
+    fn run(state: &mut RecordsState, seq: u64, ops: &[Operation]) -> Result<RecordChanges, Refused> {
+        let plan = state.prepare(txn(seq), ops, None)?;
         Ok(state.commit(txn(seq), plan))
     }
 
@@ -250,14 +311,14 @@ mod tests {
             run(&mut state, i, &[put(key(1, &format!("a{i}")), "x", RecordExpect::Absent)]).unwrap();
             run(&mut state, 100 + i, &[put(key(2, &format!("b{i}")), "y", RecordExpect::Absent)]).unwrap();
         }
-        let first = state.scan(1, None, 4);
+        let first = state.scan(1, None, 4, usize::MAX);
         assert_eq!(first.records.len(), 4);
         assert!(first.more);
         assert!(first.records.windows(2).all(|w| w[0].key < w[1].key));
         let mut all = first.records.clone();
         let mut after = first.records.last().map(|r| r.key);
         loop {
-            let page = state.scan(1, after, 4);
+            let page = state.scan(1, after, 4, usize::MAX);
             all.extend(page.records.iter().cloned());
             after = page.records.last().map(|r| r.key);
             if !page.more {
@@ -269,11 +330,27 @@ mod tests {
         assert!(all.windows(2).all(|w| w[0].key < w[1].key));
         // A cursor from another namespace: below starts at the beginning,
         // above finds nothing.
-        assert_eq!(state.scan(2, Some(key(1, "a0")), 100).records.len(), 10);
-        assert!(state.scan(1, Some(key(2, "b0")), 100).records.is_empty());
+        assert_eq!(state.scan(2, Some(key(1, "a0")), 100, usize::MAX).records.len(), 10);
+        assert!(state.scan(1, Some(key(2, "b0")), 100, usize::MAX).records.is_empty());
         // The limit is capped, and 0 returns nothing.
-        assert!(state.scan(1, None, 0).records.is_empty());
-        assert_eq!(state.scan(3, None, 10), ScanPage::default());
+        assert!(state.scan(1, None, 0, usize::MAX).records.is_empty());
+        assert_eq!(state.scan(3, None, 10, usize::MAX), ScanPage::default());
+    }
+
+    #[test]
+    fn a_page_stays_within_its_byte_budget_but_always_moves_forward() {
+        let mut state = RecordsState::default();
+        let big = "x".repeat(1_000);
+        for i in 0..5 {
+            run(&mut state, i, &[put(key(1, &format!("k{i}")), &big, RecordExpect::Absent)]).unwrap();
+        }
+        let budget = 2 * (1_000 + SCAN_RECORD_OVERHEAD_BYTES);
+        let page = state.scan(1, None, 100, budget);
+        assert_eq!((page.records.len(), page.more), (2, true));
+        let tiny = state.scan(1, None, 100, 10);
+        assert_eq!((tiny.records.len(), tiny.more), (1, true), "one record even over the budget");
+        let rest = state.scan(1, page.records.last().map(|r| r.key), 100, usize::MAX);
+        assert_eq!((rest.records.len(), rest.more), (3, false));
     }
 
     #[test]
@@ -284,7 +361,7 @@ mod tests {
             value: Some(vec![0; MAX_RECORD_VALUE_BYTES + 1]),
             expect: RecordExpect::Any,
         };
-        assert!(matches!(state.prepare(txn(1), &[op]), Err(AbortReason::Conflict { .. })));
+        assert!(matches!(state.prepare(txn(1), &[op], None), Err(Refused::Abort(AbortReason::Conflict { .. }))));
         assert!(state.locks.is_empty());
     }
 }

@@ -88,6 +88,8 @@ pub enum AbortReason {
     RecordExists { key: RecordKey },
     #[error("{key} is at version {actual:?}, the write expected version {expected}")]
     RecordVersionMismatch { key: RecordKey, expected: u64, actual: Option<u64> },
+    #[error("records shard {shard} is full ({max_records} records, its configured max_records_per_shard)")]
+    RecordStoreFull { shard: ShardId, max_records: u64 },
 }
 
 impl AbortReason {
@@ -115,6 +117,7 @@ impl AbortReason {
             AbortReason::ShardOverloaded { .. } => "shard_overloaded",
             AbortReason::RecordExists { .. } => "record_exists",
             AbortReason::RecordVersionMismatch { .. } => "record_version_mismatch",
+            AbortReason::RecordStoreFull { .. } => "record_store_full",
         }
     }
 }

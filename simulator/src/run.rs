@@ -10,7 +10,8 @@ use paytx_node::NodeConfig;
 use paytx_protocol::messages::TxnState;
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{
-    AccountId, ChannelId, EntityKey, NodeId, Operation, OrderId, Outcome, Request, Response, TxnRequest,
+    AccountId, ChannelId, EntityKey, EntityKind, NodeId, Operation, OrderId, Outcome, RecordKey, Request, Response,
+    ShardId, TxnRequest,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -59,6 +60,8 @@ pub struct RunReport {
     pub committed: u64,
     pub aborted: u64,
     pub unknown: u64,
+    /// Committed record writes (the records the checker followed).
+    pub record_writes: u64,
     pub counters: Counters,
     pub failure: Option<Failure>,
     pub trace: Option<Vec<String>>,
@@ -106,6 +109,7 @@ pub fn run(config: &SimConfig) -> RunReport {
                 committed: 0,
                 aborted: 0,
                 unknown: 0,
+                record_writes: 0,
                 counters: Counters::default(),
                 failure: Some(Failure {
                     violations: vec![Violation { invariant: "no-panic", detail: message }],
@@ -162,6 +166,36 @@ async fn read(cluster: &SimCluster, entity: EntityKey, request: Request) -> Opti
     let owner = config.shards.node_of(config.shards.shard_of(entity))?;
     let service = cluster.service(owner)?;
     Some(service.handle_request(request, false).await)
+}
+
+/// Every record of namespace `ns` on every records shard, by scanning each
+/// shard page by page on the node that owns it. `Err` names a shard that
+/// did not answer, or answered a page that does not follow its cursor.
+async fn scan_all(cluster: &SimCluster, ns: paytx_protocol::RecordNs) -> Result<Vec<RecordKey>, String> {
+    let config = cluster.configs.values().next().ok_or("no node configured")?;
+    let mut keys = Vec::new();
+    for index in 0..config.shards.records.len() as u32 {
+        let shard = ShardId { kind: EntityKind::Record, index };
+        let owner = config.shards.node_of(shard).ok_or(format!("{shard} unmapped"))?;
+        let service = cluster.service(owner).ok_or(format!("node {owner} is down"))?;
+        let mut after = None;
+        // Bounded: the pools hold far fewer keys than this many pages.
+        for _ in 0..1_000 {
+            let request = Request::ScanRecords { shard: index, ns, after, limit: 16 };
+            let Response::Records(page) = service.clone().handle_request(request, false).await else {
+                return Err(format!("{shard} did not answer a scan"));
+            };
+            if page.records.iter().any(|r| r.key.ns != ns || after.is_some_and(|a| r.key <= a)) {
+                return Err(format!("{shard} answered a page out of order"));
+            }
+            keys.extend(page.records.iter().map(|r| r.key));
+            after = page.records.last().map(|r| r.key).or(after);
+            if !page.more {
+                break;
+            }
+        }
+    }
+    Ok(keys)
 }
 
 async fn wait_for_leader(cluster: &SimCluster, timeout_ms: u64) -> Option<NodeId> {
@@ -442,6 +476,32 @@ async fn simulate(config: SimConfig) -> RunReport {
             actual.charges.insert((channel, order), view);
         }
     }
+    let pool: Vec<RecordKey> = workload::all_pool_keys();
+    for key in &pool {
+        let view = match read(&cluster, EntityKey::Record(*key), Request::GetRecord(*key)).await {
+            Some(Response::Record(view)) => view,
+            _ => None,
+        };
+        actual.records.insert(*key, view);
+    }
+    // Scans must find exactly the records the reads found, and nothing the
+    // workload never wrote.
+    for (ns, _, _) in workload::RECORD_POOLS {
+        match scan_all(&cluster, ns).await {
+            Ok(scanned) => {
+                let expected: Vec<RecordKey> =
+                    actual.records.iter().filter(|(k, v)| k.ns == ns && v.is_some()).map(|(k, _)| *k).collect();
+                let mut sorted = scanned.clone();
+                sorted.sort_unstable();
+                if sorted != expected {
+                    let detail =
+                        format!("namespace {ns}: scans found {} records, reads {}", scanned.len(), expected.len());
+                    monitor.flag(&world, Violation { invariant: "record-scans", detail });
+                }
+            }
+            Err(detail) => monitor.flag(&world, Violation { invariant: "record-scans", detail }),
+        }
+    }
     for violation in check_state(&model, &actual, deposited) {
         monitor.flag(&world, violation);
     }
@@ -483,6 +543,7 @@ async fn simulate(config: SimConfig) -> RunReport {
         committed,
         aborted,
         unknown,
+        record_writes: model.record_writes.values().map(|writes| writes.len() as u64).sum(),
         counters: state.counters.clone(),
         failure: monitor.first_at_ms.map(|at_ms| Failure {
             violations: monitor.violations,

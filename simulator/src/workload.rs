@@ -1,13 +1,15 @@
-//! Simulated clients: payments (create an order, then pay it), refunds and
-//! transfers between hot accounts, submitted to random nodes over simulated
+//! Simulated clients: payments (create an order, then pay it), refunds,
+//! transfers between hot accounts (some carrying a nonce record claimed in
+//! the same transaction), and record writes (unique claims, compare-and-set
+//! updates, unconditional upserts), submitted to random nodes over simulated
 //! client links, retried with the same idempotency key after a timeout or a
 //! transient error — exactly what a real service does.
 
 use crate::world::World;
 use paytx_protocol::messages::TxnState;
 use paytx_protocol::{
-    AccountId, ChannelId, Currency, IdempotencyKey, Money, NodeId, Operation, OrderId, Outcome, Request, Response,
-    TxnRequest,
+    AccountId, ChannelId, Currency, IdempotencyKey, Money, NodeId, Operation, OrderId, Outcome, RecordExpect,
+    RecordKey, RecordNs, Request, Response, TxnRequest,
 };
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -18,6 +20,27 @@ use std::time::Duration;
 pub const CURRENCY: Currency = Currency::CNY;
 /// Client ids start here in the trace (node ids are small).
 pub const CLIENT_ID_BASE: u64 = 1_000;
+
+/// Record namespaces of the workload, each with a small pool of keys so
+/// that clients contend: claimed names (insert, then compare-and-set),
+/// nonces (claimed with a transfer; a reused nonce must abort the money
+/// too), and "last seen" markers (unconditional upserts).
+pub const NAMES_NS: RecordNs = 1;
+pub const NONCES_NS: RecordNs = 2;
+pub const SEEN_NS: RecordNs = 3;
+pub const RECORD_POOLS: [(RecordNs, &str, u64); 3] =
+    [(NAMES_NS, "name", 12), (NONCES_NS, "nonce", 40), (SEEN_NS, "seen", 4)];
+
+/// The key `index` of the pool of namespace `ns`.
+pub fn pool_key(ns: RecordNs, index: u64) -> RecordKey {
+    let prefix = RECORD_POOLS.iter().find(|(pool, _, _)| *pool == ns).map_or("other", |(_, prefix, _)| prefix);
+    RecordKey::new(ns, format!("{prefix}-{index}").as_bytes())
+}
+
+/// Every key the workload may write.
+pub fn all_pool_keys() -> Vec<RecordKey> {
+    RECORD_POOLS.iter().flat_map(|(ns, _, size)| (0..*size).map(move |index| pool_key(*ns, index))).collect()
+}
 
 pub fn request_label(request: &Request) -> String {
     match request {
@@ -205,21 +228,38 @@ impl Client {
         let id = self.id;
         for n in 0..operations {
             let key = |what: &str| format!("c{id}-{n}-{what}");
-            match self.rng.gen_range(0..10u32) {
+            // Every record value names its writer, so a lost or doubled
+            // write shows in the value as well as in the version.
+            let value = format!("c{id}-{n}").into_bytes();
+            match self.rng.gen_range(0..14u32) {
                 0..=3 => {
                     let (from, to) = (self.account(), self.account());
                     if from == to {
                         continue;
                     }
                     let amount = Money::new(self.rng.gen_range(1..3_000), CURRENCY);
-                    let request = TxnRequest::new(
-                        key("transfer"),
-                        vec![Operation::Debit { account: from, amount }, Operation::Credit { account: to, amount }],
-                    );
-                    self.submit(request).await;
+                    let mut ops =
+                        vec![Operation::Debit { account: from, amount }, Operation::Credit { account: to, amount }];
+                    if self.rng.gen_bool(0.4) {
+                        // A payment with a nonce: a replayed nonce aborts the money too.
+                        let nonce = pool_key(NONCES_NS, self.rng.gen_range(0..40));
+                        ops.push(Operation::PutRecord { key: nonce, value: Some(value), expect: RecordExpect::Absent });
+                    }
+                    self.submit(TxnRequest::new(key("transfer"), ops)).await;
                 }
                 4..=7 => self.payment(key("order"), key("pay")).await,
-                _ => self.refund(key("refund")).await,
+                8..=9 => self.refund(key("refund")).await,
+                10..=11 => {
+                    let name = pool_key(NAMES_NS, self.rng.gen_range(0..12));
+                    let claim = Operation::PutRecord { key: name, value: Some(value), expect: RecordExpect::Absent };
+                    self.submit(TxnRequest::new(key("claim"), vec![claim])).await;
+                }
+                12 => self.compare_and_set(key("cas"), value).await,
+                _ => {
+                    let seen = pool_key(SEEN_NS, self.rng.gen_range(0..4));
+                    let upsert = Operation::PutRecord { key: seen, value: Some(value), expect: RecordExpect::Any };
+                    self.submit(TxnRequest::new(key("seen"), vec![upsert])).await;
+                }
             }
         }
     }
@@ -245,6 +285,19 @@ impl Client {
         if self.submit(pay).await == Known::Acked(Outcome::Committed) {
             lock(&self.history).paid.push((order, payer, merchant, channel, amount.amount_minor));
         }
+    }
+
+    /// Reads a claimed name and writes it back at the version read. Loses
+    /// the race (aborts) when another write got there first.
+    async fn compare_and_set(&mut self, key: String, value: Vec<u8>) {
+        let name = pool_key(NAMES_NS, self.rng.gen_range(0..12));
+        let node = self.nodes[self.rng.gen_range(0..self.nodes.len())];
+        let read = client_call(&self.world, self.id, node, Request::GetRecord(name), self.config.client_timeout_ms);
+        let Some(Response::Record(Some(view))) = read.await else {
+            return; // unclaimed, or the read failed: nothing to update
+        };
+        let cas = Operation::PutRecord { key: name, value: Some(value), expect: RecordExpect::Version(view.version) };
+        self.submit(TxnRequest::new(key, vec![cas])).await;
     }
 
     async fn refund(&mut self, key: String) {

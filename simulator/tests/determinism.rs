@@ -18,6 +18,8 @@ fn the_same_seed_replays_the_same_history_and_other_seeds_differ() {
         assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} replays exactly");
         assert_eq!((first.txns, first.committed, first.virtual_ms), (second.txns, second.committed, second.virtual_ms));
         assert!(first.failure.is_none(), "seed {seed}: {:?}", first.failure);
+        assert!(first.record_writes > 0, "seed {seed} writes records");
+        assert_eq!(first.record_writes, second.record_writes);
         hashes.push(first.trace_hash);
     }
     hashes.sort_unstable();

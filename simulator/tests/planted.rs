@@ -26,3 +26,23 @@ fn commit_without_all_votes_is_caught() {
 fn drop_holds_on_restart_is_caught() {
     assert_caught(Bug::DropHoldsOnRestart);
 }
+
+#[test]
+fn vote_before_sync_is_caught() {
+    assert_caught(Bug::VoteBeforeSync);
+}
+
+#[test]
+fn no_redrive_on_new_leader_is_caught() {
+    assert_caught(Bug::NoRedriveOnNewLeader);
+}
+
+#[test]
+fn idempotency_twice_after_leader_change_is_caught() {
+    assert_caught(Bug::IdempotencyTwiceAfterLeaderChange);
+}
+
+#[test]
+fn presume_commit_is_caught() {
+    assert_caught(Bug::PresumeCommit);
+}

@@ -129,7 +129,7 @@ fn a_key_locked_by_a_prepared_txn_conflicts_until_it_is_decided() {
 fn an_abort_leaves_nothing_behind() {
     let mut engine = Engine::new(RECORDS, &[]);
     run(&mut engine, 1, &[put(key("k"), "v1", RecordExpect::Absent)]).unwrap();
-    let before = format!("{:?}", engine.scan_records(1, None, 100));
+    let before = format!("{:?}", engine.scan_records(1, None, 100, usize::MAX));
     engine
         .prepare(
             txn(2),
@@ -141,7 +141,7 @@ fn an_abort_leaves_nothing_behind() {
         )
         .unwrap();
     assert!(engine.abort(txn(2)));
-    assert_eq!(format!("{:?}", engine.scan_records(1, None, 100)), before);
+    assert_eq!(format!("{:?}", engine.scan_records(1, None, 100, usize::MAX)), before);
     assert_eq!(engine.prepared_count(), 0);
     // Every key is free again.
     run(&mut engine, 3, &[put(key("new"), "n", RecordExpect::Absent), put(key("k"), "v2", RecordExpect::Version(1))])
@@ -241,7 +241,7 @@ async fn a_restart_recovers_committed_records_and_prepared_locks_from_the_journa
     assert_eq!(version_and_value(&recovered, key("c")), Some((1, "c1".into())));
     journal.sync().await.unwrap();
     let again = Journal::new(Arc::new(disk.clone()), RECORDS).recover(&[], 10).unwrap();
-    assert_eq!(again.scan_records(1, None, 10), recovered.scan_records(1, None, 10));
+    assert_eq!(again.scan_records(1, None, 10, usize::MAX), recovered.scan_records(1, None, 10, usize::MAX));
     assert_eq!(again.prepared_count(), 0);
     // A stored record's key is named in errors.
     let label = crate::records::key_label(EntityKind::Record, &crate::records::record_entity_key(key("a")));
@@ -318,4 +318,42 @@ fn recovery_refuses_entries_that_do_not_explain_the_balance() {
     };
     let err = Engine::recover(ACCOUNTS, &[], 10, contents).unwrap_err();
     assert_eq!(err.key, "e/1");
+}
+
+#[test]
+fn a_full_shard_refuses_new_records_but_not_updates_and_recovery_keeps_its_promises() {
+    let mut engine = Engine::new(RECORDS, &[]).with_max_records(2);
+    run(&mut engine, 1, &[put(key("a"), "a", RecordExpect::Absent)]).unwrap();
+    // A prepared creation counts before it commits.
+    assert!(engine.prepare(txn(2), &[put(key("b"), "b", RecordExpect::Absent)]).is_ok(), "room for a second");
+    let full = AbortReason::RecordStoreFull { shard: RECORDS, max_records: 2 };
+    assert_eq!(engine.prepare(txn(3), &[put(key("c"), "c", RecordExpect::Absent)]), Err(full.clone()));
+    // Updating an existing record creates nothing.
+    run(&mut engine, 4, &[put(key("a"), "a2", RecordExpect::Version(1))]).unwrap();
+    // An abort gives the room back.
+    assert!(engine.abort(txn(2)));
+    run(&mut engine, 5, &[put(key("c"), "c", RecordExpect::Absent)]).unwrap();
+    assert_eq!(engine.prepare(txn(6), &[put(key("d"), "d", RecordExpect::Absent)]), Err(full));
+    // A delete frees room once committed.
+    run(&mut engine, 7, &[delete(key("c"), RecordExpect::Any)]).unwrap();
+    run(&mut engine, 8, &[put(key("d"), "d", RecordExpect::Absent)]).unwrap();
+
+    // A prepared transaction recovered under a lower limit is kept: its YES was a promise.
+    let mut promised = Engine::new(RECORDS, &[]).with_max_records(1);
+    let Ok(Prepared::New(record)) = promised.prepare(txn(9), &[put(key("x"), "x", RecordExpect::Absent)]) else {
+        panic!("room for one")
+    };
+    let contents = JournalContents {
+        entities: vec![(
+            "e/y".into(),
+            EntityRecord::Record {
+                key: key("y"),
+                record: crate::record_store::StoredRecord { version: 1, value: b"y".to_vec() },
+            },
+        )],
+        prepared: vec![("p/9".into(), record)],
+        ..JournalContents::default()
+    };
+    let recovered = Engine::recover(RECORDS, &[], 10, contents).unwrap().with_max_records(1);
+    assert_eq!(recovered.prepared_txns(), vec![txn(9)]);
 }
