@@ -91,7 +91,7 @@ fn txn_key(kind: &str) -> String {
     new_id(kind).0
 }
 
-fn map_abort(reason: AbortReason) -> ApiError {
+pub(crate) fn map_abort(reason: AbortReason) -> ApiError {
     match reason {
         AbortReason::InsufficientFunds { .. } => ApiError::InsufficientFunds,
         AbortReason::CurrencyMismatch { .. } => ApiError::CurrencyMismatch,
@@ -99,6 +99,7 @@ fn map_abort(reason: AbortReason) -> ApiError {
         AbortReason::RefundExceedsPaid { paid_minor, refunded_minor, requested_minor, .. } => {
             ApiError::RefundExceedsPaid { requested_minor, remaining_minor: paid_minor.saturating_sub(refunded_minor) }
         }
+        AbortReason::RecordStoreFull { .. } => ApiError::StoreFull,
         AbortReason::Conflict { .. }
         | AbortReason::PrepareTimeout { .. }
         | AbortReason::ShardUnavailable { .. }

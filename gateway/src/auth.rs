@@ -100,10 +100,7 @@ pub async fn require_merchant(gw: &Gateway, req: &HttpRequest, body: &[u8]) -> R
     match gw.store.submit(TxnRequest::new(txn_key, vec![claim])).await? {
         Ok(()) => Ok(merchant),
         Err(AbortReason::RecordExists { .. }) => Err(ApiError::NonceReplayed),
-        Err(reason) => {
-            tracing::warn!(%reason, "nonce claim aborted");
-            Err(ApiError::Unavailable)
-        }
+        Err(reason) => Err(crate::api::map_abort(reason)),
     }
 }
 

@@ -65,6 +65,8 @@ pub enum ApiError {
     ChannelUnavailable,
     #[error("the cluster is busy or changing leader; retry the same request")]
     Unavailable,
+    #[error("the cluster's record store is full; the operator must raise its limit")]
+    StoreFull,
     #[error("internal error; see the node's log")]
     Internal,
 }
@@ -100,6 +102,7 @@ impl ApiError {
             ApiError::ChannelDeclined => "channel_declined",
             ApiError::ChannelUnavailable => "channel_unavailable",
             ApiError::Unavailable => "unavailable",
+            ApiError::StoreFull => "store_full",
             ApiError::Internal => "internal",
         }
     }
@@ -132,6 +135,7 @@ impl ApiError {
             | ApiError::CurrencyMismatch => StatusCode::CONFLICT,
             ApiError::InsufficientFunds | ApiError::ChannelDeclined => StatusCode::PAYMENT_REQUIRED,
             ApiError::ChannelUnavailable | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -1,13 +1,13 @@
 //! The gateway over real HTTP against an in-memory model of the cluster.
 
-mod memory_cluster;
 mod support {
+    pub mod memory_cluster;
     pub mod api;
     pub mod receiver;
     pub mod scenarios;
 }
 
-use memory_cluster::MemoryCluster;
+use support::memory_cluster::MemoryCluster;
 use paytx_gateway::{GatewayConfig, PayMethod, RouteConfig};
 use paytx_protocol::ChannelId;
 use std::sync::Arc;
