@@ -57,28 +57,36 @@ async fn is_leader(gw: &Gateway) -> bool {
     }
 }
 
-/// Collects up to `limit` records of `ns` over every records shard.
+/// Most scan pages one pass reads (bounded work per pass, whatever the backlog).
+const MAX_PAGES_PER_PASS: usize = 256;
+
+/// Collects up to `limit` records of `ns` that pass `keep`, over every
+/// records shard, reading at most [`MAX_PAGES_PER_PASS`] pages.
 async fn scan_all<T: serde::de::DeserializeOwned>(
     gw: &Gateway,
     namespace: u16,
     limit: usize,
+    keep: impl Fn(&T) -> bool,
 ) -> Result<Vec<(T, u64)>, crate::error::ApiError> {
     let mut out = Vec::new();
     let mut shard = 0u32;
     let mut shard_count = 1u32;
-    while shard < shard_count && out.len() < limit {
+    let mut pages = 0usize;
+    while shard < shard_count && out.len() < limit && pages < MAX_PAGES_PER_PASS {
         let mut after = None;
         loop {
             let page = gw.store.scan(shard, namespace, after, PAGE).await?;
+            pages += 1;
             shard_count = page.shard_count;
             for record in &page.records {
-                match serde_json::from_slice(&record.value) {
-                    Ok(value) => out.push((value, record.version)),
+                match serde_json::from_slice::<T>(&record.value) {
+                    Ok(value) if keep(&value) && out.len() < limit => out.push((value, record.version)),
+                    Ok(_) => {}
                     Err(error) => tracing::warn!(%error, namespace, "skipping an undecodable record"),
                 }
             }
             after = page.records.last().map(|r| r.key);
-            if !page.more || after.is_none() || out.len() >= limit {
+            if !page.more || after.is_none() || out.len() >= limit || pages >= MAX_PAGES_PER_PASS {
                 break;
             }
         }
@@ -89,10 +97,9 @@ async fn scan_all<T: serde::de::DeserializeOwned>(
 
 async fn deliver_due(gw: &Arc<Gateway>) -> Result<(), crate::error::ApiError> {
     let now = now_ms();
-    let pending: Vec<(PendingRecord, u64)> =
-        scan_all(gw, ns::NOTIFY_PENDING, gw.config.notify_batch.max(1) * 4).await?;
+    let batch = gw.config.notify_batch.max(1);
     let due: Vec<(PendingRecord, u64)> =
-        pending.into_iter().filter(|(p, _)| p.next_attempt_at_ms <= now).take(gw.config.notify_batch.max(1)).collect();
+        scan_all(gw, ns::NOTIFY_PENDING, batch, |p: &PendingRecord| p.next_attempt_at_ms <= now).await?;
     for chunk in due.chunks(CONCURRENCY) {
         let attempts = chunk.iter().map(|(pending, version)| deliver_one(gw.clone(), pending.clone(), *version));
         futures::future::join_all(attempts).await;
@@ -199,8 +206,8 @@ async fn post(gw: &Gateway, notification: &NotificationRecord) -> Attempt {
 /// that old is refused by its timestamp anyway).
 async fn clean_nonces(gw: &Gateway) -> Result<(), crate::error::ApiError> {
     let cutoff = now_secs().saturating_sub(2 * gw.config.timestamp_window_secs);
-    let nonces: Vec<(NonceRecord, u64)> = scan_all(gw, ns::NONCE, NONCE_CLEANUP_BATCH * 4).await?;
-    let expired: Vec<_> = nonces.into_iter().filter(|(n, _)| n.timestamp < cutoff).take(NONCE_CLEANUP_BATCH).collect();
+    let expired: Vec<(NonceRecord, u64)> =
+        scan_all(gw, ns::NONCE, NONCE_CLEANUP_BATCH, |n: &NonceRecord| n.timestamp < cutoff).await?;
     if expired.is_empty() {
         return Ok(());
     }

@@ -1,17 +1,17 @@
 //! The gateway over real HTTP against an in-memory model of the cluster.
 
 mod support {
-    pub mod memory_cluster;
     pub mod api;
+    pub mod memory_cluster;
     pub mod receiver;
     pub mod scenarios;
 }
 
-use support::memory_cluster::MemoryCluster;
 use paytx_gateway::{GatewayConfig, PayMethod, RouteConfig};
 use paytx_protocol::ChannelId;
 use std::sync::Arc;
 use support::api::Api;
+use support::memory_cluster::MemoryCluster;
 use support::receiver::Receiver;
 
 async fn start(dir: &std::path::Path) -> (paytx_gateway::RunningGateway, Api) {
