@@ -327,3 +327,65 @@ async fn paytx_up_serves_stops_on_ctrl_c_and_continues_after_a_restart() {
     assert!(!token.is_empty());
     tokio::task::spawn_blocking(move || stop(child)).await.unwrap();
 }
+
+/// Racing requests on one order: one payment wins, concurrent refunds never
+/// exceed what was paid, and the money matches the answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_payments_and_refunds_stay_consistent() {
+    captured_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(options(dir.path())).await.expect("cluster starts");
+    let apis: Vec<Api> = (1..=3).map(|node| api_of(&cluster, node, dir.path())).collect();
+    let receiver = Receiver::start(0).await;
+    let w = scenarios::world(&apis[0], &receiver, "ivan").await;
+    let (judy_id, judy_account, judy_token) = apis[0].register("judy", "5555555555554444").await;
+    let topup = apis[0]
+        .post(
+            &format!("/v1/users/{judy_id}/topups"),
+            Some(&judy_token),
+            &json!({"method": "wechat", "amount_minor": 10_000}),
+        )
+        .await;
+    assert_eq!(topup.status, StatusCode::CREATED, "{}", topup.text);
+    let order = scenarios::new_order(&apis[0], &w, "RACE-1", 2_500).await;
+
+    // Two users pay the same order at once, through different nodes.
+    let judy = scenarios::World { token: judy_token.clone(), user_account: judy_account.clone(), ..w.clone_ids() };
+    let (a, b) = tokio::join!(
+        scenarios::pay(&apis[1], &w, &order, "balance"),
+        scenarios::pay(&apis[2], &judy, &order, "balance")
+    );
+    let wins = [&a, &b].iter().filter(|r| r.status == StatusCode::OK).count();
+    assert_eq!(wins, 1, "exactly one payment: {} / {}", a.text, b.text);
+    for loser in [&a, &b].iter().filter(|r| r.status != StatusCode::OK) {
+        assert!(matches!(loser.code(), "order_not_payable" | "unavailable"), "{}", loser.text);
+    }
+    let ivan = apis[0].balance(&w.user_account, &w.token).await;
+    let judy_balance = apis[0].balance(&judy_account, &judy_token).await;
+    assert_eq!(ivan + judy_balance, 20_000 - 2_500, "one wallet paid once");
+
+    // Five refunds of 1 000 at once on a 2 500 order.
+    let refunds = futures::future::join_all((0..5).map(|n| {
+        let api = apis[n % 3].clone();
+        let w = &w;
+        let order = order.clone();
+        async move { scenarios::refund(&api, w, &order, &format!("RR-{n}"), 1_000).await }
+    }))
+    .await;
+    let granted: i64 = refunds.iter().filter(|r| r.status == StatusCode::CREATED).count() as i64 * 1_000;
+    for r in &refunds {
+        assert!(
+            r.status == StatusCode::CREATED
+                || matches!(r.code(), "refund_exceeds_paid" | "order_not_refundable" | "unavailable"),
+            "{}",
+            r.text
+        );
+    }
+    assert!((1_000..=2_000).contains(&granted), "granted {granted}");
+    let view = scenarios::order(&apis[0], &w, &order).await;
+    assert_eq!(view["refunded_minor"].as_i64(), Some(granted));
+    let after = apis[0].balance(&w.user_account, &w.token).await + apis[0].balance(&judy_account, &judy_token).await;
+    assert_eq!(after, 20_000 - 2_500 + granted, "refunds went back to the payer's wallet, once each");
+    receiver.stop().await;
+    cluster.shutdown().await;
+}

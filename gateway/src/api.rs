@@ -87,6 +87,15 @@ fn hash_hex(parts: &[&str]) -> String {
     secrets::to_hex(&hasher.finalize())
 }
 
+/// A short randomised pause before looking at a contended order again, so
+/// racing requests spread out instead of colliding on every attempt.
+async fn contention_backoff(attempt: usize) {
+    use rand::Rng;
+    let base_ms = 20u64 << attempt.min(4);
+    let jitter_ms = rand::thread_rng().gen_range(0..base_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(base_ms + jitter_ms)).await;
+}
+
 fn txn_key(kind: &str) -> String {
     new_id(kind).0
 }
@@ -623,7 +632,10 @@ async fn pay_order_inner(
     }
     let order = OrderId(parse_id("ord", id).ok_or(ApiError::NotFound("order"))?);
     let (user, _) = gw.store.get::<UserRecord>(ns::USER, &user_id).await?.ok_or(ApiError::InvalidToken)?;
-    for _ in 0..CAS_ATTEMPTS {
+    for attempt in 0..CAS_ATTEMPTS {
+        if attempt > 0 {
+            contention_backoff(attempt).await;
+        }
         let (record, version) = gw.store.get::<OrderRecord>(ns::ORDER, id).await?.ok_or(ApiError::NotFound("order"))?;
         let live = gw.store.order(order).await?.ok_or(ApiError::NotFound("order"))?;
         if live.status != OrderStatus::Created {
@@ -725,7 +737,11 @@ async fn create_refund_inner(
     let order = OrderId(parse_id("ord", id).ok_or(ApiError::NotFound("order"))?);
     let request_hash = hash_hex(&[id, &body.out_refund_no, &amount_minor.to_string(), &body.reason]);
     let claim_key = format!("{}\n{}", merchant.id, body.out_refund_no);
-    for _ in 0..CAS_ATTEMPTS {
+    let mut last_abort = ApiError::Unavailable;
+    for attempt in 0..CAS_ATTEMPTS {
+        if attempt > 0 {
+            contention_backoff(attempt).await;
+        }
         if let Some((claim, _)) = gw.store.get::<Claim>(ns::OUT_REFUND_NO, &claim_key).await? {
             same_request(&claim, &request_hash, "out_refund_no")?;
             let (refund, _) =
@@ -804,13 +820,19 @@ async fn create_refund_inner(
             Err(AbortReason::RecordExists { .. })
             | Err(AbortReason::RecordVersionMismatch { .. })
             | Err(AbortReason::Conflict { .. }) => continue,
+            // Racing refunds hold the merchant's money at prepare: look at
+            // the order again, which names the real limit (what is left).
+            Err(AbortReason::InsufficientFunds { .. }) => {
+                last_abort = ApiError::InsufficientFunds;
+                continue;
+            }
             Err(AbortReason::IllegalOrderTransition { from, .. }) => {
                 return Err(ApiError::OrderNotRefundable { status: from.to_string() })
             }
             Err(reason) => return Err(map_abort(reason)),
         }
     }
-    Err(ApiError::Unavailable)
+    Err(last_abort)
 }
 
 #[utoipa::path(get, path = "/v1/refunds/{id}", params(("id" = String, Path, description = "refund id")),

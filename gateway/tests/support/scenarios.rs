@@ -44,6 +44,19 @@ pub async fn world(api: &Api, receiver: &Receiver, username: &str) -> World {
     }
 }
 
+impl World {
+    /// The same merchant, for another user to be filled in.
+    pub fn clone_ids(&self) -> World {
+        World {
+            merchant: self.merchant.clone(),
+            merchant_account: self.merchant_account.clone(),
+            user: self.user.clone(),
+            user_account: self.user_account.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
 pub async fn merchant_balance(api: &Api, w: &World) -> i64 {
     let reply = api
         .signed(merchant_key(), &w.merchant, Method::GET, &format!("/v1/accounts/{}", w.merchant_account), None)
