@@ -389,3 +389,23 @@ async fn racing_payments_and_refunds_stay_consistent() {
     receiver.stop().await;
     cluster.shutdown().await;
 }
+
+/// The README's `[gateway]` example is a valid config.
+#[test]
+fn the_readme_gateway_config_parses() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```toml\nhttp_listen").expect("the README has the example") + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    #[derive(serde::Deserialize)]
+    struct Example {
+        http_listen: std::net::SocketAddr,
+        gateway: paytx_gateway::GatewayConfig,
+    }
+    let example: Example = toml::from_str(&readme[start..end]).expect("the README's example parses");
+    assert_eq!(example.http_listen.port(), 8080);
+    assert_eq!(example.gateway.routing_strategy, paytx_gateway::RoutingStrategy::WeightedRandom);
+    assert_eq!(example.gateway.routes.len(), 1);
+    assert_eq!(example.gateway.routes[0].weight, 3);
+    assert_eq!(example.gateway.notify_retry_schedule.len(), 10);
+    assert_eq!(example.gateway.breaker.failure_threshold, 3);
+}
