@@ -109,6 +109,7 @@ pub(crate) fn map_abort(reason: AbortReason) -> ApiError {
             ApiError::RefundExceedsPaid { requested_minor, remaining_minor: paid_minor.saturating_sub(refunded_minor) }
         }
         AbortReason::RecordStoreFull { .. } => ApiError::StoreFull,
+        AbortReason::BalanceOverflow(_) => ApiError::InvalidAmount,
         AbortReason::Conflict { .. }
         | AbortReason::PrepareTimeout { .. }
         | AbortReason::ShardUnavailable { .. }
@@ -512,6 +513,10 @@ where
             Err(reason @ (AbortReason::ChannelDeclined { .. } | AbortReason::UnknownChannel(_))) => {
                 gw.router.report(channel, false, std::time::Instant::now());
                 last = Some(reason);
+            }
+            // The channel's clearing float cannot cover it: the channel says no.
+            Err(AbortReason::InsufficientFunds { account, .. }) if account == clearing => {
+                return Ok(Err(AbortReason::ChannelDeclined { channel }))
             }
             Err(reason) => return Ok(Err(reason)),
         }

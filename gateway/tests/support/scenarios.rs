@@ -326,6 +326,22 @@ pub async fn bad_inputs(api: &Api, receiver: &Receiver) {
     assert_eq!((reply.status, reply.code()), (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"));
     assert_eq!(order(api, &w, &rich_id).await["status"], "CREATED");
 
+    let huge = api
+        .post(
+            &format!("/v1/users/{}/topups", w.user),
+            Some(&w.token),
+            &json!({"method": "alipay", "amount_minor": i64::MAX}),
+        )
+        .await;
+    // The wallet would overflow (400) or the channel cannot fund it (402):
+    // which shard refuses first depends on the deployment; nothing changes.
+    assert!(
+        [(StatusCode::BAD_REQUEST, "invalid_amount"), (StatusCode::PAYMENT_REQUIRED, "channel_declined")]
+            .contains(&(huge.status, huge.code())),
+        "{}",
+        huge.text
+    );
+
     // Authorization: another merchant cannot see or act on this order.
     let other = api.onboard(other_merchant_key(), &receiver.url).await;
     let other_id = other["id"].as_str().unwrap();
