@@ -56,6 +56,17 @@ pub struct ClusterOptions {
     pub seed: Option<u64>,
     /// Drops chosen node-to-node messages (tests).
     pub link_filter: LinkFilter,
+    /// Serve the open-platform HTTP API from every node (see [`HttpOptions`]).
+    pub http: Option<HttpOptions>,
+}
+
+/// The open-platform API of an embedded cluster: node `i` (1-based) listens
+/// on `base` with port `base.port() + i - 1` (or an ephemeral port when
+/// `base.port()` is 0).
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub base: SocketAddr,
+    pub gateway: paytx_gateway::GatewayConfig,
 }
 
 impl Default for ClusterOptions {
@@ -70,6 +81,7 @@ impl Default for ClusterOptions {
             channels: paytx_participants::default_channels(),
             seed: None,
             link_filter: LinkFilter::default(),
+            http: None,
         }
     }
 }
@@ -108,9 +120,13 @@ pub struct Cluster {
     configs: BTreeMap<NodeId, NodeConfig>,
     nodes: Mutex<BTreeMap<NodeId, NodeThread>>,
     link_filter: LinkFilter,
+    http_addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
 }
 
-fn spawn_node(config: NodeConfig, options: NodeOptions) -> (NodeThread, oneshot::Receiver<Result<SocketAddr, String>>) {
+/// What a started node reports: its client address and its API address.
+type Ready = oneshot::Receiver<Result<(SocketAddr, Option<SocketAddr>), String>>;
+
+fn spawn_node(config: NodeConfig, options: NodeOptions) -> (NodeThread, Ready) {
     let (commands, mut inbox) = mpsc::unbounded_channel();
     let (ready, ready_rx) = oneshot::channel();
     let name = format!("paytx-node-{}", config.node_id);
@@ -126,7 +142,7 @@ fn spawn_node(config: NodeConfig, options: NodeOptions) -> (NodeThread, oneshot:
                         return;
                     }
                 };
-                let _ = ready.send(Ok(node.addr()));
+                let _ = ready.send(Ok((node.addr(), node.http_addr())));
                 while let Some(command) = inbox.recv().await {
                     match command {
                         NodeCommand::ShutdownCoordinator(done) => {
@@ -184,6 +200,11 @@ impl Cluster {
             config.limits = options.limits.clone();
             config.channels = options.channels.clone();
             config.seed = options.seed.map(|s| s.wrapping_add(*id));
+            if let Some(http) = &options.http {
+                let port = if http.base.port() == 0 { 0 } else { http.base.port().saturating_add(*id as u16 - 1) };
+                config.http_listen = Some(SocketAddr::new(http.base.ip(), port));
+                config.gateway = http.gateway.clone();
+            }
             configs.insert(*id, config);
         }
         let cluster = Cluster {
@@ -192,6 +213,7 @@ impl Cluster {
             configs,
             nodes: Mutex::new(BTreeMap::new()),
             link_filter: options.link_filter.clone(),
+            http_addrs: Mutex::new(BTreeMap::new()),
         };
         let mut waits = Vec::new();
         for (id, listener) in listeners {
@@ -206,7 +228,7 @@ impl Cluster {
         }
         for (id, ready) in waits {
             match ready.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok((_, http))) => cluster.note_http(id, http),
                 Ok(Err(reason)) => return Err(ClusterError::NodeStart { node: id, reason }),
                 Err(_) => return Err(ClusterError::NodeStart { node: id, reason: "the node thread ended".into() }),
             }
@@ -217,6 +239,19 @@ impl Cluster {
 
     fn lock_nodes(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, NodeThread>> {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note_http(&self, node: NodeId, addr: Option<SocketAddr>) {
+        let mut addrs = self.http_addrs.lock().unwrap_or_else(|p| p.into_inner());
+        match addr {
+            Some(addr) => addrs.insert(node, addr),
+            None => addrs.remove(&node),
+        };
+    }
+
+    /// Where node `node` serves the open-platform HTTP API (when it does).
+    pub fn http_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.http_addrs.lock().unwrap_or_else(|p| p.into_inner()).get(&node).copied()
     }
 
     pub fn node_ids(&self) -> Vec<NodeId> {
@@ -317,7 +352,10 @@ impl Cluster {
         let (thread, ready) = spawn_node(config, options);
         self.lock_nodes().insert(node, thread);
         match ready.await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok((_, http))) => {
+                self.note_http(node, http);
+                Ok(())
+            }
             Ok(Err(reason)) => Err(ClusterError::NodeStart { node, reason }),
             Err(_) => Err(ClusterError::NodeStart { node, reason: "the node thread ended".into() }),
         }

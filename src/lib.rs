@@ -9,12 +9,13 @@
 pub mod chaos;
 pub mod client;
 pub mod cluster;
+pub mod gateway;
 pub mod net;
 pub mod node;
 pub mod report;
 pub mod workload;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use cluster::{Cluster, ClusterOptions};
+pub use cluster::{Cluster, ClusterOptions, HttpOptions};
 pub use paytx_node::{config, link, NodeConfig};
 pub use paytx_protocol as protocol;

@@ -5,6 +5,7 @@ mod bench;
 mod cli_client;
 mod demo;
 mod sim_cli;
+mod up;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -41,6 +42,14 @@ enum Command {
     /// Fault injection against real `paytx node` processes: kills, pauses,
     /// partitions and slow links on a seeded schedule, then Jepsen-bank checks.
     Chaos(paytx::chaos::ChaosArgs),
+    /// An embedded 3-node cluster serving the native protocol and the
+    /// open-platform HTTP API until Ctrl-C.
+    Up(up::UpArgs),
+    /// The gateway's hash-chained audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Write node configs for a local cluster (one file per node).
     GenConfigs {
         #[arg(long, default_value_t = 3)]
@@ -53,6 +62,16 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 7101)]
         base_port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every node's audit log under DIR; names the first modified,
+    /// deleted or reordered entry. Exit code 1 when one is broken.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -112,6 +131,14 @@ fn main() -> std::process::ExitCode {
         Command::Chaos(args) => {
             init_tracing(QUIET_LOGS);
             on_tokio(run_chaos(args)).map(|ok| if ok { 0 } else { 1 })
+        }
+        Command::Up(args) => {
+            init_tracing("warn,openraft=off,paytx::net=error,paytx_gateway=info");
+            on_tokio(up::up(args)).map(|_| 0)
+        }
+        Command::Audit { command: AuditCommand::Verify { data_dir } } => {
+            init_tracing("warn");
+            up::audit_verify(&data_dir).map(|ok| if ok { 0 } else { 1 })
         }
         Command::GenConfigs { nodes, dir, data_dir, base_port } => {
             init_tracing("warn");

@@ -39,6 +39,8 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     disk: SledDisk,
+    /// The open-platform HTTP API, when `http_listen` is set.
+    gateway: Option<paytx_gateway::RunningGateway>,
 }
 
 impl Node {
@@ -76,12 +78,29 @@ impl Node {
             peer_secret: Some(secret),
         };
         let server = tokio::spawn(serve(listener, Arc::new(ServiceHandler(core.service())), limits, shutdown_rx));
+        let gateway = match config.http_listen {
+            Some(http) => match crate::gateway::start(&config, core.service(), http).await {
+                Ok(gateway) => Some(gateway),
+                Err(e) => {
+                    let _ = shutdown.send(true);
+                    let _ = server.await;
+                    core.stop().await;
+                    return Err(NodeError::Config(format!("the HTTP API did not start: {e}")));
+                }
+            },
+            None => None,
+        };
         tracing::info!(node = config.node_id, %addr, "node started");
-        Ok(Node { core, addr, shutdown, server, disk: sled_disk })
+        Ok(Node { core, addr, shutdown, server, disk: sled_disk, gateway })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the open-platform HTTP API listens, if it does.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(|g| g.addr())
     }
 
     pub fn id(&self) -> NodeId {
@@ -99,6 +118,9 @@ impl Node {
     /// Stops serving, shuts the replica and the shards down, syncs the disk.
     pub async fn shutdown(self) {
         let id = self.id();
+        if let Some(gateway) = self.gateway {
+            gateway.stop().await;
+        }
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
         self.core.stop().await;

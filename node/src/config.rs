@@ -26,7 +26,9 @@
 //!
 //! Optional sections: `[raft]` (timings, snapshots), `[limits]` (frames,
 //! connections, in-flight requests, timeouts), `[coordinator]` (2PC timings)
-//! and `[[channels]]` (payment channel routes); see the README.
+//! and `[[channels]]` (payment channel routes); see the README. With
+//! `http_listen = "127.0.0.1:8080"` the node also serves the open-platform
+//! HTTP API, configured by `[gateway]` (key files, retry schedule, routes).
 
 use paytx_coordinator::RaftSettings;
 use paytx_participants::ChannelConfig;
@@ -124,6 +126,12 @@ pub struct NodeConfig {
     /// `paytx gen-configs` writes a random one.
     #[serde(default)]
     pub cluster_secret: String,
+    /// Serve the open-platform HTTP API here (issue 4); `None`: no API.
+    #[serde(default)]
+    pub http_listen: Option<SocketAddr>,
+    /// The API's keys, sessions, notifications and channel routing.
+    #[serde(default)]
+    pub gateway: paytx_gateway::GatewayConfig,
 }
 
 fn default_true() -> bool {
@@ -226,6 +234,8 @@ impl NodeConfig {
             limits: Limits::default(),
             seed: None,
             cluster_secret: cluster_secret.to_string(),
+            http_listen: None,
+            gateway: paytx_gateway::GatewayConfig::default(),
         }
     }
 

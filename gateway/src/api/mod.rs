@@ -1,0 +1,198 @@
+//! The HTTP handlers, one module per resource, and what they share. Each
+//! state-changing handler runs an `_inner` function and appends the outcome
+//! to the audit log, whatever it was.
+
+use crate::auth::{self, Caller};
+use crate::error::{ApiError, ErrorBody};
+use crate::model::*;
+use crate::routing::PayMethod;
+use crate::secrets;
+use crate::server::Gateway;
+use crate::store::{self, ns};
+use crate::validate;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::StreamExt;
+use paytx_protocol::error::OrderStatus;
+use paytx_protocol::{
+    AbortReason, AccountId, ChannelId, Currency, Money, Operation, OrderId, RecordExpect, TxnRequest,
+};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// Largest request body, in bytes (more: 413).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Attempts of a payment/refund whose order record moved under it.
+pub(crate) const CAS_ATTEMPTS: usize = 4;
+
+/// What the audit log gets about a request, filled in as the handler learns it.
+pub struct AuditNote {
+    pub(crate) action: &'static str,
+    pub(crate) actor: String,
+    pub(crate) target: String,
+}
+
+impl AuditNote {
+    pub(crate) fn new(action: &'static str) -> AuditNote {
+        AuditNote { action, actor: "anonymous".into(), target: String::new() }
+    }
+}
+
+pub(crate) fn finish(gw: &Gateway, note: AuditNote, result: Result<HttpResponse, ApiError>) -> HttpResponse {
+    let (response, outcome) = match result {
+        Ok(response) => (response, "ok".to_string()),
+        Err(error) => {
+            let code = error.code().to_string();
+            (actix_web::ResponseError::error_response(&error), code)
+        }
+    };
+    if let Err(error) = gw.audit.append(&note.actor, note.action, &note.target, response.status().as_u16(), &outcome) {
+        tracing::error!(%error, "audit append failed");
+    }
+    response
+}
+
+/// Reads the body, refusing more than [`MAX_BODY_BYTES`] without buffering it.
+pub(crate) async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<Vec<u8>, ApiError> {
+    let too_large = ApiError::BodyTooLarge { max_bytes: MAX_BODY_BYTES };
+    let declared =
+        req.headers().get("Content-Length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(too_large);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::MalformedJson("the body could not be read".into()))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e))
+}
+
+pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> HttpResponse {
+    HttpResponse::build(status).json(value)
+}
+
+pub(crate) fn hash_hex(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    secrets::to_hex(&hasher.finalize())
+}
+
+/// A short randomised pause before looking at a contended order again, so
+/// racing requests spread out instead of colliding on every attempt.
+pub(crate) async fn contention_backoff(attempt: usize) {
+    use rand::Rng;
+    let base_ms = 20u64 << attempt.min(4);
+    let jitter_ms = rand::thread_rng().gen_range(0..base_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(base_ms + jitter_ms)).await;
+}
+
+pub(crate) fn txn_key(kind: &str) -> String {
+    new_id(kind).0
+}
+
+pub(crate) fn map_abort(reason: AbortReason) -> ApiError {
+    match reason {
+        AbortReason::InsufficientFunds { .. } => ApiError::InsufficientFunds,
+        AbortReason::CurrencyMismatch { .. } => ApiError::CurrencyMismatch,
+        AbortReason::ChannelDeclined { .. } => ApiError::ChannelDeclined,
+        AbortReason::RefundExceedsPaid { paid_minor, refunded_minor, requested_minor, .. } => {
+            ApiError::RefundExceedsPaid { requested_minor, remaining_minor: paid_minor.saturating_sub(refunded_minor) }
+        }
+        AbortReason::RecordStoreFull { .. } => ApiError::StoreFull,
+        AbortReason::BalanceOverflow(_) => ApiError::InvalidAmount,
+        AbortReason::Conflict { .. }
+        | AbortReason::PrepareTimeout { .. }
+        | AbortReason::ShardUnavailable { .. }
+        | AbortReason::PresumedAbort
+        | AbortReason::ShardOverloaded { .. } => ApiError::Unavailable,
+        other => {
+            tracing::error!(reason = %other, "unexpected abort");
+            ApiError::Internal
+        }
+    }
+}
+
+/// The answer to a request whose idempotency claim already exists: the
+/// same request gets the original resource again, another one a 409.
+pub(crate) fn same_request(claim: &Claim, request_hash: &str, what: &'static str) -> Result<(), ApiError> {
+    if claim.request_hash == request_hash {
+        Ok(())
+    } else {
+        Err(ApiError::IdempotencyConflict(what))
+    }
+}
+
+pub(crate) async fn order_view(gw: &Gateway, record: &OrderRecord) -> Result<OrderView, ApiError> {
+    let order = parse_id("ord", &record.id).ok_or(ApiError::Internal)?;
+    let live = gw.store.order(OrderId(order)).await?;
+    Ok(OrderView {
+        id: record.id.clone(),
+        merchant_id: record.merchant_id.clone(),
+        out_trade_no: record.out_trade_no.clone(),
+        status: live.as_ref().map(|v| v.status.as_str()).unwrap_or("CREATED").to_string(),
+        amount_minor: record.amount_minor,
+        currency: record.currency.clone(),
+        refunded_minor: live.as_ref().map(|v| v.refunded_minor).unwrap_or(0),
+        description: record.description.clone(),
+        payment: record.payment.as_ref().map(|p| PaymentView {
+            method: p.method.clone(),
+            channel_id: p.channel,
+            user_id: p.user_id.clone(),
+            paid_at: p.paid_at,
+        }),
+        refund_ids: record.refunds.clone(),
+        created_at: record.created_at,
+    })
+}
+
+/// The order `id` as seen by `caller`: another merchant's order is "not
+/// found", exactly like a missing one.
+pub(crate) async fn load_order(gw: &Gateway, caller: &Caller, id: &str) -> Result<(OrderRecord, u64), ApiError> {
+    parse_id("ord", id).ok_or(ApiError::NotFound("order"))?;
+    let (record, version) = gw.store.get::<OrderRecord>(ns::ORDER, id).await?.ok_or(ApiError::NotFound("order"))?;
+    match caller {
+        Caller::Admin => Ok((record, version)),
+        Caller::Merchant(merchant) if merchant.id == record.merchant_id => Ok((record, version)),
+        _ => Err(ApiError::NotFound("order")),
+    }
+}
+
+pub(crate) fn currency_of(code: &str) -> Result<Currency, ApiError> {
+    Currency::parse(code).ok_or(ApiError::Internal)
+}
+
+mod channels;
+mod merchants;
+mod notifications;
+mod orders;
+mod pay;
+mod refunds;
+mod topups;
+mod users;
+/// Any route the API does not have.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("route"))
+}
+
+mod accounts;
+
+pub use accounts::*;
+pub use channels::*;
+pub use merchants::*;
+pub use notifications::*;
+pub use orders::*;
+pub use pay::*;
+pub use refunds::*;
+pub use topups::*;
+pub use users::*;

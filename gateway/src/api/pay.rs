@@ -1,0 +1,105 @@
+//! Paying an order: one 2PC transaction for the money, the order and the notification.
+
+use super::*;
+
+#[utoipa::path(post, path = "/v1/orders/{id}/pay", request_body = PayOrderRequest,
+    params(("id" = String, Path, description = "order id")),
+    responses((status = 200, body = OrderView), (status = 400, body = ErrorBody), (status = 402, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("user_token" = [])))]
+pub async fn pay_order(
+    gw: web::Data<Gateway>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let mut note = AuditNote::new("order.pay");
+    note.target = path.clone();
+    let result = pay_order_inner(&gw, &req, &path, payload, &mut note).await;
+    finish(&gw, note, result)
+}
+
+async fn pay_order_inner(
+    gw: &Gateway,
+    req: &HttpRequest,
+    id: &str,
+    payload: web::Payload,
+    note: &mut AuditNote,
+) -> Result<HttpResponse, ApiError> {
+    let raw = read_body(req, payload).await?;
+    let user_id = auth::require_user(gw, req)?;
+    note.actor = format!("user:{user_id}");
+    let body: PayOrderRequest = parse(&raw)?;
+    let method = channel_method(&body.method)?;
+    if method != PayMethod::Balance && !gw.router.supports(method) {
+        return Err(ApiError::ChannelUnavailable);
+    }
+    let order = OrderId(parse_id("ord", id).ok_or(ApiError::NotFound("order"))?);
+    let (user, _) = gw.store.get::<UserRecord>(ns::USER, &user_id).await?.ok_or(ApiError::InvalidToken)?;
+    for attempt in 0..CAS_ATTEMPTS {
+        if attempt > 0 {
+            contention_backoff(attempt).await;
+        }
+        let (record, version) = gw.store.get::<OrderRecord>(ns::ORDER, id).await?.ok_or(ApiError::NotFound("order"))?;
+        let live = gw.store.order(order).await?.ok_or(ApiError::NotFound("order"))?;
+        if live.status != OrderStatus::Created {
+            return Err(ApiError::OrderNotPayable { status: live.status.to_string() });
+        }
+        let (merchant, _) =
+            gw.store.get::<MerchantRecord>(ns::MERCHANT, &record.merchant_id).await?.ok_or(ApiError::Internal)?;
+        let currency = currency_of(&record.currency)?;
+        let amount = Money::new(record.amount_minor, currency);
+        let paid_at = now_secs();
+        let data = |channel: Option<ChannelId>| {
+            serde_json::json!({
+                "order_id": record.id, "out_trade_no": record.out_trade_no, "status": "PAID",
+                "amount_minor": record.amount_minor, "currency": record.currency,
+                "method": method.as_str(), "channel_id": channel.map(|c| c.0), "paid_at": paid_at,
+            })
+        };
+        let build = |channel: Option<ChannelId>, source: AccountId| -> Result<TxnRequest, ApiError> {
+            let (notify_id, notify_ops) =
+                notification_ops(&merchant, &record.id, None, "payment.succeeded", data(channel))?;
+            let mut updated = record.clone();
+            updated.payment = Some(PaymentInfo {
+                method: method.as_str().into(),
+                channel: channel.map(|c| c.0),
+                user_id: user.id.clone(),
+                paid_at,
+            });
+            updated.notify_ids.push(notify_id);
+            let mut ops = vec![
+                Operation::Debit { account: source, amount },
+                Operation::Credit { account: AccountId(merchant.account), amount },
+                Operation::MarkPaid { order, amount },
+            ];
+            if let Some(channel) = channel {
+                ops.push(Operation::Charge { channel, order, amount });
+            }
+            ops.push(store::put(ns::ORDER, &record.id, &updated, RecordExpect::Version(version))?);
+            ops.extend(notify_ops);
+            Ok(TxnRequest::new(txn_key("pay"), ops))
+        };
+        let outcome = if method == PayMethod::Balance {
+            if user.currency != record.currency {
+                return Err(ApiError::CurrencyMismatch);
+            }
+            gw.store.submit(build(None, AccountId(user.account))?).await?
+        } else {
+            through_channel(gw, method, currency, |channel, clearing| build(Some(channel), clearing)).await?.map(|_| ())
+        };
+        match outcome {
+            Ok(()) => {
+                let (record, _) = gw.store.get::<OrderRecord>(ns::ORDER, id).await?.ok_or(ApiError::Internal)?;
+                return Ok(json(StatusCode::OK, &order_view(gw, &record).await?));
+            }
+            Err(AbortReason::IllegalOrderTransition { from, .. }) => {
+                return Err(ApiError::OrderNotPayable { status: from.to_string() })
+            }
+            // The order record moved (a concurrent payment or refund): look again.
+            Err(AbortReason::RecordVersionMismatch { .. }) | Err(AbortReason::Conflict { .. }) => continue,
+            Err(reason) => return Err(map_abort(reason)),
+        }
+    }
+    Err(ApiError::Unavailable)
+}

@@ -1,0 +1,157 @@
+//! Refunds: partial and repeated, back the way the money came.
+
+use super::*;
+
+#[utoipa::path(post, path = "/v1/orders/{id}/refunds", request_body = CreateRefundRequest,
+    params(("id" = String, Path, description = "order id")),
+    responses((status = 201, body = RefundView), (status = 200, description = "replay of the same out_refund_no", body = RefundView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("merchant_signature" = [])))]
+pub async fn create_refund(
+    gw: web::Data<Gateway>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let mut note = AuditNote::new("refund.create");
+    note.target = path.clone();
+    let result = create_refund_inner(&gw, &req, &path, payload, &mut note).await;
+    finish(&gw, note, result)
+}
+
+async fn create_refund_inner(
+    gw: &Gateway,
+    req: &HttpRequest,
+    id: &str,
+    payload: web::Payload,
+    note: &mut AuditNote,
+) -> Result<HttpResponse, ApiError> {
+    let raw = read_body(req, payload).await?;
+    let merchant = auth::require_merchant(gw, req, &raw).await?;
+    note.actor = format!("merchant:{}", merchant.id);
+    let body: CreateRefundRequest = parse(&raw)?;
+    validate::merchant_key("out_refund_no", &body.out_refund_no)?;
+    let amount_minor = validate::amount(&body.amount_minor)?;
+    validate::text("reason", &body.reason, 256)?;
+    let caller = Caller::Merchant(Box::new(merchant.clone()));
+    let order = OrderId(parse_id("ord", id).ok_or(ApiError::NotFound("order"))?);
+    let request_hash = hash_hex(&[id, &body.out_refund_no, &amount_minor.to_string(), &body.reason]);
+    let claim_key = format!("{}\n{}", merchant.id, body.out_refund_no);
+    let mut last_abort = ApiError::Unavailable;
+    for attempt in 0..CAS_ATTEMPTS {
+        if attempt > 0 {
+            contention_backoff(attempt).await;
+        }
+        if let Some((claim, _)) = gw.store.get::<Claim>(ns::OUT_REFUND_NO, &claim_key).await? {
+            same_request(&claim, &request_hash, "out_refund_no")?;
+            let (refund, _) =
+                gw.store.get::<RefundRecord>(ns::REFUND, &claim.id).await?.ok_or(ApiError::Unavailable)?;
+            return Ok(json(StatusCode::OK, &RefundView::from(&refund)));
+        }
+        let (record, version) = load_order(gw, &caller, id).await?;
+        let live = gw.store.order(order).await?.ok_or(ApiError::NotFound("order"))?;
+        if !matches!(live.status, OrderStatus::Paid | OrderStatus::PartiallyRefunded) {
+            return Err(ApiError::OrderNotRefundable { status: live.status.to_string() });
+        }
+        let remaining = live.amount.amount_minor.saturating_sub(live.refunded_minor);
+        if amount_minor > remaining {
+            return Err(ApiError::RefundExceedsPaid { requested_minor: amount_minor, remaining_minor: remaining });
+        }
+        if record.refunds.len() >= MAX_REFUNDS_PER_ORDER {
+            return Err(ApiError::TooManyRefunds { max: MAX_REFUNDS_PER_ORDER });
+        }
+        let payment = record.payment.clone().ok_or(ApiError::Internal)?;
+        let currency = currency_of(&record.currency)?;
+        let amount = Money::new(amount_minor, currency);
+        // The money goes back the way it came.
+        let (target, channel) = match payment.channel {
+            None => {
+                let (payer, _) =
+                    gw.store.get::<UserRecord>(ns::USER, &payment.user_id).await?.ok_or(ApiError::Internal)?;
+                (AccountId(payer.account), None)
+            }
+            Some(channel) => (ensure_clearing(gw, ChannelId(channel), currency).await?, Some(ChannelId(channel))),
+        };
+        let (refund_id, _) = new_id("rfd");
+        let data = serde_json::json!({
+            "order_id": record.id, "out_trade_no": record.out_trade_no, "refund_id": refund_id,
+            "out_refund_no": body.out_refund_no, "amount_minor": amount_minor, "currency": record.currency,
+            "status": "SUCCEEDED",
+        });
+        let (notify_id, notify_ops) =
+            notification_ops(&merchant, &record.id, Some(&refund_id), "refund.succeeded", data)?;
+        let refund = RefundRecord {
+            id: refund_id.clone(),
+            order_id: record.id.clone(),
+            merchant_id: merchant.id.clone(),
+            out_refund_no: body.out_refund_no.clone(),
+            amount_minor,
+            currency: record.currency.clone(),
+            reason: body.reason.clone(),
+            method: payment.method.clone(),
+            channel: payment.channel,
+            notify_id: notify_id.clone(),
+            created_at: now_secs(),
+        };
+        let mut updated = record.clone();
+        updated.refunds.push(refund_id.clone());
+        updated.notify_ids.push(notify_id);
+        let mut ops = vec![
+            Operation::Debit { account: AccountId(merchant.account), amount },
+            Operation::Credit { account: target, amount },
+            Operation::RefundOrder { order, amount },
+        ];
+        if let Some(channel) = channel {
+            ops.push(Operation::ChannelRefund { channel, order, amount });
+        }
+        ops.push(store::insert(
+            ns::OUT_REFUND_NO,
+            &claim_key,
+            &Claim { id: refund_id.clone(), request_hash: request_hash.clone() },
+        )?);
+        ops.push(store::insert(ns::REFUND, &refund_id, &refund)?);
+        ops.push(store::put(ns::ORDER, &record.id, &updated, RecordExpect::Version(version))?);
+        ops.extend(notify_ops);
+        match gw.store.submit(TxnRequest::new(txn_key("rfd"), ops)).await? {
+            Ok(()) => {
+                note.target = refund_id;
+                return Ok(json(StatusCode::CREATED, &RefundView::from(&refund)));
+            }
+            Err(AbortReason::RecordExists { .. })
+            | Err(AbortReason::RecordVersionMismatch { .. })
+            | Err(AbortReason::Conflict { .. }) => continue,
+            // Racing refunds hold the merchant's money at prepare: look at
+            // the order again, which names the real limit (what is left).
+            Err(AbortReason::InsufficientFunds { .. }) => {
+                last_abort = ApiError::InsufficientFunds;
+                continue;
+            }
+            Err(AbortReason::IllegalOrderTransition { from, .. }) => {
+                return Err(ApiError::OrderNotRefundable { status: from.to_string() })
+            }
+            Err(reason) => return Err(map_abort(reason)),
+        }
+    }
+    Err(last_abort)
+}
+
+#[utoipa::path(get, path = "/v1/refunds/{id}", params(("id" = String, Path, description = "refund id")),
+    responses((status = 200, body = RefundView), (status = 404, body = ErrorBody)),
+    security(("merchant_signature" = []), ("admin_key" = [])))]
+pub async fn get_refund(
+    gw: web::Data<Gateway>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload).await?;
+    let caller = auth::any_caller(&gw, &req, &body).await?;
+    parse_id("rfd", &path).ok_or(ApiError::NotFound("refund"))?;
+    let (refund, _) = gw.store.get::<RefundRecord>(ns::REFUND, &path).await?.ok_or(ApiError::NotFound("refund"))?;
+    match &caller {
+        Caller::Admin => {}
+        Caller::Merchant(merchant) if merchant.id == refund.merchant_id => {}
+        _ => return Err(ApiError::NotFound("refund")),
+    }
+    Ok(json(StatusCode::OK, &RefundView::from(&refund)))
+}

@@ -1,0 +1,204 @@
+//! Starting and stopping a node's gateway: keys, state, routes, workers.
+
+use crate::api;
+use crate::audit::AuditLog;
+use crate::config::GatewayConfig;
+use crate::error::ApiError;
+use crate::routing::Router;
+use crate::secrets::{CardVault, Key32};
+use crate::store::{ClusterApi, Store};
+use crate::token::TokenIssuer;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("gateway key: {0}")]
+    Secret(#[from] crate::secrets::SecretError),
+    #[error("platform key: {0}")]
+    Key(#[from] crate::signing::KeyError),
+    #[error("the admin key file {0} is empty or shorter than 16 bytes")]
+    WeakAdminKey(String),
+    #[error("notify_retry_schedule: {0}")]
+    Schedule(#[from] crate::retry::ScheduleError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("cannot build the notification client: {0}")]
+    Http(String),
+}
+
+/// Everything a request handler needs: keys, the cluster, the audit log.
+pub struct Gateway {
+    pub store: Store,
+    pub node_id: u64,
+    pub admin_key: Vec<u8>,
+    pub vault: CardVault,
+    pub tokens: TokenIssuer,
+    pub platform_key: RsaPrivateKey,
+    pub platform_public_pem: String,
+    pub router: Router,
+    pub audit: AuditLog,
+    pub config: GatewayConfig,
+    pub schedule: Vec<Duration>,
+    pub http: reqwest::Client,
+}
+
+/// Creates the key files that do not exist yet (first start of `paytx up`):
+/// the admin key (random, 32 hex bytes), the card key, the platform's RSA key.
+pub fn create_missing_keys(config: &GatewayConfig) -> Result<(), GatewayError> {
+    if !config.admin_key_file.exists() {
+        crate::secrets::write_private_file(&config.admin_key_file, &crate::secrets::to_hex(&Key32::random().0))?;
+    }
+    Key32::load_or_create(&config.card_key_file)?;
+    if !config.platform_key_file.exists() {
+        let key = crate::signing::generate_key()?;
+        crate::secrets::write_private_file(&config.platform_key_file, &crate::signing::private_key_pem(&key)?)?;
+    }
+    Ok(())
+}
+
+impl Gateway {
+    /// Loads the keys named by `config` and opens the audit log in `data_dir`.
+    pub fn new(
+        config: GatewayConfig,
+        cluster: Arc<dyn ClusterApi>,
+        node_id: u64,
+        data_dir: &Path,
+        routes_from_channels: &[crate::routing::RouteConfig],
+    ) -> Result<Gateway, GatewayError> {
+        let admin_key =
+            std::fs::read_to_string(&config.admin_key_file).map_err(|e| crate::secrets::SecretError::Read {
+                path: config.admin_key_file.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let admin_key = admin_key.trim().as_bytes().to_vec();
+        if admin_key.len() < 16 {
+            return Err(GatewayError::WeakAdminKey(config.admin_key_file.display().to_string()));
+        }
+        let card_key = Key32::load(&config.card_key_file)?;
+        let session_secret = if config.session_secret.is_empty() {
+            card_key.derive("paytx session tokens v1")
+        } else {
+            Key32(
+                sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+                    config.session_secret.as_bytes(),
+                ))
+                .into(),
+            )
+            .derive("paytx session tokens v1")
+        };
+        let platform_key = crate::signing::load_private_key(&config.platform_key_file)?;
+        let platform_public_pem = crate::signing::public_key_pem(&RsaPublicKey::from(&platform_key))?;
+        let schedule = crate::retry::parse_schedule(&config.notify_retry_schedule)?;
+        let routes = if config.routes.is_empty() { routes_from_channels } else { &config.routes };
+        let router = Router::new(routes, config.routing_strategy, config.breaker);
+        let audit = AuditLog::open(&crate::audit::audit_dir(data_dir), node_id)?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.notify_timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| GatewayError::Http(e.to_string()))?;
+        Ok(Gateway {
+            store: Store::new(cluster),
+            node_id,
+            admin_key,
+            vault: CardVault::new(&card_key),
+            tokens: TokenIssuer::new(session_secret),
+            platform_key,
+            platform_public_pem,
+            router,
+            audit,
+            config,
+            schedule,
+            http,
+        })
+    }
+}
+
+/// A running gateway: the HTTP server and the delivery worker.
+pub struct RunningGateway {
+    addr: SocketAddr,
+    server: actix_web::dev::ServerHandle,
+    stop_worker: tokio::sync::watch::Sender<bool>,
+    gateway: Arc<Gateway>,
+}
+
+impl RunningGateway {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Stops accepting, finishes requests in flight (bounded), stops the worker.
+    pub async fn stop(self) {
+        let _ = self.stop_worker.send(true);
+        self.server.stop(true).await;
+        self.gateway.audit.flush();
+    }
+}
+
+fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/openapi.json", web::get().to(openapi_json))
+        .route("/v1/users", web::post().to(api::register_user))
+        .route("/v1/sessions", web::post().to(api::create_session))
+        .route("/v1/merchants", web::post().to(api::create_merchant))
+        .route("/v1/orders", web::post().to(api::create_order))
+        .route("/v1/orders/{id}", web::get().to(api::get_order))
+        .route("/v1/orders/{id}/close", web::post().to(api::close_order))
+        .route("/v1/orders/{id}/pay", web::post().to(api::pay_order))
+        .route("/v1/orders/{id}/refunds", web::post().to(api::create_refund))
+        .route("/v1/refunds/{id}", web::get().to(api::get_refund))
+        .route("/v1/users/{id}/topups", web::post().to(api::create_topup))
+        .route("/v1/accounts/{id}", web::get().to(api::get_account))
+        .route("/v1/notifications", web::get().to(api::list_notifications))
+        .default_service(web::to(api::not_found));
+}
+
+async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(crate::openapi::document())
+}
+
+/// Serves the API on `listen` and starts the notification worker, both on
+/// the current tokio runtime.
+pub async fn start(gateway: Gateway, listen: SocketAddr) -> Result<RunningGateway, GatewayError> {
+    let gateway = Arc::new(gateway);
+    let data = web::Data::from(gateway.clone());
+    let workers = gateway.config.workers.max(1);
+    let bind_error = |e: std::io::Error| GatewayError::Bind { addr: listen, reason: e.to_string() };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound("resource").into()))
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|_, _| ApiError::InvalidField { field: "query", reason: "malformed".into() }.into()),
+            )
+            .configure(configure)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(listen)
+    .map_err(bind_error)?;
+    let addr = server.addrs().first().copied().unwrap_or(listen);
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::error!(%error, "the gateway's HTTP server stopped");
+        }
+    });
+    let (stop_worker, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::notify::run(gateway.clone(), stop));
+    tracing::info!(%addr, node = gateway.node_id, "open-platform API listening");
+    Ok(RunningGateway { addr, server: handle, stop_worker, gateway })
+}
