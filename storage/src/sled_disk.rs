@@ -6,8 +6,15 @@
 //! newest ticket, then flushes, then publishes that ticket as durable. A
 //! caller that gets the lock and finds its ticket already durable returns
 //! without flushing. So N concurrent callers cost about two fsyncs, not N.
+//!
+//! Lost-write detection: every flush is numbered (a *generation*, written
+//! into sled just before the flush) and, once the flush succeeded, recorded
+//! in the [`Watermark`] file outside sled. Opening refuses a database that
+//! came back with an older generation than the watermark: sled truncated
+//! synced writes (see [`crate::watermark`] for why that can happen).
 
 use crate::disk::{Batch, Disk, DiskError, KeyValue};
+use crate::watermark::Watermark;
 use paytx_protocol::BoxFuture;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,7 +32,16 @@ struct Inner {
     flush_lock: tokio::sync::Mutex<()>,
     poisoned: AtomicBool,
     flushes: AtomicU64,
+    /// The generation of the last flush (only changed under `flush_lock`).
+    generation: AtomicU64,
+    /// Where the generation of every successful flush is recorded.
+    watermark: Arc<Watermark>,
+    durability: sled::Tree,
 }
+
+/// sled tree holding the sync generation (see the module docs).
+const DURABILITY_TREE: &str = "__paytx-durability";
+const GENERATION_KEY: &[u8] = b"generation";
 
 #[derive(Clone)]
 pub struct SledDisk {
@@ -43,7 +59,8 @@ fn io(space: &str, e: impl std::fmt::Display) -> DiskError {
 }
 
 impl SledDisk {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, refusing one that lost
+    /// writes a flush had made durable ([`DiskError::LostWrites`]).
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, DiskError> {
         let db = sled::Config::new()
             .path(dir)
@@ -55,6 +72,36 @@ impl SledDisk {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| io(&dir.display().to_string(), e))?;
+        let durability = db.open_tree(DURABILITY_TREE).map_err(|e| io(DURABILITY_TREE, e))?;
+        let stored = match durability.get(GENERATION_KEY).map_err(|e| io(DURABILITY_TREE, e))? {
+            None => None,
+            Some(bytes) => Some(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| DiskError::Corrupt {
+                space: DURABILITY_TREE.to_string(),
+                key_hex: "67656e65726174696f6e".to_string(),
+                reason: format!("{} bytes, expected 8", bytes.len()),
+            })?)),
+        };
+        let (watermark, recorded) = Watermark::open(dir)
+            .map_err(|e| DiskError::LostWrites { file: dir.display().to_string(), reason: e.to_string() })?;
+        let lost = |reason: String| DiskError::LostWrites { file: dir.join("db").display().to_string(), reason };
+        let generation = match (recorded, stored) {
+            (Some(recorded), stored) if stored.unwrap_or(0) < recorded => {
+                return Err(lost(format!(
+                    "sled recovered its writes only through sync generation {}, but {} records that generation {recorded} was durable: \
+                     sled dropped synced writes (a corrupt or truncated log segment)",
+                    stored.unwrap_or(0),
+                    watermark.path().display()
+                )))
+            }
+            (Some(recorded), stored) => recorded.max(stored.unwrap_or(0)),
+            (None, Some(stored)) if stored > 0 => {
+                return Err(lost(format!(
+                    "{} is missing, but the database has synced {stored} generations under it; refusing to start unchecked",
+                    watermark.path().display()
+                )))
+            }
+            (None, _) => 0,
+        };
         Ok(SledDisk {
             inner: Arc::new(Inner {
                 db,
@@ -65,6 +112,9 @@ impl SledDisk {
                 flush_lock: tokio::sync::Mutex::new(()),
                 poisoned: AtomicBool::new(false),
                 flushes: AtomicU64::new(0),
+                generation: AtomicU64::new(generation),
+                watermark: Arc::new(watermark),
+                durability,
             }),
         })
     }
@@ -133,22 +183,41 @@ impl Disk for SledDisk {
             }
             let covered = inner.requested_ticket.load(Ordering::SeqCst);
             let started = tokio::time::Instant::now();
-            let flushed = inner.db.flush_async().await;
+            // After every write this flush covers (they were applied before
+            // `covered` was read), so a log truncated before any of them
+            // also loses this generation.
+            let generation = inner.generation.load(Ordering::SeqCst) + 1;
+            let flushed = match inner.durability.insert(GENERATION_KEY, &generation.to_be_bytes()) {
+                Ok(_) => inner.db.flush_async().await,
+                Err(e) => Err(e),
+            };
+            let flushed = match flushed {
+                Ok(_) => {
+                    let watermark = inner.watermark.clone();
+                    match tokio::task::spawn_blocking(move || watermark.record(generation)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(format!("recording the durable watermark: {e}")),
+                        Err(e) => Err(format!("recording the durable watermark: {e}")),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
             tracing::debug!(
                 elapsed_us = started.elapsed().as_micros() as u64,
                 tickets = covered - inner.durable_ticket.load(Ordering::SeqCst),
                 "sled flush"
             );
             match flushed {
-                Ok(_) => {
+                Ok(()) => {
                     inner.flushes.fetch_add(1, Ordering::Relaxed);
+                    inner.generation.store(generation, Ordering::SeqCst);
                     inner.durable_ticket.store(covered, Ordering::SeqCst);
                     Ok(())
                 }
-                Err(e) => {
+                Err(reason) => {
                     inner.poisoned.store(true, Ordering::SeqCst);
-                    tracing::error!(error = %e, "fsync failed; the node must stop");
-                    Err(DiskError::SyncFailed { reason: e.to_string() })
+                    tracing::error!(error = %reason, "fsync failed; the node must stop");
+                    Err(DiskError::SyncFailed { reason })
                 }
             }
         })
