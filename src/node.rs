@@ -73,6 +73,9 @@ impl Node {
             max_frame_bytes: config.limits.max_frame_bytes,
             max_connections: config.limits.max_connections,
             max_in_flight_per_connection: config.limits.max_in_flight_per_connection,
+            max_in_flight_per_node: config.limits.max_in_flight_per_node,
+            idle_timeout_ms: config.limits.idle_timeout_ms,
+            frame_read_timeout_ms: config.limits.frame_read_timeout_ms,
             peer_secret: Some(secret),
         };
         let server = tokio::spawn(serve(listener, Arc::new(ServiceHandler(core.service())), limits, shutdown_rx));

@@ -83,6 +83,7 @@ impl NodeCore {
                 prepare_timeout_ms: config.coordinator.prepare_timeout_ms,
                 decide_retry_ms: config.coordinator.decide_retry_ms,
                 max_in_flight_txns: config.coordinator.max_in_flight_txns,
+                max_ops_per_txn: config.limits.max_ops_per_txn,
                 seq_base,
                 ..EngineConfig::default()
             },
