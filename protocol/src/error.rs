@@ -84,6 +84,8 @@ pub enum AbortReason {
     PresumedAbort,
     #[error("participant shard {shard} is at its limit of prepared transactions")]
     ShardOverloaded { shard: ShardId },
+    #[error("the disk of shard {shard} is below its free-space minimum ({free_bytes} bytes free)")]
+    DiskFull { shard: ShardId, free_bytes: u64 },
 }
 
 impl AbortReason {
@@ -109,6 +111,7 @@ impl AbortReason {
             AbortReason::ShardUnavailable { .. } => "shard_unavailable",
             AbortReason::PresumedAbort => "presumed_abort",
             AbortReason::ShardOverloaded { .. } => "shard_overloaded",
+            AbortReason::DiskFull { .. } => "disk_full",
         }
     }
 }
@@ -160,6 +163,10 @@ pub enum RequestError {
     Unauthorized { reason: String },
     #[error("the node is shutting down; retry on another node")]
     ShuttingDown,
+    #[error(
+        "node {node}'s disk is nearly full ({free_bytes} bytes free, minimum {min_free_bytes}); no new transactions until space returns"
+    )]
+    DiskFull { node: NodeId, free_bytes: u64, min_free_bytes: u64 },
     #[error("internal error: {0}; see the node's log")]
     Internal(String),
 }
