@@ -96,7 +96,7 @@ impl SledDisk {
             (Some(recorded), stored) => recorded.max(stored.unwrap_or(0)),
             (None, Some(stored)) if stored > 0 => {
                 return Err(lost(format!(
-                    "{} is missing, but the database has synced {stored} generations under it; refusing to start unchecked",
+                    "{} is missing, but the database has synced {stored} generations under it, so losses could not be detected",
                     watermark.path().display()
                 )))
             }

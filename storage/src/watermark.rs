@@ -34,7 +34,7 @@ const FILE_BYTES: usize = 2 * SLOT_BYTES;
 pub enum WatermarkError {
     #[error("cannot use the watermark file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("the watermark file {path} is corrupt (neither slot has a valid checksum); refusing to start")]
+    #[error("the watermark file {path} is corrupt (neither slot has a valid checksum)")]
     Corrupt { path: PathBuf },
 }
 
