@@ -37,6 +37,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A named way to damage a copy of the data directory.
+type Damage = (String, Box<dyn Fn(&Path)>);
+
 #[derive(Debug)]
 enum Outcome {
     /// Started and serves every committed payment.
@@ -94,8 +97,8 @@ async fn a_damaged_data_directory_either_recovers_everything_committed_or_refuse
     assert!(matches!(start_on(dir.path(), &copy, "undamaged").await, Outcome::Intact));
 
     let mut outcomes = Vec::new();
-    let damages: Vec<(String, Box<dyn Fn(&Path)>)> = {
-        let mut damages: Vec<(String, Box<dyn Fn(&Path)>)> = Vec::new();
+    let damages: Vec<Damage> = {
+        let mut damages: Vec<Damage> = Vec::new();
         for step in 1..=6 {
             let offset = db_len * step / 7;
             damages.push((

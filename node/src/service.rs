@@ -223,23 +223,22 @@ impl NodeService {
                 }
                 None => PeerResponse::Raft(Err(format!("the coordinator replica of node {} is shut down", self.id))),
             },
-            PeerRequest::Prepare { txn, shard, ops } => match self.participants.get(&shard) {
+            PeerRequest::Prepare { txn, shard, ops } => match (self.participants.get(&shard), self.disk_full()) {
                 // New work on a nearly full disk: vote NO (nothing reserved).
                 // A re-sent prepare of a transaction already prepared here
                 // would also be refused, which only aborts it: safe.
-                Some(_) if self.disk_full().is_some() => {
-                    let free_bytes = self.disk_full().map_or(0, |(free, _)| free);
+                (Some(_), Some((free_bytes, _))) => {
                     PeerResponse::Vote(paytx_protocol::Vote::No(paytx_protocol::AbortReason::DiskFull {
                         shard,
                         free_bytes,
                     }))
                 }
-                Some(actor) => match actor.send(paytx_participants::Prepare { txn, ops }).await {
+                (Some(actor), None) => match actor.send(paytx_participants::Prepare { txn, ops }).await {
                     Ok(Ok(vote)) => PeerResponse::Vote(vote),
                     Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
                     Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
                 },
-                None => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
+                (None, _) => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
             },
             PeerRequest::Decide { txn, shard, commit } => match self.participants.get(&shard) {
                 Some(actor) => match actor.send(paytx_participants::Decide { txn, commit }).await {
