@@ -291,9 +291,13 @@ mod tests {
         let mut bad = config.clone();
         bad.cluster_secret = "short".into();
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        let mut bad = config.clone();
+        bad.limits.idle_timeout_ms = 0;
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
         let minimal = "node_id = 1\ncluster_secret = \"0123456789abcdef\"\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7101\"\n[shards]\naccounts = [1]\norders = [1]\nchannels = [1]\n";
         let parsed: NodeConfig = toml::from_str(minimal).expect("defaults fill the rest");
         assert!(parsed.fsync, "durable by default");
+        assert_eq!(parsed.limits, Limits::default(), "every [limits] setting has a default");
         parsed.validate().expect("valid");
     }
 }
