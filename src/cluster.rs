@@ -221,6 +221,7 @@ impl Cluster {
             let node_options = NodeOptions {
                 link_filter: cluster.link_filter.clone(),
                 listener: Some(Arc::new(Mutex::new(Some(listener)))),
+                free_space: None,
             };
             let (thread, ready) = spawn_node(config, node_options);
             cluster.lock_nodes().insert(id, thread);
@@ -348,7 +349,7 @@ impl Cluster {
     /// Starts a stopped node again on its data directory and address.
     pub async fn restart_node(&self, node: NodeId) -> Result<(), ClusterError> {
         let config = self.configs.get(&node).cloned().ok_or(ClusterError::UnknownNode(node))?;
-        let options = NodeOptions { link_filter: self.link_filter.clone(), listener: None };
+        let options = NodeOptions { link_filter: self.link_filter.clone(), listener: None, free_space: None };
         let (thread, ready) = spawn_node(config, options);
         self.lock_nodes().insert(node, thread);
         match ready.await {

@@ -167,7 +167,15 @@ fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
     on_actix(async move {
         let node = Node::start(config, NodeOptions::default()).await?;
         eprintln!("paytx node {} listening on {}", node.id(), node.addr());
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        let fail_stop = node.fail_stop();
+        tokio::select! {
+            signal = tokio::signal::ctrl_c() => signal.context("waiting for Ctrl-C")?,
+            reason = fail_stop.tripped() => {
+                // Fail-stop: never acknowledge what may not be durable.
+                node.shutdown().await;
+                anyhow::bail!("node stopped on a disk failure (fail-stop): {reason}");
+            }
+        }
         eprintln!("stopping...");
         node.shutdown().await;
         Ok(())

@@ -3,7 +3,7 @@
 //! actix system (one thread).
 
 use crate::net::{serve, Handler, PeerCredentials, ServerLimits, TcpTransport, TransportLimits};
-use paytx_node::{LinkFilter, NodeConfig, NodeCore, NodeError, NodeService};
+use paytx_node::{FailStop, FreeSpace, LinkFilter, NodeConfig, NodeCore, NodeError, NodeService};
 use paytx_protocol::{BoxFuture, NodeId, PeerRequest, PeerResponse, Request, Response, Transport};
 use paytx_storage::{Disk as _, SharedDisk, SledDisk};
 use std::net::SocketAddr;
@@ -30,6 +30,18 @@ pub struct NodeOptions {
     pub link_filter: LinkFilter,
     /// A listener bound in advance (embedded clusters bind port 0 first).
     pub listener: Option<Arc<Mutex<Option<std::net::TcpListener>>>>,
+    /// Where the full-disk check reads free space (default: the file
+    /// system of the data directory). Tests inject a full disk here.
+    pub free_space: Option<Arc<dyn FreeSpace>>,
+}
+
+/// The free space of the file system holding a directory (statvfs).
+pub struct DirFreeSpace(pub std::path::PathBuf);
+
+impl FreeSpace for DirFreeSpace {
+    fn available_bytes(&self) -> std::io::Result<u64> {
+        fs2::available_space(&self.0)
+    }
 }
 
 /// A running node. Must be started and used inside an actix system.
@@ -69,12 +81,17 @@ impl Node {
         };
         let remote: Arc<dyn Transport> = Arc::new(TcpTransport::new(config.peer_map(), transport_limits));
         let core = NodeCore::start(&config, disk, remote, options.link_filter.clone()).await?;
+        let free_space = options.free_space.clone().unwrap_or_else(|| Arc::new(DirFreeSpace(config.data_dir.clone())));
+        core.set_free_space(free_space);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let limits = ServerLimits {
             max_frame_bytes: config.limits.max_frame_bytes,
             max_connections: config.limits.max_connections,
             max_in_flight_per_connection: config.limits.max_in_flight_per_connection,
+            max_in_flight_per_node: config.limits.max_in_flight_per_node,
+            idle_timeout_ms: config.limits.idle_timeout_ms,
+            frame_read_timeout_ms: config.limits.frame_read_timeout_ms,
             peer_secret: Some(secret),
         };
         let server = tokio::spawn(serve(listener, Arc::new(ServiceHandler(core.service())), limits, shutdown_rx));
@@ -90,6 +107,15 @@ impl Node {
             },
             None => None,
         };
+        // Fail-stop: the core stops its replica and shards; stop serving too
+        // (connections get `ShuttingDown`; the owner learns why from
+        // `fail_stop()`).
+        let tripped = core.fail_stop().tripped();
+        let stop_serving = shutdown.clone();
+        tokio::spawn(async move {
+            let _reason = tripped.await;
+            let _ = stop_serving.send(true);
+        });
         tracing::info!(node = config.node_id, %addr, "node started");
         Ok(Node { core, addr, shutdown, server, disk: sled_disk, gateway })
     }
@@ -109,6 +135,11 @@ impl Node {
 
     pub fn service(&self) -> Arc<NodeService> {
         self.core.service()
+    }
+
+    /// Trips when a disk write or fsync fails: the node has stopped itself.
+    pub fn fail_stop(&self) -> FailStop {
+        self.core.fail_stop()
     }
 
     pub async fn shutdown_coordinator(&self) {

@@ -689,7 +689,7 @@ async fn idle_half_frames_on_many_connections_do_not_stop_service() {
     let merchant = open(&client, "open-merchant", 100..=100, 0).await[0];
 
     // ~50 connections spread over every node, each stuck half-way through a
-    // frame header (the node waits up to FRAME_READ_TIMEOUT_MS for the rest).
+    // frame header (the node waits up to [limits] frame_read_timeout_ms for the rest).
     let addrs = cluster.addrs();
     let mut hostile = Vec::new();
     for i in 0..51 {

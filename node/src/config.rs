@@ -70,13 +70,32 @@ impl Default for CoordinatorSettings {
     }
 }
 
-/// Limits on everything that grows with load.
+/// Limits on everything that grows with load or with a hostile peer
+/// (README, "Configuration reference": every setting and its default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Limits {
+    /// Largest frame accepted or sent, in bytes.
     pub max_frame_bytes: u32,
+    /// Most TCP connections served at once (more: `Overloaded`, closed).
     pub max_connections: usize,
+    /// Most requests handled at once on one connection (more: `Overloaded`).
     pub max_in_flight_per_connection: usize,
+    /// Most client requests handled at once by the whole node, over all
+    /// connections (more: `Overloaded`). Authenticated peer traffic is not
+    /// counted: clients must not be able to starve Raft and 2PC.
+    pub max_in_flight_per_node: usize,
+    /// A client connection with no request in flight that sends nothing for
+    /// this long is closed. Authenticated peer connections are exempt.
+    pub idle_timeout_ms: u64,
+    /// Once a frame has started, the rest must arrive within this long.
+    pub frame_read_timeout_ms: u64,
+    /// Most operations in one transaction (more: `TooManyOperations`).
+    pub max_ops_per_txn: usize,
+    /// Below this much free space on the data directory's file system the
+    /// node refuses new transactions (`DiskFull`); in-flight ones finish.
+    /// 0 disables the check.
+    pub min_free_disk_bytes: u64,
     /// Budget of one client request inside the node (forwarding included).
     pub request_timeout_ms: u64,
     /// Timeout of one node-to-node call.
@@ -93,6 +112,11 @@ impl Default for Limits {
             max_frame_bytes: paytx_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 1024,
             max_in_flight_per_connection: 8192,
+            max_in_flight_per_node: 16_384,
+            idle_timeout_ms: 300_000,
+            frame_read_timeout_ms: 30_000,
+            max_ops_per_txn: paytx_protocol::txn::MAX_OPS_PER_TXN,
+            min_free_disk_bytes: 64 * 1024 * 1024,
             request_timeout_ms: 10_000,
             peer_timeout_ms: 3_000,
             max_prepared_per_shard: 100_000,
@@ -209,6 +233,18 @@ impl NodeConfig {
         {
             return Err(ConfigError::Invalid("[limits] max_frame_bytes must be between 1 KiB and 64 MiB".into()));
         }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_in_flight_per_connection == 0
+            || l.max_in_flight_per_node == 0
+            || l.max_ops_per_txn == 0
+            || l.idle_timeout_ms == 0
+            || l.frame_read_timeout_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[limits] connection, in-flight, operation and timeout limits must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -269,9 +305,13 @@ mod tests {
         let mut bad = config.clone();
         bad.cluster_secret = "short".into();
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        let mut bad = config.clone();
+        bad.limits.idle_timeout_ms = 0;
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
         let minimal = "node_id = 1\ncluster_secret = \"0123456789abcdef\"\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7101\"\n[shards]\naccounts = [1]\norders = [1]\nchannels = [1]\nrecords = [1]\n";
         let parsed: NodeConfig = toml::from_str(minimal).expect("defaults fill the rest");
         assert!(parsed.fsync, "durable by default");
+        assert_eq!(parsed.limits, Limits::default(), "every [limits] setting has a default");
         parsed.validate().expect("valid");
         // `records` is required like the other kinds.
         let without_records = minimal.replace("records = [1]\n", "");

@@ -3,6 +3,8 @@
 //! between them — on a given `Disk` and remote `Transport`.
 
 use crate::config::NodeConfig;
+use crate::fail_stop::{FailStop, FailStopDisk};
+use crate::free_space::FreeSpace;
 use crate::link::{LinkFilter, NodeTransport};
 use crate::service::{CoordinatorParts, NodeDecisions, NodeService};
 use actix::prelude::*;
@@ -44,6 +46,10 @@ impl NodeCore {
         link_filter: LinkFilter,
     ) -> Result<NodeCore, NodeError> {
         config.validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        // Every component writes through this wrapper, so the first write or
+        // fsync error anywhere stops the whole node (see `fail_stop`).
+        let fail_stop = FailStop::new();
+        let disk: SharedDisk = Arc::new(FailStopDisk::new(disk, fail_stop.clone()));
         let service_slot: Arc<OnceLock<Weak<NodeService>>> = Arc::new(OnceLock::new());
         let transport: Arc<dyn Transport> = Arc::new(NodeTransport::new(
             config.node_id,
@@ -84,6 +90,7 @@ impl NodeCore {
                 prepare_timeout_ms: config.coordinator.prepare_timeout_ms,
                 decide_retry_ms: config.coordinator.decide_retry_ms,
                 max_in_flight_txns: config.coordinator.max_in_flight_txns,
+                max_ops_per_txn: config.limits.max_ops_per_txn,
                 seq_base,
                 ..EngineConfig::default()
             },
@@ -109,9 +116,24 @@ impl NodeCore {
             peer_timeout_ms: config.limits.peer_timeout_ms,
             // Half a frame: the page travels inside a forward reply too.
             max_scan_page_bytes: config.limits.max_frame_bytes as usize / 2,
+            fail_stop: fail_stop.clone(),
+            free_space: Mutex::new(None),
+            min_free_disk_bytes: config.limits.min_free_disk_bytes,
         });
         // Infallible: the slot is fresh and set exactly once, here.
         let _ = service_slot.set(Arc::downgrade(&service));
+
+        // Fail-stop: once the latch trips, stop the replica and every shard.
+        let watched = Arc::downgrade(&service);
+        let tripped = fail_stop.tripped();
+        tokio::spawn(async move {
+            let reason = tripped.await;
+            if let Some(service) = watched.upgrade() {
+                tracing::error!(node = service.id(), %reason, "stopping the coordinator replica and every shard");
+                service.shutdown_coordinator().await;
+                service.stop_participants();
+            }
+        });
 
         // The lowest-numbered node initialises a brand-new group; every other
         // node waits to be contacted by the leader.
@@ -127,6 +149,17 @@ impl NodeCore {
 
     pub fn service(&self) -> Arc<NodeService> {
         self.service.clone()
+    }
+
+    /// The node's fail-stop latch: resolves `tripped()` with the disk error
+    /// that stopped the node.
+    pub fn fail_stop(&self) -> FailStop {
+        self.service.fail_stop().clone()
+    }
+
+    /// Where the full-disk check reads the free space (unset: no check).
+    pub fn set_free_space(&self, source: Arc<dyn FreeSpace>) {
+        self.service.set_free_space(source);
     }
 
     /// Stops the coordinator replica (Raft and the driver); participants go on.

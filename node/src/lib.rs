@@ -4,6 +4,8 @@
 //! * [`core`]: [`NodeCore`] assembles a node's participant shards, its
 //!   coordinator replica and 2PC driver on a given `Disk` and `Transport`.
 //! * [`service`]: [`NodeService`] handles and routes every message.
+//! * [`fail_stop`]: a disk write or fsync error stops the whole node.
+//! * [`free_space`]: the full-disk preflight check and its test seam.
 //! * [`link`]: the node's outgoing transport (local calls short-circuit) and
 //!   the [`LinkFilter`] that drops chosen messages in tests.
 //!
@@ -13,10 +15,14 @@
 
 pub mod config;
 pub mod core;
+pub mod fail_stop;
+pub mod free_space;
 pub mod link;
 pub mod service;
 
 pub use crate::core::{NodeCore, NodeError};
 pub use config::{ConfigError, CoordinatorSettings, Limits, NodeConfig, Peer};
+pub use fail_stop::{FailStop, FailStopDisk};
+pub use free_space::{FixedFreeSpace, FreeSpace};
 pub use link::{LinkFilter, LinkRule, NodeTransport};
 pub use service::NodeService;

@@ -6,6 +6,8 @@
 //! Independent of sockets and disks: production wraps it in a TCP server on
 //! sled, the simulator in simulated links on memory.
 
+use crate::fail_stop::FailStop;
+use crate::free_space::{below_minimum, FreeSpace};
 use actix::prelude::*;
 use paytx_coordinator::driver::{GetDriverStatus, QueryDecision, StopDriver, SubmitTxn};
 use paytx_coordinator::state_machine::{read_table, SharedTable};
@@ -41,6 +43,11 @@ pub struct NodeService {
     /// Budget of record values in one scan page, so a page always fits in a
     /// frame whatever `max_frame_bytes` is.
     pub(crate) max_scan_page_bytes: usize,
+    /// Tripped by the first disk write or fsync error: the node stops.
+    pub(crate) fail_stop: FailStop,
+    /// The data disk's free space (unset: not checked).
+    pub(crate) free_space: Mutex<Option<Arc<dyn FreeSpace>>>,
+    pub(crate) min_free_disk_bytes: u64,
 }
 
 fn error(e: RequestError) -> Response {
@@ -58,6 +65,22 @@ impl NodeService {
         for actor in self.participants.values() {
             actor.do_send(paytx_participants::messages::Shutdown);
         }
+    }
+
+    /// Sets where the full-disk check reads the data disk's free space.
+    pub fn set_free_space(&self, source: Arc<dyn FreeSpace>) {
+        *self.free_space.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    /// The node's fail-stop latch.
+    pub fn fail_stop(&self) -> &FailStop {
+        &self.fail_stop
+    }
+
+    /// `Some((free, min))` when the data disk is below its free-space minimum.
+    fn disk_full(&self) -> Option<(u64, u64)> {
+        let source = self.free_space.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        below_minimum(source.as_deref(), self.min_free_disk_bytes)
     }
 
     fn coordinator(&self) -> Option<CoordinatorParts> {
@@ -84,15 +107,27 @@ impl NodeService {
     }
 
     async fn route_request(self: Arc<Self>, request: Request, may_forward: bool) -> Response {
+        if self.fail_stop.reason().is_some() {
+            return error(RequestError::ShuttingDown);
+        }
         match request {
             Request::Submit(txn) => {
                 let local = match self.coordinator() {
-                    Some(parts) => match parts.driver.send(SubmitTxn(txn.clone())).await {
-                        Ok(Ok(receipt)) => return Response::Submitted(receipt),
-                        Ok(Err(RequestError::NoLeader { leader_hint })) => RequestError::NoLeader { leader_hint },
-                        Ok(Err(e)) => return error(e),
-                        Err(_) => RequestError::ShuttingDown,
-                    },
+                    Some(parts) => {
+                        // The leader checks its own disk: its Raft log is
+                        // what a new transaction grows first (participants
+                        // check theirs at prepare). A follower just forwards.
+                        let leading = parts.raft.metrics().borrow().current_leader == Some(self.id);
+                        if let Some((free_bytes, min_free_bytes)) = self.disk_full().filter(|_| leading) {
+                            return error(RequestError::DiskFull { node: self.id, free_bytes, min_free_bytes });
+                        }
+                        match parts.driver.send(SubmitTxn(txn.clone())).await {
+                            Ok(Ok(receipt)) => return Response::Submitted(receipt),
+                            Ok(Err(RequestError::NoLeader { leader_hint })) => RequestError::NoLeader { leader_hint },
+                            Ok(Err(e)) => return error(e),
+                            Err(_) => RequestError::ShuttingDown,
+                        }
+                    }
                     None => RequestError::NoLeader { leader_hint: None },
                 };
                 if !may_forward {
@@ -216,6 +251,9 @@ impl NodeService {
 
     /// A node-to-node request.
     pub async fn handle_peer(self: Arc<Self>, request: PeerRequest) -> PeerResponse {
+        if self.fail_stop.reason().is_some() {
+            return PeerResponse::Error(RequestError::ShuttingDown);
+        }
         match request {
             PeerRequest::Raft { kind, payload } => match self.coordinator() {
                 Some(parts) => {
@@ -223,13 +261,22 @@ impl NodeService {
                 }
                 None => PeerResponse::Raft(Err(format!("the coordinator replica of node {} is shut down", self.id))),
             },
-            PeerRequest::Prepare { txn, shard, ops } => match self.participants.get(&shard) {
-                Some(actor) => match actor.send(paytx_participants::Prepare { txn, ops }).await {
+            PeerRequest::Prepare { txn, shard, ops } => match (self.participants.get(&shard), self.disk_full()) {
+                // New work on a nearly full disk: vote NO (nothing reserved).
+                // A re-sent prepare of a transaction already prepared here
+                // would also be refused, which only aborts it: safe.
+                (Some(_), Some((free_bytes, _))) => {
+                    PeerResponse::Vote(paytx_protocol::Vote::No(paytx_protocol::AbortReason::DiskFull {
+                        shard,
+                        free_bytes,
+                    }))
+                }
+                (Some(actor), None) => match actor.send(paytx_participants::Prepare { txn, ops }).await {
                     Ok(Ok(vote)) => PeerResponse::Vote(vote),
                     Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
                     Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
                 },
-                None => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
+                (None, _) => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
             },
             PeerRequest::Decide { txn, shard, commit } => match self.participants.get(&shard) {
                 Some(actor) => match actor.send(paytx_participants::Decide { txn, commit }).await {

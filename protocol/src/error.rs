@@ -90,6 +90,8 @@ pub enum AbortReason {
     RecordVersionMismatch { key: RecordKey, expected: u64, actual: Option<u64> },
     #[error("records shard {shard} is full ({max_records} records, its configured max_records_per_shard)")]
     RecordStoreFull { shard: ShardId, max_records: u64 },
+    #[error("the disk of shard {shard} is below its free-space minimum ({free_bytes} bytes free)")]
+    DiskFull { shard: ShardId, free_bytes: u64 },
 }
 
 impl AbortReason {
@@ -118,6 +120,7 @@ impl AbortReason {
             AbortReason::RecordExists { .. } => "record_exists",
             AbortReason::RecordVersionMismatch { .. } => "record_version_mismatch",
             AbortReason::RecordStoreFull { .. } => "record_store_full",
+            AbortReason::DiskFull { .. } => "disk_full",
         }
     }
 }
@@ -173,6 +176,10 @@ pub enum RequestError {
     Unauthorized { reason: String },
     #[error("the node is shutting down; retry on another node")]
     ShuttingDown,
+    #[error(
+        "node {node}'s disk is nearly full ({free_bytes} bytes free, minimum {min_free_bytes}); no new transactions until space returns"
+    )]
+    DiskFull { node: NodeId, free_bytes: u64, min_free_bytes: u64 },
     #[error("internal error: {0}; see the node's log")]
     Internal(String),
 }

@@ -46,31 +46,93 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, bincode::error:
 /// snapshots) may make: far above any snapshot we write, still a bound.
 pub const MAX_LOCAL_DECODE_BYTES: usize = 1 << 30;
 
+/// Bytes bincode may claim per byte of input when decoding a *valid*
+/// encoding: every primitive claims its in-memory size (at most 16, an
+/// `i128`) and consumes at least one byte; a string or byte buffer claims
+/// exactly the bytes it consumes; sequences and maps claim nothing up front
+/// through serde. So a decode limit of 16 × the input length never refuses
+/// valid data, and hostile data cannot claim (allocate) more than that —
+/// e.g. 14 bytes claiming a 700 MB string are refused before the
+/// allocation (found by `cargo fuzz run raft_storage`).
+pub const MAX_CLAIM_PER_INPUT_BYTE: usize = 16;
+
 /// [`decode`] for data this node wrote itself and verified by checksum
-/// (journal records, Raft snapshots): the same format, with a limit sized
+/// (journal records, Raft snapshots): the same format, with a ceiling sized
 /// for snapshots of large tables instead of the frame cap.
 pub fn decode_local<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    let config = bincode_config().with_limit::<MAX_LOCAL_DECODE_BYTES>();
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config)?;
+    decode_bounded(bytes, MAX_LOCAL_DECODE_BYTES, "record")
+}
+
+/// Deserialises a whole buffer; trailing bytes are an error (a frame holds
+/// exactly one message). Allocation is bounded by
+/// [`MAX_CLAIM_PER_INPUT_BYTE`] × the input length (in power-of-16 tiers, at
+/// least 1 KiB) and never exceeds [`frame::MAX_FRAME_LIMIT_BYTES`].
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    decode_bounded(bytes, frame::MAX_FRAME_LIMIT_BYTES, "message")
+}
+
+/// Decodes with the smallest limit tier that admits every valid encoding of
+/// `bytes` (bincode's limit is a const generic, hence the tiers).
+fn decode_bounded<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    ceiling: usize,
+    what: &str,
+) -> Result<T, bincode::error::DecodeError> {
+    let needed = bytes.len().saturating_mul(MAX_CLAIM_PER_INPUT_BYTE).min(ceiling);
+    let (value, read) = if needed <= 1 << 10 {
+        decode_limited::<T, { 1 << 10 }>(bytes)?
+    } else if needed <= 1 << 14 {
+        decode_limited::<T, { 1 << 14 }>(bytes)?
+    } else if needed <= 1 << 18 {
+        decode_limited::<T, { 1 << 18 }>(bytes)?
+    } else if needed <= 1 << 22 {
+        decode_limited::<T, { 1 << 22 }>(bytes)?
+    } else if needed <= frame::MAX_FRAME_LIMIT_BYTES {
+        decode_limited::<T, { frame::MAX_FRAME_LIMIT_BYTES }>(bytes)?
+    } else {
+        decode_limited::<T, MAX_LOCAL_DECODE_BYTES>(bytes)?
+    };
     if read != bytes.len() {
         return Err(bincode::error::DecodeError::OtherString(format!(
-            "{} trailing bytes after the record",
+            "{} trailing bytes after the {what}",
             bytes.len() - read
         )));
     }
     Ok(value)
 }
 
-/// Deserialises a whole buffer; trailing bytes are an error (a frame holds
-/// exactly one message). Allocation is bounded by [`frame::MAX_FRAME_LIMIT_BYTES`].
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    let config = bincode_config().with_limit::<{ frame::MAX_FRAME_LIMIT_BYTES }>();
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config)?;
-    if read != bytes.len() {
-        return Err(bincode::error::DecodeError::OtherString(format!(
-            "{} trailing bytes after the message",
-            bytes.len() - read
-        )));
+fn decode_limited<T: serde::de::DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, bincode_config().with_limit::<LIMIT>())
+}
+
+#[cfg(test)]
+mod decode_limit_tests {
+    use super::*;
+
+    #[test]
+    fn the_densest_valid_encodings_still_decode() {
+        // 1 input byte per i128/u128 claiming 16: exactly at the bound.
+        for n in [0usize, 1, 63, 64, 65, 1000, 70_000] {
+            let zeros = vec![0u128; n];
+            let back: Vec<u128> = decode(&encode(&zeros).unwrap()).unwrap();
+            assert_eq!(back.len(), n);
+            let nested = vec![(Some(0i128), 0u64, String::new(), false); n / 8];
+            let back: Vec<(Option<i128>, u64, String, bool)> = decode_local(&encode(&nested).unwrap()).unwrap();
+            assert_eq!(back, nested);
+        }
     }
-    Ok(value)
+
+    #[test]
+    fn a_short_input_cannot_claim_a_large_allocation() {
+        // A string claiming 700 MB, in 10 bytes.
+        let mut bytes = vec![253];
+        bytes.extend_from_slice(&700_000_000u64.to_le_bytes());
+        bytes.push(b'x');
+        for result in [decode::<String>(&bytes).map(|_| ()), decode_local::<String>(&bytes).map(|_| ())] {
+            let error = result.unwrap_err();
+            assert!(matches!(error, bincode::error::DecodeError::LimitExceeded), "{error:?}");
+        }
+    }
 }

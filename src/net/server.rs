@@ -51,6 +51,17 @@ pub struct ServerLimits {
     /// Most requests handled at once on one connection. Past it a request is
     /// answered `Overloaded` with its own id (the connection stays open).
     pub max_in_flight_per_connection: usize,
+    /// Most client requests handled at once over all connections. Past it a
+    /// request is answered `Overloaded` with its own id. Authenticated peer
+    /// messages are not counted (decision): a flood of clients must not
+    /// starve the Raft and 2PC traffic that lets their requests finish; a
+    /// peer's load is bounded by its own node's limits.
+    pub max_in_flight_per_node: usize,
+    /// A connection that is not an authenticated peer, has nothing in
+    /// flight and sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Once a frame has started, the rest must arrive within this long.
+    pub frame_read_timeout_ms: u64,
     /// The cluster secret. When set, node-to-node messages are served only
     /// on a connection that authenticated with it first
     /// ([`paytx_protocol::auth`]); client requests need no authentication.
@@ -64,6 +75,9 @@ impl Default for ServerLimits {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_connections: 1024,
             max_in_flight_per_connection: 8192,
+            max_in_flight_per_node: 16_384,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            frame_read_timeout_ms: DEFAULT_FRAME_READ_TIMEOUT_MS,
             peer_secret: None,
         }
     }
@@ -155,8 +169,10 @@ pub const MAX_HANDLER_MS: u64 = 120_000;
 /// Bound on writing (and flushing) one batch of replies. A peer that stops
 /// reading for this long loses its connection instead of pinning its slot.
 pub const WRITE_TIMEOUT_MS: u64 = 30_000;
-/// Once a frame has started, the rest of it must arrive within this long.
-pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default of [`ServerLimits::frame_read_timeout_ms`].
+pub const DEFAULT_FRAME_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default of [`ServerLimits::idle_timeout_ms`].
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
 /// How long we wait for queued replies (e.g. the final error reply) to be
 /// written when a connection closes.
 pub const CLOSE_FLUSH_MS: u64 = 1_000;
@@ -187,6 +203,7 @@ pub async fn serve(
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, ?limits, "serving");
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let node_slots = Arc::new(Semaphore::new(limits.max_in_flight_per_node));
     let mut connections: JoinSet<()> = JoinSet::new();
     let mut rejections: JoinSet<()> = JoinSet::new();
     loop {
@@ -213,8 +230,9 @@ pub async fn serve(
                 let handler = handler.clone();
                 let limits = limits.clone();
                 let shutdown = shutdown.clone();
+                let node_slots = node_slots.clone();
                 connections.spawn(async move {
-                    serve_connection(stream, peer, handler, limits, shutdown).await;
+                    serve_connection(stream, peer, handler, limits, node_slots, shutdown).await;
                     drop(slot);
                 });
             }
@@ -281,6 +299,8 @@ enum End {
     BadInput,
     /// The server is shutting down.
     Shutdown,
+    /// Nothing in flight and nothing received for `idle_timeout_ms`.
+    Idle,
 }
 
 async fn serve_connection(
@@ -288,9 +308,12 @@ async fn serve_connection(
     peer: SocketAddr,
     handler: Arc<dyn Handler>,
     limits: ServerLimits,
+    node_slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     tracing::debug!(%peer, "connection opened");
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let frame_timeout = Duration::from_millis(limits.frame_read_timeout_ms);
     let max_in_flight = limits.max_in_flight_per_connection;
     let (mut read_half, write_half) = stream.into_split();
     // Every in-flight request sends one reply; the slack covers the
@@ -311,11 +334,21 @@ async fn serve_connection(
         let frame = tokio::select! {
             _ = shutdown_requested(&mut shutdown) => break End::Shutdown,
             _ = replies.closed() => break End::Gone,
-            frame = read_next(&mut read_half, limits.max_frame_bytes) => frame,
+            frame = read_next(&mut read_half, limits.max_frame_bytes, idle, frame_timeout) => frame,
         };
         let Envelope { id, message } = match frame {
-            Ok(Some(envelope)) => envelope,
-            Ok(None) => break End::PeerClosed,
+            Ok(Read::Frame(envelope)) => envelope,
+            Ok(Read::Closed) => break End::PeerClosed,
+            // Peers keep their connections open between calls: exempt.
+            Ok(Read::Idle) if matches!(auth, PeerAuth::Authenticated(_)) => continue,
+            Ok(Read::Idle) => {
+                while handlers.try_join_next().is_some() {}
+                if handlers.is_empty() {
+                    tracing::debug!(%peer, idle_ms = limits.idle_timeout_ms, "idle connection; closing");
+                    break End::Idle;
+                }
+                continue;
+            }
             Err(e) if e.is_reportable() => {
                 tracing::warn!(%peer, error = %e, "bad frame; replying with an error and closing");
                 let _ = replies.send(malformed(e.to_string())).await;
@@ -369,6 +402,19 @@ async fn serve_connection(
             let _ = replies.send(Envelope { id, message: lane.error(overloaded()) }).await;
             continue;
         };
+        let node_slot = match lane {
+            Lane::Client => match node_slots.clone().try_acquire_owned() {
+                Ok(node_slot) => Some(node_slot),
+                Err(_) => {
+                    let what =
+                        format!("too many requests in flight on this node (limit {})", limits.max_in_flight_per_node);
+                    let error = RequestError::Overloaded { what };
+                    let _ = replies.send(Envelope { id, message: lane.error(error) }).await;
+                    continue;
+                }
+            },
+            Lane::Peer => None,
+        };
         let replies = replies.clone();
         handlers.spawn(async move {
             let work = AssertUnwindSafe(work).catch_unwind();
@@ -383,6 +429,7 @@ async fn serve_connection(
             // The connection may be gone by now; the reply is moot then.
             let _ = replies.send(Envelope { id, message }).await;
             drop(slot);
+            drop(node_slot);
         });
     };
 
@@ -399,7 +446,7 @@ async fn serve_connection(
                 let _ = replies.try_send(connection_error(RequestError::ShuttingDown));
             }
         }
-        End::Gone | End::BadInput => handlers.shutdown().await,
+        End::Gone | End::BadInput | End::Idle => handlers.shutdown().await,
         End::Shutdown => {
             handlers.shutdown().await;
             // Best effort: tell the peer to go elsewhere rather than time out.
@@ -412,22 +459,42 @@ async fn serve_connection(
     tracing::debug!(%peer, "connection closed");
 }
 
-/// Reads the next frame. Waiting for a frame to start is unbounded (idle
-/// connections are fine, and bounded by `max_connections`), but once its
-/// first byte arrived the whole frame must follow within
-/// [`FRAME_READ_TIMEOUT_MS`]: a peer cannot pin a connection with half a frame.
-async fn read_next(read_half: &mut OwnedReadHalf, max_frame_bytes: u32) -> Result<Option<Envelope>, FrameError> {
+/// What waiting for the next frame gave.
+enum Read {
+    Frame(Envelope),
+    /// A clean end of stream between frames.
+    Closed,
+    /// No frame started within the idle timeout (nothing was consumed, so
+    /// the caller may wait again).
+    Idle,
+}
+
+/// Reads the next frame. Waiting for a frame to start gives up after `idle`
+/// (`Read::Idle`; nothing consumed), and once its first byte arrived the
+/// whole frame must follow within `frame_timeout`: a peer cannot pin a
+/// connection with half a frame.
+async fn read_next(
+    read_half: &mut OwnedReadHalf,
+    max_frame_bytes: u32,
+    idle: Duration,
+    frame_timeout: Duration,
+) -> Result<Read, FrameError> {
     let mut first = [0u8; 1];
-    if read_half.peek(&mut first).await? == 0 {
-        return Ok(None);
+    match tokio::time::timeout(idle, read_half.peek(&mut first)).await {
+        Err(_) => return Ok(Read::Idle),
+        Ok(peeked) => {
+            if peeked? == 0 {
+                return Ok(Read::Closed);
+            }
+        }
     }
-    match tokio::time::timeout(Duration::from_millis(FRAME_READ_TIMEOUT_MS), read_frame(read_half, max_frame_bytes))
-        .await
-    {
-        Ok(frame) => frame,
+    match tokio::time::timeout(frame_timeout, read_frame(read_half, max_frame_bytes)).await {
+        Ok(Ok(Some(frame))) => Ok(Read::Frame(frame)),
+        Ok(Ok(None)) => Ok(Read::Closed),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(FrameError::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("frame not completed within {FRAME_READ_TIMEOUT_MS} ms"),
+            format!("frame not completed within {} ms", frame_timeout.as_millis()),
         ))),
     }
 }
@@ -739,6 +806,68 @@ mod tests {
             "{peer_call:?}"
         );
         assert!(!connection.is_closed());
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn over_max_in_flight_per_node_requests_on_other_connections_get_overloaded() {
+        let limits = ServerLimits { max_in_flight_per_node: 2, ..ServerLimits::default() };
+        let handler = ToyHandler { slow_ms: 500, ..ToyHandler::new(1) };
+        let server = toy_server(handler, limits).await;
+        // Two slow requests on two connections take the node's whole budget.
+        let mut slow = Vec::new();
+        for _ in 0..2 {
+            let connection = Connection::connect(server.addr, ConnectionLimits::default()).await.unwrap();
+            let caller = connection.clone();
+            slow.push(tokio::spawn(async move {
+                caller.call(Message::Request(Request::GetOrder(OrderId(1))), TIMEOUT_MS).await
+            }));
+            while connection.in_flight() == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let third = Connection::connect(server.addr, ConnectionLimits::default()).await.unwrap();
+        let reply = third.call(Message::Request(Request::GetAccount(AccountId(1))), TIMEOUT_MS).await.unwrap();
+        match reply {
+            Message::Response(Response::Error(RequestError::Overloaded { what })) => {
+                assert!(what.contains("on this node"), "{what}")
+            }
+            other => panic!("expected Overloaded, got {other:?}"),
+        }
+        for call in slow {
+            assert_eq!(call.await.unwrap().unwrap(), Message::Response(Response::Order(None)));
+        }
+        // The budget is released: served again, on the same connection.
+        let reply = third.call(Message::Request(Request::GetAccount(AccountId(4))), TIMEOUT_MS).await.unwrap();
+        assert_eq!(reply, Message::Response(Response::Account(Some(account_view(4)))));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_and_half_sent_frames_are_closed_after_their_timeouts() {
+        let limits = ServerLimits { idle_timeout_ms: 300, frame_read_timeout_ms: 300, ..ServerLimits::default() };
+        let handler = ToyHandler { slow_ms: 800, ..ToyHandler::new(1) };
+        let server = toy_server(handler, limits).await;
+        let closed_within = |mut stream: TcpStream, bound_ms: u64| async move {
+            let started = std::time::Instant::now();
+            let end = tokio::time::timeout(Duration::from_millis(bound_ms), read_frame(&mut stream, 1024)).await;
+            assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "closed, got {end:?}");
+            started.elapsed()
+        };
+        // An idle connection: closed after ~300 ms.
+        let idle = TcpStream::connect(server.addr).await.unwrap();
+        let elapsed = closed_within(idle, 3_000).await;
+        assert!(elapsed >= Duration::from_millis(250), "not before the idle timeout: {elapsed:?}");
+        // Half a frame: closed after the frame timeout.
+        let mut half = TcpStream::connect(server.addr).await.unwrap();
+        half.write_all(&valid_frame(Message::Request(Request::NodeStatus))[..3]).await.unwrap();
+        closed_within(half, 3_000).await;
+        // A connection waiting for a slow reply (longer than the idle
+        // timeout) is not idle: it gets its answer.
+        let connection = Connection::connect(server.addr, ConnectionLimits::default()).await.unwrap();
+        let reply = connection.call(Message::Request(Request::GetOrder(OrderId(2))), TIMEOUT_MS).await.unwrap();
+        assert_eq!(reply, Message::Response(Response::Order(None)));
         server.stop().await;
     }
 

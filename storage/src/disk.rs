@@ -22,6 +22,11 @@ pub enum DiskError {
     SyncFailed { reason: String },
     #[error("corrupt record in {space} at key {key_hex}: {reason}; the data directory needs repair")]
     Corrupt { space: String, key_hex: String, reason: String },
+    /// The store came back from a restart without writes it had made
+    /// durable (or its durability record is damaged): starting would
+    /// silently drop committed data.
+    #[error("{file}: {reason}; refusing to start (restore this node's data directory from a replica or backup)")]
+    LostWrites { file: String, reason: String },
 }
 
 /// One stored `(key, value)` pair.

@@ -7,6 +7,8 @@
 //! * [`record`]: checksummed record encoding; a flipped byte is a typed
 //!   [`record::RecordError`], never garbage.
 //! * [`log_store`]: the openraft log store (`RaftLogStorage`) on a `Disk`.
+//! * [`watermark`]: the file outside sled that catches sled silently
+//!   dropping synced writes after a crash.
 #![forbid(unsafe_code)]
 
 pub mod disk;
@@ -14,6 +16,7 @@ pub mod log_store;
 pub mod mem;
 pub mod record;
 pub mod sled_disk;
+pub mod watermark;
 
 pub use disk::{Batch, Disk, DiskError, KeyValue, SharedDisk};
 pub use log_store::LogStore;

@@ -23,6 +23,15 @@ pub fn seal<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Seals an already-encoded payload (tests and fuzzers use it to reach the
+/// decoder behind the checksum with arbitrary bytes).
+pub fn seal_bytes(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Verifies and decodes a record written by [`seal`].
 pub fn open<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
     if bytes.len() < 4 {

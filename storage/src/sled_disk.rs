@@ -3,11 +3,20 @@
 //!
 //! Group commit: each caller takes a ticket after its writes are applied;
 //! the flush lock is held by one flusher at a time; a flusher first reads the
-//! newest ticket, then flushes, then publishes that ticket as durable. A
-//! caller that gets the lock and finds its ticket already durable returns
-//! without flushing. So N concurrent callers cost about two fsyncs, not N.
+//! newest ticket, then flushes. A caller that gets the lock and finds its
+//! ticket already flushed does not flush again. So N concurrent callers cost
+//! about two fsyncs, not N. A ticket is published as durable (and its
+//! callers answered) only once the watermark below records its flush; the
+//! watermark write of one flush overlaps the sled flush of the next.
+//!
+//! Lost-write detection: every flush is numbered (a *generation*, written
+//! into sled just before the flush) and, once the flush succeeded, recorded
+//! in the [`Watermark`] file outside sled. Opening refuses a database that
+//! came back with an older generation than the watermark: sled truncated
+//! synced writes (see [`crate::watermark`] for why that can happen).
 
 use crate::disk::{Batch, Disk, DiskError, KeyValue};
+use crate::watermark::Watermark;
 use paytx_protocol::BoxFuture;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,7 +34,27 @@ struct Inner {
     flush_lock: tokio::sync::Mutex<()>,
     poisoned: AtomicBool,
     flushes: AtomicU64,
+    /// The generation of the last flush (only changed under `flush_lock`).
+    generation: AtomicU64,
+    /// The newest completed flush: its generation and the ticket it covers.
+    flushed: Mutex<Flushed>,
+    /// The generation the watermark file holds; its lock serialises the
+    /// watermark writes (stage 2 of a sync).
+    recorded: tokio::sync::Mutex<u64>,
+    /// Where the generation of every successful flush is recorded.
+    watermark: Arc<Watermark>,
+    durability: sled::Tree,
 }
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Flushed {
+    generation: u64,
+    ticket: u64,
+}
+
+/// sled tree holding the sync generation (see the module docs).
+const DURABILITY_TREE: &str = "__paytx-durability";
+const GENERATION_KEY: &[u8] = b"generation";
 
 #[derive(Clone)]
 pub struct SledDisk {
@@ -43,7 +72,8 @@ fn io(space: &str, e: impl std::fmt::Display) -> DiskError {
 }
 
 impl SledDisk {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, refusing one that lost
+    /// writes a flush had made durable ([`DiskError::LostWrites`]).
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, DiskError> {
         let db = sled::Config::new()
             .path(dir)
@@ -55,6 +85,36 @@ impl SledDisk {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| io(&dir.display().to_string(), e))?;
+        let durability = db.open_tree(DURABILITY_TREE).map_err(|e| io(DURABILITY_TREE, e))?;
+        let stored = match durability.get(GENERATION_KEY).map_err(|e| io(DURABILITY_TREE, e))? {
+            None => None,
+            Some(bytes) => Some(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| DiskError::Corrupt {
+                space: DURABILITY_TREE.to_string(),
+                key_hex: "67656e65726174696f6e".to_string(),
+                reason: format!("{} bytes, expected 8", bytes.len()),
+            })?)),
+        };
+        let (watermark, recorded) = Watermark::open(dir)
+            .map_err(|e| DiskError::LostWrites { file: dir.display().to_string(), reason: e.to_string() })?;
+        let lost = |reason: String| DiskError::LostWrites { file: dir.join("db").display().to_string(), reason };
+        let generation = match (recorded, stored) {
+            (Some(recorded), stored) if stored.unwrap_or(0) < recorded => {
+                return Err(lost(format!(
+                    "sled recovered its writes only through sync generation {}, but {} records that generation {recorded} was durable: \
+                     sled dropped synced writes (a corrupt or truncated log segment)",
+                    stored.unwrap_or(0),
+                    watermark.path().display()
+                )))
+            }
+            (Some(recorded), stored) => recorded.max(stored.unwrap_or(0)),
+            (None, Some(stored)) if stored > 0 => {
+                return Err(lost(format!(
+                    "{} is missing, but the database has synced {stored} generations under it, so losses could not be detected",
+                    watermark.path().display()
+                )))
+            }
+            (None, _) => 0,
+        };
         Ok(SledDisk {
             inner: Arc::new(Inner {
                 db,
@@ -65,6 +125,11 @@ impl SledDisk {
                 flush_lock: tokio::sync::Mutex::new(()),
                 poisoned: AtomicBool::new(false),
                 flushes: AtomicU64::new(0),
+                generation: AtomicU64::new(generation),
+                flushed: Mutex::new(Flushed { generation, ticket: 0 }),
+                recorded: tokio::sync::Mutex::new(generation),
+                watermark: Arc::new(watermark),
+                durability,
             }),
         })
     }
@@ -124,34 +189,83 @@ impl Disk for SledDisk {
             if !inner.fsync {
                 return Ok(());
             }
-            let _guard = inner.flush_lock.lock().await;
-            if inner.poisoned.load(Ordering::SeqCst) {
-                return Err(DiskError::SyncFailed { reason: "an earlier fsync failed".to_string() });
-            }
-            if inner.durable_ticket.load(Ordering::SeqCst) >= ticket {
-                return Ok(());
-            }
-            let covered = inner.requested_ticket.load(Ordering::SeqCst);
-            let started = tokio::time::Instant::now();
-            let flushed = inner.db.flush_async().await;
-            tracing::debug!(
-                elapsed_us = started.elapsed().as_micros() as u64,
-                tickets = covered - inner.durable_ticket.load(Ordering::SeqCst),
-                "sled flush"
-            );
-            match flushed {
-                Ok(_) => {
-                    inner.flushes.fetch_add(1, Ordering::Relaxed);
-                    inner.durable_ticket.store(covered, Ordering::SeqCst);
-                    Ok(())
+            // Stage 1, under the flush lock: a sled flush covering `ticket`
+            // (or find one that already did).
+            let generation = {
+                let _guard = inner.flush_lock.lock().await;
+                inner.check_poisoned()?;
+                if inner.durable_ticket.load(Ordering::SeqCst) >= ticket {
+                    return Ok(());
                 }
-                Err(e) => {
-                    inner.poisoned.store(true, Ordering::SeqCst);
-                    tracing::error!(error = %e, "fsync failed; the node must stop");
-                    Err(DiskError::SyncFailed { reason: e.to_string() })
+                let flushed = *inner.flushed.lock().unwrap_or_else(|p| p.into_inner());
+                if flushed.ticket >= ticket {
+                    flushed.generation
+                } else {
+                    inner.flush(ticket).await?
                 }
+            };
+            // Stage 2, under the watermark lock: record the newest flushed
+            // generation, then publish its ticket. Pipelined: the next sled
+            // flush runs while this fdatasync does. Nothing is acknowledged
+            // before the watermark covers it.
+            let mut recorded = inner.recorded.lock().await;
+            inner.check_poisoned()?;
+            if *recorded < generation {
+                let newest = *inner.flushed.lock().unwrap_or_else(|p| p.into_inner());
+                let watermark = inner.watermark.clone();
+                let written = match tokio::task::spawn_blocking(move || watermark.record(newest.generation)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = written {
+                    return Err(inner.poison(format!("recording the durable watermark: {e}")));
+                }
+                *recorded = newest.generation;
+                inner.durable_ticket.fetch_max(newest.ticket, Ordering::SeqCst);
             }
+            Ok(())
         })
+    }
+}
+
+impl Inner {
+    fn check_poisoned(&self) -> Result<(), DiskError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(DiskError::SyncFailed { reason: "an earlier fsync failed".to_string() });
+        }
+        Ok(())
+    }
+
+    /// Fail-stop: every later sync fails too.
+    fn poison(&self, reason: String) -> DiskError {
+        self.poisoned.store(true, Ordering::SeqCst);
+        tracing::error!(error = %reason, "fsync failed; the node must stop");
+        DiskError::SyncFailed { reason }
+    }
+
+    /// One sled flush, numbered (call under `flush_lock`). Returns its
+    /// generation once sled reports it durable.
+    async fn flush(&self, ticket: u64) -> Result<u64, DiskError> {
+        let covered = self.requested_ticket.load(Ordering::SeqCst);
+        debug_assert!(covered >= ticket);
+        let started = tokio::time::Instant::now();
+        // After every write this flush covers (they were applied before
+        // `covered` was read), so a log truncated before any of them also
+        // loses this generation.
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        let flushed = match self.durability.insert(GENERATION_KEY, &generation.to_be_bytes()) {
+            Ok(_) => self.db.flush_async().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = flushed {
+            return Err(self.poison(e.to_string()));
+        }
+        tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, generation, "sled flush");
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.generation.store(generation, Ordering::SeqCst);
+        *self.flushed.lock().unwrap_or_else(|p| p.into_inner()) = Flushed { generation, ticket: covered };
+        Ok(generation)
     }
 }
 
