@@ -198,7 +198,7 @@ fn gen_configs(nodes: u64, dir: &std::path::Path, data_dir: Option<PathBuf>, bas
     for id in 1..=nodes {
         let config = NodeConfig::local(id, &addrs, data_dir.join(format!("node-{id}")), &secret);
         let path = dir.join(format!("node-{id}.toml"));
-        std::fs::write(&path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, config.to_toml()?).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }
     Ok(())

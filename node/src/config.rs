@@ -64,7 +64,7 @@ impl Default for CoordinatorSettings {
         CoordinatorSettings {
             prepare_timeout_ms: 2_000,
             decide_retry_ms: 200,
-            max_in_flight_txns: 20_000,
+            max_in_flight_txns: 4_000,
             in_doubt_after_ms: 2_000,
         }
     }
@@ -182,8 +182,11 @@ impl NodeConfig {
         Ok(config)
     }
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a NodeConfig always serialises to TOML")
+    /// The config as TOML. Fails only for values TOML cannot hold: its
+    /// integers are signed 64-bit, so a `seed` above `i64::MAX` is refused
+    /// here (and by [`NodeConfig::validate`]) instead of panicking.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(format!("cannot write the config as TOML: {e}")))
     }
 
     /// Every node id → address.
@@ -193,6 +196,9 @@ impl NodeConfig {
 
     /// Checks what would otherwise fail obscurely later.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.seed.is_some_and(|seed| seed > i64::MAX as u64) {
+            return Err(ConfigError::Invalid("seed must be at most 2^63 - 1 (TOML integers are signed 64-bit)".into()));
+        }
         let peers = self.peer_map();
         if peers.len() != self.peers.len() {
             return Err(ConfigError::Invalid("a node id appears twice in [[peers]]".into()));
@@ -291,7 +297,11 @@ mod tests {
         let addrs: BTreeMap<NodeId, SocketAddr> =
             (1..=3).map(|i| (i, format!("127.0.0.1:{}", 7100 + i).parse().expect("valid address"))).collect();
         let config = NodeConfig::local(2, &addrs, PathBuf::from("/tmp/x"), "a-secret-of-sixteen-bytes");
-        let text = config.to_toml();
+        let text = config.to_toml().expect("a valid config serialises");
+        let mut huge_seed = config.clone();
+        huge_seed.seed = Some(u64::MAX);
+        assert!(matches!(huge_seed.to_toml(), Err(ConfigError::Invalid(_))));
+        assert!(matches!(huge_seed.validate(), Err(ConfigError::Invalid(_))));
         let back: NodeConfig = toml::from_str(&text).expect("own output parses");
         assert_eq!(back, config);
         back.validate().expect("valid");

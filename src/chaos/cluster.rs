@@ -65,7 +65,7 @@ impl ChaosCluster {
             config.seed = Some(seed.wrapping_add(*id) >> 1);
             config.validate().context("a generated config is invalid")?;
             let path = dir.join(format!("node-{id}.toml"));
-            std::fs::write(&path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, config.to_toml()?).with_context(|| format!("writing {}", path.display()))?;
             configs.insert(*id, path);
         }
         let procs = NodeProcs::new(program, configs, log_filter);

@@ -37,7 +37,7 @@ impl NodeProcess {
     /// Writes `config` under `dir` and starts the node on it.
     pub fn spawn(dir: &Path, config: &NodeConfig, name: &str) -> NodeProcess {
         let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, config.to_toml()).expect("write the config");
+        std::fs::write(&path, config.to_toml().expect("the config serialises")).expect("write the config");
         let log = dir.join(format!("{name}.log"));
         let out = File::options().create(true).append(true).open(&log).expect("open the node log");
         let child = Command::new(PAYTX)
