@@ -7,11 +7,17 @@
 //! compare-and-set on both records, rescheduling by the retry schedule or
 //! finishing at `2xx` + body `success` (or when the schedule is exhausted).
 //!
-//! (decision) Only the node whose coordinator is the Raft leader delivers,
-//! so merchants are not hammered by every node. During a leader change two
-//! nodes may both deliver once: delivery is at-least-once, and the stable
-//! `notify_id` lets merchants drop duplicates. Everything is in the cluster,
-//! so pending deliveries survive crashes and leader changes.
+//! (decision) Only the gateway holding the delivery lease delivers, so
+//! merchants are not hammered by every node. The lease is a record in the
+//! cluster, taken and renewed by compare-and-set and expiring after
+//! [`LEASE_MS`] of silence, so any node serving the API can take over when
+//! the holder dies — whichever node is the Raft leader, and whether or not
+//! it serves HTTP. (An earlier version delivered from the Raft leader's
+//! gateway only, which delivered nothing while the leader was a node without
+//! `http_listen`.) Around a takeover two nodes may both deliver once:
+//! delivery is at-least-once, and the stable `notify_id` lets merchants drop
+//! duplicates. Everything is in the cluster, so pending deliveries survive
+//! crashes and leader changes.
 
 use crate::model::{now_ms, now_secs, Attempt, NonceRecord, NotificationRecord, PendingRecord};
 use crate::server::Gateway;
@@ -27,79 +33,148 @@ const MAX_ANSWER_BYTES: usize = 1024;
 const PAGE: u32 = 64;
 /// Notifications POSTed at once.
 const CONCURRENCY: usize = 16;
-/// Nonce records deleted per pass (bounded work).
-const NONCE_CLEANUP_BATCH: usize = 128;
+/// Nonce records deleted per pass (bounded work). With one pass a second
+/// and the cursor below, that sweeps faster than the cluster can claim nonces.
+const NONCE_CLEANUP_BATCH: usize = 1024;
 
 /// Runs until `stop` fires.
 pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let poll = Duration::from_millis(gw.config.notify_poll_ms.max(10));
+    let mut pending_cursor = ScanCursor::default();
+    let mut nonce_cursor = ScanCursor::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
             _ = stop.changed() => return,
         }
-        if !is_leader(&gw).await {
+        if !hold_lease(&gw).await {
             continue;
         }
-        if let Err(error) = deliver_due(&gw).await {
+        if let Err(error) = deliver_due(&gw, &mut pending_cursor).await {
             tracing::debug!(%error, "notification pass stopped early");
         }
-        if let Err(error) = clean_nonces(&gw).await {
+        if let Err(error) = clean_nonces(&gw, &mut nonce_cursor).await {
             tracing::debug!(%error, "nonce cleanup pass stopped early");
         }
     }
 }
 
-async fn is_leader(gw: &Gateway) -> bool {
-    match gw.store.node_status().await {
-        Ok(status) => status.leader == Some(status.node) && status.coordinator_ready,
-        Err(_) => false,
-    }
+/// How long the delivery lease lasts without renewal.
+pub const LEASE_MS: u64 = 10_000;
+/// The one lease record's application key.
+const LEASE_KEY: &str = "notification-delivery";
+
+/// The delivery lease, a record in the cluster.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct DeliveryLease {
+    holder_node: u64,
+    expires_at_ms: u64,
+}
+
+/// `true` when this node holds the delivery lease, taking it if it is free
+/// or expired and renewing it when half of it is used up. Every write is a
+/// compare-and-set on the lease record, so two nodes never both win the
+/// same version.
+async fn hold_lease(gw: &Gateway) -> bool {
+    let now = now_ms();
+    let current = match gw.store.get::<DeliveryLease>(ns::DELIVERY_LEASE, LEASE_KEY).await {
+        Ok(current) => current,
+        Err(_) => return false,
+    };
+    let expect = match &current {
+        Some((lease, _)) if lease.holder_node != gw.node_id && lease.expires_at_ms > now => return false,
+        Some((lease, _)) if lease.holder_node == gw.node_id && lease.expires_at_ms > now + LEASE_MS / 2 => return true,
+        Some((_, version)) => RecordExpect::Version(*version),
+        None => RecordExpect::Absent,
+    };
+    let lease = DeliveryLease { holder_node: gw.node_id, expires_at_ms: now + LEASE_MS };
+    let Ok(op) = store::put(ns::DELIVERY_LEASE, LEASE_KEY, &lease, expect) else { return false };
+    matches!(gw.store.submit(TxnRequest::new(crate::model::new_id("lease").0, vec![op])).await, Ok(Ok(())))
 }
 
 /// Most scan pages one pass reads (bounded work per pass, whatever the backlog).
 const MAX_PAGES_PER_PASS: usize = 256;
 
-/// Collects up to `limit` records of `ns` that pass `keep`, over every
-/// records shard, reading at most [`MAX_PAGES_PER_PASS`] pages.
+/// Where the previous pass over a namespace stopped. Each pass resumes
+/// there, so a backlog larger than one pass's budget is still swept
+/// completely over successive passes, instead of every pass rereading the
+/// same first pages (which would starve due notifications and expired
+/// nonces further on).
+#[derive(Debug, Clone, Copy)]
+struct ScanCursor {
+    shard: u32,
+    after: Option<paytx_protocol::RecordKey>,
+    /// Records shards, as last reported by a scan page.
+    shard_count: u32,
+}
+
+impl Default for ScanCursor {
+    fn default() -> Self {
+        ScanCursor { shard: 0, after: None, shard_count: 1 }
+    }
+}
+
+impl ScanCursor {
+    /// Moves to the start of the next shard; `true` when that wrapped
+    /// around to shard 0 (a full sweep is done).
+    fn next_shard(&mut self) -> bool {
+        self.after = None;
+        self.shard = self.shard.saturating_add(1);
+        if self.shard >= self.shard_count {
+            self.shard = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// Collects up to `limit` records of `namespace` that pass `keep`, resuming
+/// at `cursor` and reading at most [`MAX_PAGES_PER_PASS`] pages and at most
+/// one full sweep of every records shard.
 async fn scan_all<T: serde::de::DeserializeOwned>(
     gw: &Gateway,
     namespace: u16,
+    cursor: &mut ScanCursor,
     limit: usize,
     keep: impl Fn(&T) -> bool,
 ) -> Result<Vec<(T, u64)>, crate::error::ApiError> {
     let mut out = Vec::new();
-    let mut shard = 0u32;
-    let mut shard_count = 1u32;
     let mut pages = 0usize;
-    while shard < shard_count && out.len() < limit && pages < MAX_PAGES_PER_PASS {
-        let mut after = None;
-        loop {
-            let page = gw.store.scan(shard, namespace, after, PAGE).await?;
-            pages += 1;
-            shard_count = page.shard_count;
-            for record in &page.records {
-                match serde_json::from_slice::<T>(&record.value) {
-                    Ok(value) if keep(&value) && out.len() < limit => out.push((value, record.version)),
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, namespace, "skipping an undecodable record"),
-                }
+    while out.len() < limit && pages < MAX_PAGES_PER_PASS {
+        let page = match gw.store.scan(cursor.shard, namespace, cursor.after, PAGE).await {
+            Ok(page) => page,
+            Err(error) => {
+                // An unreachable shard must not stall the others: the next
+                // pass starts at the following shard.
+                cursor.next_shard();
+                return Err(error);
             }
-            after = page.records.last().map(|r| r.key);
-            if !page.more || after.is_none() || out.len() >= limit || pages >= MAX_PAGES_PER_PASS {
-                break;
+        };
+        pages += 1;
+        cursor.shard_count = page.shard_count.max(1);
+        for record in &page.records {
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            cursor.after = Some(record.key);
+            match serde_json::from_slice::<T>(&record.value) {
+                Ok(value) if keep(&value) => out.push((value, record.version)),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, namespace, "skipping an undecodable record"),
             }
         }
-        shard += 1;
+        if (!page.more || page.records.is_empty()) && cursor.next_shard() {
+            break;
+        }
     }
     Ok(out)
 }
 
-async fn deliver_due(gw: &Arc<Gateway>) -> Result<(), crate::error::ApiError> {
+async fn deliver_due(gw: &Arc<Gateway>, cursor: &mut ScanCursor) -> Result<(), crate::error::ApiError> {
     let now = now_ms();
     let batch = gw.config.notify_batch.max(1);
     let due: Vec<(PendingRecord, u64)> =
-        scan_all(gw, ns::NOTIFY_PENDING, batch, |p: &PendingRecord| p.next_attempt_at_ms <= now).await?;
+        scan_all(gw, ns::NOTIFY_PENDING, cursor, batch, |p: &PendingRecord| p.next_attempt_at_ms <= now).await?;
     for chunk in due.chunks(CONCURRENCY) {
         let attempts = chunk.iter().map(|(pending, version)| deliver_one(gw.clone(), pending.clone(), *version));
         futures::future::join_all(attempts).await;
@@ -189,10 +264,7 @@ async fn post(gw: &Gateway, notification: &NotificationRecord) -> Attempt {
         }
     };
     let status = response.status().as_u16();
-    let body = match response.bytes().await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ANSWER_BYTES)]).into_owned(),
-        Err(_) => String::new(),
-    };
+    let body = read_answer(response).await;
     if (200..300).contains(&status) && body.trim() == "success" {
         Attempt { at_ms, http_status: Some(status), ok: true, error: None }
     } else if (200..300).contains(&status) {
@@ -202,12 +274,28 @@ async fn post(gw: &Gateway, notification: &NotificationRecord) -> Attempt {
     }
 }
 
+/// At most [`MAX_ANSWER_BYTES`] of the merchant's answer, read chunk by
+/// chunk: a merchant streaming an endless body cannot fill our memory.
+async fn read_answer(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_ANSWER_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ANSWER_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// Deletes nonce records older than twice the timestamp window (a request
 /// that old is refused by its timestamp anyway).
-async fn clean_nonces(gw: &Gateway) -> Result<(), crate::error::ApiError> {
+async fn clean_nonces(gw: &Gateway, cursor: &mut ScanCursor) -> Result<(), crate::error::ApiError> {
     let cutoff = now_secs().saturating_sub(2 * gw.config.timestamp_window_secs);
     let expired: Vec<(NonceRecord, u64)> =
-        scan_all(gw, ns::NONCE, NONCE_CLEANUP_BATCH, |n: &NonceRecord| n.timestamp < cutoff).await?;
+        scan_all(gw, ns::NONCE, cursor, NONCE_CLEANUP_BATCH, |n: &NonceRecord| n.timestamp < cutoff).await?;
     if expired.is_empty() {
         return Ok(());
     }

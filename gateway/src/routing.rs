@@ -89,8 +89,13 @@ enum BreakerState {
     Open {
         until: Instant,
     },
-    /// One probe is in flight; others stay away until it reports.
-    HalfOpen,
+    /// One probe is in flight since `since`; others stay away until it
+    /// reports. A probe that never reports (its payment failed before the
+    /// channel was asked, or the request was dropped) is given up after
+    /// `open_ms`, so a route can never stay out of rotation for good.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -148,7 +153,10 @@ impl Router {
             match route.state {
                 BreakerState::Closed { .. } => eligible.push(index),
                 BreakerState::Open { until } if now >= until => eligible.push(index),
-                BreakerState::Open { .. } | BreakerState::HalfOpen => {}
+                BreakerState::HalfOpen { since } if now >= since + Duration::from_millis(self.breaker.open_ms) => {
+                    eligible.push(index)
+                }
+                BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => {}
             }
         }
         if eligible.is_empty() {
@@ -181,8 +189,8 @@ impl Router {
                 chosen
             }
         };
-        if let BreakerState::Open { .. } = routes[chosen].state {
-            routes[chosen].state = BreakerState::HalfOpen;
+        if let BreakerState::Open { .. } | BreakerState::HalfOpen { .. } = routes[chosen].state {
+            routes[chosen].state = BreakerState::HalfOpen { since: now };
         }
         Some(routes[chosen].channel)
     }
@@ -262,6 +270,26 @@ mod tests {
             router.pick(PayMethod::BankCard, &[ChannelId(4)], later, &mut rng),
             Some(ChannelId(1)),
             "closed again"
+        );
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_given_up_after_open_ms() {
+        let settings = BreakerSettings { failure_threshold: 1, open_ms: 1_000 };
+        let router = Router::new(&routes(), RoutingStrategy::RoundRobin, settings);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let t0 = Instant::now();
+        router.report(ChannelId(1), false, t0);
+        let probe_at = t0 + Duration::from_millis(1_001);
+        assert_eq!(router.pick(PayMethod::BankCard, &[ChannelId(4)], probe_at, &mut rng), Some(ChannelId(1)));
+        // The probe's payment failed before the channel was asked: no report.
+        let soon = probe_at + Duration::from_millis(500);
+        assert_eq!(router.pick(PayMethod::BankCard, &[ChannelId(4)], soon, &mut rng), None, "probe still in flight");
+        let later = probe_at + Duration::from_millis(1_001);
+        assert_eq!(
+            router.pick(PayMethod::BankCard, &[ChannelId(4)], later, &mut rng),
+            Some(ChannelId(1)),
+            "an abandoned probe does not keep the route out forever"
         );
     }
 }

@@ -47,6 +47,34 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub schedule: Vec<Duration>,
     pub http: reqwest::Client,
+    /// Password hashes and checks running at once. Argon2id takes ~19 MiB and
+    /// a core's worth of time per call, and registration and login need no
+    /// authentication: without this bound a burst of them would pin every
+    /// core and gigabytes of memory (actix allows hundreds of blocking
+    /// threads).
+    pub password_slots: tokio::sync::Semaphore,
+}
+
+/// Concurrent password hashes: one per core is all the CPU can run anyway.
+pub const MAX_CONCURRENT_PASSWORD_HASHES: usize = 2;
+/// How long a request waits for a password slot before `503 unavailable`.
+pub const PASSWORD_SLOT_WAIT_MS: u64 = 2_000;
+
+impl Gateway {
+    /// Runs `work` (an Argon2id hash or check) on the blocking pool, at most
+    /// [`MAX_CONCURRENT_PASSWORD_HASHES`] at a time; `Unavailable` when no
+    /// slot frees up within [`PASSWORD_SLOT_WAIT_MS`].
+    pub async fn run_password_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::error::ApiError> {
+        let wait = Duration::from_millis(PASSWORD_SLOT_WAIT_MS);
+        let _slot = match tokio::time::timeout(wait, self.password_slots.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(crate::error::ApiError::Unavailable),
+        };
+        actix_web::web::block(work).await.map_err(|_| crate::error::ApiError::Internal)
+    }
 }
 
 /// Creates the key files that do not exist yet (first start of `paytx up`):
@@ -117,6 +145,7 @@ impl Gateway {
             config,
             schedule,
             http,
+            password_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_PASSWORD_HASHES),
         })
     }
 }

@@ -39,6 +39,7 @@ pub mod ns {
     pub const NOTIFY_PENDING: RecordNs = 110;
     pub const TOPUP: RecordNs = 111;
     pub const CLEARING: RecordNs = 112;
+    pub const DELIVERY_LEASE: RecordNs = 113;
 }
 
 pub fn key(ns: RecordNs, app_key: &str) -> RecordKey {

@@ -27,10 +27,8 @@ async fn register_user_inner(
         return Err(ApiError::UsernameTaken);
     }
     let password = body.password.clone();
-    let password_hash = web::block(move || secrets::hash_password(&password))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|_| ApiError::Internal)?;
+    let password_hash =
+        gw.run_password_work(move || secrets::hash_password(&password)).await?.map_err(|_| ApiError::Internal)?;
     let (id, _) = new_id("usr");
     let (_, account) = new_id("acct");
     let user = UserRecord {
@@ -83,7 +81,7 @@ async fn create_session_inner(
     };
     let (user, _) = gw.store.get::<UserRecord>(ns::USER, &claim.id).await?.ok_or(ApiError::BadCredentials)?;
     let (password, hash) = (body.password, user.password_hash.clone());
-    let ok = web::block(move || secrets::verify_password(&password, &hash)).await.map_err(|_| ApiError::Internal)?;
+    let ok = gw.run_password_work(move || secrets::verify_password(&password, &hash)).await?;
     if !ok {
         return Err(ApiError::BadCredentials);
     }
