@@ -310,3 +310,27 @@ async fn clean_nonces(gw: &Gateway, cursor: &mut ScanCursor) -> Result<(), crate
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_walks_every_shard_and_wraps_once_per_sweep() {
+        let mut cursor = ScanCursor { shard: 0, after: Some(paytx_protocol::RecordKey::new(1, b"k")), shard_count: 3 };
+        assert!(!cursor.next_shard());
+        assert_eq!((cursor.shard, cursor.after), (1, None), "the next shard starts at its first key");
+        assert!(!cursor.next_shard());
+        assert!(cursor.next_shard(), "leaving the last shard completes a sweep");
+        assert_eq!(cursor.shard, 0);
+    }
+
+    #[tokio::test]
+    async fn a_merchant_answer_is_read_only_up_to_the_cap() {
+        let endless = vec![b's'; 4 * 1024 * 1024];
+        let response = reqwest::Response::from(http::Response::new(endless));
+        assert_eq!(read_answer(response).await.len(), MAX_ANSWER_BYTES);
+        let response = reqwest::Response::from(http::Response::new("success".to_string()));
+        assert_eq!(read_answer(response).await, "success");
+    }
+}
