@@ -6,6 +6,9 @@
 //! checksum*, so the decoder itself is reached — never panic: each is a
 //! value or a typed error.
 
+#[path = "../../protocol/tests/damage/mod.rs"]
+mod damage;
+
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -85,18 +88,6 @@ fn decode_every_raft_type(bytes: &[u8]) {
     let _ = decode::<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>>(bytes);
 }
 
-fn mutate(mut bytes: Vec<u8>, edits: &[(u8, usize, u8)]) -> Vec<u8> {
-    for &(op, at, byte) in edits {
-        let len = bytes.len().max(1);
-        match op % 3 {
-            0 if !bytes.is_empty() => bytes[at % len] ^= byte | 1,
-            1 => bytes.truncate(at % (len + 1)),
-            _ => bytes.insert(at % (bytes.len() + 1), byte),
-        }
-    }
-    bytes
-}
-
 /// Stores `value` (raw or behind a valid checksum) in the log store's and
 /// snapshot store's keyspaces, then reads everything back through them.
 fn read_back_stores(payload: &[u8], sealed: bool) {
@@ -138,7 +129,7 @@ proptest! {
         which in 0usize..6,
         edits in proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..6),
     ) {
-        decode_every_raft_type(&mutate(samples()[which].clone(), &edits));
+        decode_every_raft_type(&damage::mutate(samples()[which].clone(), &edits));
     }
 
     #[test]
@@ -157,7 +148,7 @@ proptest! {
         // The entries of the AppendEntries sample, as the log store seals them.
         let request: AppendEntriesRequest<TypeConfig> = decode(&samples()[0]).expect("sample decodes");
         let entry = encode(&request.entries[which]).expect("encodes");
-        read_back_stores(&mutate(entry, &edits), true);
+        read_back_stores(&damage::mutate(entry, &edits), true);
     }
 }
 

@@ -4,6 +4,9 @@
 //! checksum — never panics recovery: it rebuilds a shard or fails with a
 //! typed error naming the key.
 
+#[path = "../../protocol/tests/damage/mod.rs"]
+mod damage;
+
 use paytx_participants::{Engine, Journal, Prepared};
 use paytx_protocol::{AccountId, Currency, EntityKind, Money, Operation, OrderId, ShardId, TxnId};
 use paytx_storage::record::seal_bytes;
@@ -53,18 +56,6 @@ fn real_rows(shard: ShardId) -> Vec<KeyValue> {
         }
     }
     disk.range(journal.space(), b"", None).expect("memory")
-}
-
-fn mutate(mut bytes: Vec<u8>, edits: &[(u8, usize, u8)]) -> Vec<u8> {
-    for &(op, at, byte) in edits {
-        let len = bytes.len().max(1);
-        match op % 3 {
-            0 if !bytes.is_empty() => bytes[at % len] ^= byte | 1,
-            1 => bytes.truncate(at % (len + 1)),
-            _ => bytes.insert(at % (bytes.len() + 1), byte),
-        }
-    }
-    bytes
 }
 
 fn recover(shard: ShardId, rows: Vec<KeyValue>) {
@@ -122,10 +113,10 @@ proptest! {
         let index = row % rows.len();
         let (key, value) = rows[index].clone();
         rows[index] = if damage_key {
-            (mutate(key, &edits), value)
+            (damage::mutate(key, &edits), value)
         } else {
             // Re-seal the damaged payload so the checksum passes.
-            (key, seal_bytes(&mutate(value[4..].to_vec(), &edits)))
+            (key, seal_bytes(&damage::mutate(value[4..].to_vec(), &edits)))
         };
         recover(shard, rows);
     }

@@ -4,6 +4,8 @@
 //! a clean end, or a typed error. Lengths claimed above the cap are refused
 //! before anything is allocated for them.
 
+mod damage;
+
 use paytx_protocol::frame::{decode_body, encode_frame, read_frame, FrameError, FRAME_VERSION, MAX_FRAME_LIMIT_BYTES};
 use paytx_protocol::messages::{AccountView, EntryView, RaftRpcKind, RecordPage, RecordView};
 use paytx_protocol::{
@@ -50,19 +52,6 @@ fn samples() -> Vec<Envelope> {
     messages.into_iter().enumerate().map(|(i, message)| Envelope { id: i as u64 + 1, message }).collect()
 }
 
-/// A damaged copy of `frame`: each step flips, cuts or inserts a byte.
-fn mutate(mut frame: Vec<u8>, edits: &[(u8, usize, u8)]) -> Vec<u8> {
-    for &(op, at, byte) in edits {
-        let len = frame.len().max(1);
-        match op % 3 {
-            0 if !frame.is_empty() => frame[at % len] ^= byte | 1,
-            1 => frame.truncate(at % (len + 1)),
-            _ => frame.insert(at % (frame.len() + 1), byte),
-        }
-    }
-    frame
-}
-
 /// Reads every frame in `bytes` until the end or the first error.
 fn read_all(bytes: &[u8]) -> Vec<Result<Option<Envelope>, String>> {
     futures::executor::block_on(async {
@@ -107,7 +96,7 @@ proptest! {
         if edits.is_empty() {
             prop_assert_eq!(read_all(&frame)[0].clone(), Ok(Some(sample)));
         }
-        let damaged = mutate(frame.clone(), &edits);
+        let damaged = damage::mutate(frame.clone(), &edits);
         let _ = read_all(&damaged);
         if damaged.len() > 5 {
             let _ = decode_body(&damaged[5..]);
