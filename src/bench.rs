@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Concurrent closed-loop clients.
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// Measured duration, after a 2 s warm-up.
+    /// Concurrent closed-loop clients: one level, or a list (`1,16,64,256`)
+    /// run one after the other against the same cluster, one row each.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    pub concurrency: Vec<usize>,
+    /// Measured duration of each level, after a 2 s warm-up.
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
     /// Payer accounts (more accounts: less contention on holds).
@@ -36,7 +37,12 @@ pub struct BenchArgs {
     /// Embedded cluster without fsync (NOT durable; for comparison only).
     #[arg(long)]
     pub no_fsync: bool,
-    /// Print the result as JSON.
+    /// Embedded cluster: model the channels' authorization latency (5-8 ms
+    /// per charge, the stock channels). Off by default: the channel is a
+    /// charge record, as in the peers' workload it is compared with.
+    #[arg(long)]
+    pub channel_latency: bool,
+    /// Print each level's result as one line of JSON.
     #[arg(long)]
     pub json: bool,
     #[arg(long, default_value_t = 1)]
@@ -47,6 +53,7 @@ pub struct BenchArgs {
 struct BenchReport {
     target: String,
     fsync: bool,
+    channel_latency: bool,
     concurrency: usize,
     duration_secs: f64,
     committed: u64,
@@ -54,11 +61,70 @@ struct BenchReport {
     errors: u64,
     committed_per_sec: f64,
     latency: LatencySummary,
+    /// This process's user + system CPU over the window per committed
+    /// payment (embedded nodes run in this process; with `--addrs` only the
+    /// load generator's).
+    cpu_us_per_payment: Option<f64>,
+    /// Over the window, summed over the nodes: Raft entries the
+    /// coordinators proposed, the commands in them, and the disk flushes.
+    raft_entries: u64,
+    commands_per_entry: Option<f64>,
+    payments_per_entry: Option<f64>,
+    disk_flushes: u64,
+    payments_per_flush: Option<f64>,
+}
+
+/// USER_HZ: the unit of `/proc/<pid>/stat` CPU times, 100 on every Linux
+/// (a fixed part of the kernel's user-space ABI).
+const USER_HZ: f64 = 100.0;
+
+/// This process's user + system CPU seconds, from `/proc/self/stat`
+/// (`None` where there is no procfs).
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name (which may hold spaces):
+    // state is field 3, utime 14 and stime 15 (1-based).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+/// Raft entries, commands and disk flushes, summed over `addrs`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    entries: u64,
+    commands: u64,
+    flushes: u64,
+}
+
+async fn counters(client: &Client, addrs: &[SocketAddr]) -> Counters {
+    let mut total = Counters::default();
+    for addr in addrs {
+        if let Ok(status) = client.node_status_of(*addr).await {
+            total.entries += status.raft_proposals;
+            total.commands += status.raft_proposed_commands;
+            total.flushes += status.disk_flushes;
+        }
+    }
+    total
+}
+
+fn ratio(numerator: u64, denominator: u64) -> Option<f64> {
+    (denominator > 0).then(|| numerator as f64 / denominator as f64)
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (cluster, addrs) = if args.addrs.is_empty() {
-        let options = ClusterOptions { fsync: !args.no_fsync, seed: Some(args.seed), ..ClusterOptions::default() };
+        let mut channels = paytx_participants::default_channels();
+        if !args.channel_latency {
+            for channel in &mut channels {
+                channel.authorize_latency_ms = 0;
+            }
+        }
+        let options =
+            ClusterOptions { fsync: !args.no_fsync, seed: Some(args.seed), channels, ..ClusterOptions::default() };
         let cluster = Cluster::start(options).await.context("starting the embedded cluster")?;
         let addrs = cluster.addrs();
         (Some(cluster), addrs)
@@ -76,26 +142,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let opened = open_accounts(&client, &format!("bench-{base}-open"), &accounts, Currency::CNY, 50).await?;
     anyhow::ensure!(opened.iter().all(|r| r.outcome.is_committed()), "opening bench accounts aborted");
 
+    for (level, concurrency) in args.concurrency.iter().copied().enumerate() {
+        let report = run_level(&args, &client, &addrs, base, merchants, level as u64, concurrency).await?;
+        print_report(&args, &report)?;
+    }
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
+    Ok(())
+}
+
+/// One closed-loop run at `concurrency`. `level` keeps order ids and
+/// idempotency keys of successive levels apart.
+async fn run_level(
+    args: &BenchArgs,
+    client: &Client,
+    addrs: &[SocketAddr],
+    base: u64,
+    merchants: u64,
+    level: u64,
+    concurrency: usize,
+) -> anyhow::Result<BenchReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    for worker in 0..args.concurrency.max(1) {
+    for worker in 0..concurrency.max(1) {
         let (client, stop, measuring) = (client.clone(), stop.clone(), measuring.clone());
-        let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ (worker as u64) << 20);
-        let (payers, merchants) = (args.accounts, merchants);
+        let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ (worker as u64) << 20 ^ level << 40);
+        let payers = args.accounts;
         workers.push(tokio::spawn(async move {
             let mut histogram = latency_histogram();
             let (mut committed, mut aborted, mut errors) = (0u64, 0u64, 0u64);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let order = OrderId(base + ((worker as u64) << 32) + n);
+                let order = OrderId(base + (level << 48) + ((worker as u64) << 32) + n);
                 let payer = AccountId(base + rng.gen_range(0..payers));
                 let merchant = AccountId(base + payers + rng.gen_range(0..merchants));
                 let channel = ChannelId(1 + rng.gen_range(0..3));
                 let amount = Money::new(rng.gen_range(100..10_000), Currency::CNY);
                 let request = TxnRequest::new(
-                    format!("bench-{base}-{worker}-{n}"),
+                    format!("bench-{base}-{level}-{worker}-{n}"),
                     create_and_pay_ops(payer, merchant, order, channel, amount),
                 );
                 let sent = Instant::now();
@@ -114,11 +201,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = counters(client, addrs).await;
+    let cpu_before = process_cpu_secs();
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = process_cpu_secs();
+    let after = counters(client, addrs).await;
     stop.store(true, Ordering::Relaxed);
     let mut histogram = latency_histogram();
     let (mut committed, mut aborted, mut errors) = (0, 0, 0);
@@ -129,38 +220,60 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         aborted += a;
         errors += e;
     }
-    let report = BenchReport {
+    let entries = after.entries.saturating_sub(before.entries);
+    let commands = after.commands.saturating_sub(before.commands);
+    let flushes = after.flushes.saturating_sub(before.flushes);
+    let cpu_us_per_payment = match (cpu_before, cpu_after, committed) {
+        (Some(b), Some(a), c) if c > 0 => Some((a - b) * 1e6 / c as f64),
+        _ => None,
+    };
+    Ok(BenchReport {
         target: if args.addrs.is_empty() { "embedded 3-node cluster".into() } else { format!("{:?}", args.addrs) },
         fsync: args.addrs.is_empty() && !args.no_fsync,
-        concurrency: args.concurrency,
+        channel_latency: args.channel_latency,
+        concurrency,
         duration_secs: elapsed,
         committed,
         aborted,
         errors,
         committed_per_sec: committed as f64 / elapsed,
         latency: summarize(&histogram),
-    };
+        cpu_us_per_payment,
+        raft_entries: entries,
+        commands_per_entry: ratio(commands, entries),
+        payments_per_entry: ratio(committed, entries),
+        disk_flushes: flushes,
+        payments_per_flush: ratio(committed, flushes),
+    })
+}
+
+fn print_report(args: &BenchArgs, report: &BenchReport) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("serialising the report")?);
-    } else {
-        println!(
-            "{}: concurrency {}, {:.1} s, fsync {}\n  committed {} ({:.0}/s), aborted {}, errors {}\n  latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-            report.target,
-            report.concurrency,
-            report.duration_secs,
-            if args.addrs.is_empty() { if report.fsync { "on" } else { "OFF" } } else { "as configured" },
-            report.committed,
-            report.committed_per_sec,
-            report.aborted,
-            report.errors,
-            report.latency.p50_ms,
-            report.latency.p99_ms,
-            report.latency.p999_ms,
-            report.latency.max_ms
-        );
+        println!("{}", serde_json::to_string(report).context("serialising the report")?);
+        return Ok(());
     }
-    if let Some(cluster) = cluster {
-        cluster.shutdown().await;
-    }
+    let show = |value: Option<f64>| value.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+    println!(
+        "{}: concurrency {}, {:.1} s, fsync {}, channel latency {}\n  committed {} ({:.0}/s), aborted {}, errors {}\n  latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms\n  cpu {} us/payment; {} raft entries ({} commands/entry, {} payments/entry); {} disk flushes ({} payments/flush)",
+        report.target,
+        report.concurrency,
+        report.duration_secs,
+        if args.addrs.is_empty() { if report.fsync { "on" } else { "OFF" } } else { "as configured" },
+        if report.channel_latency { "on" } else { "off" },
+        report.committed,
+        report.committed_per_sec,
+        report.aborted,
+        report.errors,
+        report.latency.p50_ms,
+        report.latency.p99_ms,
+        report.latency.p999_ms,
+        report.latency.max_ms,
+        show(report.cpu_us_per_payment),
+        report.raft_entries,
+        show(report.commands_per_entry),
+        show(report.payments_per_entry),
+        report.disk_flushes,
+        show(report.payments_per_flush),
+    );
     Ok(())
 }

@@ -9,13 +9,13 @@
 
 use crate::engine::{Action, Engine, EngineConfig, Event, Ticket};
 use crate::state_machine::{read_table, SharedTable};
-use crate::table::{Command, CommandResult};
+use crate::table::{Command, CommandResult, Proposal, ProposalResult};
 use crate::types::{NodeId, Raft};
 use actix::prelude::*;
 use openraft::ServerState;
-use paytx_protocol::{
-    AbortReason, Outcome, PeerRequest, PeerResponse, RequestError, ShardMap, Transport, TxnId, TxnReceipt, TxnRequest,
-};
+use paytx_protocol::batcher::{BatchLimits, Batcher};
+use paytx_protocol::planted::Bug;
+use paytx_protocol::{PeerRequest, PeerResponse, RequestError, ShardMap, Transport, TxnId, TxnReceipt, TxnRequest};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,9 @@ pub struct DriverConfig {
     pub tick_ms: u64,
     /// Timeout of one call to a participant.
     pub peer_timeout_ms: u64,
+    /// Bounds of the proposal batcher: commands and encoded bytes per Raft
+    /// entry, proposals in flight, commands queued.
+    pub batch: BatchLimits,
 }
 
 /// Run a transaction; answered with its outcome.
@@ -51,6 +54,25 @@ pub struct DriverStatus {
     pub is_leader: bool,
     pub leader_hint: Option<NodeId>,
     pub in_flight: usize,
+    /// Proposals (Raft entries) this driver made, and the commands in them.
+    pub proposals: u64,
+    pub proposed_commands: u64,
+}
+
+/// Who waits for the result of one command of a batched proposal.
+enum Proposer {
+    /// The engine, for a transaction's Begin or Decide.
+    Engine { txn: TxnId, is_begin: bool },
+    /// A Forget: nobody (a lost Forget is redone by the next leader).
+    Forget { count: usize },
+    /// An in-doubt participant's question, through the presumed-abort barrier.
+    Query(oneshot::Sender<Result<bool, RequestError>>),
+}
+
+/// One command waiting in the batcher.
+struct Queued {
+    command: Command,
+    proposer: Proposer,
 }
 
 #[derive(Message)]
@@ -80,6 +102,9 @@ pub struct CoordinatorDriver {
     /// Undecided-or-unacked transactions of the table the engine did not
     /// track at the last sweep.
     orphans: std::collections::BTreeSet<TxnId>,
+    /// Every replicated step goes through here: one Raft entry carries the
+    /// commands of many transactions (see `paytx_protocol::batcher`).
+    batcher: Batcher<Queued>,
 }
 
 /// Ticks between two orphan sweeps.
@@ -88,6 +113,7 @@ const SWEEP_EVERY_TICKS: u64 = 50;
 impl CoordinatorDriver {
     pub fn new(config: DriverConfig, raft: Raft, table: SharedTable, transport: Arc<dyn Transport>) -> Self {
         let engine = Engine::new(config.node, config.shard_map.clone(), config.engine.clone());
+        let batcher = Batcher::new(config.batch);
         CoordinatorDriver {
             config,
             engine,
@@ -99,6 +125,102 @@ impl CoordinatorDriver {
             leadership: Leadership { is_leader: false, term: 0, leader: None },
             ticks: 0,
             orphans: std::collections::BTreeSet::new(),
+            batcher,
+        }
+    }
+
+    /// Queues a command for the next proposal, and proposes if a slot is
+    /// free. A full queue fails the command at once (back-pressure).
+    fn propose(&mut self, command: Command, proposer: Proposer, ctx: &mut Context<Self>) {
+        let bytes = paytx_protocol::encoded_len(&command);
+        if let Err(full) = self.batcher.push(Queued { command, proposer }, bytes) {
+            let error = RequestError::Overloaded { what: full.to_string() };
+            self.deliver_failure(full.item.proposer, error, ctx);
+            return;
+        }
+        self.pump(ctx);
+    }
+
+    /// Sends every batch the batcher lets go now.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while let Some(batch) = self.batcher.next_batch() {
+            let (commands, proposers): (Vec<Command>, Vec<Proposer>) =
+                batch.into_iter().map(|queued| (queued.command, queued.proposer)).unzip();
+            tracing::trace!(commands = commands.len(), "propose batch");
+            let raft = self.raft.clone();
+            let proposal = async move { raft.client_write(Proposal { commands }).await };
+            ctx.spawn(proposal.into_actor(self).map(move |result, act, ctx| {
+                act.batcher.finished();
+                match result {
+                    Ok(response) => act.deliver(proposers, response.data, ctx),
+                    Err(e) => {
+                        let error = raft_error(&e);
+                        for proposer in proposers {
+                            act.deliver_failure(proposer, error.clone(), ctx);
+                        }
+                    }
+                }
+                act.pump(ctx);
+            }));
+        }
+    }
+
+    /// Hands each command's result to its proposer.
+    fn deliver(&mut self, proposers: Vec<Proposer>, applied: ProposalResult, ctx: &mut Context<Self>) {
+        let mut results = applied.results;
+        if results.len() != proposers.len() {
+            // The state machine answers every command of an entry: anything
+            // else is a bug; fail them all rather than mis-pair them.
+            let error = RequestError::Internal(format!(
+                "a proposal of {} commands was answered with {} results",
+                proposers.len(),
+                results.len()
+            ));
+            for proposer in proposers {
+                self.deliver_failure(proposer, error.clone(), ctx);
+            }
+            return;
+        }
+        // PLANTED BUG (simulator only): results handed to the proposers in reverse order.
+        if paytx_protocol::planted::active(Bug::BatchResultsMisrouted) {
+            results.reverse();
+        }
+        for (proposer, result) in proposers.into_iter().zip(results) {
+            match proposer {
+                Proposer::Engine { txn, is_begin: true } => self.dispatch(Event::BeginApplied { txn, result }, ctx),
+                Proposer::Engine { txn, is_begin: false } => {
+                    let event = match result {
+                        CommandResult::Decided { outcome } => Event::DecisionApplied { txn, outcome },
+                        other => Event::ProposalFailed {
+                            txn,
+                            error: RequestError::Internal(format!("unexpected result for Decide: {other:?}")),
+                        },
+                    };
+                    self.dispatch(event, ctx);
+                }
+                Proposer::Forget { .. } => {}
+                Proposer::Query(answer) => {
+                    let reply = match result {
+                        CommandResult::Decided { outcome } => Ok(outcome.is_committed()),
+                        CommandResult::InProgress => {
+                            Err(RequestError::InProgress { key: "(in-doubt query: decided by its driver)".into() })
+                        }
+                        other => Err(RequestError::Internal(format!("unexpected result for PresumeAbort: {other:?}"))),
+                    };
+                    let _ = answer.send(reply);
+                }
+            }
+        }
+    }
+
+    fn deliver_failure(&mut self, proposer: Proposer, error: RequestError, ctx: &mut Context<Self>) {
+        match proposer {
+            Proposer::Engine { txn, .. } => self.dispatch(Event::ProposalFailed { txn, error }, ctx),
+            // Not lost: the next leader re-drives and forgets them.
+            Proposer::Forget { count } => tracing::debug!(%error, count, "forget proposal failed"),
+            Proposer::Query(answer) => {
+                let _ = answer.send(Err(error));
+            }
         }
     }
 
@@ -120,35 +242,11 @@ impl CoordinatorDriver {
             Action::Propose { txn, command } => {
                 let is_begin = matches!(command, Command::Begin { .. });
                 tracing::trace!(%txn, is_begin, "propose");
-                let raft = self.raft.clone();
-                let proposal = async move { raft.client_write(command).await };
-                ctx.spawn(proposal.into_actor(self).map(move |result, act, ctx| {
-                    let event = match result {
-                        Ok(response) => match (is_begin, response.data) {
-                            (true, result) => Event::BeginApplied { txn, result },
-                            (false, CommandResult::Decided { outcome }) => Event::DecisionApplied { txn, outcome },
-                            (false, other) => Event::ProposalFailed {
-                                txn,
-                                error: RequestError::Internal(format!("unexpected result for Decide: {other:?}")),
-                            },
-                        },
-                        Err(e) => Event::ProposalFailed { txn, error: raft_error(&e) },
-                    };
-                    act.dispatch(event, ctx);
-                }));
+                self.propose(command, Proposer::Engine { txn, is_begin }, ctx);
             }
             Action::ProposeForget { txns } => {
-                let raft = self.raft.clone();
                 let count = txns.len();
-                ctx.spawn(
-                    async move {
-                        if let Err(e) = raft.client_write(Command::Forget { txns }).await {
-                            // Not lost: the next leader re-drives and forgets them.
-                            tracing::debug!(error = %e, count, "forget proposal failed");
-                        }
-                    }
-                    .into_actor(self),
-                );
+                self.propose(Command::Forget { txns }, Proposer::Forget { count }, ctx);
             }
             Action::SendPrepare { txn, shard, ops } => {
                 let call = self.call_shard(shard, PeerRequest::Prepare { txn, shard, ops });
@@ -325,6 +423,11 @@ impl Handler<Leadership> for CoordinatorDriver {
         if seen.is_leader && (!previous.is_leader || previous.term != seen.term) {
             self.on_became_leader(seen.term, ctx);
         } else if !seen.is_leader {
+            // Commands still queued were never proposed: fail them here (the
+            // engine forgets their transactions on the step-down anyway).
+            for queued in self.batcher.drain_queued() {
+                self.deliver_failure(queued.proposer, RequestError::NoLeader { leader_hint: seen.leader }, ctx);
+            }
             self.dispatch(Event::SteppedDown { leader_hint: seen.leader }, ctx);
         }
     }
@@ -338,7 +441,19 @@ impl Handler<SubmitTxn> for CoordinatorDriver {
         let ticket = Ticket(self.next_ticket);
         let (tx, rx) = oneshot::channel();
         self.tickets.insert(ticket, tx);
-        self.dispatch(Event::Submit { ticket, request: msg.0 }, ctx);
+        let request = msg.0;
+        // A key the applied table holds is answered from it: no Begin, no
+        // prepares. (The planted bug keeps its path through Begin.)
+        let known =
+            if self.engine.is_leader() && !paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange) {
+                read_table(&self.table).table.lookup_key(&request.key, request.body_hash())
+            } else {
+                None
+            };
+        match known {
+            Some(known) => self.dispatch(Event::SubmitKnown { ticket, key: request.key, known }, ctx),
+            None => self.dispatch(Event::Submit { ticket, request }, ctx),
+        }
         Box::pin(async move { rx.await.unwrap_or(Err(RequestError::ShuttingDown)) })
     }
 }
@@ -346,7 +461,7 @@ impl Handler<SubmitTxn> for CoordinatorDriver {
 impl Handler<QueryDecision> for CoordinatorDriver {
     type Result = ResponseFuture<Result<bool, RequestError>>;
 
-    fn handle(&mut self, msg: QueryDecision, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: QueryDecision, ctx: &mut Context<Self>) -> Self::Result {
         let txn = msg.0;
         let known = read_table(&self.table).table.txn(&txn).map(|r| (r.decision.clone(), r.key.clone()));
         let answer: Result<bool, RequestError> = match known {
@@ -356,19 +471,12 @@ impl Handler<QueryDecision> for CoordinatorDriver {
             None if !self.engine.is_leader() => Err(RequestError::NoLeader { leader_hint: self.engine.leader_hint() }),
             None => {
                 // Presumed abort, made durable before anyone acts on it: once
-                // this entry is committed no deposed leader can commit `txn`.
-                let raft = self.raft.clone();
-                return Box::pin(async move {
-                    let command =
-                        Command::Decide { txn, key: None, outcome: Outcome::Aborted(AbortReason::PresumedAbort) };
-                    match raft.client_write(command).await {
-                        Ok(response) => match response.data {
-                            CommandResult::Decided { outcome } => Ok(outcome.is_committed()),
-                            other => Err(RequestError::Internal(format!("unexpected result for Decide: {other:?}"))),
-                        },
-                        Err(e) => Err(raft_error(&e)),
-                    }
-                });
+                // this entry is committed no deposed leader can commit `txn`,
+                // and a late Begin of it is refused (its tombstone). Batched
+                // like every other replicated step.
+                let (tx, rx) = oneshot::channel();
+                self.propose(Command::PresumeAbort { txn }, Proposer::Query(tx), ctx);
+                return Box::pin(async move { rx.await.unwrap_or(Err(RequestError::ShuttingDown)) });
             }
         };
         Box::pin(async move { answer })
@@ -379,10 +487,13 @@ impl Handler<GetDriverStatus> for CoordinatorDriver {
     type Result = MessageResult<GetDriverStatus>;
 
     fn handle(&mut self, _msg: GetDriverStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        let (proposals, proposed_commands) = self.batcher.totals();
         MessageResult(DriverStatus {
             is_leader: self.engine.is_leader(),
             leader_hint: self.engine.leader_hint(),
             in_flight: self.engine.in_flight(),
+            proposals,
+            proposed_commands,
         })
     }
 }

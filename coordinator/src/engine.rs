@@ -11,12 +11,27 @@
 //! A transaction's life on the leader:
 //!
 //! ```text
-//! Submit ─▶ Beginning ──Begin applied──▶ Preparing ──all YES──▶ Deciding(commit)
-//!                                            │ any NO / unreachable / deadline
-//!                                            ▼
-//!                                      Deciding(abort) ──decision applied──▶ Finishing
-//! Finishing ──every shard acked──▶ queued for Forget (batched)
+//! Submit ─▶ Preparing: Begin proposed ∥ prepares sent (one round, in parallel)
+//!   Begin applied ∧ every YES ─▶ clients told "committed" (implicit commit) ─▶ Deciding(commit)
+//!   Begin applied ∧ (a NO / unreachable / deadline) ─▶ Deciding(abort)
+//! Deciding ──decision applied──▶ Finishing ──every shard acked──▶ queued for Forget (batched)
+//! Begin refused (duplicate key, tombstone) ─▶ Finishing(abort) without a table record
 //! ```
+//!
+//! **Implicit commit** (CockroachDB's parallel commits, Gray and Lamport's
+//! Paxos Commit): a transaction whose `Begin` is committed in Raft and whose
+//! every shard answered its driver's first prepares with a durable YES is
+//! committed, whatever happens next — no one can abort it any more: that
+//! driver proposes no abort after it, a participant never takes a YES
+//! back, the presumed-abort barrier leaves a transaction the table knows
+//! alone (`Command::PresumeAbort`), and a re-driving leader aborts only on
+//! a NO (and a shard holding a YES never says NO), never on a timeout. So
+//! the clients hear the outcome then, and the explicit `Decide(commit)`
+//! follows off the critical path. A re-driven transaction never announces:
+//! its earlier driver may have seen a NO and proposed an abort that is
+//! still in the log, and a re-prepare may since have found the shard free
+//! (the simulator found exactly that, seed 66); its clients wait for the
+//! applied decision, first writer wins.
 //!
 //! The decision the engine acts on is always the one the Raft state machine
 //! returned (first writer wins), never the one it proposed.
@@ -51,7 +66,14 @@ pub struct EngineConfig {
     /// First `seq` of this incarnation's transaction ids
     /// ([`crate::epoch::next_seq_base`]).
     pub seq_base: u64,
+    /// Most encoded bytes of one command: a transaction larger than one
+    /// Raft entry may carry is refused (`InvalidRequest::TooLarge`).
+    pub max_command_bytes: usize,
 }
+
+/// Default of [`EngineConfig::max_command_bytes`]: a quarter of the
+/// default frame, as `RaftSettings::batch_bytes` derives.
+pub const DEFAULT_MAX_COMMAND_BYTES: usize = paytx_protocol::frame::DEFAULT_MAX_FRAME_BYTES as usize / 4;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -62,6 +84,7 @@ impl Default for EngineConfig {
             forget_batch_max: 512,
             max_ops_per_txn: paytx_protocol::txn::MAX_OPS_PER_TXN,
             seq_base: 0,
+            max_command_bytes: DEFAULT_MAX_COMMAND_BYTES,
         }
     }
 }
@@ -72,6 +95,15 @@ pub enum Event {
     Submit {
         ticket: Ticket,
         request: TxnRequest,
+    },
+    /// A submission whose idempotency key the applied table already holds
+    /// (`TxnTable::lookup_key`): answered from it — replayed, attached to
+    /// the transaction in flight, or refused as a conflict — without a
+    /// Begin and without prepares (a retry must not even hold money).
+    SubmitKnown {
+        ticket: Ticket,
+        key: IdempotencyKey,
+        known: CommandResult,
     },
     BeginApplied {
         txn: TxnId,
@@ -106,6 +138,13 @@ pub enum Event {
     /// Timer: the prepare phase of `txn` (driven in `term`) is over.
     PrepareDeadline {
         txn: TxnId,
+        term: u64,
+    },
+    /// Timer: re-send the prepare of a re-driven transaction to `shard`
+    /// (a re-driven transaction never aborts on a timeout).
+    RetryPrepare {
+        txn: TxnId,
+        shard: ShardId,
         term: u64,
     },
     /// Timer: re-send the decision to `shard`.
@@ -169,10 +208,27 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    Beginning,
-    Preparing { yes: BTreeSet<ShardId> },
+    /// The Begin is proposed and the prepares are out, in parallel.
+    Preparing(Votes),
+    /// The decision is proposed.
     Deciding,
-    Finishing { outcome: Outcome, acked: BTreeSet<ShardId> },
+    Finishing {
+        outcome: Outcome,
+        acked: BTreeSet<ShardId>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Votes {
+    /// The Begin is applied (the table knows the transaction).
+    begun: bool,
+    yes: BTreeSet<ShardId>,
+    /// The first reason to abort seen (a NO, an unreachable shard, the
+    /// deadline); acted on once the Begin is applied.
+    refused: Option<AbortReason>,
+    /// Re-driven (after a leader change, or adopted): it may be implicitly
+    /// committed already, so it aborts only on a NO, never on a timeout.
+    recovering: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +238,12 @@ struct Txn {
     phase: Phase,
     /// Clients waiting for the outcome, and whether theirs is a replay.
     clients: Vec<(Ticket, bool)>,
+    /// The outcome the clients were told before the decision applied (an
+    /// implicit commit); later clients are answered with it at once.
+    announced: Option<Outcome>,
+    /// Whether the table holds a record to Forget once every shard acked
+    /// (not for a transaction whose Begin was refused).
+    in_table: bool,
 }
 
 /// The coordinator engine of one node.
@@ -230,25 +292,29 @@ impl Engine {
         let mut actions = Vec::new();
         match event {
             Event::Submit { ticket, request } => self.on_submit(ticket, request, &mut actions),
+            Event::SubmitKnown { ticket, key, known } => {
+                if self.leader_term.is_none() {
+                    let error = RequestError::NoLeader { leader_hint: self.leader_hint };
+                    actions.push(Action::Reply { ticket, result: Err(error) });
+                } else {
+                    self.answer_known(&[(ticket, false)], &key, known, &mut actions);
+                }
+            }
             Event::BeginApplied { txn, result } => self.on_begin_applied(txn, result, &mut actions),
             Event::DecisionApplied { txn, outcome } => self.on_decision_applied(txn, outcome, &mut actions),
-            Event::ProposalFailed { txn, error } => {
-                // Only a transaction waiting on a proposal can be failed by
-                // one; a late failure from an earlier drive (the transaction
-                // was re-adopted since) must not drop the current drive.
-                let waiting =
-                    self.txns.get(&txn).is_some_and(|t| matches!(t.phase, Phase::Beginning | Phase::Deciding));
-                if waiting {
-                    if let Some(record) = self.txns.remove(&txn) {
-                        reply_all(&record.clients, Err(error), &mut actions);
+            Event::ProposalFailed { txn, error } => self.on_proposal_failed(txn, error, &mut actions),
+            Event::VoteReceived { txn, shard, vote } => self.on_vote(txn, shard, vote, &mut actions),
+            Event::PrepareFailed { txn, shard } => self.on_prepare_failed(txn, shard, &mut actions),
+            Event::PrepareDeadline { txn, term } => self.on_prepare_deadline(txn, term, &mut actions),
+            Event::RetryPrepare { txn, shard, term } => {
+                if self.leader_term == Some(term) {
+                    if let Some(Txn { phase: Phase::Preparing(votes), shards, .. }) = self.txns.get(&txn) {
+                        if let (false, Some(ops)) = (votes.yes.contains(&shard), shards.get(&shard)) {
+                            actions.push(Action::SendPrepare { txn, shard, ops: ops.clone() });
+                        }
                     }
                 }
             }
-            Event::VoteReceived { txn, shard, vote } => self.on_vote(txn, shard, vote, &mut actions),
-            Event::PrepareFailed { txn, shard } => {
-                self.on_vote(txn, shard, Vote::No(AbortReason::ShardUnavailable { shard }), &mut actions)
-            }
-            Event::PrepareDeadline { txn, term } => self.on_prepare_deadline(txn, term, &mut actions),
             Event::DecideAcked { txn, shard } => self.on_decide_acked(txn, shard, &mut actions),
             Event::DecideFailed { txn, shard } => {
                 if let (Some(term), Some(t)) = (self.leader_term, self.txns.get(&txn)) {
@@ -273,8 +339,8 @@ impl Engine {
             Event::BecameLeader { term, live } => self.on_became_leader(term, live, &mut actions),
             Event::SteppedDown { leader_hint } => self.on_stepped_down(leader_hint, &mut actions),
             Event::Adopt { txn, record } => {
-                if let Some(term) = self.leader_term {
-                    self.adopt(term, txn, record, &mut actions);
+                if self.leader_term.is_some() {
+                    self.adopt(txn, record, &mut actions);
                 }
             }
         }
@@ -309,8 +375,7 @@ impl Engine {
             actions.push(Action::Reply { ticket, result: Err(RequestError::Overloaded { what }) });
             return;
         }
-        self.next_seq = next;
-        let txn = TxnId { term, node: self.node, seq: self.next_seq };
+        let txn = TxnId { term, node: self.node, seq: next };
         let command = Command::Begin {
             txn,
             key: request.key.clone(),
@@ -318,86 +383,146 @@ impl Engine {
             ops: request.ops.clone(),
             prepare_timeout_ms: self.config.prepare_timeout_ms,
         };
+        // One Raft entry must be able to carry the Begin alone.
+        let len_bytes = paytx_protocol::encoded_len(&command);
+        if len_bytes > self.config.max_command_bytes {
+            let invalid = InvalidRequest::TooLarge { len_bytes, max_bytes: self.config.max_command_bytes };
+            actions.push(Action::Reply { ticket, result: Err(RequestError::Invalid(invalid)) });
+            return;
+        }
+        self.next_seq = next;
         let shards = self.shard_map.split(&request.ops);
-        self.txns
-            .insert(txn, Txn { key: request.key, shards, phase: Phase::Beginning, clients: vec![(ticket, false)] });
         actions.push(Action::Propose { txn, command });
+        // Prepare in parallel with the Begin: one round on the critical path.
+        start_prepare(txn, &shards, actions);
+        actions.push(Action::SetTimer {
+            after_ms: self.config.prepare_timeout_ms,
+            event: Event::PrepareDeadline { txn, term },
+        });
+        let record = Txn {
+            key: request.key,
+            shards,
+            phase: Phase::Preparing(Votes::default()),
+            clients: vec![(ticket, false)],
+            announced: None,
+            in_table: true,
+        };
+        self.txns.insert(txn, record);
     }
 
     fn on_begin_applied(&mut self, txn: TxnId, result: CommandResult, actions: &mut Vec<Action>) {
-        let Some(term) = self.leader_term else { return };
-        match result {
-            CommandResult::Begun => {
-                let Some(record) = self.txns.get_mut(&txn) else { return };
-                if record.phase != Phase::Beginning {
-                    return;
-                }
-                record.phase = Phase::Preparing { yes: BTreeSet::new() };
-                start_prepare(txn, term, &record.shards, self.config.prepare_timeout_ms, actions);
-            }
-            CommandResult::Existing { txn: original, state } => {
-                let Some(record) = self.txns.remove(&txn) else { return };
-                match state {
-                    TxnState::Decided(outcome) => {
-                        let receipt = TxnReceipt { txn: original, outcome, replayed: true };
-                        reply_all(&record.clients, Ok(receipt), actions);
-                    }
-                    TxnState::InProgress => match self.txns.get_mut(&original) {
-                        // Decided meanwhile (results of proposals can be
-                        // handled out of order): answer with the outcome now.
-                        Some(Txn { phase: Phase::Finishing { outcome, .. }, .. }) => {
-                            let receipt = TxnReceipt { txn: original, outcome: outcome.clone(), replayed: true };
-                            reply_all(&record.clients, Ok(receipt), actions);
-                        }
-                        // We drive the original: its outcome answers these clients too.
-                        Some(driving) => driving.clients.extend(record.clients.iter().map(|(t, _)| (*t, true))),
-                        None => {
-                            let error = RequestError::InProgress { key: record.key.0.clone() };
-                            reply_all(&record.clients, Err(error), actions);
-                        }
-                    },
-                }
-            }
-            CommandResult::KeyConflict => {
-                let Some(record) = self.txns.remove(&txn) else { return };
-                reply_all(
-                    &record.clients,
-                    Err(RequestError::IdempotencyConflict { key: record.key.0.clone() }),
-                    actions,
-                );
+        if self.leader_term.is_none() {
+            return;
+        }
+        let Some(record) = self.txns.get_mut(&txn) else { return };
+        let Phase::Preparing(votes) = &mut record.phase else { return };
+        if votes.begun {
+            return;
+        }
+        if result == CommandResult::Begun {
+            votes.begun = true;
+            self.conclude(txn, actions);
+            return;
+        }
+        // The table refused to register this id: whatever the shards
+        // prepared for it must be released.
+        let clients = std::mem::take(&mut record.clients);
+        let key = record.key.clone();
+        let released = match result {
+            CommandResult::Tombstoned { outcome } => {
+                reply_all(&clients, Ok(TxnReceipt { txn, outcome: outcome.clone(), replayed: false }), actions);
+                outcome
             }
             other => {
-                let Some(record) = self.txns.remove(&txn) else { return };
+                self.answer_known(&clients, &key, other, actions);
+                Outcome::Aborted(AbortReason::PresumedAbort)
+            }
+        };
+        debug_assert!(!released.is_committed(), "a transaction the table refused never commits");
+        let Some(record) = self.txns.get_mut(&txn) else { return };
+        record.in_table = false;
+        record.phase = Phase::Finishing { outcome: released, acked: BTreeSet::new() };
+        let shards: Vec<ShardId> = record.shards.keys().copied().collect();
+        send_decision(txn, &shards, false, actions);
+    }
+
+    /// Answers the clients of a submission whose key the table already
+    /// holds: replay the outcome, wait for the original, or refuse.
+    fn answer_known(
+        &mut self,
+        clients: &[(Ticket, bool)],
+        key: &IdempotencyKey,
+        known: CommandResult,
+        actions: &mut Vec<Action>,
+    ) {
+        match known {
+            CommandResult::Existing { txn: original, state: TxnState::Decided(outcome) } => {
+                reply_all(clients, Ok(TxnReceipt { txn: original, outcome, replayed: true }), actions);
+            }
+            CommandResult::Existing { txn: original, state: TxnState::InProgress } => {
+                self.attach(original, clients, key, actions)
+            }
+            CommandResult::KeyConflict => {
+                reply_all(clients, Err(RequestError::IdempotencyConflict { key: key.0.clone() }), actions);
+            }
+            other => {
                 let error = RequestError::Internal(format!("unexpected result for Begin: {other:?}"));
-                reply_all(&record.clients, Err(error), actions);
+                reply_all(clients, Err(error), actions);
+            }
+        }
+    }
+
+    /// Clients of a duplicate submission wait for the transaction `original`
+    /// that first used their key.
+    fn attach(&mut self, original: TxnId, clients: &[(Ticket, bool)], key: &IdempotencyKey, actions: &mut Vec<Action>) {
+        let replayed: Vec<(Ticket, bool)> = clients.iter().map(|(t, _)| (*t, true)).collect();
+        match self.txns.get_mut(&original) {
+            // Decided or announced meanwhile (results of proposals can be
+            // handled out of order): answer with the outcome now.
+            Some(Txn { phase: Phase::Finishing { outcome, .. }, .. }) | Some(Txn { announced: Some(outcome), .. }) => {
+                let receipt = TxnReceipt { txn: original, outcome: outcome.clone(), replayed: true };
+                reply_all(&replayed, Ok(receipt), actions);
+            }
+            // We drive the original: its outcome answers these clients too.
+            Some(driving) => driving.clients.extend(replayed),
+            None => {
+                let error = RequestError::InProgress { key: key.0.clone() };
+                reply_all(&replayed, Err(error), actions);
             }
         }
     }
 
     fn on_vote(&mut self, txn: TxnId, shard: ShardId, vote: Vote, actions: &mut Vec<Action>) {
         let Some(record) = self.txns.get_mut(&txn) else { return };
-        let Phase::Preparing { yes } = &mut record.phase else { return };
         if !record.shards.contains_key(&shard) {
             return;
         }
-        let outcome = match vote {
+        let Phase::Preparing(votes) = &mut record.phase else { return };
+        match vote {
             Vote::Yes => {
-                yes.insert(shard);
-                let mut needed = record.shards.len();
-                // PLANTED BUG (simulator only): commit with the last shard's vote still missing.
-                if paytx_protocol::planted::active(Bug::CommitWithoutAllVotes) && needed >= 2 {
-                    needed -= 1;
-                }
-                if yes.len() < needed {
-                    return;
-                }
-                Outcome::Committed
+                votes.yes.insert(shard);
             }
-            Vote::No(reason) => Outcome::Aborted(reason),
-        };
-        record.phase = Phase::Deciding;
-        let command = Command::Decide { txn, key: Some(record.key.clone()), outcome };
-        actions.push(Action::Propose { txn, command });
+            // A NO means the shard never prepared the transaction (a YES is
+            // never taken back), so aborting is safe even when re-driven.
+            Vote::No(reason) => {
+                votes.refused.get_or_insert(reason);
+            }
+        }
+        self.conclude(txn, actions);
+    }
+
+    fn on_prepare_failed(&mut self, txn: TxnId, shard: ShardId, actions: &mut Vec<Action>) {
+        let (Some(term), Some(record)) = (self.leader_term, self.txns.get(&txn)) else { return };
+        let Phase::Preparing(votes) = &record.phase else { return };
+        if votes.recovering {
+            // The shard may hold a YES we cannot see: ask again later.
+            actions.push(Action::SetTimer {
+                after_ms: self.config.decide_retry_ms,
+                event: Event::RetryPrepare { txn, shard, term },
+            });
+            return;
+        }
+        self.on_vote(txn, shard, Vote::No(AbortReason::ShardUnavailable { shard }), actions);
     }
 
     fn on_prepare_deadline(&mut self, txn: TxnId, term: u64, actions: &mut Vec<Action>) {
@@ -405,18 +530,88 @@ impl Engine {
             return;
         }
         let Some(record) = self.txns.get_mut(&txn) else { return };
-        let Phase::Preparing { yes } = &record.phase else { return };
-        let missing = record.shards.keys().find(|s| !yes.contains(s)).copied();
-        let shard = missing.expect("a transaction still preparing has a shard that did not vote yet");
+        let Phase::Preparing(votes) = &mut record.phase else { return };
+        if votes.recovering {
+            return;
+        }
+        // A vote still missing — or, with every vote in, the Begin that has
+        // not applied within the deadline (blamed on the first shard).
+        let missing = record.shards.keys().find(|s| !votes.yes.contains(s)).or_else(|| record.shards.keys().next());
+        let shard = *missing.expect("a transaction has at least one shard");
+        votes.refused.get_or_insert(AbortReason::PrepareTimeout { shard });
+        self.conclude(txn, actions);
+    }
+
+    /// Moves a preparing transaction on once its Begin is applied: abort on
+    /// the first refusal; commit — and tell the clients at once — when
+    /// every shard voted YES.
+    fn conclude(&mut self, txn: TxnId, actions: &mut Vec<Action>) {
+        let Some(record) = self.txns.get_mut(&txn) else { return };
+        let Phase::Preparing(votes) = &record.phase else { return };
+        // Nothing is decided before the table knows the transaction: a
+        // Decide must follow its Begin in the log.
+        if !votes.begun {
+            return;
+        }
+        let outcome = match &votes.refused {
+            Some(reason) => Outcome::Aborted(reason.clone()),
+            None => {
+                let mut needed = record.shards.len();
+                // PLANTED BUG (simulator only): commit with the last shard's vote still missing.
+                if paytx_protocol::planted::active(Bug::CommitWithoutAllVotes) && needed >= 2 {
+                    needed -= 1;
+                }
+                if votes.yes.len() < needed {
+                    return;
+                }
+                // Implicitly committed: Begin in the table and every shard's
+                // first answer to this driver a durable YES. Only the
+                // driver that sent the first prepares may say so: a
+                // re-driven transaction's YES may follow a NO its earlier
+                // driver acted on (an abort still on its way through the
+                // log), so its clients wait for the applied decision.
+                if !votes.recovering {
+                    let receipt = TxnReceipt { txn, outcome: Outcome::Committed, replayed: false };
+                    reply_all(&std::mem::take(&mut record.clients), Ok(receipt), actions);
+                    record.announced = Some(Outcome::Committed);
+                }
+                Outcome::Committed
+            }
+        };
         record.phase = Phase::Deciding;
-        let outcome = Outcome::Aborted(AbortReason::PrepareTimeout { shard });
-        actions.push(Action::Propose { txn, command: Command::Decide { txn, key: Some(record.key.clone()), outcome } });
+        let command = Command::Decide { txn, key: Some(record.key.clone()), outcome };
+        actions.push(Action::Propose { txn, command });
+    }
+
+    fn on_proposal_failed(&mut self, txn: TxnId, error: RequestError, actions: &mut Vec<Action>) {
+        // Only a transaction waiting on a proposal can be failed by one; a
+        // late failure from an earlier drive (the transaction was re-adopted
+        // since) must not drop the current drive.
+        let waiting = self.txns.get(&txn).is_some_and(|t| match &t.phase {
+            Phase::Preparing(votes) => !votes.begun,
+            Phase::Deciding => true,
+            Phase::Finishing { .. } => false,
+        });
+        if waiting {
+            if let Some(record) = self.txns.remove(&txn) {
+                // Announced clients were answered already; the decision is
+                // re-driven by whoever leads next (or the orphan sweep).
+                reply_all(&record.clients, Err(error), actions);
+            }
+        }
     }
 
     fn on_decision_applied(&mut self, txn: TxnId, outcome: Outcome, actions: &mut Vec<Action>) {
         let Some(record) = self.txns.get_mut(&txn) else { return };
-        if matches!(record.phase, Phase::Finishing { .. }) {
+        if record.phase != Phase::Deciding {
             return;
+        }
+        if let Some(announced) = &record.announced {
+            // Only ever an implicit commit, which nothing can abort: an
+            // abort here means a 2PC rule was broken somewhere.
+            if *announced != outcome {
+                tracing::error!(%txn, ?announced, ?outcome, "the table decided otherwise than the clients were told");
+            }
         }
         let receipt = TxnReceipt { txn, outcome: outcome.clone(), replayed: false };
         for (ticket, replayed) in record.clients.drain(..) {
@@ -434,10 +629,14 @@ impl Engine {
             acked.insert(shard);
         }
         if acked.len() == record.shards.len() {
-            if let Some(Txn { clients, phase: Phase::Finishing { outcome, .. }, .. }) = self.txns.remove(&txn) {
+            if let Some(Txn { clients, phase: Phase::Finishing { outcome, .. }, in_table, .. }) = self.txns.remove(&txn)
+            {
                 // Clients attached after the decision was announced.
                 let receipt = TxnReceipt { txn, outcome, replayed: true };
                 reply_all(&clients, Ok(receipt), actions);
+                if !in_table {
+                    return;
+                }
             }
             self.forget_queue.insert(txn);
             if self.forget_queue.len() >= self.config.forget_batch_max {
@@ -466,16 +665,17 @@ impl Engine {
         // `next_seq` is NOT reset: ids only ever grow (see `EngineConfig::seq_base`).
         // Re-drive everything the table holds: decided transactions get their
         // decision re-sent until every participant acks; undecided ones are
-        // prepared again (participants answer re-prepares idempotently) and
-        // abort if the votes do not all arrive before the deadline.
+        // prepared again (participants answer re-prepares idempotently),
+        // commit on every YES and abort only on a NO: never on a timeout,
+        // as they may be implicitly committed already (see `adopt`).
         for (txn, record) in live {
-            self.adopt(term, txn, record, actions);
+            self.adopt(txn, record, actions);
         }
     }
 
     /// Starts driving a transaction of the table that this engine does not
     /// track (after a leader change, or found by the driver's sweep).
-    fn adopt(&mut self, term: u64, txn: TxnId, record: TxnRecord, actions: &mut Vec<Action>) {
+    fn adopt(&mut self, txn: TxnId, record: TxnRecord, actions: &mut Vec<Action>) {
         if self.txns.contains_key(&txn) || self.forget_queue.contains(&txn) {
             return;
         }
@@ -490,12 +690,16 @@ impl Engine {
                 send_decision(txn, &ids, outcome.is_committed(), actions);
                 Phase::Finishing { outcome: outcome.clone(), acked: BTreeSet::new() }
             }
+            // Undecided: it may be implicitly committed (every YES in), so
+            // prepare again (re-prepares are idempotent: a shard that holds
+            // a YES says YES) and abort only on a NO; no deadline.
             None => {
-                start_prepare(txn, term, &shards, record.prepare_timeout_ms, actions);
-                Phase::Preparing { yes: BTreeSet::new() }
+                start_prepare(txn, &shards, actions);
+                Phase::Preparing(Votes { begun: true, recovering: true, ..Votes::default() })
             }
         };
-        self.txns.insert(txn, Txn { key: record.key, shards, phase, clients: Vec::new() });
+        let record = Txn { key: record.key, shards, phase, clients: Vec::new(), announced: None, in_table: true };
+        self.txns.insert(txn, record);
     }
 
     /// Whether the engine tracks `txn` (driving it, or queued to forget).
@@ -513,18 +717,11 @@ impl Engine {
     }
 }
 
-/// Phase one: a prepare to every shard, and the deadline of the votes.
-fn start_prepare(
-    txn: TxnId,
-    term: u64,
-    shards: &BTreeMap<ShardId, Vec<Operation>>,
-    prepare_timeout_ms: u64,
-    actions: &mut Vec<Action>,
-) {
+/// Phase one: a prepare to every shard.
+fn start_prepare(txn: TxnId, shards: &BTreeMap<ShardId, Vec<Operation>>, actions: &mut Vec<Action>) {
     for (shard, ops) in shards {
         actions.push(Action::SendPrepare { txn, shard: *shard, ops: ops.clone() });
     }
-    actions.push(Action::SetTimer { after_ms: prepare_timeout_ms, event: Event::PrepareDeadline { txn, term } });
 }
 
 /// Phase two: the decision to every shard.

@@ -7,7 +7,9 @@
 //! as the typed `RemoteError` it expects.
 
 use crate::types::{NodeId, Raft, TypeConfig};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -19,15 +21,23 @@ use paytx_protocol::{PeerRequest, PeerResponse, Transport, TransportError};
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::Arc;
 
+/// Room left in a frame around a Raft payload (the envelope, the request
+/// id, the message tags).
+pub const RPC_FRAME_OVERHEAD_BYTES: usize = 1024;
+
 /// Creates one [`PeerClient`] per target node.
 #[derive(Clone)]
 pub struct NetworkFactory {
     transport: Arc<dyn Transport>,
+    max_rpc_bytes: usize,
 }
 
 impl NetworkFactory {
-    pub fn new(transport: Arc<dyn Transport>) -> Self {
-        NetworkFactory { transport }
+    /// `max_rpc_bytes`: the largest encoded Raft request that fits in one
+    /// frame (the transport's `max_frame_bytes` less
+    /// [`RPC_FRAME_OVERHEAD_BYTES`]).
+    pub fn new(transport: Arc<dyn Transport>, max_rpc_bytes: usize) -> Self {
+        NetworkFactory { transport, max_rpc_bytes }
     }
 }
 
@@ -35,7 +45,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
-        PeerClient { target, transport: self.transport.clone() }
+        PeerClient { target, transport: self.transport.clone(), max_rpc_bytes: self.max_rpc_bytes }
     }
 }
 
@@ -43,6 +53,16 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerClient {
     target: NodeId,
     transport: Arc<dyn Transport>,
+    max_rpc_bytes: usize,
+}
+
+/// How many of `entries` entries to send next when `encoded_bytes` of them
+/// did not fit in `max_bytes`: proportionally fewer, with a margin, and at
+/// least one (a single entry always fits: proposals are bounded by
+/// `max_batch_bytes`, well below a frame).
+pub fn entries_hint(entries: usize, encoded_bytes: usize, max_bytes: usize) -> u64 {
+    let scaled = (entries as u128 * max_bytes as u128 * 3 / 4) / (encoded_bytes.max(1) as u128);
+    (scaled as u64).clamp(1, (entries.max(2) - 1) as u64)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +83,19 @@ impl PeerClient {
     {
         let payload = paytx_protocol::encode(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&WireError(e.to_string()))))?;
+        self.call_encoded(kind, payload, option).await
+    }
+
+    async fn call_encoded<Resp, E>(
+        &self,
+        kind: RaftRpcKind,
+        payload: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let timeout_ms = u64::try_from(option.hard_ttl().as_millis()).unwrap_or(u64::MAX);
         let started = tokio::time::Instant::now();
         let reply = self.transport.call(self.target, PeerRequest::Raft { kind, payload }, timeout_ms).await;
@@ -91,7 +124,23 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RaftRpcKind::AppendEntries, &rpc, &option).await
+        let payload = paytx_protocol::encode(&rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&WireError(e.to_string()))))?;
+        if payload.len() > self.max_rpc_bytes && rpc.entries.len() > 1 {
+            // The codec would refuse the frame: tell openraft to send fewer
+            // entries (it retries at once) rather than fail with a network
+            // error it would retry with the same payload forever.
+            let hint = entries_hint(rpc.entries.len(), payload.len(), self.max_rpc_bytes);
+            tracing::debug!(
+                target = self.target,
+                bytes = payload.len(),
+                entries = rpc.entries.len(),
+                hint,
+                "append-entries too large; sending fewer"
+            );
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        }
+        self.call_encoded(RaftRpcKind::AppendEntries, payload, &option).await
     }
 
     async fn install_snapshot(

@@ -23,8 +23,18 @@ pub struct RaftSettings {
     /// Entries kept behind the snapshot; a follower further behind catches
     /// up by snapshot.
     pub keep_entries_after_snapshot: u64,
-    /// Most entries in one AppendEntries.
+    /// Most entries in one AppendEntries (also bounded in bytes: an
+    /// AppendEntries that would not fit in a frame is sent with fewer).
     pub max_payload_entries: u64,
+    /// Most commands in one proposal (one Raft entry).
+    pub max_batch_commands: u64,
+    /// Most encoded bytes of commands in one proposal; 0 = derived from
+    /// `[limits] max_frame_bytes` (a quarter of a frame, so an entry always
+    /// fits in an AppendEntries).
+    pub max_batch_bytes: u64,
+    /// Most proposals outstanding at once; while they are, the next batch
+    /// accumulates.
+    pub max_proposals_in_flight: u64,
     /// Idempotency keys of finished transactions kept in the table.
     pub key_retention: u64,
 }
@@ -38,6 +48,9 @@ impl Default for RaftSettings {
             snapshot_every_entries: 20_000,
             keep_entries_after_snapshot: 5_000,
             max_payload_entries: 512,
+            max_batch_commands: 2_048,
+            max_batch_bytes: 0,
+            max_proposals_in_flight: 2,
             key_retention: crate::table::DEFAULT_KEY_RETENTION,
         }
     }
@@ -65,6 +78,7 @@ pub async fn start_replica(
     disk: SharedDisk,
     transport: Arc<dyn Transport>,
     settings: &RaftSettings,
+    max_frame_bytes: usize,
 ) -> Result<Replica, ReplicaError> {
     let config = openraft::Config {
         cluster_name: "paytx".to_string(),
@@ -82,10 +96,33 @@ pub async fn start_replica(
     let state_machine =
         StateMachineStore::open(disk, settings.key_retention).map_err(|e| ReplicaError::Storage(e.to_string()))?;
     let table = state_machine.shared();
-    let raft = Raft::new(node, Arc::new(config), NetworkFactory::new(transport), log_store, state_machine)
-        .await
-        .map_err(|e| ReplicaError::Start(e.to_string()))?;
+    let raft = Raft::new(
+        node,
+        Arc::new(config),
+        NetworkFactory::new(transport, max_rpc_bytes(max_frame_bytes)),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| ReplicaError::Start(e.to_string()))?;
     Ok(Replica { raft, table })
+}
+
+/// The largest encoded Raft request sent in one frame of `max_frame_bytes`.
+pub fn max_rpc_bytes(max_frame_bytes: usize) -> usize {
+    max_frame_bytes.saturating_sub(crate::network::RPC_FRAME_OVERHEAD_BYTES).max(1)
+}
+
+impl RaftSettings {
+    /// The byte bound of one proposal: `max_batch_bytes`, or a quarter of a
+    /// frame when 0. Never more than a frame can carry, so one entry always
+    /// fits in an AppendEntries.
+    pub fn batch_bytes(&self, max_frame_bytes: usize) -> usize {
+        let derived = max_frame_bytes / 4;
+        let configured = usize::try_from(self.max_batch_bytes).unwrap_or(usize::MAX);
+        let bytes = if configured == 0 { derived } else { configured };
+        bytes.clamp(1, max_rpc_bytes(max_frame_bytes) / 2)
+    }
 }
 
 /// Initialises the group with `members` if this replica has never been

@@ -11,7 +11,7 @@
 // The error type is openraft's `StorageError`, fixed by its traits.
 #![allow(clippy::result_large_err)]
 
-use crate::table::{CommandResult, TxnTable};
+use crate::table::{ProposalResult, TxnTable};
 use crate::types::{NodeId, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -135,7 +135,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((state.last_applied, state.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProposalResult>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -145,11 +145,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             state.last_applied = Some(entry.log_id);
             let result = match entry.payload {
-                EntryPayload::Blank => CommandResult::None,
-                EntryPayload::Normal(command) => state.table.apply(&command),
+                EntryPayload::Blank => {
+                    // A new leader's first entry: its term reaches the table
+                    // (tombstones of older terms go).
+                    state.table.observe_term(entry.log_id.leader_id.term);
+                    ProposalResult::default()
+                }
+                EntryPayload::Normal(proposal) => state.table.apply_proposal(&proposal, entry.log_id.leader_id.term),
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    CommandResult::None
+                    ProposalResult::default()
                 }
             };
             results.push(result);

@@ -6,12 +6,15 @@
 //! * **One decision per transaction, first writer wins.** A `Decide` for a
 //!   transaction that already has a decision changes nothing; its proposer
 //!   learns the real decision from the [`CommandResult`].
-//! * **Presumed abort.** A `Decide` for a transaction the table does not know
-//!   (never begun, or decided, acknowledged and forgotten) records nothing
-//!   and answers "aborted" — unless the idempotency key says otherwise. A
-//!   commit needs a `Begin` record, and prepares are only sent after `Begin`
-//!   is applied, so no participant can hold a YES vote for a transaction the
-//!   table never knew.
+//! * **Presumed abort.** A `Decide` or `PresumeAbort` for a transaction the
+//!   table does not know (never begun, or decided, acknowledged and
+//!   forgotten) records nothing and answers "aborted" — unless the
+//!   idempotency key says otherwise. Prepares run in parallel with the
+//!   `Begin`, so a participant may hold a YES for a transaction whose `Begin`
+//!   has not applied yet: such a presumed abort leaves a *tombstone* for the
+//!   id when its `Begin` can still apply (same term), and that `Begin` is
+//!   then refused (`CommandResult::Tombstoned`). A `Begin` is only valid in
+//!   an entry of its id's own term, so tombstones of older terms are dropped.
 //! * **Idempotency keys** map to the transaction that first used them, with
 //!   the hash of its body; their outcome outlives the transaction record.
 //!
@@ -34,6 +37,28 @@ pub enum Command {
     Decide { txn: TxnId, key: Option<IdempotencyKey>, outcome: Outcome },
     /// Drops decided transactions every participant has acknowledged.
     Forget { txns: Vec<TxnId> },
+    /// The presumed-abort barrier an in-doubt participant's question goes
+    /// through: a transaction the table does not know is aborted for good
+    /// (a tombstone refuses its late `Begin`); a known one is left alone and
+    /// its state reported — an undecided transaction may be implicitly
+    /// committed (every YES in, its `Begin` applied), so only its driver
+    /// decides it.
+    PresumeAbort { txn: TxnId },
+}
+
+/// One entry of the coordinator's Raft log: the commands of many
+/// transactions, applied one after the other (see `crate::proposer`).
+/// Batching is what lets one flush serve many payments: openraft 0.9.25's
+/// leader awaits the flush of every entry before taking the next write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub commands: Vec<Command>,
+}
+
+/// What applying a [`Proposal`] produced: one result per command, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ProposalResult {
+    pub results: Vec<CommandResult>,
 }
 
 /// What applying a [`Command`] produced, returned to its proposer.
@@ -57,6 +82,16 @@ pub enum CommandResult {
     Forgotten {
         count: u64,
     },
+    /// A `Begin` that may not register its transaction: a presumed abort
+    /// of this id was committed first (its prepares ran in parallel with the
+    /// `Begin`, and an in-doubt participant asked before it applied), or the
+    /// `Begin` is stale (proposed under another term than its id's). The
+    /// proposer must abort the transaction at every shard.
+    Tombstoned {
+        outcome: Outcome,
+    },
+    /// `PresumeAbort` of a transaction the table knows, still undecided.
+    InProgress,
 }
 
 /// A transaction the table knows about.
@@ -86,6 +121,18 @@ pub struct TxnTable {
     next_retired_seq: u64,
     /// Most idempotency keys of finished transactions kept.
     key_retention: u64,
+    /// Presumed aborts of transactions of the current term whose `Begin`
+    /// has not applied (yet): a late `Begin` of one is refused. Entries of
+    /// older terms are dropped when an entry of a newer term applies — a
+    /// `Begin` is only valid in its own term's entries, and log terms never
+    /// decrease, so none can follow. Bounded by the presumed aborts of one
+    /// term (rare: each is an in-doubt query about a transaction the leader
+    /// is still beginning).
+    #[serde(default)]
+    tombstones: BTreeMap<TxnId, ()>,
+    /// The term of the last applied entry.
+    #[serde(default)]
+    applied_term: u64,
 }
 
 /// Default number of finished idempotency keys retained (about 200 bytes
@@ -106,22 +153,37 @@ impl TxnTable {
             retired_keys: BTreeMap::new(),
             next_retired_seq: 0,
             key_retention: key_retention.max(1),
+            tombstones: BTreeMap::new(),
+            applied_term: 0,
         }
     }
 
-    /// Applies one command. Deterministic: same table + same command = same
-    /// table and result on every replica.
-    pub fn apply(&mut self, command: &Command) -> CommandResult {
+    /// Applies every command of a proposal, in order, as part of an entry
+    /// of Raft term `term`.
+    pub fn apply_proposal(&mut self, proposal: &Proposal, term: u64) -> ProposalResult {
+        ProposalResult { results: proposal.commands.iter().map(|command| self.apply(command, term)).collect() }
+    }
+
+    /// Applies one command of an entry of Raft term `term`. Deterministic:
+    /// same table + same command + same term = same table and result on
+    /// every replica.
+    pub fn apply(&mut self, command: &Command, term: u64) -> CommandResult {
+        self.observe_term(term);
         let touched: Vec<TxnId> = match command {
-            Command::Begin { txn, .. } | Command::Decide { txn, .. } => vec![*txn],
+            Command::Begin { txn, .. } | Command::Decide { txn, .. } | Command::PresumeAbort { txn } => vec![*txn],
             Command::Forget { txns } => txns.clone(),
         };
         let result = match command {
             Command::Begin { txn, key, body_hash, ops, prepare_timeout_ms } => {
-                self.begin(*txn, key, *body_hash, ops, *prepare_timeout_ms)
+                self.begin(*txn, key, *body_hash, ops, *prepare_timeout_ms, term)
             }
             Command::Decide { txn, key, outcome } => self.decide(*txn, key.as_ref(), outcome),
             Command::Forget { txns } => self.forget(txns),
+            Command::PresumeAbort { txn } => match self.txns.get(txn) {
+                Some(TxnRecord { decision: Some(outcome), .. }) => CommandResult::Decided { outcome: outcome.clone() },
+                Some(TxnRecord { decision: None, .. }) => CommandResult::InProgress,
+                None => self.decide(*txn, None, &Outcome::Aborted(AbortReason::PresumedAbort)),
+            },
         };
         self.check_invariants(&touched);
         result
@@ -134,7 +196,29 @@ impl TxnTable {
         body_hash: BodyHash,
         ops: &[Operation],
         prepare_timeout_ms: u64,
+        term: u64,
     ) -> CommandResult {
+        let presumed = Outcome::Aborted(AbortReason::PresumedAbort);
+        // A Begin is only valid in an entry of its own id's term (the term
+        // its leader assigned the id in). That is what lets tombstones of
+        // older terms go: see `tombstones`.
+        if txn.term != term {
+            tracing::warn!(%txn, term, "Begin proposed under another term than its id's; refused");
+            return CommandResult::Tombstoned { outcome: presumed };
+        }
+        let tombstoned = self.tombstones.remove(&txn).is_some()
+            // PLANTED BUG (simulator only): a late Begin ignores the presumed abort of its id.
+            && !paytx_protocol::planted::active(Bug::TombstoneIgnored);
+        if tombstoned {
+            // The transaction is aborted for good. Its key remembers that
+            // outcome (when still free), so a retry with the same key gets
+            // the first outcome again, as Stripe's keys do.
+            if !self.keys.contains_key(key) {
+                self.keys.insert(key.clone(), KeyRecord { txn, body_hash, outcome: Some(presumed.clone()) });
+                self.retire_key(key.clone());
+            }
+            return CommandResult::Tombstoned { outcome: presumed };
+        }
         if let Some(existing) = self.keys.get(key) {
             // PLANTED BUG (simulator only): a key first used under an earlier leader's term counts as new.
             if paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange)
@@ -190,7 +274,41 @@ impl TxnTable {
         if paytx_protocol::planted::active(Bug::PresumeCommit) && remembered.is_none() {
             return CommandResult::Decided { outcome: Outcome::Committed };
         }
-        CommandResult::Decided { outcome: remembered.unwrap_or(Outcome::Aborted(AbortReason::PresumedAbort)) }
+        if let Some(outcome) = remembered {
+            return CommandResult::Decided { outcome };
+        }
+        // Never begun here (yet). Its prepares may have run in parallel with
+        // a Begin still on its way: when that Begin can still apply (its id
+        // is of the current term), leave a tombstone so it is refused.
+        if txn.term >= self.applied_term {
+            self.tombstones.insert(txn, ());
+        }
+        CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) }
+    }
+
+    /// An entry of Raft term `term` is being applied. Log terms never
+    /// decrease, and a `Begin` is valid only in its own id's term, so no
+    /// `Begin` of an older term can apply from now on: their tombstones go.
+    pub fn observe_term(&mut self, term: u64) {
+        if term > self.applied_term {
+            self.applied_term = term;
+            self.tombstones.retain(|txn, ()| txn.term >= term);
+        }
+    }
+
+    fn retire_key(&mut self, key: IdempotencyKey) {
+        self.retired_keys.insert(self.next_retired_seq, key);
+        self.next_retired_seq += 1;
+        while self.retired_keys.len() as u64 > self.key_retention {
+            if let Some((_, key)) = self.retired_keys.pop_first() {
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    /// Tombstones held (for status and tests).
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
     }
 
     fn forget(&mut self, txns: &[TxnId]) -> CommandResult {
@@ -204,13 +322,7 @@ impl TxnTable {
             }
             if let Some(record) = self.txns.remove(txn) {
                 count += 1;
-                self.retired_keys.insert(self.next_retired_seq, record.key);
-                self.next_retired_seq += 1;
-            }
-        }
-        while self.retired_keys.len() as u64 > self.key_retention {
-            if let Some((_, key)) = self.retired_keys.pop_first() {
-                self.keys.remove(&key);
+                self.retire_key(record.key);
             }
         }
         CommandResult::Forgotten { count }
@@ -248,6 +360,17 @@ impl TxnTable {
         self.txns.iter()
     }
 
+    /// What a `Begin` of `key` with `body_hash` would answer without
+    /// registering anything: `Existing` or `KeyConflict`, or `None` for a
+    /// key the table does not hold (a `Begin` is needed).
+    pub fn lookup_key(&self, key: &IdempotencyKey, body_hash: BodyHash) -> Option<CommandResult> {
+        let existing = self.keys.get(key)?;
+        if existing.body_hash != body_hash {
+            return Some(CommandResult::KeyConflict);
+        }
+        Some(CommandResult::Existing { txn: existing.txn, state: self.state_of(existing) })
+    }
+
     pub fn status_of_key(&self, key: &IdempotencyKey) -> Option<TxnStatusView> {
         self.keys.get(key).map(|record| TxnStatusView {
             key: key.clone(),
@@ -268,6 +391,16 @@ mod tests {
     use super::*;
     use paytx_protocol::{AccountId, Currency, Money};
 
+    /// Applies `command` in an entry of its transaction's term (a Begin is
+    /// only valid in its own term), or of the term applied last.
+    fn at(table: &mut TxnTable, command: &Command) -> CommandResult {
+        let term = match command {
+            Command::Begin { txn, .. } => txn.term,
+            _ => table.applied_term.max(1),
+        };
+        table.apply(command, term)
+    }
+
     fn id(seq: u64) -> TxnId {
         TxnId { term: 1, node: 1, seq }
     }
@@ -281,11 +414,11 @@ mod tests {
     #[test]
     fn first_decision_wins() {
         let mut table = TxnTable::default();
-        assert_eq!(table.apply(&begin(id(1), "k", 5)), CommandResult::Begun);
+        assert_eq!(at(&mut table, &begin(id(1), "k", 5)), CommandResult::Begun);
         let commit = Command::Decide { txn: id(1), key: None, outcome: Outcome::Committed };
         let abort = Command::Decide { txn: id(1), key: None, outcome: Outcome::Aborted(AbortReason::PresumedAbort) };
-        assert_eq!(table.apply(&commit), CommandResult::Decided { outcome: Outcome::Committed });
-        assert_eq!(table.apply(&abort), CommandResult::Decided { outcome: Outcome::Committed });
+        assert_eq!(at(&mut table, &commit), CommandResult::Decided { outcome: Outcome::Committed });
+        assert_eq!(at(&mut table, &abort), CommandResult::Decided { outcome: Outcome::Committed });
     }
 
     #[test]
@@ -293,7 +426,7 @@ mod tests {
         let mut table = TxnTable::default();
         let commit = Command::Decide { txn: id(9), key: None, outcome: Outcome::Committed };
         assert_eq!(
-            table.apply(&commit),
+            at(&mut table, &commit),
             CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) }
         );
         assert_eq!(table.counts(), (0, 0));
@@ -302,18 +435,18 @@ mod tests {
     #[test]
     fn idempotency_keys_replay_the_first_outcome_and_refuse_other_bodies() {
         let mut table = TxnTable::default();
-        table.apply(&begin(id(1), "k", 5));
+        at(&mut table, &begin(id(1), "k", 5));
         assert_eq!(
-            table.apply(&begin(id(2), "k", 5)),
+            at(&mut table, &begin(id(2), "k", 5)),
             CommandResult::Existing { txn: id(1), state: TxnState::InProgress }
         );
-        assert_eq!(table.apply(&begin(id(3), "k", 6)), CommandResult::KeyConflict);
-        table.apply(&Command::Decide { txn: id(1), key: None, outcome: Outcome::Committed });
-        table.apply(&Command::Forget { txns: vec![id(1)] });
+        assert_eq!(at(&mut table, &begin(id(3), "k", 6)), CommandResult::KeyConflict);
+        at(&mut table, &Command::Decide { txn: id(1), key: None, outcome: Outcome::Committed });
+        at(&mut table, &Command::Forget { txns: vec![id(1)] });
         assert_eq!(table.counts(), (0, 0));
         // The outcome outlives the transaction record.
         assert_eq!(
-            table.apply(&begin(id(4), "k", 5)),
+            at(&mut table, &begin(id(4), "k", 5)),
             CommandResult::Existing { txn: id(1), state: TxnState::Decided(Outcome::Committed) }
         );
         let late = Command::Decide {
@@ -321,18 +454,18 @@ mod tests {
             key: Some(IdempotencyKey::new("k")),
             outcome: Outcome::Aborted(AbortReason::PresumedAbort),
         };
-        assert_eq!(table.apply(&late), CommandResult::Decided { outcome: Outcome::Committed });
+        assert_eq!(at(&mut table, &late), CommandResult::Decided { outcome: Outcome::Committed });
     }
 
     #[test]
     fn undecided_transactions_are_never_forgotten_and_keys_are_bounded() {
         let mut table = TxnTable::new(2);
-        table.apply(&begin(id(1), "a", 1));
-        assert_eq!(table.apply(&Command::Forget { txns: vec![id(1)] }), CommandResult::Forgotten { count: 0 });
+        at(&mut table, &begin(id(1), "a", 1));
+        assert_eq!(at(&mut table, &Command::Forget { txns: vec![id(1)] }), CommandResult::Forgotten { count: 0 });
         for (seq, key) in [(2, "b"), (3, "c"), (4, "d")] {
-            table.apply(&begin(id(seq), key, 1));
-            table.apply(&Command::Decide { txn: id(seq), key: None, outcome: Outcome::Committed });
-            table.apply(&Command::Forget { txns: vec![id(seq)] });
+            at(&mut table, &begin(id(seq), key, 1));
+            at(&mut table, &Command::Decide { txn: id(seq), key: None, outcome: Outcome::Committed });
+            at(&mut table, &Command::Forget { txns: vec![id(seq)] });
         }
         assert!(table.status_of_key(&IdempotencyKey::new("b")).is_none(), "oldest retired key evicted");
         assert!(table.status_of_key(&IdempotencyKey::new("d")).is_some());
@@ -352,15 +485,15 @@ mod tests {
         let retry = TxnId { term: 2, node: 2, seq: 1 };
         let same_term = TxnId { term: 1, node: 1, seq: 2 };
         let planted = plant(Some(Bug::IdempotencyTwiceAfterLeaderChange));
-        assert_eq!(table.apply(&begin(first, "k", 5)), CommandResult::Begun);
+        assert_eq!(at(&mut table, &begin(first, "k", 5)), CommandResult::Begun);
         // A resubmission under the same leader (term) still finds the original.
-        let under_same_term = table.apply(&begin(same_term, "k", 5));
+        let under_same_term = at(&mut table, &begin(same_term, "k", 5));
         // The client's retry reaches the next leader.
-        let after_leader_change = table.apply(&begin(retry, "k", 5));
+        let after_leader_change = at(&mut table, &begin(retry, "k", 5));
         // Both transactions get decided without tripping the table's checks.
         let decide = |txn| Command::Decide { txn, key: None, outcome: Outcome::Committed };
-        assert_eq!(table.apply(&decide(first)), CommandResult::Decided { outcome: Outcome::Committed });
-        let retry_decided = table.apply(&decide(retry));
+        assert_eq!(at(&mut table, &decide(first)), CommandResult::Decided { outcome: Outcome::Committed });
+        let retry_decided = at(&mut table, &decide(retry));
         plant(None);
         assert_eq!(under_same_term, CommandResult::Existing { txn: first, state: TxnState::InProgress });
         if !planted {
@@ -381,7 +514,7 @@ mod tests {
         // What the driver proposes before answering an in-doubt participant.
         let query = Command::Decide { txn: id(9), key: None, outcome: Outcome::Aborted(AbortReason::PresumedAbort) };
         let planted = plant(Some(Bug::PresumeCommit));
-        let answer = table.apply(&query);
+        let answer = at(&mut table, &query);
         plant(None);
         assert_eq!(table.counts(), (0, 0), "nothing recorded either way");
         if !planted {

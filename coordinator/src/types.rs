@@ -1,15 +1,16 @@
 //! The openraft type configuration of the coordinator group.
 
 use crate::runtime::SeededRuntime;
-use crate::table::{Command, CommandResult};
+use crate::table::{Proposal, ProposalResult};
 use std::io::Cursor;
 
 openraft::declare_raft_types!(
-    /// The coordinator group's Raft types: the log carries [`Command`]s,
-    /// applying one yields a [`CommandResult`].
+    /// The coordinator group's Raft types: an entry carries a [`Proposal`]
+    /// (the commands of many transactions); applying one yields a
+    /// [`ProposalResult`] (one result per command).
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        D = Proposal,
+        R = ProposalResult,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -17,7 +17,7 @@ use openraft::raft::{
 use openraft::storage::RaftLogStorage;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, SnapshotMeta, StoredMembership, Vote};
 use paytx_coordinator::state_machine::StateMachineStore;
-use paytx_coordinator::table::Command;
+use paytx_coordinator::table::{Command, Proposal};
 use paytx_coordinator::types::LogStore;
 use paytx_coordinator::{NodeId, TypeConfig};
 use paytx_protocol::{decode, encode, Outcome, TxnId};
@@ -37,11 +37,16 @@ fn samples() -> Vec<Vec<u8>> {
         Entry::<TypeConfig> { log_id: log_id(2, 7), payload: EntryPayload::Blank },
         Entry::<TypeConfig> {
             log_id: log_id(2, 8),
-            payload: EntryPayload::Normal(Command::Decide { txn, key: None, outcome: Outcome::Committed }),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![
+                    Command::Decide { txn, key: None, outcome: Outcome::Committed },
+                    Command::PresumeAbort { txn },
+                ],
+            }),
         },
         Entry::<TypeConfig> {
             log_id: log_id(2, 9),
-            payload: EntryPayload::Normal(Command::Forget { txns: vec![txn] }),
+            payload: EntryPayload::Normal(Proposal { commands: vec![Command::Forget { txns: vec![txn] }] }),
         },
     ];
     let append = AppendEntriesRequest::<TypeConfig> {

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use paytx_coordinator::engine::EngineConfig;
 use paytx_coordinator::{CoordinatorDriver, DriverConfig};
 use paytx_participants::{ParticipantActor, ParticipantConfig};
+use paytx_protocol::batcher::BatchLimits;
 use paytx_protocol::{ShardId, Transport};
 use paytx_storage::SharedDisk;
 use std::collections::BTreeMap;
@@ -80,22 +81,40 @@ impl NodeCore {
         let seq_base = paytx_coordinator::epoch::next_seq_base(&disk)
             .await
             .map_err(|e| NodeError::Coordinator(format!("cannot bump the coordinator epoch: {e}")))?;
-        let replica = paytx_coordinator::start_replica(config.node_id, disk.clone(), transport.clone(), &config.raft)
-            .await
-            .map_err(|e| NodeError::Coordinator(e.to_string()))?;
+        let max_frame_bytes = config.limits.max_frame_bytes as usize;
+        let replica = paytx_coordinator::start_replica(
+            config.node_id,
+            disk.clone(),
+            transport.clone(),
+            &config.raft,
+            max_frame_bytes,
+        )
+        .await
+        .map_err(|e| NodeError::Coordinator(e.to_string()))?;
+        let batch_bytes = config.raft.batch_bytes(max_frame_bytes);
+        let max_in_flight_txns = config.coordinator.max_in_flight_txns;
         let driver_config = DriverConfig {
             node: config.node_id,
             shard_map: config.shards.clone(),
             engine: EngineConfig {
                 prepare_timeout_ms: config.coordinator.prepare_timeout_ms,
                 decide_retry_ms: config.coordinator.decide_retry_ms,
-                max_in_flight_txns: config.coordinator.max_in_flight_txns,
+                max_in_flight_txns,
                 max_ops_per_txn: config.limits.max_ops_per_txn,
                 seq_base,
+                max_command_bytes: batch_bytes,
                 ..EngineConfig::default()
             },
             tick_ms: 20,
             peer_timeout_ms: config.limits.peer_timeout_ms,
+            batch: BatchLimits {
+                max_items: usize::try_from(config.raft.max_batch_commands).unwrap_or(usize::MAX),
+                max_bytes: batch_bytes,
+                max_in_flight: usize::try_from(config.raft.max_proposals_in_flight).unwrap_or(usize::MAX),
+                // Each transaction has at most one command queued at a time,
+                // plus Forgets and in-doubt queries.
+                max_queued: max_in_flight_txns.saturating_mul(2).saturating_add(1_024),
+            },
         };
         let driver =
             CoordinatorDriver::new(driver_config, replica.raft.clone(), replica.table.clone(), transport.clone())
@@ -119,6 +138,7 @@ impl NodeCore {
             fail_stop: fail_stop.clone(),
             free_space: Mutex::new(None),
             min_free_disk_bytes: config.limits.min_free_disk_bytes,
+            disk: disk.clone(),
         });
         // Infallible: the slot is fresh and set exactly once, here.
         let _ = service_slot.set(Arc::downgrade(&service));

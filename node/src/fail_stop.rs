@@ -122,6 +122,10 @@ impl Disk for FailStopDisk {
         let latch = self.latch.clone();
         Box::pin(async move { synced.await.inspect_err(|e| latch.trip(format!("disk sync failed: {e}"))) })
     }
+
+    fn sync_counters(&self) -> paytx_storage::SyncCounters {
+        self.inner.sync_counters()
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub struct NodeService {
     /// The data disk's free space (unset: not checked).
     pub(crate) free_space: Mutex<Option<Arc<dyn FreeSpace>>>,
     pub(crate) min_free_disk_bytes: u64,
+    /// The node's disk (for its sync counters).
+    pub(crate) disk: paytx_storage::SharedDisk,
 }
 
 fn error(e: RequestError) -> Response {
@@ -261,22 +263,18 @@ impl NodeService {
                 }
                 None => PeerResponse::Raft(Err(format!("the coordinator replica of node {} is shut down", self.id))),
             },
-            PeerRequest::Prepare { txn, shard, ops } => match (self.participants.get(&shard), self.disk_full()) {
-                // New work on a nearly full disk: vote NO (nothing reserved).
-                // A re-sent prepare of a transaction already prepared here
-                // would also be refused, which only aborts it: safe.
-                (Some(_), Some((free_bytes, _))) => {
-                    PeerResponse::Vote(paytx_protocol::Vote::No(paytx_protocol::AbortReason::DiskFull {
-                        shard,
-                        free_bytes,
-                    }))
+            PeerRequest::Prepare { txn, shard, ops } => match self.participants.get(&shard) {
+                // The shard refuses new work on a nearly full disk, but not
+                // a re-sent prepare of what it already promised.
+                Some(actor) => {
+                    let disk_low = self.disk_full().map(|(free_bytes, _)| free_bytes);
+                    match actor.send(paytx_participants::Prepare { txn, ops, disk_low }).await {
+                        Ok(Ok(vote)) => PeerResponse::Vote(vote),
+                        Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
+                        Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
+                    }
                 }
-                (Some(actor), None) => match actor.send(paytx_participants::Prepare { txn, ops }).await {
-                    Ok(Ok(vote)) => PeerResponse::Vote(vote),
-                    Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
-                    Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
-                },
-                (None, _) => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
+                None => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
             },
             PeerRequest::Decide { txn, shard, commit } => match self.participants.get(&shard) {
                 Some(actor) => match actor.send(paytx_participants::Decide { txn, commit }).await {
@@ -343,7 +341,14 @@ impl NodeService {
             undecided_txns: 0,
             unacked_txns: 0,
             shards,
+            raft_proposals: 0,
+            raft_proposed_commands: 0,
+            disk_syncs: 0,
+            disk_flushes: 0,
         };
+        let counters = self.disk.sync_counters();
+        view.disk_syncs = counters.syncs;
+        view.disk_flushes = counters.flushes;
         if let Some(parts) = self.coordinator() {
             let metrics = parts.raft.metrics().borrow().clone();
             view.raft_term = Some(metrics.current_term);
@@ -353,7 +358,11 @@ impl NodeService {
             let (undecided, unacked) = read_table(&parts.table).table.counts();
             view.undecided_txns = undecided;
             view.unacked_txns = unacked;
-            view.coordinator_ready = parts.driver.send(GetDriverStatus).await.map(|s| s.is_leader).unwrap_or(false);
+            if let Ok(driver) = parts.driver.send(GetDriverStatus).await {
+                view.coordinator_ready = driver.is_leader;
+                view.raft_proposals = driver.proposals;
+                view.raft_proposed_commands = driver.proposed_commands;
+            }
         }
         view
     }

@@ -177,12 +177,23 @@ impl ParticipantActor {
 
     /// Validates, reserves and journals in one step (atomic w.r.t. other
     /// messages), then votes YES after the fsync, or NO at once.
-    fn prepare_now(&mut self, txn: TxnId, ops: Vec<Operation>, declined: Option<ChannelId>) -> Reply<Vote> {
+    fn prepare_now(
+        &mut self,
+        txn: TxnId,
+        ops: Vec<Operation>,
+        declined: Option<ChannelId>,
+        disk_low: Option<u64>,
+    ) -> Reply<Vote> {
         if let Err(e) = self.check_running() {
             return Box::pin(ready(Err(e)));
         }
         let fresh = !self.engine.is_prepared(txn) && !self.engine.is_committed(txn);
         if fresh {
+            if let Some(free_bytes) = disk_low {
+                // New work on a nearly full disk: NO, nothing reserved.
+                let shard = self.config.shard;
+                return Box::pin(ready(Ok(Vote::No(AbortReason::DiskFull { shard, free_bytes }))));
+            }
             if let Some(channel) = declined {
                 tracing::debug!(shard = %self.config.shard, %txn, %channel, "channel declined the charge");
                 return Box::pin(ready(Ok(Vote::No(AbortReason::ChannelDeclined { channel }))));
@@ -325,12 +336,17 @@ impl Handler<Prepare> for ParticipantActor {
     type Result = Reply<Vote>;
 
     fn handle(&mut self, msg: Prepare, _ctx: &mut Context<Self>) -> Reply<Vote> {
-        let Prepare { txn, ops } = msg;
+        let Prepare { txn, ops, disk_low } = msg;
         match self.authorize(txn, &ops) {
-            None => self.prepare_now(txn, ops, None),
+            None => self.prepare_now(txn, ops, None, disk_low),
+            // No modelled latency: decide now, without a trip through the timer.
+            Some(Authorization { latency_ms: 0, declined }) => self.prepare_now(txn, ops, declined, disk_low),
             Some(Authorization { latency_ms, declined }) => {
                 let wait = tokio::time::sleep(Duration::from_millis(latency_ms));
-                Box::pin(wrap_future(wait).then(move |(), act: &mut Self, _ctx| act.prepare_now(txn, ops, declined)))
+                Box::pin(
+                    wrap_future(wait)
+                        .then(move |(), act: &mut Self, _ctx| act.prepare_now(txn, ops, declined, disk_low)),
+                )
             }
         }
     }

@@ -18,6 +18,12 @@ pub struct Prepare {
     pub txn: TxnId,
     /// This shard's operations of the transaction, in request order.
     pub ops: Vec<Operation>,
+    /// `Some(free_bytes)` when the node's disk is below its free-space
+    /// minimum: a *new* prepare is refused (`DiskFull`), while a re-sent
+    /// prepare of a transaction already prepared here still answers YES —
+    /// that YES was promised, and the transaction may be implicitly
+    /// committed already.
+    pub disk_low: Option<u64>,
 }
 
 /// 2PC phase two. `Ok(())` is the acknowledgement: for a commit it is sent

@@ -51,7 +51,7 @@ fn start(disk: &MemDisk) -> Addr<ParticipantActor> {
 }
 
 async fn prepare(addr: &Addr<ParticipantActor>, seq: u64, ops: Vec<Operation>) -> Result<Vote, ParticipantError> {
-    addr.send(Prepare { txn: txn(seq), ops }).await.expect("actor alive")
+    addr.send(Prepare { txn: txn(seq), ops, disk_low: None }).await.expect("actor alive")
 }
 
 async fn balance(addr: &Addr<ParticipantActor>, id: u64) -> (i64, i64) {

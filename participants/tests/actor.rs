@@ -72,7 +72,7 @@ fn start(config: ParticipantConfig, disk: SharedDisk, decisions: Arc<dyn Decisio
 }
 
 async fn prepare(addr: &Addr<ParticipantActor>, seq: u64, ops: Vec<Operation>) -> Result<Vote, ParticipantError> {
-    addr.send(Prepare { txn: txn(seq), ops }).await.expect("actor alive")
+    addr.send(Prepare { txn: txn(seq), ops, disk_low: None }).await.expect("actor alive")
 }
 
 async fn decide(addr: &Addr<ParticipantActor>, seq: u64, commit: bool) {
@@ -143,7 +143,7 @@ async fn a_failed_fsync_is_an_error_never_a_yes_and_stops_the_shard() {
     let vote = prepare(&addr, 1, transfer(10)).await;
     assert!(matches!(vote, Err(ParticipantError::Disk { source: DiskError::SyncFailed { .. }, .. })), "{vote:?}");
     // Fail-stop: the shard answers nothing any more.
-    let after = addr.send(Prepare { txn: txn(2), ops: transfer(10) }).await;
+    let after = addr.send(Prepare { txn: txn(2), ops: transfer(10), disk_low: None }).await;
     assert!(!matches!(after, Ok(Ok(Vote::Yes))), "{after:?}");
     // Restarted from the journal, the unsynced prepare is gone entirely.
     disk.crash();
@@ -196,8 +196,8 @@ async fn votes_and_commit_acks_wait_for_the_fsync_while_the_actor_keeps_working(
     let gated = GatedDisk { inner: disk.clone(), gate, syncs_started: Arc::new(AtomicUsize::new(0)) };
     let addr = start(config(ACCOUNTS), Arc::new(gated.clone()), silent());
 
-    let first = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: transfer(10) }));
-    let second = tokio::spawn(addr.send(Prepare { txn: txn(2), ops: transfer(20) }));
+    let first = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: transfer(10), disk_low: None }));
+    let second = tokio::spawn(addr.send(Prepare { txn: txn(2), ops: transfer(20), disk_low: None }));
     // Both prepares were taken (reserved and journaled) while the first
     // fsync is still pending: the actor is not blocked by it.
     eventually!("both prepares reserved", addr.send(GetStatus).await.unwrap().in_doubt == 2);
@@ -346,7 +346,7 @@ async fn a_charge_waits_for_the_channel_without_blocking_the_shard() {
     let channels = ParticipantConfig { channels: vec![channel(0, 100)], ..config(CHANNELS) };
     let addr = start(channels, Arc::new(MemDisk::new()), silent());
     let started = tokio::time::Instant::now();
-    let vote = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: charge(5) }));
+    let vote = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: charge(5), disk_low: None }));
     // While the channel authorizes, the shard answers and holds nothing.
     assert_eq!(addr.send(GetStatus).await.unwrap().in_doubt, 0);
     assert!(!vote.is_finished());
@@ -391,11 +391,27 @@ async fn declines_are_seeded_and_reserve_nothing() {
 async fn an_abort_that_overtakes_a_slow_authorization_leaves_nothing_held() {
     let channels = ParticipantConfig { channels: vec![channel(0, 50)], ..config(CHANNELS) };
     let addr = start(channels, Arc::new(MemDisk::new()), silent());
-    let vote = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: charge(5) }));
+    let vote = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: charge(5), disk_low: None }));
     // The coordinator timed out and aborted while the channel was thinking.
     decide(&addr, 1, false).await;
     assert!(matches!(vote.await.unwrap().unwrap(), Ok(Vote::No(AbortReason::PrepareTimeout { .. }))));
     assert_eq!(addr.send(GetStatus).await.unwrap().in_doubt, 0);
     // The order can be charged by a new transaction right away.
     assert_eq!(prepare(&addr, 2, charge(5)).await, Ok(Vote::Yes));
+}
+
+/// Below the disk's free-space minimum a shard refuses new work, but a
+/// re-sent prepare of a transaction it already holds a YES for still says
+/// YES: that YES was promised (and may have implicitly committed it).
+#[actix_rt::test]
+async fn a_full_disk_refuses_new_prepares_but_keeps_its_yes() {
+    let disk = MemDisk::new();
+    let addr = funded(&disk, silent()).await;
+    assert_eq!(prepare(&addr, 1, transfer(10)).await, Ok(Vote::Yes));
+    let low = |seq| Prepare { txn: txn(seq), ops: transfer(10), disk_low: Some(123) };
+    let resent = addr.send(low(1)).await.expect("actor alive");
+    assert_eq!(resent, Ok(Vote::Yes), "a re-sent prepare keeps its YES");
+    let fresh = addr.send(low(2)).await.expect("actor alive");
+    assert_eq!(fresh, Ok(Vote::No(AbortReason::DiskFull { shard: ACCOUNTS, free_bytes: 123 })));
+    assert_eq!(balance(&addr, 1).await, (100, 10), "only the first transaction holds money");
 }

@@ -150,6 +150,8 @@ pub enum InvalidRequest {
     Malformed(String),
     #[error("records shard {shard} does not exist: the cluster has {shard_count} (0..{shard_count})")]
     RecordShardOutOfRange { shard: u32, shard_count: u32 },
+    #[error("the transaction encodes to {len_bytes} bytes; one replicated log entry carries at most {max_bytes}")]
+    TooLarge { len_bytes: usize, max_bytes: usize },
 }
 
 /// Why a node could not serve a request. Everything except `Invalid` and

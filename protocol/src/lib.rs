@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod batcher;
 pub mod error;
 pub mod frame;
 pub mod ids;
@@ -40,6 +41,17 @@ pub fn bincode_config() -> bincode::config::Configuration {
 /// Serialises `value` with [`bincode_config`].
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
     bincode::serde::encode_to_vec(value, bincode_config())
+}
+
+/// The length of `value`'s encoding, without allocating it (batch byte
+/// bounds). A value that cannot be encoded counts as `usize::MAX`, so it
+/// travels alone and fails where it is really encoded.
+pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
+    let mut writer = bincode::enc::write::SizeWriter::default();
+    match bincode::serde::encode_into_writer(value, &mut writer, bincode_config()) {
+        Ok(()) => writer.bytes_written,
+        Err(_) => usize::MAX,
+    }
 }
 
 /// Largest allocation a decode of local, checksummed data (records,

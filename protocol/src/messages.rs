@@ -177,6 +177,14 @@ pub struct NodeStatusView {
     /// Decided transactions not yet acknowledged by every participant.
     pub unacked_txns: u64,
     pub shards: Vec<ShardStatus>,
+    /// Raft entries this node's coordinator proposed since it started, and
+    /// the commands they carried (batching: many commands per entry).
+    pub raft_proposals: u64,
+    pub raft_proposed_commands: u64,
+    /// Syncs asked of this node's disk since it started, and the flushes
+    /// (fsync + watermark) that served them (group commit).
+    pub disk_syncs: u64,
+    pub disk_flushes: u64,
 }
 
 /// A participant's vote on a prepare.

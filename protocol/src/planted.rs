@@ -28,16 +28,24 @@ pub enum Bug {
     /// An in-doubt participant asking about a transaction the table does not
     /// know is told "commit" instead of "abort" (presumed commit).
     PresumeCommit,
+    /// A `Begin` applied after a presumed abort of its id ignores the
+    /// tombstone and registers the transaction anyway.
+    TombstoneIgnored,
+    /// The coordinator hands the results of a batched proposal to its
+    /// proposers in reverse order: each transaction may act on another's.
+    BatchResultsMisrouted,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 8] = [
         Bug::VoteBeforeSync,
         Bug::CommitWithoutAllVotes,
         Bug::NoRedriveOnNewLeader,
         Bug::DropHoldsOnRestart,
         Bug::IdempotencyTwiceAfterLeaderChange,
         Bug::PresumeCommit,
+        Bug::TombstoneIgnored,
+        Bug::BatchResultsMisrouted,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -49,6 +57,8 @@ impl Bug {
             Bug::DropHoldsOnRestart => "drop-holds-on-restart",
             Bug::IdempotencyTwiceAfterLeaderChange => "idempotency-twice-after-leader-change",
             Bug::PresumeCommit => "presume-commit",
+            Bug::TombstoneIgnored => "tombstone-ignored",
+            Bug::BatchResultsMisrouted => "batch-results-misrouted",
         }
     }
 

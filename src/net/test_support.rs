@@ -122,6 +122,10 @@ pub(crate) fn node_status(node: NodeId) -> NodeStatusView {
         undecided_txns: 0,
         unacked_txns: 0,
         shards: Vec::new(),
+        raft_proposals: 0,
+        raft_proposed_commands: 0,
+        disk_syncs: 0,
+        disk_flushes: 0,
     }
 }
 

@@ -75,4 +75,18 @@ pub trait Disk: Send + Sync + 'static {
     /// share one fsync (group commit). After a failed sync every later sync
     /// fails too: the node must stop.
     fn sync(&self) -> BoxFuture<Result<(), DiskError>>;
+
+    /// How many syncs were asked for and how many flushes served them
+    /// (group commit: fewer flushes than syncs). For reports; zero where
+    /// not counted.
+    fn sync_counters(&self) -> SyncCounters {
+        SyncCounters::default()
+    }
+}
+
+/// See [`Disk::sync_counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounters {
+    pub syncs: u64,
+    pub flushes: u64,
 }

@@ -17,8 +17,9 @@ pub mod mem;
 pub mod record;
 pub mod sled_disk;
 pub mod watermark;
+pub mod worker;
 
-pub use disk::{Batch, Disk, DiskError, KeyValue, SharedDisk};
+pub use disk::{Batch, Disk, DiskError, KeyValue, SharedDisk, SyncCounters};
 pub use log_store::LogStore;
 pub use mem::MemDisk;
 pub use sled_disk::SledDisk;

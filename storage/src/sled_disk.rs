@@ -15,8 +15,9 @@
 //! came back with an older generation than the watermark: sled truncated
 //! synced writes (see [`crate::watermark`] for why that can happen).
 
-use crate::disk::{Batch, Disk, DiskError, KeyValue};
+use crate::disk::{Batch, Disk, DiskError, KeyValue, SyncCounters};
 use crate::watermark::Watermark;
+use crate::worker::Worker;
 use paytx_protocol::BoxFuture;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -44,6 +45,10 @@ struct Inner {
     /// Where the generation of every successful flush is recorded.
     watermark: Arc<Watermark>,
     durability: sled::Tree,
+    /// Runs sled's blocking `flush` (stage 1), one at a time.
+    flusher: Worker,
+    /// Runs the watermark's write + fdatasync (stage 2), one at a time.
+    recorder: Worker,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -115,6 +120,8 @@ impl SledDisk {
             }
             (None, _) => 0,
         };
+        let worker = |name| Worker::start(name).map_err(|e| io(&dir.display().to_string(), e));
+        let (flusher, recorder) = (worker("paytx-flush")?, worker("paytx-watermark")?);
         Ok(SledDisk {
             inner: Arc::new(Inner {
                 db,
@@ -130,6 +137,8 @@ impl SledDisk {
                 recorded: tokio::sync::Mutex::new(generation),
                 watermark: Arc::new(watermark),
                 durability,
+                flusher,
+                recorder,
             }),
         })
     }
@@ -180,6 +189,13 @@ impl Disk for SledDisk {
         Ok(self.tree(space)?.last().map_err(|e| io(space, e))?.map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 
+    fn sync_counters(&self) -> SyncCounters {
+        SyncCounters {
+            syncs: self.inner.requested_ticket.load(Ordering::Relaxed),
+            flushes: self.inner.flushes.load(Ordering::Relaxed),
+        }
+    }
+
     fn sync(&self) -> BoxFuture<Result<(), DiskError>> {
         let inner = self.inner.clone();
         // The ticket is taken now, synchronously: every write applied before
@@ -213,7 +229,7 @@ impl Disk for SledDisk {
             if *recorded < generation {
                 let newest = *inner.flushed.lock().unwrap_or_else(|p| p.into_inner());
                 let watermark = inner.watermark.clone();
-                let written = match tokio::task::spawn_blocking(move || watermark.record(newest.generation)).await {
+                let written = match inner.recorder.run(move || watermark.record(newest.generation)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(e) => Err(e.to_string()),
@@ -254,12 +270,14 @@ impl Inner {
         // `covered` was read), so a log truncated before any of them also
         // loses this generation.
         let generation = self.generation.load(Ordering::SeqCst) + 1;
-        let flushed = match self.durability.insert(GENERATION_KEY, &generation.to_be_bytes()) {
-            Ok(_) => self.db.flush_async().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = flushed {
+        if let Err(e) = self.durability.insert(GENERATION_KEY, &generation.to_be_bytes()) {
             return Err(self.poison(e.to_string()));
+        }
+        let db = self.db.clone();
+        match self.flusher.run(move || db.flush()).await {
+            Ok(Ok(_bytes)) => {}
+            Ok(Err(e)) => return Err(self.poison(e.to_string())),
+            Err(e) => return Err(self.poison(e.to_string())),
         }
         tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, generation, "sled flush");
         self.flushes.fetch_add(1, Ordering::Relaxed);

@@ -232,6 +232,10 @@ impl MemoryCluster {
                 undecided_txns: 0,
                 unacked_txns: 0,
                 shards: Vec::new(),
+                raft_proposals: 0,
+                raft_proposed_commands: 0,
+                disk_syncs: 0,
+                disk_flushes: 0,
             }),
             other => Response::Error(RequestError::Internal(format!("not modelled: {other:?}"))),
         }
