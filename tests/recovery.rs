@@ -18,7 +18,12 @@ fn owner(cluster: &Cluster, account: AccountId) -> NodeId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_restarted_with_prepared_transactions_gets_its_holds_back_and_resolves_them() {
-    let (cluster, client) = start(test_options()).await;
+    let mut options = test_options();
+    // The victim must not resolve its in-doubt transactions through its own
+    // replica before the test has looked at them (reads wait up to half the
+    // prepare timeout for transactions prepared moments before).
+    options.coordinator.in_doubt_after_ms = 5_000;
+    let (cluster, client) = start(options).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
     // A payer whose shard lives on a node that is not the leader.
     let payer = (1..100).map(AccountId).find(|a| owner(&cluster, *a) != leader).expect("some account off the leader");
@@ -27,6 +32,9 @@ async fn a_participant_restarted_with_prepared_transactions_gets_its_holds_back_
     open(&client, "open-payer", std::iter::once(payer.0), 10_000).await;
     open(&client, "open-merchant", std::iter::once(merchant.0), 0).await;
     create_order(&client, 1, merchant, 300).await;
+    // Clients hear a commit before the participants do: let the setup's
+    // decisions land before the filter below holds back the victim's.
+    wait_quiet(&cluster, &client, Duration::from_secs(20)).await;
 
     // Decisions to the victim are lost, and it cannot ask for them either:
     // its prepared transactions stay in doubt.
@@ -146,5 +154,50 @@ async fn a_follower_that_fell_behind_catches_up_by_snapshot() {
     wait_quiet(&cluster, &client, Duration::from_secs(20)).await;
     let status = client.txn_status(IdempotencyKey::new("move-0")).await.expect("status").expect("known key");
     assert!(matches!(status.state, paytx::protocol::messages::TxnState::Decided(ref o) if o.is_committed()));
+    cluster.shutdown().await;
+}
+
+/// A follower cut off while large entries pile up must catch up in
+/// AppendEntries that fit in a frame: an oversized one reaches openraft as
+/// `PayloadTooLarge` (it sends fewer entries), never as a network error it
+/// would retry with the same payload forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_lags_across_large_entries_catches_up_in_frames_that_fit() {
+    use paytx::protocol::ops::MAX_RECORD_VALUE_BYTES;
+    use paytx::protocol::{Operation, RecordExpect, RecordKey};
+    let mut options = test_options();
+    // 30 entries of 8 KiB wait for the follower: nearly four such frames.
+    options.limits.max_frame_bytes = 64 * 1024;
+    let (cluster, client) = start(options).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let lagging = cluster.node_ids().into_iter().find(|n| *n != leader).expect("a follower");
+    let lagging_addr = cluster.addr(lagging).expect("addr");
+    cluster.link_filter().set(move |from, to, message| {
+        !matches!(message, PeerRequest::Raft { .. }) || (from != lagging && to != lagging)
+    });
+    for i in 0..30u8 {
+        let ops = vec![Operation::PutRecord {
+            key: RecordKey::new(9, &[i]),
+            value: Some(vec![i; MAX_RECORD_VALUE_BYTES]),
+            expect: RecordExpect::Any,
+        }];
+        let receipt = submit(&client, &format!("large-{i}"), ops).await;
+        assert!(receipt.outcome.is_committed(), "{receipt:?}");
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let leader_applied = client.node_status_of(cluster.addr(leader).expect("addr")).await.expect("status");
+    let behind = client.node_status_of(lagging_addr).await.expect("status").last_applied_index;
+    assert!(behind < leader_applied.last_applied_index, "the follower is behind: {behind:?}");
+
+    cluster.link_filter().clear();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client.node_status_of(lagging_addr).await.expect("status");
+        if status.last_applied_index >= leader_applied.last_applied_index {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the follower did not catch up: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     cluster.shutdown().await;
 }

@@ -187,3 +187,17 @@ pub async fn handle_raft_rpc(raft: &Raft, kind: RaftRpcKind, payload: &[u8]) -> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::entries_hint;
+
+    #[test]
+    fn an_oversized_append_is_retried_with_proportionally_fewer_entries() {
+        // 100 entries in 4 MB against a 1 MB frame: about 18 (with margin).
+        assert_eq!(entries_hint(100, 4_000_000, 1_000_000), 18);
+        // Never all of them again, never none.
+        assert_eq!(entries_hint(2, 2_000_001, 2_000_000), 1);
+        assert_eq!(entries_hint(10, 1 << 30, 1), 1);
+    }
+}

@@ -523,4 +523,96 @@ mod tests {
         }
         assert_eq!(answer, CommandResult::Decided { outcome: Outcome::Committed });
     }
+
+    #[test]
+    fn a_presumed_abort_before_its_begin_leaves_a_tombstone_the_begin_respects() {
+        let mut table = TxnTable::default();
+        let txn = id(7);
+        let query = Command::PresumeAbort { txn };
+        assert_eq!(
+            table.apply(&query, 1),
+            CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) }
+        );
+        assert_eq!(table.tombstone_count(), 1);
+        let late = at(&mut table, &begin(txn, "k", 5));
+        assert_eq!(late, CommandResult::Tombstoned { outcome: Outcome::Aborted(AbortReason::PresumedAbort) });
+        assert_eq!(table.counts(), (0, 0), "the transaction is not registered");
+        assert_eq!(table.tombstone_count(), 0);
+        // Its key remembers the outcome: a retry gets the first outcome again.
+        assert_eq!(
+            at(&mut table, &begin(id(8), "k", 5)),
+            CommandResult::Existing { txn, state: TxnState::Decided(Outcome::Aborted(AbortReason::PresumedAbort)) }
+        );
+    }
+
+    #[test]
+    fn the_barrier_leaves_a_known_undecided_transaction_to_its_driver() {
+        let mut table = TxnTable::default();
+        at(&mut table, &begin(id(1), "k", 5));
+        assert_eq!(at(&mut table, &Command::PresumeAbort { txn: id(1) }), CommandResult::InProgress);
+        let commit = Command::Decide { txn: id(1), key: None, outcome: Outcome::Committed };
+        assert_eq!(at(&mut table, &commit), CommandResult::Decided { outcome: Outcome::Committed });
+        assert_eq!(
+            at(&mut table, &Command::PresumeAbort { txn: id(1) }),
+            CommandResult::Decided { outcome: Outcome::Committed }
+        );
+        assert_eq!(table.tombstone_count(), 0);
+    }
+
+    #[test]
+    fn a_begin_is_valid_only_in_its_own_term_and_old_tombstones_go() {
+        let mut table = TxnTable::default();
+        let stale = at(&mut table, &begin(id(1), "k", 5));
+        assert_eq!(stale, CommandResult::Begun);
+        let other_term = table.apply(&begin(id(2), "j", 5), 2);
+        assert_eq!(other_term, CommandResult::Tombstoned { outcome: Outcome::Aborted(AbortReason::PresumedAbort) });
+        assert!(table.status_of_key(&IdempotencyKey::new("j")).is_none(), "nothing registered");
+        // A tombstone of term 3, then an entry of term 4: no Begin of term 3
+        // can apply any more, so the tombstone goes.
+        table.apply(&Command::PresumeAbort { txn: TxnId { term: 3, node: 1, seq: 1 } }, 3);
+        assert_eq!(table.tombstone_count(), 1);
+        table.observe_term(4);
+        assert_eq!(table.tombstone_count(), 0);
+        // A presumed abort of an older term's id needs no tombstone at all.
+        table.apply(&Command::PresumeAbort { txn: TxnId { term: 3, node: 1, seq: 2 } }, 4);
+        assert_eq!(table.tombstone_count(), 0);
+    }
+
+    #[test]
+    fn a_proposal_applies_its_commands_in_order() {
+        let mut table = TxnTable::default();
+        let proposal = Proposal {
+            commands: vec![
+                begin(id(1), "k", 5),
+                Command::Decide { txn: id(1), key: None, outcome: Outcome::Committed },
+                Command::Decide { txn: id(1), key: None, outcome: Outcome::Aborted(AbortReason::PresumedAbort) },
+                Command::Forget { txns: vec![id(1)] },
+            ],
+        };
+        let applied = table.apply_proposal(&proposal, 1);
+        assert_eq!(
+            applied.results,
+            vec![
+                CommandResult::Begun,
+                CommandResult::Decided { outcome: Outcome::Committed },
+                CommandResult::Decided { outcome: Outcome::Committed },
+                CommandResult::Forgotten { count: 1 },
+            ]
+        );
+    }
+
+    #[test]
+    fn planted_tombstone_ignored_registers_a_presumed_aborted_transaction() {
+        use paytx_protocol::planted::{plant, Bug};
+        let mut table = TxnTable::default();
+        table.apply(&Command::PresumeAbort { txn: id(7) }, 1);
+        let planted = plant(Some(Bug::TombstoneIgnored));
+        let late = at(&mut table, &begin(id(7), "k", 5));
+        plant(None);
+        if !planted {
+            assert!(matches!(late, CommandResult::Tombstoned { .. }));
+            return;
+        }
+        assert_eq!(late, CommandResult::Begun, "the presumed-aborted transaction is begun after all");
+    }
 }

@@ -125,6 +125,10 @@ impl Default for Limits {
     }
 }
 
+/// Most `[raft] max_proposals_in_flight`: openraft 0.9.25 flushes one entry
+/// at a time, so more outstanding entries only queue inside it.
+pub const MAX_PROPOSALS_IN_FLIGHT: u64 = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
     pub node_id: NodeId,
@@ -225,6 +229,15 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(
                 "[raft] needs heartbeat < election_timeout_min < election_timeout_max".into(),
             ));
+        }
+        if self.raft.max_batch_commands == 0
+            || !(1..=MAX_PROPOSALS_IN_FLIGHT).contains(&self.raft.max_proposals_in_flight)
+            || self.raft.max_payload_entries == 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[raft] max_batch_commands and max_payload_entries must be at least 1, \
+                 max_proposals_in_flight between 1 and {MAX_PROPOSALS_IN_FLIGHT}"
+            )));
         }
         if self.cluster_secret.len() < paytx_protocol::auth::MIN_SECRET_BYTES {
             return Err(ConfigError::Invalid(format!(

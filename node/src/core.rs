@@ -71,6 +71,10 @@ impl NodeCore {
             participant_config.in_doubt_after_ms = config.coordinator.in_doubt_after_ms;
             participant_config.max_prepared = config.limits.max_prepared_per_shard;
             participant_config.max_records = config.limits.max_records_per_shard;
+            // A waiting prepare must still answer well before the
+            // coordinator's deadline.
+            participant_config.lock_wait_ms =
+                paytx_participants::config::DEFAULT_LOCK_WAIT_MS.min(config.coordinator.prepare_timeout_ms / 2);
             let decisions = Arc::new(NodeDecisions { service: service_slot.clone() });
             let actor = ParticipantActor::open(participant_config, disk.clone(), decisions)
                 .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;

@@ -31,24 +31,26 @@
 
 use crate::config::ParticipantConfig;
 use crate::decision::DecisionSource;
-use crate::engine::{Engine, Prepared};
+use crate::engine::{Engine, Prepared, Touch};
 use crate::error::ParticipantError;
 use crate::journal::Journal;
 use crate::messages::{
     Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, ReadRecord, ScanRecords, Shutdown,
 };
+use crate::record_store::ScanPage;
 use crate::MAX_DECLINE_PER_MILLION;
 use actix::fut::{ready, wrap_future, ActorFutureExt};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, ResponseActFuture};
 use paytx_protocol::messages::{AccountView, ChargeView, OrderView, RecordView};
 use paytx_protocol::planted::Bug;
-use paytx_protocol::{AbortReason, ChannelId, EntityKind, Operation, TxnId, Vote};
+use paytx_protocol::{AbortReason, ChannelId, EntityKey, EntityKind, Operation, TxnId, Vote};
 use paytx_storage::SharedDisk;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 type Reply<T> = ResponseActFuture<ParticipantActor, Result<T, ParticipantError>>;
@@ -58,6 +60,27 @@ type Reply<T> = ResponseActFuture<ParticipantActor, Result<T, ParticipantError>>
 struct Authorization {
     latency_ms: u64,
     declined: Option<ChannelId>,
+}
+
+/// A prepare refused while another prepared transaction touches one of its
+/// entities: tried again whenever a decision lands here, until it succeeds,
+/// is refused with nothing left to wait for, or `lock_wait_ms` passes.
+struct Parked {
+    id: u64,
+    txn: TxnId,
+    ops: Vec<Operation>,
+    /// The last refusal: the vote if waiting does not help.
+    reason: AbortReason,
+    reply: oneshot::Sender<Result<Vote, ParticipantError>>,
+}
+
+/// A read waiting for the transactions prepared on its entity before it
+/// arrived (one of them may already be committed at the coordinator, and a
+/// client told so must read it).
+struct ReadWait {
+    id: u64,
+    pending: BTreeSet<TxnId>,
+    ready: oneshot::Sender<()>,
 }
 
 /// The actor owning one participant shard. Create it with
@@ -77,6 +100,11 @@ pub struct ParticipantActor {
     querying: BTreeSet<TxnId>,
     /// Set on a fail-stop failure: why the shard stopped.
     stopped: Option<String>,
+    /// Prepares waiting for prepared transactions to be decided (FIFO).
+    parked: std::collections::VecDeque<Parked>,
+    /// Reads waiting for earlier prepared transactions.
+    read_waits: Vec<ReadWait>,
+    next_wait_id: u64,
 }
 
 impl std::fmt::Debug for ParticipantActor {
@@ -113,6 +141,9 @@ impl ParticipantActor {
             prepared_at: BTreeMap::new(),
             querying: BTreeSet::new(),
             stopped: None,
+            parked: std::collections::VecDeque::new(),
+            read_waits: Vec::new(),
+            next_wait_id: 0,
         })
     }
 
@@ -183,6 +214,7 @@ impl ParticipantActor {
         ops: Vec<Operation>,
         declined: Option<ChannelId>,
         disk_low: Option<u64>,
+        ctx: &mut Context<Self>,
     ) -> Reply<Vote> {
         if let Err(e) = self.check_running() {
             return Box::pin(ready(Err(e)));
@@ -209,6 +241,9 @@ impl ParticipantActor {
         }
         match self.engine.prepare(txn, &ops) {
             Err(reason) => {
+                if self.may_wait() && self.engine.blocked_by_prepared(txn, &ops) {
+                    return self.park(txn, ops, reason, ctx);
+                }
                 tracing::debug!(shard = %self.config.shard, %txn, code = reason.code(), "voting no");
                 Box::pin(ready(Ok(Vote::No(reason))))
             }
@@ -232,11 +267,18 @@ impl ParticipantActor {
     }
 
     /// Applies a decision (from the coordinator or an in-doubt query).
-    fn decide(&mut self, txn: TxnId, commit: bool) -> Reply<()> {
+    fn decide(&mut self, txn: TxnId, commit: bool, ctx: &mut Context<Self>) -> Reply<()> {
         if let Err(e) = self.check_running() {
             return Box::pin(ready(Err(e)));
         }
         self.prepared_at.remove(&txn);
+        let reply = self.apply_decision(txn, commit);
+        // Whatever waited for this transaction may go on now.
+        self.wake_waiters(txn, commit, ctx);
+        reply
+    }
+
+    fn apply_decision(&mut self, txn: TxnId, commit: bool) -> Reply<()> {
         if commit {
             match self.engine.commit(txn) {
                 Some(committed) => {
@@ -274,6 +316,116 @@ impl ParticipantActor {
         }
     }
 
+    fn may_wait(&self) -> bool {
+        self.config.lock_wait_ms > 0 && self.parked.len() + self.read_waits.len() < self.config.max_waiting
+    }
+
+    fn next_wait_id(&mut self) -> u64 {
+        self.next_wait_id += 1;
+        self.next_wait_id
+    }
+
+    /// Parks a refused prepare until a decision lands here (see [`Parked`]).
+    fn park(&mut self, txn: TxnId, ops: Vec<Operation>, reason: AbortReason, ctx: &mut Context<Self>) -> Reply<Vote> {
+        let id = self.next_wait_id();
+        let (reply, answer) = oneshot::channel();
+        tracing::trace!(shard = %self.config.shard, %txn, code = reason.code(), "prepare waits for a prepared transaction");
+        self.parked.push_back(Parked { id, txn, ops, reason, reply });
+        ctx.run_later(Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
+            if let Some(at) = act.parked.iter().position(|p| p.id == id) {
+                if let Some(parked) = act.parked.remove(at) {
+                    let _ = parked.reply.send(Ok(Vote::No(parked.reason)));
+                }
+            }
+        });
+        let shard = self.config.shard;
+        Box::pin(wrap_future(answer).map(move |answer, _act: &mut Self, _ctx| {
+            answer.unwrap_or_else(|_| Err(ParticipantError::Stopped { shard, reason: "shard stopped".into() }))
+        }))
+    }
+
+    /// Waits until every transaction prepared on `target` now is decided
+    /// here (or `lock_wait_ms` passes): a read then sees every transaction
+    /// a client was told committed before it asked.
+    fn read_barrier(&mut self, target: Touch, ctx: &mut Context<Self>) -> ResponseActFuture<Self, ()> {
+        // Transactions recovered from the journal are in doubt already (no
+        // decision reached this shard before it stopped): waiting for them
+        // would only delay the read; they do not hold it.
+        let mut pending = self.engine.prepared_touching(&target);
+        pending.retain(|txn| self.prepared_at.contains_key(txn));
+        if pending.is_empty() || !self.may_wait() {
+            return Box::pin(ready(()));
+        }
+        let id = self.next_wait_id();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        self.read_waits.push(ReadWait { id, pending, ready: ready_tx });
+        ctx.run_later(Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
+            if let Some(at) = act.read_waits.iter().position(|w| w.id == id) {
+                let _ = act.read_waits.swap_remove(at).ready.send(());
+            }
+        });
+        Box::pin(wrap_future(ready_rx).map(|_, _act: &mut Self, _ctx| ()))
+    }
+
+    /// `txn` was decided here: release the reads that waited for it, and
+    /// try the parked prepares again, oldest first.
+    fn wake_waiters(&mut self, txn: TxnId, commit: bool, ctx: &mut Context<Self>) {
+        let mut still = Vec::with_capacity(self.read_waits.len());
+        for mut wait in std::mem::take(&mut self.read_waits) {
+            wait.pending.remove(&txn);
+            if wait.pending.is_empty() {
+                let _ = wait.ready.send(());
+            } else {
+                still.push(wait);
+            }
+        }
+        self.read_waits = still;
+        for parked in std::mem::take(&mut self.parked) {
+            if parked.reply.is_closed() {
+                continue;
+            }
+            if parked.txn == txn {
+                // Decided while it waited: an abort (it never voted YES here).
+                if commit {
+                    tracing::error!(shard = %self.config.shard, %txn, "commit of a transaction that never voted YES here");
+                }
+                let _ = parked.reply.send(Ok(Vote::No(parked.reason)));
+                continue;
+            }
+            self.retry_parked(parked, ctx);
+        }
+    }
+
+    fn retry_parked(&mut self, mut parked: Parked, ctx: &mut Context<Self>) {
+        let txn = parked.txn;
+        if self.engine.prepared_count() >= self.config.max_prepared {
+            let _ = parked.reply.send(Ok(Vote::No(parked.reason)));
+            return;
+        }
+        match self.engine.prepare(txn, &parked.ops) {
+            Err(reason) if self.engine.blocked_by_prepared(txn, &parked.ops) => {
+                parked.reason = reason;
+                self.parked.push_back(parked);
+            }
+            Err(reason) => {
+                let _ = parked.reply.send(Ok(Vote::No(reason)));
+            }
+            Ok(prepared) => {
+                if let Prepared::New(record) = &prepared {
+                    if let Err(e) = self.journal.record_prepared(record) {
+                        let _ = parked.reply.send(Err(self.fail_stop(ctx, e)));
+                        return;
+                    }
+                    self.prepared_at.insert(txn, Instant::now());
+                }
+                let reply = parked.reply;
+                ctx.spawn(self.after_sync(Vote::Yes).map(move |vote, _act: &mut Self, _ctx| {
+                    let _ = reply.send(vote);
+                }));
+            }
+        }
+    }
+
     /// One in-doubt check: ask the coordinator group about every prepared
     /// transaction older than `in_doubt_after_ms` with no query outstanding,
     /// at most `max_queries_per_tick` of them.
@@ -302,7 +454,7 @@ impl ParticipantActor {
                 match answer {
                     Ok(commit) => {
                         tracing::info!(shard = %act.config.shard, %txn, commit, "in-doubt transaction resolved");
-                        let applied = act.decide(txn, commit).map(move |result, _act: &mut Self, _ctx| {
+                        let applied = act.decide(txn, commit, ctx).map(move |result, _act: &mut Self, _ctx| {
                             if let Err(error) = result {
                                 tracing::warn!(%txn, %error, "could not apply a resolved decision");
                             }
@@ -335,17 +487,17 @@ impl Actor for ParticipantActor {
 impl Handler<Prepare> for ParticipantActor {
     type Result = Reply<Vote>;
 
-    fn handle(&mut self, msg: Prepare, _ctx: &mut Context<Self>) -> Reply<Vote> {
+    fn handle(&mut self, msg: Prepare, ctx: &mut Context<Self>) -> Reply<Vote> {
         let Prepare { txn, ops, disk_low } = msg;
         match self.authorize(txn, &ops) {
-            None => self.prepare_now(txn, ops, None, disk_low),
+            None => self.prepare_now(txn, ops, None, disk_low, ctx),
             // No modelled latency: decide now, without a trip through the timer.
-            Some(Authorization { latency_ms: 0, declined }) => self.prepare_now(txn, ops, declined, disk_low),
+            Some(Authorization { latency_ms: 0, declined }) => self.prepare_now(txn, ops, declined, disk_low, ctx),
             Some(Authorization { latency_ms, declined }) => {
                 let wait = tokio::time::sleep(Duration::from_millis(latency_ms));
                 Box::pin(
                     wrap_future(wait)
-                        .then(move |(), act: &mut Self, _ctx| act.prepare_now(txn, ops, declined, disk_low)),
+                        .then(move |(), act: &mut Self, ctx| act.prepare_now(txn, ops, declined, disk_low, ctx)),
                 )
             }
         }
@@ -355,48 +507,61 @@ impl Handler<Prepare> for ParticipantActor {
 impl Handler<Decide> for ParticipantActor {
     type Result = Reply<()>;
 
-    fn handle(&mut self, msg: Decide, _ctx: &mut Context<Self>) -> Reply<()> {
-        self.decide(msg.txn, msg.commit)
+    fn handle(&mut self, msg: Decide, ctx: &mut Context<Self>) -> Reply<()> {
+        self.decide(msg.txn, msg.commit, ctx)
     }
 }
 
 impl Handler<ReadAccount> for ParticipantActor {
-    type Result = Option<AccountView>;
+    type Result = ResponseActFuture<Self, Option<AccountView>>;
 
-    fn handle(&mut self, msg: ReadAccount, _ctx: &mut Context<Self>) -> Option<AccountView> {
-        self.engine.account(msg.0)
+    fn handle(&mut self, msg: ReadAccount, ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        let barrier = self.read_barrier(Touch::Entity(EntityKey::Account(id)), ctx);
+        Box::pin(barrier.map(move |(), act: &mut Self, _ctx| act.engine.account(id)))
     }
 }
 
 impl Handler<ReadOrder> for ParticipantActor {
-    type Result = Option<OrderView>;
+    type Result = ResponseActFuture<Self, Option<OrderView>>;
 
-    fn handle(&mut self, msg: ReadOrder, _ctx: &mut Context<Self>) -> Option<OrderView> {
-        self.engine.order(msg.0)
+    fn handle(&mut self, msg: ReadOrder, ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        let barrier = self.read_barrier(Touch::Entity(EntityKey::Order(id)), ctx);
+        Box::pin(barrier.map(move |(), act: &mut Self, _ctx| act.engine.order(id)))
     }
 }
 
 impl Handler<ReadCharge> for ParticipantActor {
-    type Result = Option<ChargeView>;
+    type Result = ResponseActFuture<Self, Option<ChargeView>>;
 
-    fn handle(&mut self, msg: ReadCharge, _ctx: &mut Context<Self>) -> Option<ChargeView> {
-        self.engine.charge(msg.channel, msg.order)
+    fn handle(&mut self, msg: ReadCharge, ctx: &mut Context<Self>) -> Self::Result {
+        let (channel, order) = (msg.channel, msg.order);
+        let barrier = self.read_barrier(Touch::Charge(channel, order), ctx);
+        Box::pin(barrier.map(move |(), act: &mut Self, _ctx| act.engine.charge(channel, order)))
     }
 }
 
 impl Handler<ReadRecord> for ParticipantActor {
-    type Result = Option<RecordView>;
+    type Result = ResponseActFuture<Self, Option<RecordView>>;
 
-    fn handle(&mut self, msg: ReadRecord, _ctx: &mut Context<Self>) -> Option<RecordView> {
-        self.engine.record(msg.0)
+    fn handle(&mut self, msg: ReadRecord, ctx: &mut Context<Self>) -> Self::Result {
+        let key = msg.0;
+        let barrier = self.read_barrier(Touch::Entity(EntityKey::Record(key)), ctx);
+        Box::pin(barrier.map(move |(), act: &mut Self, _ctx| act.engine.record(key)))
     }
 }
 
 impl Handler<ScanRecords> for ParticipantActor {
-    type Result = MessageResult<ScanRecords>;
+    type Result = ResponseActFuture<Self, ScanPage>;
 
-    fn handle(&mut self, msg: ScanRecords, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.engine.scan_records(msg.ns, msg.after, msg.limit, msg.max_bytes))
+    fn handle(&mut self, msg: ScanRecords, ctx: &mut Context<Self>) -> Self::Result {
+        let barrier = self.read_barrier(Touch::Namespace(msg.ns), ctx);
+        Box::pin(
+            barrier.map(move |(), act: &mut Self, _ctx| {
+                act.engine.scan_records(msg.ns, msg.after, msg.limit, msg.max_bytes)
+            }),
+        )
     }
 }
 

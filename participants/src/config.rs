@@ -14,6 +14,11 @@ pub const DEFAULT_IN_DOUBT_CHECK_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_MAX_PREPARED: usize = 10_000;
 /// Default limit on records per records shard.
 pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
+/// Default: how long a refused prepare waits for the prepared transactions
+/// on its entities, and a read for those prepared before it.
+pub const DEFAULT_LOCK_WAIT_MS: u64 = 1_000;
+/// Default limit on waiting prepares plus waiting reads per shard.
+pub const DEFAULT_MAX_WAITING: usize = 4_096;
 /// Default limit on decision queries started per check.
 pub const DEFAULT_MAX_QUERIES_PER_TICK: usize = 64;
 
@@ -48,6 +53,15 @@ pub struct ParticipantConfig {
     /// duplicate prepares, and aborted ones (in memory) to refuse prepares
     /// that arrive after their abort (see [`crate::engine`]).
     pub remembered_commits: usize,
+    /// A prepare refused while another prepared transaction touches one of
+    /// its entities waits up to this long for that one to be decided, then
+    /// is tried again (a transaction answered "committed" is prepared but
+    /// maybe not yet applied here: the next transaction of the same client
+    /// must see it, not conflict with it). A read waits as long for the
+    /// transactions prepared on its entity before it. 0 disables both.
+    pub lock_wait_ms: u64,
+    /// Most prepares and reads waiting at once; more are answered at once.
+    pub max_waiting: usize,
 }
 
 impl ParticipantConfig {
@@ -63,6 +77,8 @@ impl ParticipantConfig {
             max_queries_per_tick: DEFAULT_MAX_QUERIES_PER_TICK,
             max_records: DEFAULT_MAX_RECORDS,
             remembered_commits: DEFAULT_REMEMBERED_COMMITS,
+            lock_wait_ms: DEFAULT_LOCK_WAIT_MS,
+            max_waiting: DEFAULT_MAX_WAITING,
         }
     }
 

@@ -74,6 +74,36 @@ struct PreparedTxn {
     plan: Plan,
 }
 
+/// The unit a prepare reserves: an entity, or for channel operations one
+/// order's charge on the channel (a channel shard holds many charges); and,
+/// for reads only, a whole records namespace (a scan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Touch {
+    Entity(paytx_protocol::EntityKey),
+    Charge(ChannelId, OrderId),
+    Namespace(RecordNs),
+}
+
+impl Touch {
+    /// Whether `op` touches what this names.
+    pub fn covers(&self, op: &Operation) -> bool {
+        match (self, op) {
+            (Touch::Namespace(ns), Operation::PutRecord { key, .. }) => key.ns == *ns,
+            (Touch::Namespace(_), _) => false,
+            (target, op) => Touch::of(op) == *target,
+        }
+    }
+
+    pub fn of(op: &Operation) -> Touch {
+        match op {
+            Operation::Charge { channel, order, .. } | Operation::ChannelRefund { channel, order, .. } => {
+                Touch::Charge(*channel, *order)
+            }
+            other => Touch::Entity(other.entity()),
+        }
+    }
+}
+
 /// The result of a successful [`Engine::prepare`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prepared {
@@ -370,6 +400,26 @@ impl Engine {
 
     pub fn prepared_count(&self) -> usize {
         self.prepared.len()
+    }
+
+    /// The prepared transactions whose operations touch what `target`
+    /// names — what a read of it waits for.
+    pub fn prepared_touching(&self, target: &Touch) -> BTreeSet<TxnId> {
+        self.prepared
+            .iter()
+            .filter(|(_, prepared)| prepared.ops.iter().any(|op| target.covers(op)))
+            .map(|(txn, _)| *txn)
+            .collect()
+    }
+
+    /// Whether a prepared transaction other than `txn` touches an entity of
+    /// `ops`: a refusal of `ops` may then turn into a YES once it is decided.
+    pub fn blocked_by_prepared(&self, txn: TxnId, ops: &[Operation]) -> bool {
+        let targets: BTreeSet<Touch> = ops.iter().map(Touch::of).collect();
+        self.prepared
+            .iter()
+            .filter(|(other, _)| **other != txn)
+            .any(|(_, prepared)| prepared.ops.iter().any(|op| targets.contains(&Touch::of(op))))
     }
 
     /// The configured channel `id` (channel shards only).

@@ -63,8 +63,14 @@ fn silent() -> Arc<dyn DecisionSource> {
     Arc::new(Silent { queries: Arc::new(AtomicUsize::new(0)) })
 }
 
+/// Prepares and reads do not wait for prepared transactions here (the
+/// tests below that test waiting turn it on).
 fn config(shard: ShardId) -> ParticipantConfig {
-    ParticipantConfig { in_doubt_after_ms: 60_000, ..ParticipantConfig::new(shard) }
+    ParticipantConfig { in_doubt_after_ms: 60_000, lock_wait_ms: 0, ..ParticipantConfig::new(shard) }
+}
+
+fn waiting(shard: ShardId, lock_wait_ms: u64) -> ParticipantConfig {
+    ParticipantConfig { lock_wait_ms, ..config(shard) }
 }
 
 fn start(config: ParticipantConfig, disk: SharedDisk, decisions: Arc<dyn DecisionSource>) -> Addr<ParticipantActor> {
@@ -414,4 +420,65 @@ async fn a_full_disk_refuses_new_prepares_but_keeps_its_yes() {
     let fresh = addr.send(low(2)).await.expect("actor alive");
     assert_eq!(fresh, Ok(Vote::No(AbortReason::DiskFull { shard: ACCOUNTS, free_bytes: 123 })));
     assert_eq!(balance(&addr, 1).await, (100, 10), "only the first transaction holds money");
+}
+
+/// A prepare refused while a prepared transaction touches its account (the
+/// pending credit it needs) waits for that one's decision and is tried
+/// again: the next transaction of a client told "committed" must not fail
+/// on the commit that has not reached this shard yet.
+#[actix_rt::test]
+async fn a_refused_prepare_waits_for_the_prepared_transaction_on_its_entity() {
+    let disk = MemDisk::new();
+    let addr = start(waiting(ACCOUNTS, 5_000), Arc::new(disk.clone()), silent());
+    let open =
+        |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
+    assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
+    decide(&addr, 0, true).await;
+    // T1 credits account 2; T2 spends that credit before T1's commit lands.
+    assert_eq!(prepare(&addr, 1, transfer(50)).await, Ok(Vote::Yes));
+    let spend = vec![Operation::Debit { account: AccountId(2), amount: cny(30) }];
+    let waiting_vote = tokio::spawn(addr.send(Prepare { txn: txn(2), ops: spend, disk_low: None }));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting_vote.is_finished(), "the prepare waits instead of voting NO");
+    decide(&addr, 1, true).await;
+    let vote = waiting_vote.await.unwrap().expect("actor alive");
+    assert_eq!(vote, Ok(Vote::Yes), "tried again after the commit, it fits");
+    assert_eq!(balance(&addr, 2).await, (50, 30));
+}
+
+/// The wait is bounded: with no decision, the prepare votes the refusal.
+#[actix_rt::test]
+async fn a_waiting_prepare_votes_its_refusal_when_the_wait_ends() {
+    let disk = MemDisk::new();
+    let addr = start(waiting(ACCOUNTS, 100), Arc::new(disk.clone()), silent());
+    let open =
+        |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
+    assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
+    decide(&addr, 0, true).await;
+    assert_eq!(prepare(&addr, 1, transfer(50)).await, Ok(Vote::Yes));
+    let spend = vec![Operation::Debit { account: AccountId(2), amount: cny(30) }];
+    let vote = addr.send(Prepare { txn: txn(2), ops: spend, disk_low: None }).await.expect("actor alive");
+    assert!(matches!(vote, Ok(Vote::No(AbortReason::InsufficientFunds { .. }))), "{vote:?}");
+    // An abort of the blocking transaction releases nothing T2 needed.
+    decide(&addr, 1, false).await;
+    assert_eq!(balance(&addr, 2).await, (0, 0));
+}
+
+/// A read waits for the transactions prepared on its entity before it, so
+/// it sees a commit its client was already told about.
+#[actix_rt::test]
+async fn a_read_waits_for_the_transactions_prepared_before_it() {
+    let disk = MemDisk::new();
+    let addr = start(waiting(ACCOUNTS, 5_000), Arc::new(disk.clone()), silent());
+    let open =
+        |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
+    assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
+    decide(&addr, 0, true).await;
+    assert_eq!(prepare(&addr, 1, transfer(10)).await, Ok(Vote::Yes));
+    let read = tokio::spawn(addr.send(ReadAccount(AccountId(1))));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!read.is_finished(), "the read waits for the prepared transaction");
+    decide(&addr, 1, true).await;
+    let view = read.await.unwrap().expect("actor alive").expect("account exists");
+    assert_eq!((view.balance_minor, view.held_minor), (90, 0), "the read sees the commit");
 }

@@ -46,3 +46,8 @@ fn idempotency_twice_after_leader_change_is_caught() {
 fn presume_commit_is_caught() {
     assert_caught(Bug::PresumeCommit);
 }
+
+#[test]
+fn batch_results_misrouted_is_caught() {
+    assert_caught(Bug::BatchResultsMisrouted);
+}
