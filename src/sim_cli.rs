@@ -127,6 +127,11 @@ fn single(args: &SimArgs, seed: u64) -> anyhow::Result<bool> {
         "  faults: {} crashes ({} of the leader), {} restarts, {} partitions, {} pauses, {} fsync failures, {} messages dropped, {} duplicated",
         c.crashes, c.leader_crashes, c.restarts, c.partitions, c.pauses, c.fsync_failures, c.messages_dropped, c.messages_duplicated
     );
+    let b = &c.batch;
+    println!(
+        "  batching: {} raft proposals carrying {} commands; {} with one transaction twice, {} barriers beside other commands, {} tombstones, {} begins refused by one",
+        b.proposals, b.commands, b.proposals_with_a_txn_twice, b.barriers_beside_others, b.tombstones, b.tombstoned_begins
+    );
     println!(
         "  {:.1} virtual s in {:.2} wall s ({:.0}x), {:.0} simulated txns per wall second",
         report.virtual_ms as f64 / 1000.0,
@@ -195,6 +200,12 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
             ("fsync failures", c.fsync_failures),
             ("messages dropped", c.messages_dropped),
             ("messages duplicated", c.messages_duplicated),
+            ("batch: raft proposals", c.batch.proposals),
+            ("batch: commands in them", c.batch.commands),
+            ("batch: with one txn twice", c.batch.proposals_with_a_txn_twice),
+            ("batch: barriers beside others", c.batch.barriers_beside_others),
+            ("batch: tombstones", c.batch.tombstones),
+            ("batch: begins tombstoned", c.batch.tombstoned_begins),
         ] {
             *faults.entry(name).or_default() += count;
         }
@@ -209,20 +220,24 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
         args.faults,
         args.bug.as_deref().map(|b| format!(", planted bug {b}")).unwrap_or_default()
     );
-    println!("  {:<21}{txns} ({committed} committed)", "transactions");
+    println!("  {:<31}{txns} ({committed} committed)", "transactions");
     for (name, count) in &faults {
-        println!("  {name:<21}{count}");
+        println!("  {name:<31}{count}");
     }
     println!(
-        "  speed                {:.0} simulated txns per wall second, {:.0}x virtual/wall ({} jobs)",
+        "  speed                          {:.0} simulated txns per wall second, {:.0}x virtual/wall ({} jobs)",
         txns as f64 / wall.max(1e-9),
         virtual_ms as f64 / 1000.0 / (wall * jobs as f64).max(1e-9),
         jobs
     );
-    println!("  {:<21}{}", "failures", failed.len());
+    println!("  {:<31}{}", "failures", failed.len());
     if let Some(first) = failed.first() {
         let seeds: Vec<String> = failed.iter().take(20).map(|r| r.seed.to_string()).collect();
-        println!("  failing seeds        {}{}", seeds.join(", "), if failed.len() > 20 { ", ..." } else { "" });
+        println!(
+            "  failing seeds                  {}{}",
+            seeds.join(", "),
+            if failed.len() > 20 { ", ..." } else { "" }
+        );
         println!();
         print_failure(args, first);
     }

@@ -133,6 +133,25 @@ pub struct TxnTable {
     /// The term of the last applied entry.
     #[serde(default)]
     applied_term: u64,
+    /// What the batched log carried (for the simulator's coverage report).
+    #[serde(default)]
+    batch_stats: BatchStats,
+}
+
+/// Counts of what batching adds, kept by every replica as it applies (so
+/// deterministic): the simulator reports them to show those paths ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStats {
+    /// Proposals (log entries with commands) applied, and their commands.
+    pub proposals: u64,
+    pub commands: u64,
+    /// Proposals holding two commands of one transaction.
+    pub proposals_with_a_txn_twice: u64,
+    /// Presumed-abort barriers applied in a proposal with other commands.
+    pub barriers_beside_others: u64,
+    /// Tombstones recorded, and Begins they refused.
+    pub tombstones: u64,
+    pub tombstoned_begins: u64,
 }
 
 /// Default number of finished idempotency keys retained (about 200 bytes
@@ -155,13 +174,39 @@ impl TxnTable {
             key_retention: key_retention.max(1),
             tombstones: BTreeMap::new(),
             applied_term: 0,
+            batch_stats: BatchStats::default(),
         }
     }
 
     /// Applies every command of a proposal, in order, as part of an entry
     /// of Raft term `term`.
     pub fn apply_proposal(&mut self, proposal: &Proposal, term: u64) -> ProposalResult {
+        let stats = &mut self.batch_stats;
+        stats.proposals += 1;
+        stats.commands += proposal.commands.len() as u64;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut twice = false;
+        for command in &proposal.commands {
+            match command {
+                Command::Begin { txn, .. } | Command::Decide { txn, .. } => twice |= !seen.insert(*txn),
+                Command::PresumeAbort { txn } => {
+                    twice |= !seen.insert(*txn);
+                    if proposal.commands.len() > 1 {
+                        stats.barriers_beside_others += 1;
+                    }
+                }
+                Command::Forget { .. } => {}
+            }
+        }
+        if twice {
+            stats.proposals_with_a_txn_twice += 1;
+        }
         ProposalResult { results: proposal.commands.iter().map(|command| self.apply(command, term)).collect() }
+    }
+
+    /// What the batched log carried so far (see [`BatchStats`]).
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batch_stats
     }
 
     /// Applies one command of an entry of Raft term `term`. Deterministic:
@@ -210,6 +255,7 @@ impl TxnTable {
             // PLANTED BUG (simulator only): a late Begin ignores the presumed abort of its id.
             && !paytx_protocol::planted::active(Bug::TombstoneIgnored);
         if tombstoned {
+            self.batch_stats.tombstoned_begins += 1;
             // The transaction is aborted for good. Its key remembers that
             // outcome (when still free), so a retry with the same key gets
             // the first outcome again, as Stripe's keys do.
@@ -280,8 +326,8 @@ impl TxnTable {
         // Never begun here (yet). Its prepares may have run in parallel with
         // a Begin still on its way: when that Begin can still apply (its id
         // is of the current term), leave a tombstone so it is refused.
-        if txn.term >= self.applied_term {
-            self.tombstones.insert(txn, ());
+        if txn.term >= self.applied_term && self.tombstones.insert(txn, ()).is_none() {
+            self.batch_stats.tombstones += 1;
         }
         CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) }
     }

@@ -367,6 +367,12 @@ impl NodeService {
         view
     }
 
+    /// What this node's coordinator replica has applied of the batched log
+    /// (`None` while the replica is shut down).
+    pub fn batch_stats(&self) -> Option<paytx_coordinator::table::BatchStats> {
+        self.coordinator().map(|parts| read_table(&parts.table).table.batch_stats())
+    }
+
     /// Stops this node's coordinator replica (Raft and the 2PC driver). The
     /// participants keep serving; the other replicas elect a new leader.
     pub async fn shutdown_coordinator(&self) {

@@ -518,6 +518,15 @@ async fn simulate(config: SimConfig) -> RunReport {
         monitor.flag(&world, Violation { invariant: "idempotency", detail: "a replay changed balances".into() });
     }
 
+    // What batching carried, from the replica that applied the most.
+    let batch = cluster
+        .configs
+        .keys()
+        .filter_map(|id| cluster.service(*id).and_then(|service| service.batch_stats()))
+        .max_by_key(|stats| stats.proposals);
+    if let Some(batch) = batch {
+        world.lock().counters.batch = batch;
+    }
     cluster.stop_all().await;
     let virtual_ms = world.now_ms();
     let mut state = world.lock();
