@@ -384,6 +384,14 @@ impl Handler<ScanRecords> for ParticipantActor {
     }
 }
 
+impl Handler<crate::messages::ScanRange> for ParticipantActor {
+    type Result = MessageResult<crate::messages::ScanRange>;
+
+    fn handle(&mut self, msg: crate::messages::ScanRange, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.engine.scan_range(&msg.scan, msg.max_bytes))
+    }
+}
+
 impl Handler<GetStatus> for ParticipantActor {
     type Result = MessageResult<GetStatus>;
 

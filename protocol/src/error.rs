@@ -150,6 +150,8 @@ pub enum InvalidRequest {
     Malformed(String),
     #[error("records shard {shard} does not exist: the cluster has {shard_count} (0..{shard_count})")]
     RecordShardOutOfRange { shard: u32, shard_count: u32 },
+    #[error("namespace {ns} is not ordered (a range read needs a namespace of {first} or above)")]
+    NotAnOrderedNamespace { ns: u16, first: u16 },
 }
 
 /// Why a node could not serve a request. Everything except `Invalid` and
