@@ -40,6 +40,8 @@ pub mod ns {
     pub const TOPUP: RecordNs = 111;
     pub const CLEARING: RecordNs = 112;
     pub const DELIVERY_LEASE: RecordNs = 113;
+    pub const IDEMPOTENCY: RecordNs = 114;
+    pub const SESSION: RecordNs = 115;
 }
 
 pub fn key(ns: RecordNs, app_key: &str) -> RecordKey {
@@ -135,6 +137,14 @@ impl Store {
         limit: u32,
     ) -> Result<RecordPage, ApiError> {
         match self.call(Request::ScanRecords { shard, ns, after, limit }).await? {
+            Response::Records(page) => Ok(page),
+            _ => Err(ApiError::Internal),
+        }
+    }
+
+    /// One page of one partition of an ordered index (one records shard).
+    pub async fn scan_range(&self, scan: paytx_protocol::RangeScan) -> Result<RecordPage, ApiError> {
+        match self.call(Request::ScanRange(scan)).await? {
             Response::Records(page) => Ok(page),
             _ => Err(ApiError::Internal),
         }
