@@ -129,6 +129,16 @@ impl Idempotency {
     }
 }
 
+/// Waits until `idem`'s remembered answer is readable, so a retry sent
+/// the moment this answer arrives is replayed rather than refused as a
+/// conflict with the still-committing first request. Nothing without a key.
+pub async fn settle(gw: &Gateway, idem: &Option<Idempotency>) -> Result<(), ApiError> {
+    match idem {
+        Some(idem) => gw.store.wait_visible(ns::IDEMPOTENCY, &idem.app_key, Some(1)).await,
+        None => Ok(()),
+    }
+}
+
 /// The replay of `idem`'s first answer, when the request has a key and was
 /// answered before (`Err` for a key reused with another request).
 pub async fn replayed(gw: &Gateway, idem: &Option<Idempotency>) -> Result<Option<HttpResponse>, ApiError> {

@@ -62,6 +62,10 @@ pub fn delete(ns: RecordNs, app_key: &str, expect: RecordExpect) -> Operation {
     Operation::PutRecord { key: key(ns, app_key), value: None, expect }
 }
 
+/// Polls of [`Store::wait_visible`] and the pause between them.
+const VISIBILITY_POLLS: u32 = 100;
+const VISIBILITY_POLL_MS: u64 = 10;
+
 /// Attempts of one transaction when the cluster answers with a transient
 /// error (no leader yet, a timeout): the same idempotency key each time.
 const SUBMIT_ATTEMPTS: u32 = 8;
@@ -140,6 +144,25 @@ impl Store {
             Response::Records(page) => Ok(page),
             _ => Err(ApiError::Internal),
         }
+    }
+
+    /// Waits (bounded, ~1 s) until the record is visible at `version`
+    /// (`None`: deleted) on its shard. The cluster answers a transaction
+    /// once its decision is durable, before the participants apply it, so
+    /// a read right after can still see the old record; a session must be
+    /// usable (or revoked) as soon as its answer arrives.
+    pub async fn wait_visible(&self, ns: RecordNs, app_key: &str, version: Option<u64>) -> Result<(), ApiError> {
+        for _ in 0..VISIBILITY_POLLS {
+            let seen = match self.call(Request::GetRecord(key(ns, app_key))).await? {
+                Response::Record(view) => view.map(|v| v.version),
+                _ => return Err(ApiError::Internal),
+            };
+            if seen == version {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(VISIBILITY_POLL_MS)).await;
+        }
+        Err(ApiError::Unavailable)
     }
 
     /// One page of one partition of an ordered index (one records shard).

@@ -63,5 +63,6 @@ async fn create_merchant_inner(
         Err(reason) => return Err(map_abort(reason)),
     }
     note.target = id;
+    idempotency::settle(gw, &idem).await?;
     Ok(answer)
 }

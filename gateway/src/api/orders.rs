@@ -53,6 +53,7 @@ async fn create_order_inner(
         match gw.store.submit(TxnRequest::new(txn_key("ord"), ops)).await? {
             Ok(()) => {
                 note.target = id;
+                idempotency::settle(gw, &idem).await?;
                 return Ok(answer);
             }
             Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
@@ -135,6 +136,7 @@ async fn close_order_inner(
         }
         Err(reason) => return Err(map_abort(reason)),
     }
+    idempotency::settle(gw, &idem).await?;
     Ok(answer)
 }
 

@@ -124,7 +124,10 @@ async fn pay_order_inner(
             through_channel(gw, method, currency, |channel, clearing| build(Some(channel), clearing)).await?.map(|_| ())
         };
         match outcome {
-            Ok(()) => return answer.ok_or(ApiError::Internal),
+            Ok(()) => {
+                idempotency::settle(gw, &idem).await?;
+                return answer.ok_or(ApiError::Internal);
+            }
             Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
                 return idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable);
             }

@@ -162,6 +162,7 @@ async fn create_refund_inner(
         match gw.store.submit(TxnRequest::new(txn_key("rfd"), ops)).await? {
             Ok(()) => {
                 note.target = refund_id;
+                idempotency::settle(gw, &idem).await?;
                 return Ok(answer);
             }
             Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {

@@ -101,5 +101,6 @@ async fn create_topup_inner(
         Err(reason) => return Err(map_abort(reason)),
     }
     note.target = topup_id;
+    idempotency::settle(gw, &idem).await?;
     answer.ok_or(ApiError::Internal)
 }

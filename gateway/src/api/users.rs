@@ -78,6 +78,7 @@ async fn register_user_inner(
     }
     note.actor = format!("user:{id}");
     note.target = id;
+    idempotency::settle(gw, &idem).await?;
     Ok(answer)
 }
 
@@ -131,7 +132,12 @@ async fn create_session_inner(
         &SessionView { token, user_id: user.id, expires_at },
     )?;
     match gw.store.submit(TxnRequest::new(txn_key("ses"), ops)).await? {
-        Ok(()) => Ok(answer),
+        Ok(()) => {
+            // The token must work on the very next request.
+            gw.store.wait_visible(ns::SESSION, &session_id, Some(1)).await?;
+            idempotency::settle(gw, &idem).await?;
+            Ok(answer)
+        }
         Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
             idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable)
         }
@@ -154,7 +160,11 @@ async fn delete_session_inner(gw: &Gateway, req: &HttpRequest, note: &mut AuditN
     note.target = session.session_id.clone();
     let ops = vec![store::delete(ns::SESSION, &session.session_id, RecordExpect::Version(version))];
     match gw.store.submit(TxnRequest::new(txn_key("logout"), ops)).await? {
-        Ok(()) => Ok(HttpResponse::NoContent().finish()),
+        Ok(()) => {
+            // Revoked means refused from the moment the answer arrives.
+            gw.store.wait_visible(ns::SESSION, &session.session_id, None).await?;
+            Ok(HttpResponse::NoContent().finish())
+        }
         // A concurrent logout of the same session deleted it first.
         Err(AbortReason::RecordVersionMismatch { .. }) => Err(ApiError::InvalidToken),
         Err(reason) => Err(map_abort(reason)),
@@ -215,7 +225,12 @@ async fn change_password_inner(
     let view = PasswordChanged { user_id: user_id.clone(), sessions_revoked: true };
     let answer = idempotency::with_answer(&idem, &mut ops, StatusCode::OK, &view)?;
     match gw.store.submit(TxnRequest::new(txn_key("pwd"), ops)).await? {
-        Ok(()) => Ok(answer),
+        Ok(()) => {
+            // Every old session is refused from the moment the answer arrives.
+            gw.store.wait_visible(ns::USER, &user_id, Some(version.saturating_add(1))).await?;
+            idempotency::settle(gw, &idem).await?;
+            Ok(answer)
+        }
         Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
             idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable)
         }
