@@ -72,8 +72,12 @@ mod tests {
             "/v1/notifications",
             "/v1/statements/{date}",
             "/v1/users/{id}/transactions",
+            "/v1/sessions/current",
+            "/v1/users/{id}/password",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
+        assert!(doc["paths"]["/v1/orders"]["get"].is_object(), "the order list");
+        assert!(doc["paths"]["/v1/orders/{id}/refunds"]["get"].is_object(), "the refund list");
     }
 }
