@@ -279,6 +279,15 @@ impl Client {
         }
     }
 
+    /// One page of a range read of one partition of an ordered namespace
+    /// (`paytx_protocol::RangeScan`), from the one records shard holding it.
+    pub async fn scan_range(&self, scan: paytx_protocol::RangeScan) -> Result<RecordPage, ClientError> {
+        match self.request(Request::ScanRange(scan)).await? {
+            Response::Records(page) => Ok(page),
+            other => Err(unexpected("Records", &other)),
+        }
+    }
+
     /// Every committed record of namespace `ns`, at most `max_records` of
     /// them: shard by shard (`0..shard_count`), each in key order. Ask for
     /// one more than you need to learn whether there were more. Pages are

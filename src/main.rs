@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_orders;
 mod cli_client;
 mod demo;
 mod sim_cli;
@@ -35,6 +36,9 @@ enum Command {
     },
     /// Closed-loop payment benchmark over TCP.
     Bench(bench::BenchArgs),
+    /// The first page of `GET /v1/orders` over loopback HTTP for one
+    /// merchant with many orders (loaded in bulk through the real index path).
+    BenchOrders(bench_orders::BenchOrdersArgs),
     /// Requests against running nodes: open accounts, read balances, create and pay orders.
     Client(cli_client::ClientArgs),
     /// Deterministic simulation: the real cluster under seeded faults.
@@ -115,6 +119,10 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => {
             init_tracing(QUIET_LOGS);
             on_tokio(bench::run(args)).map(|_| 0)
+        }
+        Command::BenchOrders(args) => {
+            init_tracing(QUIET_LOGS);
+            on_tokio(bench_orders::run(args)).map(|_| 0)
         }
         Command::Client(args) => {
             init_tracing("warn");

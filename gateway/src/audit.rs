@@ -153,6 +153,12 @@ impl AuditLog {
         Ok(seq)
     }
 
+    /// Makes every entry appended so far durable (an fsync of the audit
+    /// database). Concurrent callers share sled's flush.
+    pub async fn sync(&self) -> Result<(), AuditError> {
+        self.db.flush_async().await.map(|_| ()).map_err(|e| AuditError::Write(e.to_string()))
+    }
+
     pub fn flush(&self) {
         if let Err(error) = self.db.flush() {
             tracing::warn!(%error, "flushing the audit log failed");

@@ -2,7 +2,7 @@
 //! a merchant (signed request, fresh timestamp, unused nonce).
 
 use crate::error::ApiError;
-use crate::model::{now_secs, MerchantRecord, NonceRecord};
+use crate::model::{now_secs, MerchantRecord, NonceRecord, SessionRecord, UserRecord};
 use crate::server::Gateway;
 use crate::signing::{self, HEADER_MERCHANT, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use crate::store::{self, ns};
@@ -43,9 +43,37 @@ pub fn require_admin(gw: &Gateway, req: &HttpRequest) -> Result<Caller, ApiError
     }
 }
 
-pub fn require_user(gw: &Gateway, req: &HttpRequest) -> Result<String, ApiError> {
+/// The user of a valid session token (see [`require_session`]).
+pub async fn require_user(gw: &Gateway, req: &HttpRequest) -> Result<String, ApiError> {
+    require_session(gw, req).await.map(|(session, _)| session.user_id)
+}
+
+/// The session of the request's token, and its user's version: the token
+/// must verify and not be expired, its session record must exist (a logout
+/// deletes it) and carry the user's current epoch (a password change bumps
+/// it). Both records are read at once: one round trip.
+pub async fn require_session(gw: &Gateway, req: &HttpRequest) -> Result<(SessionRecord, u64), ApiError> {
     let token = bearer(req).ok_or(ApiError::Unauthorized("Authorization: Bearer <session token> required"))?;
-    gw.tokens.check(token, now_secs()).ok_or(ApiError::InvalidToken)
+    let payload = gw.tokens.check(token, now_secs()).ok_or(ApiError::InvalidToken)?;
+    let (user_id, session_id) = payload.split_once(':').ok_or(ApiError::InvalidToken)?;
+    let (session, user) = futures::future::try_join(
+        gw.store.get::<SessionRecord>(ns::SESSION, session_id),
+        gw.store.get::<UserRecord>(ns::USER, user_id),
+    )
+    .await?;
+    match (session, user) {
+        (Some((session, version)), Some((user, _)))
+            if session.user_id == user.id && session.epoch == user.session_epoch =>
+        {
+            Ok((session, version))
+        }
+        _ => Err(ApiError::InvalidToken),
+    }
+}
+
+/// The token of a new session of `user_id` (its record is written by the caller).
+pub fn session_token(gw: &Gateway, user_id: &str, session_id: &str, expires_at: u64) -> String {
+    gw.tokens.issue(&format!("{user_id}:{session_id}"), expires_at)
 }
 
 /// A bearer token is the admin key or a user session; without one, the
@@ -53,7 +81,7 @@ pub fn require_user(gw: &Gateway, req: &HttpRequest) -> Result<String, ApiError>
 pub async fn any_caller(gw: &Gateway, req: &HttpRequest, body: &[u8]) -> Result<Caller, ApiError> {
     match bearer(req) {
         Some(key) if crate::secrets::secrets_equal(key.as_bytes(), &gw.admin_key) => Ok(Caller::Admin),
-        Some(_) => require_user(gw, req).map(Caller::User),
+        Some(_) => require_user(gw, req).await.map(Caller::User),
         None => require_merchant(gw, req, body).await.map(|m| Caller::Merchant(Box::new(m))),
     }
 }
@@ -63,6 +91,35 @@ pub const MAX_NONCE_BYTES: usize = 64;
 
 /// Checks a merchant's signed request and burns its nonce (cluster-wide).
 pub async fn require_merchant(gw: &Gateway, req: &HttpRequest, body: &[u8]) -> Result<MerchantRecord, ApiError> {
+    let (merchant, nonce, ts) = verify_merchant(gw, req, body).await?;
+    // Only a correctly signed request may claim a nonce, so nobody else can
+    // fill the nonce store. The claim is an insert: a replay on any node
+    // finds it taken.
+    let record = NonceRecord { merchant_id: merchant.id.clone(), nonce: nonce.clone(), timestamp: ts };
+    let claim = store::insert(ns::NONCE, &nonce_key(&merchant.id, &nonce), &record)?;
+    let (txn_key, _) = crate::model::new_id("nonce");
+    match gw.store.submit(TxnRequest::new(txn_key, vec![claim])).await? {
+        Ok(()) => Ok(merchant),
+        Err(AbortReason::RecordExists { .. }) => Err(ApiError::NonceReplayed),
+        Err(reason) => Err(crate::api::map_abort(reason)),
+    }
+}
+
+/// Checks a merchant's signed *query* (the list endpoints, statements):
+/// signature and timestamp window, but no nonce (decision). A replayed
+/// query changes nothing and answers what its eavesdropper already saw,
+/// while burning a nonce would cost every read a 2PC write and an fsync —
+/// the whole latency budget of a page.
+pub async fn require_merchant_read(gw: &Gateway, req: &HttpRequest, body: &[u8]) -> Result<MerchantRecord, ApiError> {
+    verify_merchant(gw, req, body).await.map(|(merchant, _, _)| merchant)
+}
+
+/// The signature and timestamp checks: the merchant, its nonce, the timestamp.
+async fn verify_merchant(
+    gw: &Gateway,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<(MerchantRecord, String, u64), ApiError> {
     let (Some(merchant_id), Some(timestamp), Some(nonce), Some(signature)) = (
         header(req, HEADER_MERCHANT),
         header(req, HEADER_TIMESTAMP),
@@ -91,17 +148,22 @@ pub async fn require_merchant(gw: &Gateway, req: &HttpRequest, body: &[u8]) -> R
     if !signing::verify(&key, &message, signature) {
         return Err(ApiError::BadSignature("the signature does not verify with the merchant's key"));
     }
-    // Only a correctly signed request may claim a nonce, so nobody else can
-    // fill the nonce store. The claim is an insert: a replay on any node
-    // finds it taken.
-    let record = NonceRecord { merchant_id: merchant.id.clone(), nonce: nonce.to_string(), timestamp: ts };
-    let claim = store::insert(ns::NONCE, &nonce_key(&merchant.id, nonce), &record)?;
-    let (txn_key, _) = crate::model::new_id("nonce");
-    match gw.store.submit(TxnRequest::new(txn_key, vec![claim])).await? {
-        Ok(()) => Ok(merchant),
-        Err(AbortReason::RecordExists { .. }) => Err(ApiError::NonceReplayed),
-        Err(reason) => Err(crate::api::map_abort(reason)),
-    }
+    // Counted once the signature verifies: nobody can drain another
+    // merchant's bucket with requests it could not sign.
+    gw.merchant_limiter
+        .take(&merchant.id, crate::model::now_ms())
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+    Ok((merchant, nonce.to_string(), ts))
+}
+
+/// The rate limit of an unauthenticated route, per client IP address (the
+/// peer of the TCP connection: the gateway is the edge, a forwarded-for
+/// header would let a client pick its own bucket).
+pub fn limit_address(gw: &Gateway, req: &HttpRequest) -> Result<(), ApiError> {
+    let address = req.peer_addr().map(|addr| addr.ip().to_string()).unwrap_or_default();
+    gw.address_limiter
+        .take(&address, crate::model::now_ms())
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })
 }
 
 pub fn nonce_key(merchant_id: &str, nonce: &str) -> String {

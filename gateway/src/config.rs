@@ -1,5 +1,6 @@
 //! The `[gateway]` section of a node's config.
 
+use crate::ratelimit::RateLimit;
 use crate::routing::{BreakerSettings, RouteConfig, RoutingStrategy};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -36,6 +37,13 @@ pub struct GatewayConfig {
     pub breaker: BreakerSettings,
     /// HTTP worker threads of this node's gateway.
     pub workers: usize,
+    /// How long an `Idempotency-Key`'s answer is remembered.
+    pub idempotency_ttl_secs: u64,
+    /// Token bucket per merchant (signed requests), per node.
+    pub merchant_rate_limit: RateLimit,
+    /// Token bucket per client IP address for the unauthenticated routes
+    /// (registration, login), per node.
+    pub address_rate_limit: RateLimit,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +63,9 @@ impl Default for GatewayConfig {
             routing_strategy: RoutingStrategy::default(),
             breaker: BreakerSettings::default(),
             workers: 2,
+            idempotency_ttl_secs: 86_400,
+            merchant_rate_limit: RateLimit { per_sec: 100, burst: 200 },
+            address_rate_limit: RateLimit { per_sec: 5, burst: 20 },
         }
     }
 }

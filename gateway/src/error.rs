@@ -67,6 +67,10 @@ pub enum ApiError {
     Unavailable,
     #[error("the cluster's record store is full; the operator must raise its limit")]
     StoreFull,
+    #[error("the statement holds more than {max_lines} lines; ask the operator for an export")]
+    StatementTooLarge { max_lines: usize },
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("internal error; see the node's log")]
     Internal,
 }
@@ -103,6 +107,8 @@ impl ApiError {
             ApiError::ChannelUnavailable => "channel_unavailable",
             ApiError::Unavailable => "unavailable",
             ApiError::StoreFull => "store_full",
+            ApiError::StatementTooLarge { .. } => "statement_too_large",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal => "internal",
         }
     }
@@ -116,7 +122,7 @@ impl ApiError {
             | ApiError::UnsupportedCurrency(_)
             | ApiError::InvalidCard(_)
             | ApiError::InvalidMethod(_) => StatusCode::BAD_REQUEST,
-            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTooLarge { .. } | ApiError::StatementTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_)
             | ApiError::BadSignature(_)
             | ApiError::TimestampExpired { .. }
@@ -136,6 +142,7 @@ impl ApiError {
             ApiError::InsufficientFunds | ApiError::ChannelDeclined => StatusCode::PAYMENT_REQUIRED,
             ApiError::ChannelUnavailable | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -177,8 +184,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status())
-            .json(ErrorBody { error: ErrorDetail { code: self.code().to_string(), message: self.to_string() } })
+        let mut response = HttpResponse::build(self.status());
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response.insert_header(("Retry-After", retry_after_secs.to_string()));
+        }
+        response.json(ErrorBody { error: ErrorDetail { code: self.code().to_string(), message: self.to_string() } })
     }
 }
 

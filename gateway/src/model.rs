@@ -45,6 +45,19 @@ pub struct UserRecord {
     pub account: u64,
     pub currency: String,
     pub created_at: u64,
+    /// Bumped by a password change: sessions of an older epoch are revoked.
+    #[serde(default)]
+    pub session_epoch: u64,
+}
+
+/// One login: a token names its session, and is valid only while the
+/// session record exists and its epoch is the user's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub user_id: String,
+    pub epoch: u64,
+    pub expires_at: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,6 +177,36 @@ pub struct TopupRecord {
     pub created_at: u64,
 }
 
+/// One line of a merchant's reconciliation statement: a payment or a
+/// refund, written by its own transaction into the index of its UTC day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementLine {
+    pub at_ms: u64,
+    pub order_id: String,
+    pub out_trade_no: String,
+    /// `payment` or `refund`.
+    pub kind: String,
+    pub method: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub refund_id: Option<String>,
+    pub out_refund_no: Option<String>,
+}
+
+/// One entry of a user's wallet history, written by the transaction that
+/// moves the wallet's money.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WalletEntry {
+    pub at_ms: u64,
+    /// `open`, `topup`, `payment` or `refund`.
+    pub kind: String,
+    /// Positive into the wallet, negative out of it.
+    pub delta_minor: i64,
+    pub currency: String,
+    /// The top-up, order or refund id (the user id for `open`).
+    pub reference: String,
+}
+
 // ---------- requests ----------
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -183,6 +226,20 @@ pub struct RegisterUserRequest {
 pub struct CreateSessionRequest {
     pub username: String,
     pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    /// At least 8 characters with a letter and a digit.
+    pub new_password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PasswordChanged {
+    pub user_id: String,
+    /// Always `true`: every session of the user, this one included, ended.
+    pub sessions_revoked: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -387,6 +444,28 @@ impl From<&NotificationRecord> for NotificationView {
             next_attempt_at_ms: (n.status == "PENDING").then_some(n.next_attempt_at_ms),
         }
     }
+}
+
+/// A page of a merchant's orders, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderList {
+    pub data: Vec<OrderView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of an order's refunds, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RefundList {
+    pub data: Vec<RefundView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a user's wallet history, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransactionList {
+    pub data: Vec<WalletEntry>,
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

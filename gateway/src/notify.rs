@@ -42,6 +42,8 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
     let poll = Duration::from_millis(gw.config.notify_poll_ms.max(10));
     let mut pending_cursor = ScanCursor::default();
     let mut nonce_cursor = ScanCursor::default();
+    let mut idempotency_cursor = ScanCursor::default();
+    let mut session_cursor = ScanCursor::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
@@ -55,6 +57,9 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
         }
         if let Err(error) = clean_nonces(&gw, &mut nonce_cursor).await {
             tracing::debug!(%error, "nonce cleanup pass stopped early");
+        }
+        if let Err(error) = clean_expired(&gw, &mut idempotency_cursor, &mut session_cursor).await {
+            tracing::debug!(%error, "idempotency/session cleanup pass stopped early");
         }
     }
 }
@@ -307,6 +312,40 @@ async fn clean_nonces(gw: &Gateway, cursor: &mut ScanCursor) -> Result<(), crate
         .collect::<Vec<_>>();
     for chunk in ops.chunks(32) {
         let _ = gw.store.submit(TxnRequest::new(crate::model::new_id("nonce-gc").0, chunk.to_vec())).await?;
+    }
+    Ok(())
+}
+
+/// Deletes remembered idempotency answers older than `idempotency_ttl_secs`
+/// and expired sessions, bounded per pass like nonces (CAS on the version:
+/// a record rewritten meanwhile stays).
+async fn clean_expired(
+    gw: &Gateway,
+    idempotency_cursor: &mut ScanCursor,
+    session_cursor: &mut ScanCursor,
+) -> Result<(), crate::error::ApiError> {
+    use crate::idempotency::Remembered;
+    use crate::model::SessionRecord;
+    let cutoff_ms = crate::model::now_ms().saturating_sub(gw.config.idempotency_ttl_secs.saturating_mul(1_000));
+    let answers: Vec<(Remembered, u64)> =
+        scan_all(gw, ns::IDEMPOTENCY, idempotency_cursor, NONCE_CLEANUP_BATCH, |r: &Remembered| {
+            r.created_at_ms < cutoff_ms
+        })
+        .await?;
+    let now = now_secs();
+    let sessions: Vec<(SessionRecord, u64)> =
+        scan_all(gw, ns::SESSION, session_cursor, NONCE_CLEANUP_BATCH, |s: &SessionRecord| s.expires_at <= now).await?;
+    let ops = answers
+        .iter()
+        .map(|(r, version)| store::delete(ns::IDEMPOTENCY, &r.app_key, RecordExpect::Version(*version)))
+        .chain(
+            sessions
+                .iter()
+                .map(|(s, version)| store::delete(ns::SESSION, &s.session_id, RecordExpect::Version(*version))),
+        )
+        .collect::<Vec<_>>();
+    for chunk in ops.chunks(32) {
+        let _ = gw.store.submit(TxnRequest::new(crate::model::new_id("expiry-gc").0, chunk.to_vec())).await?;
     }
     Ok(())
 }

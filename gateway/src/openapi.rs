@@ -36,12 +36,14 @@ impl Modify for Security {
     paths(
         api::register_user, api::create_session, api::create_merchant, api::create_order, api::get_order,
         api::close_order, api::pay_order, api::create_refund, api::get_refund, api::create_topup,
-        api::get_account, api::list_notifications
+        api::get_account, api::list_notifications, api::list_orders, api::list_refunds, api::get_statement,
+        api::list_user_transactions, api::delete_session, api::change_password
     ),
     components(schemas(
         ErrorBody, ErrorDetail, RegisterUserRequest, CreateSessionRequest, CreateMerchantRequest, CreateOrderRequest,
         PayOrderRequest, CreateRefundRequest, CreateTopupRequest, UserView, SessionView, MerchantView, OrderView,
-        PaymentView, RefundView, TopupView, AccountView, EntryView, NotificationView, NotificationList, Attempt
+        PaymentView, RefundView, TopupView, AccountView, EntryView, NotificationView, NotificationList, Attempt,
+        OrderList, RefundList, TransactionList, WalletEntry, ChangePasswordRequest, PasswordChanged
     )),
     modifiers(&Security)
 )]
@@ -68,8 +70,14 @@ mod tests {
             "/v1/users/{id}/topups",
             "/v1/accounts/{id}",
             "/v1/notifications",
+            "/v1/statements/{date}",
+            "/v1/users/{id}/transactions",
+            "/v1/sessions/current",
+            "/v1/users/{id}/password",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
+        assert!(doc["paths"]["/v1/orders"]["get"].is_object(), "the order list");
+        assert!(doc["paths"]["/v1/orders/{id}/refunds"]["get"].is_object(), "the refund list");
     }
 }

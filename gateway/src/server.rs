@@ -53,6 +53,30 @@ pub struct Gateway {
     /// core and gigabytes of memory (actix allows hundreds of blocking
     /// threads).
     pub password_slots: tokio::sync::Semaphore,
+    /// Refunds of one order queue here on this node instead of colliding on
+    /// the order record (see `api::refunds`).
+    pub order_locks: KeyedLocks,
+    pub merchant_limiter: crate::ratelimit::RateLimiter,
+    pub address_limiter: crate::ratelimit::RateLimiter,
+}
+
+/// One async lock per key, held only while someone uses it: the map holds
+/// the keys locked or waited for right now, no more.
+#[derive(Default)]
+pub struct KeyedLocks {
+    locks: std::sync::Mutex<std::collections::BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Drop the locks nobody holds or waits for (only the map refers to them).
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            locks.entry(key.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 /// Concurrent password hashes: one per core is all the CPU can run anyway.
@@ -132,6 +156,8 @@ impl Gateway {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| GatewayError::Http(e.to_string()))?;
+        let merchant_limiter = crate::ratelimit::RateLimiter::new(config.merchant_rate_limit);
+        let address_limiter = crate::ratelimit::RateLimiter::new(config.address_rate_limit);
         Ok(Gateway {
             store: Store::new(cluster),
             node_id,
@@ -146,6 +172,9 @@ impl Gateway {
             schedule,
             http,
             password_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_PASSWORD_HASHES),
+            order_locks: KeyedLocks::default(),
+            merchant_limiter,
+            address_limiter,
         })
     }
 }
@@ -179,12 +208,18 @@ fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/openapi.json", web::get().to(openapi_json))
         .route("/v1/users", web::post().to(api::register_user))
         .route("/v1/sessions", web::post().to(api::create_session))
+        .route("/v1/sessions/current", web::delete().to(api::delete_session))
+        .route("/v1/users/{id}/password", web::post().to(api::change_password))
         .route("/v1/merchants", web::post().to(api::create_merchant))
         .route("/v1/orders", web::post().to(api::create_order))
+        .route("/v1/orders", web::get().to(api::list_orders))
         .route("/v1/orders/{id}", web::get().to(api::get_order))
         .route("/v1/orders/{id}/close", web::post().to(api::close_order))
         .route("/v1/orders/{id}/pay", web::post().to(api::pay_order))
         .route("/v1/orders/{id}/refunds", web::post().to(api::create_refund))
+        .route("/v1/orders/{id}/refunds", web::get().to(api::list_refunds))
+        .route("/v1/statements/{date}", web::get().to(api::get_statement))
+        .route("/v1/users/{id}/transactions", web::get().to(api::list_user_transactions))
         .route("/v1/refunds/{id}", web::get().to(api::get_refund))
         .route("/v1/users/{id}/topups", web::post().to(api::create_topup))
         .route("/v1/accounts/{id}", web::get().to(api::get_account))

@@ -85,6 +85,11 @@ pub fn public_key_pem(key: &RsaPublicKey) -> Result<String, KeyError> {
 }
 
 /// Generates a 2048-bit key (slow in unoptimised builds: seconds).
+/// The PEM of the public half of `key` (what a merchant hands the admin).
+pub fn public_key_pem_of(key: &RsaPrivateKey) -> Result<String, KeyError> {
+    public_key_pem(&RsaPublicKey::from(key))
+}
+
 pub fn generate_key() -> Result<RsaPrivateKey, KeyError> {
     RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(|e| KeyError::Crypto(e.to_string()))
 }

@@ -40,6 +40,8 @@ pub mod ns {
     pub const TOPUP: RecordNs = 111;
     pub const CLEARING: RecordNs = 112;
     pub const DELIVERY_LEASE: RecordNs = 113;
+    pub const IDEMPOTENCY: RecordNs = 114;
+    pub const SESSION: RecordNs = 115;
 }
 
 pub fn key(ns: RecordNs, app_key: &str) -> RecordKey {
@@ -59,6 +61,10 @@ pub fn put<T: Serialize>(ns: RecordNs, app_key: &str, value: &T, expect: RecordE
 pub fn delete(ns: RecordNs, app_key: &str, expect: RecordExpect) -> Operation {
     Operation::PutRecord { key: key(ns, app_key), value: None, expect }
 }
+
+/// Polls of [`Store::wait_visible`] and the pause between them.
+const VISIBILITY_POLLS: u32 = 100;
+const VISIBILITY_POLL_MS: u64 = 10;
 
 /// Attempts of one transaction when the cluster answers with a transient
 /// error (no leader yet, a timeout): the same idempotency key each time.
@@ -135,6 +141,33 @@ impl Store {
         limit: u32,
     ) -> Result<RecordPage, ApiError> {
         match self.call(Request::ScanRecords { shard, ns, after, limit }).await? {
+            Response::Records(page) => Ok(page),
+            _ => Err(ApiError::Internal),
+        }
+    }
+
+    /// Waits (bounded, ~1 s) until the record is visible at `version`
+    /// (`None`: deleted) on its shard. The cluster answers a transaction
+    /// once its decision is durable, before the participants apply it, so
+    /// a read right after can still see the old record; a session must be
+    /// usable (or revoked) as soon as its answer arrives.
+    pub async fn wait_visible(&self, ns: RecordNs, app_key: &str, version: Option<u64>) -> Result<(), ApiError> {
+        for _ in 0..VISIBILITY_POLLS {
+            let seen = match self.call(Request::GetRecord(key(ns, app_key))).await? {
+                Response::Record(view) => view.map(|v| v.version),
+                _ => return Err(ApiError::Internal),
+            };
+            if seen == version {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(VISIBILITY_POLL_MS)).await;
+        }
+        Err(ApiError::Unavailable)
+    }
+
+    /// One page of one partition of an ordered index (one records shard).
+    pub async fn scan_range(&self, scan: paytx_protocol::RangeScan) -> Result<RecordPage, ApiError> {
+        match self.call(Request::ScanRange(scan)).await? {
             Response::Records(page) => Ok(page),
             _ => Err(ApiError::Internal),
         }

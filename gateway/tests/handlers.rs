@@ -3,6 +3,8 @@
 mod support {
     pub mod api;
     pub mod memory_cluster;
+    pub mod open_ends;
+    pub mod queries;
     pub mod receiver;
     pub mod scenarios;
 }
@@ -29,6 +31,9 @@ async fn start_with(
         platform_key_file: dir.join("platform.pem"),
         notify_retry_schedule: vec!["100ms".into(), "100ms".into(), "100ms".into()],
         notify_poll_ms: 50,
+        // Tests send bursts from one address; the limits have a test of their own.
+        address_rate_limit: paytx_gateway::ratelimit::RateLimit { per_sec: 1_000, burst: 1_000 },
+        merchant_rate_limit: paytx_gateway::ratelimit::RateLimit { per_sec: 1_000, burst: 1_000 },
         ..GatewayConfig::default()
     };
     adjust(&mut config);
@@ -72,6 +77,115 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let receiver = Receiver::start(0).await;
     support::scenarios::bad_inputs(&api, &receiver).await;
     gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_listed_from_their_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    let receiver = Receiver::start(0).await;
+    support::queries::order_queries(&api, &receiver).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_query_parameters_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    let receiver = Receiver::start(0).await;
+    support::queries::bad_query_parameters(&api, &receiver).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_add_up_and_are_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    let receiver = Receiver::start(0).await;
+    support::queries::statements_and_history(&api, &receiver).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_replay_the_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    let receiver = Receiver::start(0).await;
+    support::open_ends::idempotency_keys(&api, &receiver).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topup_retried_after_a_lost_answer_is_charged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api, memory) = start_with(dir.path(), |_| {}).await;
+    let receiver = Receiver::start(0).await;
+    let lose = |n: usize| memory.lose_answers.store(n, std::sync::atomic::Ordering::SeqCst);
+    support::open_ends::a_lost_answer_is_not_charged_twice(&api, &receiver, lose).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_revocable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    support::open_ends::revocable_sessions(&api).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_with_retry_after() {
+    use paytx_gateway::ratelimit::RateLimit;
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api, _) = start_with(dir.path(), |c| {
+        c.merchant_rate_limit = RateLimit { per_sec: 1, burst: 2 };
+        c.address_rate_limit = RateLimit { per_sec: 1, burst: 2 };
+    })
+    .await;
+    let receiver = Receiver::start(0).await;
+    support::open_ends::rate_limits(&api, &receiver).await;
+    gateway.stop().await;
+}
+
+/// The audit entry of a top-up is on disk when its answer arrives: a copy
+/// of the audit database taken right then (as a crash would leave it)
+/// holds it, and its chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_money_moving_answer_follows_its_durable_audit_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    let receiver = Receiver::start(0).await;
+    let w = support::scenarios::world(&api, &receiver, "audited").await;
+    for n in 0..3 {
+        let reply = api
+            .post(
+                &format!("/v1/users/{}/topups", w.user),
+                Some(&w.token),
+                &serde_json::json!({"method": "alipay", "amount_minor": 10 + n}),
+            )
+            .await;
+        assert_eq!(reply.status, reqwest::StatusCode::CREATED, "{}", reply.text);
+        let copy = dir.path().join(format!("audit-copy-{n}"));
+        copy_dir(&paytx_gateway::audit::audit_dir(dir.path()), &copy);
+        let entries = paytx_gateway::audit::verify(&copy).expect("the copied chain verifies");
+        let log = paytx_gateway::audit::AuditLog::open(&copy, 1).unwrap();
+        let last = log.tail(1).pop().expect("an entry");
+        assert_eq!((last.action.as_str(), last.status), ("topup.create", 201), "after {entries} entries");
+    }
+    gateway.stop().await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

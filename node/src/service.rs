@@ -187,6 +187,17 @@ impl NodeService {
                 let shard = ShardId { kind: EntityKind::Record, index };
                 self.read(shard, Request::ScanRecords { shard: index, ns, after, limit }, may_forward).await
             }
+            Request::ScanRange(scan) => {
+                // The partition's first key names its shard: every key of a
+                // partition hashes to the same one.
+                let ns = scan.partition.ns;
+                if !paytx_protocol::ids::is_ordered_ns(ns) {
+                    let first = paytx_protocol::ids::FIRST_ORDERED_NS;
+                    return error(RequestError::Invalid(InvalidRequest::NotAnOrderedNamespace { ns, first }));
+                }
+                let shard = self.shard_map.shard_of(EntityKey::Record(scan.partition.key(scan.from)));
+                self.read(shard, Request::ScanRange(scan), may_forward).await
+            }
         }
     }
 
@@ -230,6 +241,13 @@ impl NodeService {
                     let shard_count = self.record_shard_count();
                     let scan =
                         paytx_participants::ScanRecords { ns, after, limit, max_bytes: self.max_scan_page_bytes };
+                    actor.send(scan).await.map(|page| {
+                        Response::Records(RecordPage { records: page.records, more: page.more, shard_count })
+                    })
+                }
+                Request::ScanRange(scan) => {
+                    let shard_count = self.record_shard_count();
+                    let scan = paytx_participants::ScanRange { scan, max_bytes: self.max_scan_page_bytes };
                     actor.send(scan).await.map(|page| {
                         Response::Records(RecordPage { records: page.records, more: page.more, shard_count })
                     })

@@ -565,6 +565,17 @@ impl Handler<ScanRecords> for ParticipantActor {
     }
 }
 
+impl Handler<crate::messages::ScanRange> for ParticipantActor {
+    type Result = ResponseActFuture<Self, ScanPage>;
+
+    fn handle(&mut self, msg: crate::messages::ScanRange, ctx: &mut Context<Self>) -> Self::Result {
+        // Like a scan: what was prepared in the namespace before the read
+        // is decided first (an index entry a client was told about is seen).
+        let barrier = self.read_barrier(Touch::Namespace(msg.scan.partition.ns), ctx);
+        Box::pin(barrier.map(move |(), act: &mut Self, _ctx| act.engine.scan_range(&msg.scan, msg.max_bytes)))
+    }
+}
+
 impl Handler<GetStatus> for ParticipantActor {
     type Result = MessageResult<GetStatus>;
 

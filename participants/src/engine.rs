@@ -469,6 +469,15 @@ impl Engine {
         }
     }
 
+    /// One page of a range read of an ordered partition (see
+    /// [`crate::record_store`]); empty on a shard of another kind.
+    pub fn scan_range(&self, scan: &paytx_protocol::RangeScan, max_bytes: usize) -> ScanPage {
+        match &self.state {
+            KindState::Records(state) => state.scan_range(scan, max_bytes),
+            _ => ScanPage::default(),
+        }
+    }
+
     /// Entity count (accounts, orders, charges or records) and in-doubt count.
     pub fn status(&self) -> ShardStatus {
         let entities = match &self.state {

@@ -44,6 +44,7 @@ pub use engine::{Engine, Prepared};
 pub use error::ParticipantError;
 pub use journal::Journal;
 pub use messages::{
-    Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, ReadRecord, ScanRecords, Shutdown,
+    Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, ReadRecord, ScanRange, ScanRecords,
+    Shutdown,
 };
 pub use record_store::{ScanPage, StoredRecord};

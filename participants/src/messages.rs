@@ -71,6 +71,15 @@ pub struct ScanRecords {
     pub max_bytes: usize,
 }
 
+/// One page of a range read of one partition of an ordered namespace,
+/// bounded like [`ScanRecords`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "ScanPage")]
+pub struct ScanRange {
+    pub scan: paytx_protocol::RangeScan,
+    pub max_bytes: usize,
+}
+
 /// Entity count and in-doubt count of the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "ShardStatus")]

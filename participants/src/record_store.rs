@@ -26,7 +26,7 @@
 //! insert makes version 1, every later put adds one, a delete removes the
 //! record (a later insert starts again at 1).
 
-use paytx_protocol::messages::RecordView;
+use paytx_protocol::messages::{RangeScan, RecordView};
 use paytx_protocol::ops::{MAX_RECORD_VALUE_BYTES, MAX_SCAN_RECORDS};
 use paytx_protocol::{AbortReason, Operation, RecordExpect, RecordKey, RecordNs, TxnId};
 use serde::{Deserialize, Serialize};
@@ -242,21 +242,39 @@ impl RecordsState {
             Some(after) if after.ns > ns => return ScanPage::default(),
             _ => Bound::Included(first_of_ns),
         };
-        let mut matching = self.records.range((lower, Bound::Unbounded)).take_while(|(key, _)| key.ns == ns).peekable();
-        let mut records: Vec<RecordView> = Vec::new();
-        let mut bytes: usize = 0;
-        while records.len() < limit {
-            let Some((key, record)) = matching.peek() else { break };
-            let size = record.value.len().saturating_add(SCAN_RECORD_OVERHEAD_BYTES);
-            if !records.is_empty() && bytes.saturating_add(size) > max_bytes {
-                break;
-            }
-            bytes = bytes.saturating_add(size);
-            records.push(view(**key, record));
-            matching.next();
+        let matching = self.records.range((lower, Bound::Unbounded)).take_while(|(key, _)| key.ns == ns);
+        page(matching, limit, max_bytes)
+    }
+
+    /// One page of a range read of one partition of an ordered namespace
+    /// (see [`RangeScan`]), in sort order, ascending or descending, with the
+    /// same bounds as [`Self::scan`]. Keys are stored in `(ns, partition,
+    /// sort)` order, so this is one `BTreeMap` range: its cost is the page,
+    /// not the size of the partition or of the shard.
+    pub(crate) fn scan_range(&self, scan: &RangeScan, max_bytes: usize) -> ScanPage {
+        let limit = scan.limit.min(MAX_SCAN_RECORDS) as usize;
+        let (from, to) = (scan.from, scan.to);
+        if from > to || limit == 0 {
+            return ScanPage::default();
         }
-        let more = matching.peek().is_some();
-        ScanPage { records, more }
+        let key = |sort| scan.partition.key(sort);
+        // `BTreeMap::range` panics on an inverted range, so a cursor at or
+        // past the far end is an empty page, decided before building one.
+        if scan.descending {
+            let upper = match scan.after {
+                Some(after) if after <= from => return ScanPage::default(),
+                Some(after) if after <= to => Bound::Excluded(key(after)),
+                _ => Bound::Included(key(to)),
+            };
+            page(self.records.range((Bound::Included(key(from)), upper)).rev(), limit, max_bytes)
+        } else {
+            let lower = match scan.after {
+                Some(after) if after >= to => return ScanPage::default(),
+                Some(after) if after >= from => Bound::Excluded(key(after)),
+                _ => Bound::Included(key(from)),
+            };
+            page(self.records.range((lower, Bound::Included(key(to)))), limit, max_bytes)
+        }
     }
 
     pub(crate) fn entity_count(&self) -> usize {
@@ -266,6 +284,30 @@ impl RecordsState {
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         self.records.iter().try_for_each(|(key, record)| check_record(*key, record))
     }
+}
+
+/// The first records of `matching`, at most `limit` and about `max_bytes`
+/// (at least one record when `limit > 0`, so a scan always moves forward).
+fn page<'a>(
+    matching: impl Iterator<Item = (&'a RecordKey, &'a StoredRecord)>,
+    limit: usize,
+    max_bytes: usize,
+) -> ScanPage {
+    let mut matching = matching.peekable();
+    let mut records: Vec<RecordView> = Vec::new();
+    let mut bytes: usize = 0;
+    while records.len() < limit {
+        let Some((key, record)) = matching.peek() else { break };
+        let size = record.value.len().saturating_add(SCAN_RECORD_OVERHEAD_BYTES);
+        if !records.is_empty() && bytes.saturating_add(size) > max_bytes {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        records.push(view(**key, record));
+        matching.next();
+    }
+    let more = matching.peek().is_some();
+    ScanPage { records, more }
 }
 
 fn view(key: RecordKey, record: &StoredRecord) -> RecordView {
@@ -286,6 +328,7 @@ fn check_record(key: RecordKey, record: &StoredRecord) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use paytx_protocol::ids::{sort_key, sort_key_parts, Partition, FIRST_ORDERED_NS};
 
     fn txn(seq: u64) -> TxnId {
         TxnId { term: 1, node: 1, seq }
@@ -351,6 +394,63 @@ mod tests {
         assert_eq!((tiny.records.len(), tiny.more), (1, true), "one record even over the budget");
         let rest = state.scan(1, page.records.last().map(|r| r.key), 100, usize::MAX);
         assert_eq!((rest.records.len(), rest.more), (3, false));
+    }
+
+    fn index_scan(partition: Partition, from: u64, to: u64, descending: bool, after: Option<u64>) -> RangeScan {
+        RangeScan {
+            partition,
+            from: sort_key(from, 0),
+            to: sort_key(to, u64::MAX),
+            descending,
+            after: after.map(|t| sort_key(t, t)),
+            limit: 3,
+        }
+    }
+
+    #[test]
+    fn a_range_read_walks_one_partition_in_order_both_ways() {
+        let mut state = RecordsState::default();
+        let ns = FIRST_ORDERED_NS;
+        let mine = Partition::new(ns, b"mch_1").unwrap();
+        let other = Partition::new(ns, b"mch_2").unwrap();
+        for (seq, t) in [5u64, 1, 9, 3, 7, 2, 8].into_iter().enumerate() {
+            let ops = [mine.key(sort_key(t, t)), other.key(sort_key(t, t))].map(|key| Operation::PutRecord {
+                key,
+                value: Some(vec![t as u8]),
+                expect: RecordExpect::Absent,
+            });
+            run(&mut state, seq as u64, &ops).unwrap();
+        }
+        // A hashed record of the same namespace number range is never in a partition's range.
+        run(&mut state, 100, &[put(key(ns, "hashed"), "x", RecordExpect::Absent)]).unwrap();
+        let walk = |descending: bool, from: u64, to: u64| {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = state.scan_range(&index_scan(mine, from, to, descending, after), usize::MAX);
+                assert!(page.records.len() <= 3);
+                assert!(page.records.iter().all(|r| r.key.partition() == Some(mine)));
+                seen.extend(page.records.iter().map(|r| r.value[0] as u64));
+                after = page.records.last().map(|r| sort_key_parts(r.key.sort()).0);
+                if !page.more {
+                    return seen;
+                }
+            }
+        };
+        assert_eq!(walk(false, 0, u64::MAX), vec![1, 2, 3, 5, 7, 8, 9]);
+        assert_eq!(walk(true, 0, u64::MAX), vec![9, 8, 7, 5, 3, 2, 1]);
+        assert_eq!(walk(true, 2, 7), vec![7, 5, 3, 2]);
+        assert_eq!(walk(false, 2, 7), vec![2, 3, 5, 7]);
+        // Inverted ranges and cursors past the end are empty, not a panic.
+        assert_eq!(state.scan_range(&index_scan(mine, 7, 2, false, None), usize::MAX), ScanPage::default());
+        assert_eq!(state.scan_range(&index_scan(mine, 2, 7, false, Some(u64::MAX)), usize::MAX), ScanPage::default());
+        assert_eq!(state.scan_range(&index_scan(mine, 2, 7, true, Some(0)), usize::MAX), ScanPage::default());
+        // A cursor before the range starts at its beginning.
+        let from_start = state.scan_range(&index_scan(mine, 2, 7, false, Some(0)), usize::MAX);
+        assert_eq!(from_start.records[0].value, vec![2]);
+        let mut zero = index_scan(mine, 0, u64::MAX, false, None);
+        zero.limit = 0;
+        assert_eq!(state.scan_range(&zero, usize::MAX), ScanPage::default());
     }
 
     #[test]

@@ -152,6 +152,8 @@ pub enum InvalidRequest {
     RecordShardOutOfRange { shard: u32, shard_count: u32 },
     #[error("the transaction encodes to {len_bytes} bytes; one replicated log entry carries at most {max_bytes}")]
     TooLarge { len_bytes: usize, max_bytes: usize },
+    #[error("namespace {ns} is not ordered (a range read needs a namespace of {first} or above)")]
+    NotAnOrderedNamespace { ns: u16, first: u16 },
 }
 
 /// Why a node could not serve a request. Everything except `Invalid` and

@@ -155,6 +155,88 @@ impl RecordKey {
     }
 }
 
+/// Namespaces at or above this one are **ordered**: a key's digest is
+/// `partition (16 bytes) ‖ sort (16 bytes)`, its shard is chosen by
+/// `(ns, partition)` only, and a range read ([`crate::messages::RangeScan`])
+/// returns one partition's keys in `sort` order from that one shard.
+pub const FIRST_ORDERED_NS: RecordNs = 0x8000;
+
+/// Bytes of an ordered key's partition (a SHA-256 prefix) and of its sort key.
+pub const PARTITION_BYTES: usize = 16;
+pub const SORT_BYTES: usize = 16;
+
+/// The partition of an ordered namespace: which index (`ns`) and whose
+/// entries (a merchant's orders, an order's refunds…).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Partition {
+    pub ns: RecordNs,
+    pub id: [u8; PARTITION_BYTES],
+}
+
+impl Partition {
+    /// The partition of `app_key` in `ns`: the first 16 bytes of
+    /// `SHA-256(ns_le16 ++ app_key)` (128 bits: no adversary finds a
+    /// collision). `None` when `ns` is not an ordered namespace.
+    pub fn new(ns: RecordNs, app_key: &[u8]) -> Option<Partition> {
+        if !is_ordered_ns(ns) {
+            return None;
+        }
+        let full = RecordKey::new(ns, app_key).digest;
+        let mut id = [0u8; PARTITION_BYTES];
+        id.copy_from_slice(&full[..PARTITION_BYTES]);
+        Some(Partition { ns, id })
+    }
+
+    /// The key of the entry `sort` of this partition.
+    pub fn key(&self, sort: [u8; SORT_BYTES]) -> RecordKey {
+        let mut digest = [0u8; 32];
+        digest[..PARTITION_BYTES].copy_from_slice(&self.id);
+        digest[PARTITION_BYTES..].copy_from_slice(&sort);
+        RecordKey { ns: self.ns, digest }
+    }
+}
+
+/// `true` for the namespaces whose keys are `partition ‖ sort`.
+pub fn is_ordered_ns(ns: RecordNs) -> bool {
+    ns >= FIRST_ORDERED_NS
+}
+
+/// A sort key of two big-endian numbers, so keys sort like `(high, low)`
+/// (e.g. a creation time and an id that breaks ties).
+pub fn sort_key(high: u64, low: u64) -> [u8; SORT_BYTES] {
+    let mut sort = [0u8; SORT_BYTES];
+    sort[..8].copy_from_slice(&high.to_be_bytes());
+    sort[8..].copy_from_slice(&low.to_be_bytes());
+    sort
+}
+
+/// The two numbers of a [`sort_key`].
+pub fn sort_key_parts(sort: [u8; SORT_BYTES]) -> (u64, u64) {
+    let mut high = [0u8; 8];
+    let mut low = [0u8; 8];
+    high.copy_from_slice(&sort[..8]);
+    low.copy_from_slice(&sort[8..]);
+    (u64::from_be_bytes(high), u64::from_be_bytes(low))
+}
+
+impl RecordKey {
+    /// The partition of a key of an ordered namespace (`None` otherwise).
+    pub fn partition(&self) -> Option<Partition> {
+        is_ordered_ns(self.ns).then(|| {
+            let mut id = [0u8; PARTITION_BYTES];
+            id.copy_from_slice(&self.digest[..PARTITION_BYTES]);
+            Partition { ns: self.ns, id }
+        })
+    }
+
+    /// The sort part of the digest (meaningful in an ordered namespace).
+    pub fn sort(&self) -> [u8; SORT_BYTES] {
+        let mut sort = [0u8; SORT_BYTES];
+        sort.copy_from_slice(&self.digest[PARTITION_BYTES..]);
+        sort
+    }
+}
+
 impl fmt::Display for RecordKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "record-{}/", self.ns)?;

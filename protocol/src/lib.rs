@@ -24,8 +24,10 @@ pub mod transport;
 pub mod txn;
 
 pub use error::{AbortReason, InvalidRequest, RequestError};
-pub use ids::{AccountId, ChannelId, EntityKind, IdempotencyKey, NodeId, OrderId, RecordKey, RecordNs, ShardId, TxnId};
-pub use messages::{Envelope, Message, PeerRequest, PeerResponse, Request, Response, Vote};
+pub use ids::{
+    AccountId, ChannelId, EntityKind, IdempotencyKey, NodeId, OrderId, Partition, RecordKey, RecordNs, ShardId, TxnId,
+};
+pub use messages::{Envelope, Message, PeerRequest, PeerResponse, RangeScan, Request, Response, Vote};
 pub use money::{Currency, Money};
 pub use ops::{EntityKey, Operation, RecordExpect, ShardMap};
 pub use transport::{BoxFuture, Transport, TransportError};

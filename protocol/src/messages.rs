@@ -7,7 +7,9 @@
 //! Id 0 is reserved for connection-level errors (e.g. a malformed frame).
 
 use crate::error::{OrderStatus, RequestError};
-use crate::ids::{AccountId, ChannelId, IdempotencyKey, NodeId, OrderId, RecordKey, RecordNs, ShardId, TxnId};
+use crate::ids::{
+    AccountId, ChannelId, IdempotencyKey, NodeId, OrderId, Partition, RecordKey, RecordNs, ShardId, TxnId, SORT_BYTES,
+};
 use crate::money::{Currency, Money};
 use crate::ops::Operation;
 use crate::txn::{Outcome, TxnReceipt, TxnRequest};
@@ -58,6 +60,25 @@ pub enum Request {
     /// page through every shard `0..RecordPage::shard_count`. `limit` is
     /// capped at [`crate::ops::MAX_SCAN_RECORDS`].
     ScanRecords { shard: u32, ns: RecordNs, after: Option<RecordKey>, limit: u32 },
+    /// One page of one partition of an ordered namespace, in sort order
+    /// (answered by the one records shard holding the partition).
+    ScanRange(RangeScan),
+}
+
+/// A range read of one partition of an ordered namespace (see
+/// [`crate::ids::FIRST_ORDERED_NS`]): the entries whose sort key is in
+/// `from..=to`, ascending or descending, resuming strictly past `after` (the
+/// last sort key of the previous page, in the scan's direction), at most
+/// `min(limit, MAX_SCAN_RECORDS)` of them. Answered with
+/// [`Response::Records`]; `more` says whether the range holds more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeScan {
+    pub partition: Partition,
+    pub from: [u8; SORT_BYTES],
+    pub to: [u8; SORT_BYTES],
+    pub descending: bool,
+    pub after: Option<[u8; SORT_BYTES]>,
+    pub limit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +104,7 @@ pub struct RecordView {
     pub value: Vec<u8>,
 }
 
-/// One page of a [`Request::ScanRecords`].
+/// One page of a [`Request::ScanRecords`] or a [`Request::ScanRange`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordPage {
     pub records: Vec<RecordView>,

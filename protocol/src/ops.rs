@@ -117,9 +117,14 @@ impl EntityKey {
             EntityKey::Order(id) => feed(&id.0.to_le_bytes()),
             EntityKey::Channel(id) => feed(&id.0.to_le_bytes()),
             // The digest is already uniform; FNV over it keeps one scheme.
+            // An ordered key hashes its partition only, so a partition's
+            // entries share one shard and a range read touches one shard.
             EntityKey::Record(key) => {
                 feed(&key.ns.to_le_bytes());
-                feed(&key.digest);
+                match key.partition() {
+                    Some(partition) => feed(&partition.id),
+                    None => feed(&key.digest),
+                }
             }
         }
         hash
@@ -249,6 +254,26 @@ mod tests {
         assert_eq!(EntityKey::Account(AccountId(0)).stable_hash(), 0x529a_2cdc_8ff5_33ac);
         assert_eq!(EntityKey::Order(OrderId(42)).stable_hash(), 0x21fd_d471_1908_3f4f);
         assert_ne!(EntityKey::Account(AccountId(1)).stable_hash(), EntityKey::Order(OrderId(1)).stable_hash());
+    }
+
+    #[test]
+    fn an_ordered_key_lives_on_its_partitions_shard() {
+        use crate::ids::{sort_key, Partition, FIRST_ORDERED_NS};
+        let map = ShardMap::one_shard_per_node(&[1, 2, 3, 4, 5]);
+        let mut shards = std::collections::BTreeSet::new();
+        for merchant in 0..40u64 {
+            let partition = Partition::new(FIRST_ORDERED_NS, format!("mch_{merchant}").as_bytes()).unwrap();
+            let first = map.shard_of(EntityKey::Record(partition.key(sort_key(0, 0))));
+            for t in 1..50u64 {
+                let key = partition.key(sort_key(t * 7_919, t));
+                assert_eq!(key.partition(), Some(partition));
+                assert_eq!(map.shard_of(EntityKey::Record(key)), first, "one partition, one shard");
+            }
+            shards.insert(first);
+        }
+        assert!(shards.len() > 1, "partitions spread over the shards");
+        assert_eq!(Partition::new(FIRST_ORDERED_NS - 1, b"x"), None, "hashed namespaces have no partitions");
+        assert_eq!(RecordKey::new(7, b"x").partition(), None);
     }
 
     #[test]

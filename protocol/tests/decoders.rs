@@ -38,6 +38,14 @@ fn samples() -> Vec<Envelope> {
         }))),
         Message::Request(Request::GetRecord(record)),
         Message::Request(Request::ScanRecords { shard: 1, ns: 7, after: Some(record), limit: 128 }),
+        Message::Request(Request::ScanRange(paytx_protocol::RangeScan {
+            partition: paytx_protocol::Partition::new(paytx_protocol::ids::FIRST_ORDERED_NS, b"mch_1").unwrap(),
+            from: [0; 16],
+            to: [0xff; 16],
+            descending: true,
+            after: Some([7; 16]),
+            limit: 20,
+        })),
         Message::Response(Response::Records(RecordPage {
             records: vec![RecordView { key: record, version: 3, value: vec![1, 2, 3] }],
             more: true,

@@ -92,6 +92,9 @@ impl Model {
                         self.charges.get_mut(&(*channel, *order)).ok_or(format!("refund of an uncharged {order}"))?;
                     entry.1 += amount.amount_minor;
                 }
+                // Index entries are checked against the records they
+                // index (`check_name_index`), not write by write: they move.
+                Operation::PutRecord { key, .. } if paytx_protocol::ids::is_ordered_ns(key.ns) => {}
                 Operation::PutRecord { key, value: Some(value), expect } => {
                     self.record_writes.entry(*key).or_default().push((*expect, value.clone()));
                 }
@@ -207,6 +210,49 @@ pub fn check_state(model: &Model, actual: &Actual, deposited: i64) -> Vec<Violat
     violations
 }
 
+/// The name index against the names: every existing name has exactly its
+/// entry (holding the name's value), and no entry points at a name that
+/// does not exist or holds another value. `ascending` and `descending` are
+/// the whole partition read both ways; one must be the other reversed.
+pub fn check_name_index(
+    names: &BTreeMap<RecordKey, Option<RecordView>>,
+    ascending: &[RecordView],
+    descending: &[RecordView],
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let mut push = |detail: String| violations.push(Violation { invariant: "index-matches-records", detail });
+    let reversed: Vec<&RecordView> = descending.iter().rev().collect();
+    if !ascending.iter().eq(reversed.iter().copied()) {
+        push(format!(
+            "the index read descending ({}) is not the ascending read ({}) reversed",
+            descending.len(),
+            ascending.len()
+        ));
+    }
+    if ascending.windows(2).any(|pair| pair[0].key >= pair[1].key) {
+        push("the index read ascending is not in key order".to_string());
+    }
+    let mut expected: BTreeMap<RecordKey, Vec<u8>> = BTreeMap::new();
+    for index in 0..crate::workload::RECORD_POOLS[0].2 {
+        let name = crate::workload::pool_key(crate::workload::NAMES_NS, index);
+        if let Some(Some(view)) = names.get(&name) {
+            expected.insert(crate::workload::name_index_key(index, &view.value), view.value.clone());
+        }
+    }
+    let found: BTreeMap<RecordKey, Vec<u8>> = ascending.iter().map(|view| (view.key, view.value.clone())).collect();
+    for (key, value) in &expected {
+        match found.get(key) {
+            None => push(format!("the committed name behind {key} has no index entry")),
+            Some(found) if found != value => push(format!("{key} indexes another value than its name's")),
+            Some(_) => {}
+        }
+    }
+    for key in found.keys().filter(|key| !expected.contains_key(key)) {
+        push(format!("{key} points at a name that does not exist or has moved"));
+    }
+    violations
+}
+
 /// One record against its committed writes (in no particular order).
 fn check_record(
     key: RecordKey,
@@ -275,6 +321,31 @@ mod tests {
 
     fn invariants(writes: &[(RecordExpect, Vec<u8>)], actual: Option<&RecordView>) -> Vec<&'static str> {
         check_record(RecordKey::new(1, b"k"), writes, actual).into_iter().map(|(invariant, _)| invariant).collect()
+    }
+
+    #[test]
+    fn a_lost_or_dangling_index_entry_is_caught() {
+        use crate::workload::{name_index_key, pool_key, NAMES_NS};
+        let name = pool_key(NAMES_NS, 3);
+        let names: BTreeMap<RecordKey, Option<RecordView>> =
+            [(name, Some(view(name, 2, b"c1-7"))), (pool_key(NAMES_NS, 4), None)].into_iter().collect();
+        let entry = view(name_index_key(3, b"c1-7"), 1, b"c1-7");
+        let stale = view(name_index_key(3, b"c1-2"), 1, b"c1-2");
+        let invariants = |asc: &[RecordView], desc: &[RecordView]| {
+            check_name_index(&names, asc, desc).into_iter().map(|v| v.detail).collect::<Vec<_>>()
+        };
+        let one = std::slice::from_ref(&entry);
+        assert!(invariants(one, one).is_empty());
+        assert_eq!(invariants(&[], &[]).len(), 1, "a committed name without its entry");
+        let mut both = vec![entry.clone(), stale.clone()];
+        both.sort_by_key(|v| v.key);
+        let mut reversed = both.clone();
+        reversed.reverse();
+        assert_eq!(invariants(&both, &reversed).len(), 1, "an entry left behind by a move");
+        assert_eq!(invariants(&both, &both).len(), 2, "a descending read in the wrong order");
+        let wrong = view(entry.key, 1, b"c9-9");
+        let wrong = std::slice::from_ref(&wrong);
+        assert_eq!(invariants(wrong, wrong).len(), 1, "an entry with another value");
     }
 
     #[test]

@@ -168,6 +168,48 @@ async fn read(cluster: &SimCluster, entity: EntityKey, request: Request) -> Opti
     Some(service.handle_request(request, false).await)
 }
 
+/// The whole name index (one partition), page by page on the node owning
+/// its shard, ascending or descending. `Err` when the shard did not answer
+/// or a page does not follow its cursor in the scan's direction.
+async fn read_name_index(
+    cluster: &SimCluster,
+    descending: bool,
+) -> Result<Vec<paytx_protocol::messages::RecordView>, String> {
+    use paytx_protocol::ids::SORT_BYTES;
+    let partition = workload::name_index_partition();
+    let mut entries: Vec<paytx_protocol::messages::RecordView> = Vec::new();
+    let mut after = None;
+    // Bounded: the index holds at most one entry per name of the pool.
+    for _ in 0..1_000 {
+        let scan = paytx_protocol::RangeScan {
+            partition,
+            from: [0; SORT_BYTES],
+            to: [0xff; SORT_BYTES],
+            descending,
+            after,
+            limit: 5,
+        };
+        let entity = EntityKey::Record(partition.key(scan.from));
+        let Some(Response::Records(page)) = read(cluster, entity, Request::ScanRange(scan)).await else {
+            return Err("the name index's shard did not answer a range read".to_string());
+        };
+        let follows = |key: RecordKey| match after {
+            None => true,
+            Some(after) if descending => key.sort() < after,
+            Some(after) => key.sort() > after,
+        };
+        if page.records.iter().any(|r| r.key.partition() != Some(partition) || !follows(r.key)) {
+            return Err("a range read answered a page outside its partition or cursor".to_string());
+        }
+        after = page.records.last().map(|r| r.key.sort()).or(after);
+        entries.extend(page.records);
+        if !page.more {
+            return Ok(entries);
+        }
+    }
+    Err("the name index did not end within 1,000 pages".to_string())
+}
+
 /// Every record of namespace `ns` on every records shard, by scanning each
 /// shard page by page on the node that owns it. `Err` names a shard that
 /// did not answer, or answered a page that does not follow its cursor.
@@ -487,6 +529,17 @@ async fn simulate(config: SimConfig) -> RunReport {
                 }
             }
             Err(detail) => monitor.flag(&world, Violation { invariant: "record-scans", detail }),
+        }
+    }
+    // Every index against the records it indexes, read both ways.
+    match (read_name_index(&cluster, false).await, read_name_index(&cluster, true).await) {
+        (Ok(ascending), Ok(descending)) => {
+            for violation in crate::check::check_name_index(&actual.records, &ascending, &descending) {
+                monitor.flag(&world, violation);
+            }
+        }
+        (Err(detail), _) | (_, Err(detail)) => {
+            monitor.flag(&world, Violation { invariant: "index-matches-records", detail })
         }
     }
     for violation in check_state(&model, &actual, deposited) {

@@ -31,6 +31,25 @@ pub const SEEN_NS: RecordNs = 3;
 pub const RECORD_POOLS: [(RecordNs, &str, u64); 3] =
     [(NAMES_NS, "name", 12), (NONCES_NS, "nonce", 40), (SEEN_NS, "seen", 4)];
 
+/// The ordered index of claimed names: one entry per existing name,
+/// sorted by `(pool index, digest of the name's value)`, written by the very
+/// transaction that writes the name (a claim inserts it, a compare-and-set
+/// moves it). The checker verifies the index against the names.
+pub const NAME_INDEX_NS: RecordNs = paytx_protocol::ids::FIRST_ORDERED_NS;
+
+/// The one partition of the name index.
+pub fn name_index_partition() -> paytx_protocol::Partition {
+    paytx_protocol::Partition::new(NAME_INDEX_NS, b"names").expect("NAME_INDEX_NS is an ordered namespace")
+}
+
+/// The index entry of the name `pool_index` holding `value`.
+pub fn name_index_key(pool_index: u64, value: &[u8]) -> RecordKey {
+    let digest = RecordKey::new(0, value).digest;
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&digest[..8]);
+    name_index_partition().key(paytx_protocol::ids::sort_key(pool_index, u64::from_be_bytes(low)))
+}
+
 /// The key `index` of the pool of namespace `ns`.
 pub fn pool_key(ns: RecordNs, index: u64) -> RecordKey {
     let prefix = RECORD_POOLS.iter().find(|(pool, _, _)| *pool == ns).map_or("other", |(_, prefix, _)| prefix);
@@ -52,6 +71,7 @@ pub fn request_label(request: &Request) -> String {
         Request::NodeStatus => "node status".to_string(),
         Request::GetRecord(key) => format!("read {key}"),
         Request::ScanRecords { shard, ns, .. } => format!("scan records shard {shard} ns {ns}"),
+        Request::ScanRange(scan) => format!("range of ns {} ({} entries at most)", scan.partition.ns, scan.limit),
     }
 }
 
@@ -250,9 +270,15 @@ impl Client {
                 4..=7 => self.payment(key("order"), key("pay")).await,
                 8..=9 => self.refund(key("refund")).await,
                 10..=11 => {
-                    let name = pool_key(NAMES_NS, self.rng.gen_range(0..12));
+                    let index = self.rng.gen_range(0..12);
+                    let name = pool_key(NAMES_NS, index);
+                    let entry = Operation::PutRecord {
+                        key: name_index_key(index, &value),
+                        value: Some(value.clone()),
+                        expect: RecordExpect::Absent,
+                    };
                     let claim = Operation::PutRecord { key: name, value: Some(value), expect: RecordExpect::Absent };
-                    self.submit(TxnRequest::new(key("claim"), vec![claim])).await;
+                    self.submit(TxnRequest::new(key("claim"), vec![claim, entry])).await;
                 }
                 12 => self.compare_and_set(key("cas"), value).await,
                 _ => {
@@ -290,14 +316,28 @@ impl Client {
     /// Reads a claimed name and writes it back at the version read. Loses
     /// the race (aborts) when another write got there first.
     async fn compare_and_set(&mut self, key: String, value: Vec<u8>) {
-        let name = pool_key(NAMES_NS, self.rng.gen_range(0..12));
+        let index = self.rng.gen_range(0..12);
+        let name = pool_key(NAMES_NS, index);
         let node = self.nodes[self.rng.gen_range(0..self.nodes.len())];
         let read = client_call(&self.world, self.id, node, Request::GetRecord(name), self.config.client_timeout_ms);
         let Some(Response::Record(Some(view))) = read.await else {
             return; // unclaimed, or the read failed: nothing to update
         };
-        let cas = Operation::PutRecord { key: name, value: Some(value), expect: RecordExpect::Version(view.version) };
-        self.submit(TxnRequest::new(key, vec![cas])).await;
+        // The name's index entry moves with its value, in the same transaction.
+        let ops = vec![
+            Operation::PutRecord {
+                key: name_index_key(index, &view.value),
+                value: None,
+                expect: RecordExpect::Version(1),
+            },
+            Operation::PutRecord {
+                key: name_index_key(index, &value),
+                value: Some(value.clone()),
+                expect: RecordExpect::Absent,
+            },
+            Operation::PutRecord { key: name, value: Some(value), expect: RecordExpect::Version(view.version) },
+        ];
+        self.submit(TxnRequest::new(key, ops)).await;
     }
 
     async fn refund(&mut self, key: String) {

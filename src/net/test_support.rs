@@ -97,6 +97,11 @@ impl Handler for ToyHandler {
                     more: false,
                     shard_count: 1,
                 }),
+                Request::ScanRange(_) => Response::Records(paytx_protocol::messages::RecordPage {
+                    records: Vec::new(),
+                    more: false,
+                    shard_count: 1,
+                }),
             }
         })
     }

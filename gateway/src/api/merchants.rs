@@ -19,6 +19,10 @@ async fn create_merchant_inner(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(req, payload).await?;
     note.actor = auth::require_admin(gw, req)?.audit_name();
+    let idem = idempotency::from_request(req, "admin", &body)?;
+    if let Some(replay) = idempotency::replayed(gw, &idem).await? {
+        return Ok(replay);
+    }
     let body: CreateMerchantRequest = parse(&body)?;
     validate::name("name", &body.name)?;
     validate::notify_url(&body.notify_url)?;
@@ -36,23 +40,29 @@ async fn create_merchant_inner(
         currency: currency.to_string(),
         created_at: now_secs(),
     };
-    let ops = vec![
+    let mut ops = vec![
         store::insert(ns::MERCHANT, &id, &merchant)?,
         store::insert(ns::ACCOUNT_OWNER, &account.to_string(), &Owner::Merchant(id.clone()))?,
         Operation::OpenAccount { account: AccountId(account), currency, initial_minor: 0 },
     ];
-    gw.store.submit(TxnRequest::new(txn_key("mch"), ops)).await?.map_err(map_abort)?;
-    note.target = id.clone();
-    Ok(json(
-        StatusCode::CREATED,
-        &MerchantView {
-            id,
-            name: merchant.name,
-            notify_url: merchant.notify_url,
-            account_id: format!("acct_{account}"),
-            currency: merchant.currency,
-            platform_public_key_pem: gw.platform_public_pem.clone(),
-            created_at: merchant.created_at,
-        },
-    ))
+    let view = MerchantView {
+        id: id.clone(),
+        name: merchant.name,
+        notify_url: merchant.notify_url,
+        account_id: format!("acct_{account}"),
+        currency: merchant.currency,
+        platform_public_key_pem: gw.platform_public_pem.clone(),
+        created_at: merchant.created_at,
+    };
+    let answer = idempotency::with_answer(&idem, &mut ops, StatusCode::CREATED, &view)?;
+    match gw.store.submit(TxnRequest::new(txn_key("mch"), ops)).await? {
+        Ok(()) => {}
+        Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
+            return idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable);
+        }
+        Err(reason) => return Err(map_abort(reason)),
+    }
+    note.target = id;
+    idempotency::settle(gw, &idem).await?;
+    Ok(answer)
 }

@@ -4,6 +4,8 @@
 
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, ErrorBody};
+use crate::idempotency;
+use crate::index;
 use crate::model::*;
 use crate::routing::PayMethod;
 use crate::secrets;
@@ -48,6 +50,23 @@ pub(crate) fn finish(gw: &Gateway, note: AuditNote, result: Result<HttpResponse,
     };
     if let Err(error) = gw.audit.append(&note.actor, note.action, &note.target, response.status().as_u16(), &outcome) {
         tracing::error!(%error, "audit append failed");
+    }
+    response
+}
+
+/// [`finish`] for a money-moving request: its audit entry is durable before
+/// the response leaves (an entry left to sled's periodic flush could be
+/// lost in a crash right after the client learnt that money moved).
+pub(crate) async fn finish_durable(
+    gw: &Gateway,
+    note: AuditNote,
+    result: Result<HttpResponse, ApiError>,
+) -> HttpResponse {
+    let response = finish(gw, note, result);
+    if let Err(error) = gw.audit.sync().await {
+        // The money has moved (or not) already; the answer must still say
+        // which. The node's log says the audit could not be made durable.
+        tracing::error!(%error, "syncing the audit log failed");
     }
     response
 }
@@ -136,14 +155,25 @@ pub(crate) fn same_request(claim: &Claim, request_hash: &str, what: &'static str
 pub(crate) async fn order_view(gw: &Gateway, record: &OrderRecord) -> Result<OrderView, ApiError> {
     let order = parse_id("ord", &record.id).ok_or(ApiError::Internal)?;
     let live = gw.store.order(OrderId(order)).await?;
+    let status = live.as_ref().map(|v| v.status).unwrap_or(OrderStatus::Created);
+    order_view_as(record, status, live.as_ref().map(|v| v.refunded_minor).unwrap_or(0))
+}
+
+/// The view of `record` at a known `status` (the answer a transaction
+/// gives, built before it commits).
+pub(crate) fn order_view_as(
+    record: &OrderRecord,
+    status: OrderStatus,
+    refunded_minor: i64,
+) -> Result<OrderView, ApiError> {
     Ok(OrderView {
         id: record.id.clone(),
         merchant_id: record.merchant_id.clone(),
         out_trade_no: record.out_trade_no.clone(),
-        status: live.as_ref().map(|v| v.status.as_str()).unwrap_or("CREATED").to_string(),
+        status: status.as_str().to_string(),
         amount_minor: record.amount_minor,
         currency: record.currency.clone(),
-        refunded_minor: live.as_ref().map(|v| v.refunded_minor).unwrap_or(0),
+        refunded_minor,
         description: record.description.clone(),
         payment: record.payment.as_ref().map(|p| PaymentView {
             method: p.method.clone(),
@@ -168,6 +198,35 @@ pub(crate) async fn load_order(gw: &Gateway, caller: &Caller, id: &str) -> Resul
     }
 }
 
+/// The ops that move an order's status-index entry from `from` to `to`
+/// (none when the status stays): in the transaction that changes the status.
+pub(crate) fn status_move(
+    record: &OrderRecord,
+    from: OrderStatus,
+    to: OrderStatus,
+) -> Result<Vec<Operation>, ApiError> {
+    if from == to {
+        return Ok(Vec::new());
+    }
+    let number = parse_id("ord", &record.id).ok_or(ApiError::Internal)?;
+    let pointer = index::Pointer { id: record.id.clone() };
+    Ok(vec![
+        index::remove(index::status_partition(&record.merchant_id, from.as_str())?, record.created_at, number),
+        index::insert(index::status_partition(&record.merchant_id, to.as_str())?, record.created_at, number, &pointer)?,
+    ])
+}
+
+/// The op writing `line` into its merchant's statement of the line's UTC day.
+pub(crate) fn statement_op(merchant_id: &str, line: &StatementLine, number: u64) -> Result<Operation, ApiError> {
+    let partition = index::statement_partition(merchant_id, &index::day_of_ms(line.at_ms))?;
+    index::insert(partition, line.at_ms, number, line)
+}
+
+/// The op writing `entry` into the wallet history of `user_id`.
+pub(crate) fn wallet_op(user_id: &str, entry: &WalletEntry, number: u64) -> Result<Operation, ApiError> {
+    index::insert(index::partition(index::ins::WALLET_ENTRIES, user_id)?, entry.at_ms, number, entry)
+}
+
 pub(crate) fn currency_of(code: &str) -> Result<Currency, ApiError> {
     Currency::parse(code).ok_or(ApiError::Internal)
 }
@@ -177,6 +236,7 @@ mod merchants;
 mod notifications;
 mod orders;
 mod pay;
+mod queries;
 mod refunds;
 mod topups;
 mod users;
@@ -193,6 +253,7 @@ pub use merchants::*;
 pub use notifications::*;
 pub use orders::*;
 pub use pay::*;
+pub use queries::*;
 pub use refunds::*;
 pub use topups::*;
 pub use users::*;

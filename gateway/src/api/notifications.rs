@@ -9,7 +9,7 @@ pub(crate) fn notification_ops(
     event: &str,
     data: serde_json::Value,
 ) -> Result<(String, Vec<Operation>), ApiError> {
-    let (notify_id, _) = new_id("ntf");
+    let (notify_id, notify_number) = new_id("ntf");
     let now = now_ms();
     let payload = serde_json::json!({
         "notify_id": notify_id,
@@ -38,9 +38,19 @@ pub(crate) fn notification_ops(
             &notify_id,
             &PendingRecord { notify_id: notify_id.clone(), next_attempt_at_ms: now },
         )?,
+        index::insert(
+            index::partition(index::ins::NOTIFICATIONS_BY_ORDER, order_id)?,
+            now,
+            notify_number,
+            &index::Pointer { id: notify_id.clone() },
+        )?,
     ];
     Ok((notify_id, ops))
 }
+
+/// Pages of an order's notification index read at most (128 entries each;
+/// an order has at most 1 + `MAX_REFUNDS_PER_ORDER` notifications).
+const MAX_NOTIFICATION_PAGES: usize = 4;
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 pub struct NotificationQuery {
@@ -61,11 +71,25 @@ pub async fn list_notifications(
     let caller = auth::any_caller(&gw, &req, &body).await?;
     let order_id = query.order_id.as_deref().ok_or(ApiError::MissingField("order_id".into()))?;
     let (record, _) = load_order(&gw, &caller, order_id).await?;
-    let mut notifications = Vec::new();
-    for notify_id in &record.notify_ids {
-        if let Some((notification, _)) = gw.store.get::<NotificationRecord>(ns::NOTIFICATION, notify_id).await? {
-            notifications.push(NotificationView::from(&notification));
+    // From the order's notification index, oldest first. An order has at
+    // most one notification per payment and refund, so a few pages at most.
+    let partition = index::partition(index::ins::NOTIFICATIONS_BY_ORDER, &record.id)?;
+    let mut pointers: Vec<index::Pointer> = Vec::new();
+    let mut cursor = None;
+    for _ in 0..MAX_NOTIFICATION_PAGES {
+        let page = index::read::<index::Pointer>(&gw.store, partition, (0, u64::MAX), false, cursor, 128).await?;
+        pointers.extend(page.entries.into_iter().map(|(_, pointer)| pointer));
+        match page.next_cursor {
+            Some(next) => cursor = Some(index::decode_cursor(&next)?),
+            None => break,
         }
+    }
+    let reads = pointers.iter().map(|p| gw.store.get::<NotificationRecord>(ns::NOTIFICATION, &p.id));
+    let mut notifications = Vec::new();
+    for found in futures::future::try_join_all(reads).await? {
+        // The entry and the notification are written together: a miss is a bug.
+        let (notification, _) = found.ok_or(ApiError::Internal)?;
+        notifications.push(NotificationView::from(&notification));
     }
     Ok(json(StatusCode::OK, &NotificationList { notifications }))
 }

@@ -16,7 +16,7 @@ pub async fn pay_order(
     let mut note = AuditNote::new("order.pay");
     note.target = path.clone();
     let result = pay_order_inner(&gw, &req, &path, payload, &mut note).await;
-    finish(&gw, note, result)
+    finish_durable(&gw, note, result).await
 }
 
 async fn pay_order_inner(
@@ -27,8 +27,12 @@ async fn pay_order_inner(
     note: &mut AuditNote,
 ) -> Result<HttpResponse, ApiError> {
     let raw = read_body(req, payload).await?;
-    let user_id = auth::require_user(gw, req)?;
+    let user_id = auth::require_user(gw, req).await?;
     note.actor = format!("user:{user_id}");
+    let idem = idempotency::from_request(req, &format!("user:{user_id}"), &raw)?;
+    if let Some(replay) = idempotency::replayed(gw, &idem).await? {
+        return Ok(replay);
+    }
     let body: PayOrderRequest = parse(&raw)?;
     let method = channel_method(&body.method)?;
     if method != PayMethod::Balance && !gw.router.supports(method) {
@@ -49,7 +53,8 @@ async fn pay_order_inner(
             gw.store.get::<MerchantRecord>(ns::MERCHANT, &record.merchant_id).await?.ok_or(ApiError::Internal)?;
         let currency = currency_of(&record.currency)?;
         let amount = Money::new(record.amount_minor, currency);
-        let paid_at = now_secs();
+        let paid_at_ms = now_ms();
+        let paid_at = paid_at_ms / 1_000;
         let data = |channel: Option<ChannelId>| {
             serde_json::json!({
                 "order_id": record.id, "out_trade_no": record.out_trade_no, "status": "PAID",
@@ -57,7 +62,8 @@ async fn pay_order_inner(
                 "method": method.as_str(), "channel_id": channel.map(|c| c.0), "paid_at": paid_at,
             })
         };
-        let build = |channel: Option<ChannelId>, source: AccountId| -> Result<TxnRequest, ApiError> {
+        let mut answer = None;
+        let mut build = |channel: Option<ChannelId>, source: AccountId| -> Result<TxnRequest, ApiError> {
             let (notify_id, notify_ops) =
                 notification_ops(&merchant, &record.id, None, "payment.succeeded", data(channel))?;
             let mut updated = record.clone();
@@ -78,6 +84,35 @@ async fn pay_order_inner(
             }
             ops.push(store::put(ns::ORDER, &record.id, &updated, RecordExpect::Version(version))?);
             ops.extend(notify_ops);
+            // Indexes, in the same transaction: the status entry moves, the
+            // merchant's statement gets its line, a wallet its entry.
+            ops.extend(status_move(&record, OrderStatus::Created, OrderStatus::Paid)?);
+            let line = StatementLine {
+                at_ms: paid_at_ms,
+                order_id: record.id.clone(),
+                out_trade_no: record.out_trade_no.clone(),
+                kind: "payment".into(),
+                method: method.as_str().into(),
+                amount_minor: record.amount_minor,
+                currency: record.currency.clone(),
+                refund_id: None,
+                out_refund_no: None,
+            };
+            ops.push(statement_op(&record.merchant_id, &line, order.0)?);
+            if channel.is_none() {
+                let entry = WalletEntry {
+                    at_ms: paid_at_ms,
+                    kind: "payment".into(),
+                    delta_minor: record.amount_minor.checked_neg().ok_or(ApiError::InvalidAmount)?,
+                    currency: record.currency.clone(),
+                    reference: record.id.clone(),
+                };
+                ops.push(wallet_op(&user.id, &entry, order.0)?);
+            }
+            // The answer (the order as this payment leaves it) is remembered
+            // by the payment's own transaction.
+            let view = order_view_as(&updated, OrderStatus::Paid, 0)?;
+            answer = Some(idempotency::with_answer(&idem, &mut ops, StatusCode::OK, &view)?);
             Ok(TxnRequest::new(txn_key("pay"), ops))
         };
         let outcome = if method == PayMethod::Balance {
@@ -90,8 +125,11 @@ async fn pay_order_inner(
         };
         match outcome {
             Ok(()) => {
-                let (record, _) = gw.store.get::<OrderRecord>(ns::ORDER, id).await?.ok_or(ApiError::Internal)?;
-                return Ok(json(StatusCode::OK, &order_view(gw, &record).await?));
+                idempotency::settle(gw, &idem).await?;
+                return answer.ok_or(ApiError::Internal);
+            }
+            Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
+                return idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable);
             }
             Err(AbortReason::IllegalOrderTransition { from, .. }) => {
                 return Err(ApiError::OrderNotPayable { status: from.to_string() })

@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Attempts of a refund whose order moved under it (a refund through
+/// another node): with the backoff, about 10 s before `503`.
+const REFUND_ATTEMPTS: usize = 16;
+
 #[utoipa::path(post, path = "/v1/orders/{id}/refunds", request_body = CreateRefundRequest,
     params(("id" = String, Path, description = "order id")),
     responses((status = 201, body = RefundView), (status = 200, description = "replay of the same out_refund_no", body = RefundView),
@@ -16,7 +20,7 @@ pub async fn create_refund(
     let mut note = AuditNote::new("refund.create");
     note.target = path.clone();
     let result = create_refund_inner(&gw, &req, &path, payload, &mut note).await;
-    finish(&gw, note, result)
+    finish_durable(&gw, note, result).await
 }
 
 async fn create_refund_inner(
@@ -29,6 +33,10 @@ async fn create_refund_inner(
     let raw = read_body(req, payload).await?;
     let merchant = auth::require_merchant(gw, req, &raw).await?;
     note.actor = format!("merchant:{}", merchant.id);
+    let idem = idempotency::from_request(req, &format!("merchant:{}", merchant.id), &raw)?;
+    if let Some(replay) = idempotency::replayed(gw, &idem).await? {
+        return Ok(replay);
+    }
     let body: CreateRefundRequest = parse(&raw)?;
     validate::merchant_key("out_refund_no", &body.out_refund_no)?;
     let amount_minor = validate::amount(&body.amount_minor)?;
@@ -37,8 +45,13 @@ async fn create_refund_inner(
     let order = OrderId(parse_id("ord", id).ok_or(ApiError::NotFound("order"))?);
     let request_hash = hash_hex(&[id, &body.out_refund_no, &amount_minor.to_string(), &body.reason]);
     let claim_key = format!("{}\n{}", merchant.id, body.out_refund_no);
+    // Concurrent refunds of one order must each end in 201 or a definite
+    // 409, never a 503 for a refund that fits. On this node they queue per
+    // order (a loser would only abort on the order record's version);
+    // across nodes they retry, more patiently than other writes.
+    let _queued = gw.order_locks.lock(id).await;
     let mut last_abort = ApiError::Unavailable;
-    for attempt in 0..CAS_ATTEMPTS {
+    for attempt in 0..REFUND_ATTEMPTS {
         if attempt > 0 {
             contention_backoff(attempt).await;
         }
@@ -72,7 +85,8 @@ async fn create_refund_inner(
             }
             Some(channel) => (ensure_clearing(gw, ChannelId(channel), currency).await?, Some(ChannelId(channel))),
         };
-        let (refund_id, _) = new_id("rfd");
+        let (refund_id, refund_number) = new_id("rfd");
+        let created_at_ms = now_ms();
         let data = serde_json::json!({
             "order_id": record.id, "out_trade_no": record.out_trade_no, "refund_id": refund_id,
             "out_refund_no": body.out_refund_no, "amount_minor": amount_minor, "currency": record.currency,
@@ -91,7 +105,7 @@ async fn create_refund_inner(
             method: payment.method.clone(),
             channel: payment.channel,
             notify_id: notify_id.clone(),
-            created_at: now_secs(),
+            created_at: created_at_ms / 1_000,
         };
         let mut updated = record.clone();
         updated.refunds.push(refund_id.clone());
@@ -112,10 +126,47 @@ async fn create_refund_inner(
         ops.push(store::insert(ns::REFUND, &refund_id, &refund)?);
         ops.push(store::put(ns::ORDER, &record.id, &updated, RecordExpect::Version(version))?);
         ops.extend(notify_ops);
+        // Indexes, in the same transaction: the order's refunds, its status
+        // entry (when the status changes), the statement line, the wallet.
+        ops.push(index::insert(
+            index::partition(index::ins::REFUNDS_BY_ORDER, &record.id)?,
+            created_at_ms,
+            refund_number,
+            &index::Pointer { id: refund_id.clone() },
+        )?);
+        let after = if amount_minor == remaining { OrderStatus::Refunded } else { OrderStatus::PartiallyRefunded };
+        ops.extend(status_move(&record, live.status, after)?);
+        let line = StatementLine {
+            at_ms: created_at_ms,
+            order_id: record.id.clone(),
+            out_trade_no: record.out_trade_no.clone(),
+            kind: "refund".into(),
+            method: payment.method.clone(),
+            amount_minor,
+            currency: record.currency.clone(),
+            refund_id: Some(refund_id.clone()),
+            out_refund_no: Some(body.out_refund_no.clone()),
+        };
+        ops.push(statement_op(&record.merchant_id, &line, refund_number)?);
+        if channel.is_none() {
+            let entry = WalletEntry {
+                at_ms: created_at_ms,
+                kind: "refund".into(),
+                delta_minor: amount_minor,
+                currency: record.currency.clone(),
+                reference: refund_id.clone(),
+            };
+            ops.push(wallet_op(&payment.user_id, &entry, refund_number)?);
+        }
+        let answer = idempotency::with_answer(&idem, &mut ops, StatusCode::CREATED, &RefundView::from(&refund))?;
         match gw.store.submit(TxnRequest::new(txn_key("rfd"), ops)).await? {
             Ok(()) => {
                 note.target = refund_id;
-                return Ok(json(StatusCode::CREATED, &RefundView::from(&refund)));
+                idempotency::settle(gw, &idem).await?;
+                return Ok(answer);
+            }
+            Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
+                return idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable);
             }
             Err(AbortReason::RecordExists { .. })
             | Err(AbortReason::RecordVersionMismatch { .. })

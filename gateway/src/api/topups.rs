@@ -16,7 +16,7 @@ pub async fn create_topup(
     let mut note = AuditNote::new("topup.create");
     note.target = path.clone();
     let result = create_topup_inner(&gw, &req, &path, payload, &mut note).await;
-    finish(&gw, note, result)
+    finish_durable(&gw, note, result).await
 }
 
 async fn create_topup_inner(
@@ -27,10 +27,14 @@ async fn create_topup_inner(
     note: &mut AuditNote,
 ) -> Result<HttpResponse, ApiError> {
     let raw = read_body(req, payload).await?;
-    let user_id = auth::require_user(gw, req)?;
+    let user_id = auth::require_user(gw, req).await?;
     note.actor = format!("user:{user_id}");
     if user_id != id {
         return Err(ApiError::Forbidden);
+    }
+    let idem = idempotency::from_request(req, &format!("user:{user_id}"), &raw)?;
+    if let Some(replay) = idempotency::replayed(gw, &idem).await? {
+        return Ok(replay);
     }
     let body: CreateTopupRequest = parse(&raw)?;
     let method = channel_method(&body.method)?;
@@ -42,8 +46,9 @@ async fn create_topup_inner(
     let currency = currency_of(&user.currency)?;
     let amount = Money::new(amount_minor, currency);
     let (topup_id, topup_order) = new_id("top");
-    let created_at = now_secs();
-    let mut record = None;
+    let created_at_ms = now_ms();
+    let created_at = created_at_ms / 1_000;
+    let mut answer = None;
     let outcome = through_channel(gw, method, currency, |channel, clearing| {
         let topup = TopupRecord {
             id: topup_id.clone(),
@@ -54,24 +59,26 @@ async fn create_topup_inner(
             currency: user.currency.clone(),
             created_at,
         };
-        let ops = vec![
+        let mut ops = vec![
             Operation::Debit { account: clearing, amount },
             Operation::Credit { account: AccountId(user.account), amount },
             // The channel's charge, keyed by the top-up's own number (a
             // top-up pays no order, the channel still records the charge).
             Operation::Charge { channel, order: OrderId(topup_order), amount },
             store::insert(ns::TOPUP, &topup_id, &topup)?,
+            wallet_op(
+                &user.id,
+                &WalletEntry {
+                    at_ms: created_at_ms,
+                    kind: "topup".into(),
+                    delta_minor: amount_minor,
+                    currency: user.currency.clone(),
+                    reference: topup_id.clone(),
+                },
+                topup_order,
+            )?,
         ];
-        record = Some(topup);
-        Ok(TxnRequest::new(txn_key("top"), ops))
-    })
-    .await?;
-    outcome.map_err(map_abort)?;
-    let topup = record.ok_or(ApiError::Internal)?;
-    note.target = topup.id.clone();
-    Ok(json(
-        StatusCode::CREATED,
-        &TopupView {
+        let view = TopupView {
             id: topup.id,
             user_id: topup.user_id,
             status: "SUCCEEDED".into(),
@@ -80,6 +87,20 @@ async fn create_topup_inner(
             amount_minor,
             currency: topup.currency,
             created_at,
-        },
-    ))
+        };
+        // The answer is remembered by the transaction that moves the money.
+        answer = Some(idempotency::with_answer(&idem, &mut ops, StatusCode::CREATED, &view)?);
+        Ok(TxnRequest::new(txn_key("top"), ops))
+    })
+    .await?;
+    match outcome {
+        Ok(_) => {}
+        Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
+            return idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable);
+        }
+        Err(reason) => return Err(map_abort(reason)),
+    }
+    note.target = topup_id;
+    idempotency::settle(gw, &idem).await?;
+    answer.ok_or(ApiError::Internal)
 }

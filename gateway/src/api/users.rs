@@ -16,7 +16,13 @@ async fn register_user_inner(
     payload: web::Payload,
     note: &mut AuditNote,
 ) -> Result<HttpResponse, ApiError> {
-    let body: RegisterUserRequest = parse(&read_body(req, payload).await?)?;
+    auth::limit_address(gw, req)?;
+    let raw = read_body(req, payload).await?;
+    let idem = idempotency::from_request(req, "anonymous", &raw)?;
+    if let Some(replay) = idempotency::replayed(gw, &idem).await? {
+        return Ok(replay);
+    }
+    let body: RegisterUserRequest = parse(&raw)?;
     validate::username(&body.username)?;
     validate::password(&body.password)?;
     validate::name("real_name", &body.real_name)?;
@@ -42,21 +48,38 @@ async fn register_user_inner(
         account,
         currency: currency.to_string(),
         created_at: now_secs(),
+        session_epoch: 0,
     };
-    let ops = vec![
+    let mut ops = vec![
         store::insert(ns::USERNAME, &user.username, &Claim { id: id.clone(), request_hash: String::new() })?,
         store::insert(ns::USER, &id, &user)?,
         store::insert(ns::ACCOUNT_OWNER, &account.to_string(), &Owner::User(id.clone()))?,
         Operation::OpenAccount { account: AccountId(account), currency, initial_minor: 0 },
+        wallet_op(
+            &id,
+            &WalletEntry {
+                at_ms: now_ms(),
+                kind: "open".into(),
+                delta_minor: 0,
+                currency: currency.to_string(),
+                reference: id.clone(),
+            },
+            account,
+        )?,
     ];
+    let answer = idempotency::with_answer(&idem, &mut ops, StatusCode::CREATED, &UserView::from(&user))?;
     match gw.store.submit(TxnRequest::new(txn_key("reg"), ops)).await? {
         Ok(()) => {}
+        Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
+            return idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable);
+        }
         Err(AbortReason::RecordExists { .. }) => return Err(ApiError::UsernameTaken),
         Err(reason) => return Err(map_abort(reason)),
     }
     note.actor = format!("user:{id}");
     note.target = id;
-    Ok(json(StatusCode::CREATED, &UserView::from(&user)))
+    idempotency::settle(gw, &idem).await?;
+    Ok(answer)
 }
 
 #[utoipa::path(post, path = "/v1/sessions", request_body = CreateSessionRequest,
@@ -73,7 +96,13 @@ async fn create_session_inner(
     payload: web::Payload,
     note: &mut AuditNote,
 ) -> Result<HttpResponse, ApiError> {
-    let body: CreateSessionRequest = parse(&read_body(req, payload).await?)?;
+    auth::limit_address(gw, req)?;
+    let raw = read_body(req, payload).await?;
+    let idem = idempotency::from_request(req, "anonymous", &raw)?;
+    if let Some(replay) = idempotency::replayed(gw, &idem).await? {
+        return Ok(replay);
+    }
+    let body: CreateSessionRequest = parse(&raw)?;
     validate::username(&body.username).map_err(|_| ApiError::BadCredentials)?;
     note.target = body.username.clone();
     let Some((claim, _)) = gw.store.get::<Claim>(ns::USERNAME, &body.username).await? else {
@@ -87,6 +116,128 @@ async fn create_session_inner(
     }
     note.actor = format!("user:{}", user.id);
     let expires_at = now_secs() + gw.config.session_ttl_secs;
-    let token = gw.tokens.issue(&user.id, expires_at);
-    Ok(json(StatusCode::CREATED, &SessionView { token, user_id: user.id, expires_at }))
+    let (session_id, _) = new_id("ses");
+    let session = SessionRecord {
+        session_id: session_id.clone(),
+        user_id: user.id.clone(),
+        epoch: user.session_epoch,
+        expires_at,
+    };
+    let token = auth::session_token(gw, &user.id, &session_id, expires_at);
+    let mut ops = vec![store::insert(ns::SESSION, &session_id, &session)?];
+    let answer = idempotency::with_answer(
+        &idem,
+        &mut ops,
+        StatusCode::CREATED,
+        &SessionView { token, user_id: user.id, expires_at },
+    )?;
+    match gw.store.submit(TxnRequest::new(txn_key("ses"), ops)).await? {
+        Ok(()) => {
+            // The token must work on the very next request.
+            gw.store.wait_visible(ns::SESSION, &session_id, Some(1)).await?;
+            idempotency::settle(gw, &idem).await?;
+            Ok(answer)
+        }
+        Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
+            idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable)
+        }
+        Err(reason) => Err(map_abort(reason)),
+    }
+}
+
+#[utoipa::path(delete, path = "/v1/sessions/current",
+    responses((status = 204, description = "the token is revoked"), (status = 401, body = ErrorBody)),
+    security(("user_token" = [])))]
+pub async fn delete_session(gw: web::Data<Gateway>, req: HttpRequest) -> HttpResponse {
+    let mut note = AuditNote::new("session.delete");
+    let result = delete_session_inner(&gw, &req, &mut note).await;
+    finish(&gw, note, result)
+}
+
+async fn delete_session_inner(gw: &Gateway, req: &HttpRequest, note: &mut AuditNote) -> Result<HttpResponse, ApiError> {
+    let (session, version) = auth::require_session(gw, req).await?;
+    note.actor = format!("user:{}", session.user_id);
+    note.target = session.session_id.clone();
+    let ops = vec![store::delete(ns::SESSION, &session.session_id, RecordExpect::Version(version))];
+    match gw.store.submit(TxnRequest::new(txn_key("logout"), ops)).await? {
+        Ok(()) => {
+            // Revoked means refused from the moment the answer arrives.
+            gw.store.wait_visible(ns::SESSION, &session.session_id, None).await?;
+            Ok(HttpResponse::NoContent().finish())
+        }
+        // A concurrent logout of the same session deleted it first.
+        Err(AbortReason::RecordVersionMismatch { .. }) => Err(ApiError::InvalidToken),
+        Err(reason) => Err(map_abort(reason)),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/users/{id}/password", request_body = ChangePasswordRequest,
+    params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = PasswordChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("user_token" = [])))]
+pub async fn change_password(
+    gw: web::Data<Gateway>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let mut note = AuditNote::new("user.password");
+    note.target = path.clone();
+    let result = change_password_inner(&gw, &req, &path, payload, &mut note).await;
+    finish(&gw, note, result)
+}
+
+async fn change_password_inner(
+    gw: &Gateway,
+    req: &HttpRequest,
+    id: &str,
+    payload: web::Payload,
+    note: &mut AuditNote,
+) -> Result<HttpResponse, ApiError> {
+    let raw = read_body(req, payload).await?;
+    let user_id = auth::require_user(gw, req).await?;
+    note.actor = format!("user:{user_id}");
+    if user_id != id {
+        return Err(ApiError::Forbidden);
+    }
+    let idem = idempotency::from_request(req, &format!("user:{user_id}"), &raw)?;
+    if let Some(replay) = idempotency::replayed(gw, &idem).await? {
+        return Ok(replay);
+    }
+    let body: ChangePasswordRequest = parse(&raw)?;
+    validate::password(&body.new_password).map_err(|_| ApiError::InvalidField {
+        field: "new_password",
+        reason: "at least 8 characters with a letter and a digit".into(),
+    })?;
+    let (user, version) = gw.store.get::<UserRecord>(ns::USER, &user_id).await?.ok_or(ApiError::InvalidToken)?;
+    let (current, hash) = (body.current_password, user.password_hash.clone());
+    if !gw.run_password_work(move || secrets::verify_password(&current, &hash)).await? {
+        return Err(ApiError::BadCredentials);
+    }
+    let new_password = body.new_password;
+    let password_hash =
+        gw.run_password_work(move || secrets::hash_password(&new_password)).await?.map_err(|_| ApiError::Internal)?;
+    // One CAS: the new hash and a new epoch, which revokes every session.
+    let epoch = user.session_epoch.checked_add(1).ok_or(ApiError::Internal)?;
+    let updated = UserRecord { password_hash, session_epoch: epoch, ..user };
+    let mut ops = vec![store::put(ns::USER, &user_id, &updated, RecordExpect::Version(version))?];
+    let view = PasswordChanged { user_id: user_id.clone(), sessions_revoked: true };
+    let answer = idempotency::with_answer(&idem, &mut ops, StatusCode::OK, &view)?;
+    match gw.store.submit(TxnRequest::new(txn_key("pwd"), ops)).await? {
+        Ok(()) => {
+            // Every old session is refused from the moment the answer arrives.
+            gw.store.wait_visible(ns::USER, &user_id, Some(version.saturating_add(1))).await?;
+            idempotency::settle(gw, &idem).await?;
+            Ok(answer)
+        }
+        Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
+            idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable)
+        }
+        // Another change of this user committed first: its epoch ended this session.
+        Err(AbortReason::RecordVersionMismatch { .. }) | Err(AbortReason::Conflict { .. }) => {
+            Err(ApiError::InvalidToken)
+        }
+        Err(reason) => Err(map_abort(reason)),
+    }
 }

@@ -35,6 +35,7 @@ pub struct Reply {
     pub status: StatusCode,
     pub body: Value,
     pub text: String,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Reply {
@@ -76,10 +77,11 @@ impl Api {
         }
         let response = request.send().await.expect("the gateway answers");
         let status = response.status();
+        let headers = response.headers().clone();
         let text = response.text().await.expect("a body");
         TRANSCRIPT.lock().unwrap().push(text.clone());
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, body, text }
+        Reply { status, body, text, headers }
     }
 
     pub async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> Reply {

@@ -30,6 +30,10 @@ pub struct MemoryCluster {
     seq: Mutex<u64>,
     /// Channels that decline every charge.
     pub declining: Mutex<BTreeSet<ChannelId>>,
+    /// While above zero, each submit is applied (or replayed) as usual but
+    /// answered with a timeout, as when the answer is lost after the
+    /// commit; each such answer counts one down.
+    pub lose_answers: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryCluster {
@@ -161,6 +165,21 @@ impl MemoryCluster {
     }
 
     fn handle(&self, request: Request) -> Response {
+        let losing = matches!(request, Request::Submit(_))
+            && self
+                .lose_answers
+                .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                    n.checked_sub(1)
+                })
+                .is_ok();
+        let response = self.handle_now(request);
+        if losing {
+            return Response::Error(RequestError::Timeout { timeout_ms: 1 });
+        }
+        response
+    }
+
+    fn handle_now(&self, request: Request) -> Response {
         match request {
             Request::Submit(txn) => {
                 if let Err(invalid) = txn.validate(64) {
@@ -221,6 +240,31 @@ impl MemoryCluster {
                 let more = records.len() > limit as usize;
                 records.truncate(limit as usize);
                 Response::Records(RecordPage { records, more, shard_count: 1 })
+            }
+            Request::ScanRange(scan) => {
+                // The same answer as a records shard: the partition's keys
+                // with a sort key in from..=to, in order, after the cursor.
+                let state = self.state.lock().unwrap();
+                let inside = |key: &RecordKey| {
+                    let sort = key.sort();
+                    key.partition() == Some(scan.partition)
+                        && scan.from <= sort
+                        && sort <= scan.to
+                        && scan.after.is_none_or(|after| if scan.descending { sort < after } else { sort > after })
+                };
+                let mut matching: Vec<RecordView> = state
+                    .records
+                    .iter()
+                    .filter(|(k, _)| inside(k))
+                    .map(|(k, (v, value))| RecordView { key: *k, version: *v, value: value.clone() })
+                    .collect();
+                if scan.descending {
+                    matching.reverse();
+                }
+                let limit = scan.limit.min(paytx_protocol::ops::MAX_SCAN_RECORDS) as usize;
+                let more = matching.len() > limit;
+                matching.truncate(limit);
+                Response::Records(RecordPage { records: matching, more, shard_count: 1 })
             }
             Request::NodeStatus => Response::NodeStatus(NodeStatusView {
                 node: 1,

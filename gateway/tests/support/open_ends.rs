@@ -1,0 +1,163 @@
+//! Scenarios of the gateway's open ends: `Idempotency-Key`, revocable
+//! sessions, rate limits. Run against any deployment like `scenarios.rs`.
+#![allow(dead_code)]
+
+use super::api::{merchant_key, Api, Reply};
+use super::receiver::Receiver;
+use super::scenarios::{self, World};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+pub async fn post_with_key(api: &Api, path: &str, token: &str, key: &str, body: &Value) -> Reply {
+    let bytes = body.to_string().into_bytes();
+    api.send(Method::POST, path, Some(token), Some(bytes), &[("Idempotency-Key", key.to_string())]).await
+}
+
+/// A merchant POST signed afresh (new nonce) with an `Idempotency-Key`.
+pub async fn signed_with_key(api: &Api, w: &World, path: &str, key: &str, body: &Value) -> Reply {
+    let bytes = body.to_string().into_bytes();
+    let mut headers =
+        paytx_gateway::signing::signed_headers(merchant_key(), &w.merchant, "POST", path, &bytes).to_vec();
+    headers.push(("Idempotency-Key", key.to_string()));
+    api.send(Method::POST, path, None, Some(bytes), &headers).await
+}
+
+/// The same key and body answer the first response again (marked
+/// replayed) and move money once; another body is a conflict; a bad key
+/// is a 400 that changes nothing.
+pub async fn idempotency_keys(api: &Api, receiver: &Receiver) {
+    let w = scenarios::world(api, receiver, "idem").await;
+    let path = format!("/v1/users/{}/topups", w.user);
+    let body = json!({"method": "alipay", "amount_minor": 700});
+    let first = post_with_key(api, &path, &w.token, "topup-1", &body).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let again = post_with_key(api, &path, &w.token, "topup-1", &body).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text);
+    assert_eq!(again.body, first.body, "the first answer again");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    assert_eq!(api.balance(&w.user_account, &w.token).await, 10_700, "credited once");
+    let other = post_with_key(api, &path, &w.token, "topup-1", &json!({"method": "alipay", "amount_minor": 701})).await;
+    assert_eq!((other.status, other.code()), (StatusCode::CONFLICT, "idempotency_conflict"), "{}", other.text);
+    for bad in ["", &"k".repeat(256), "two words"] {
+        let reply = post_with_key(api, &path, &w.token, bad, &body).await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "invalid_field"), "{bad:?}: {}", reply.text);
+    }
+    assert_eq!(api.balance(&w.user_account, &w.token).await, 10_700, "nothing changed");
+
+    // Keys are per caller: another user's identical key is its own.
+    let (u2, acct2, token2) = api.register("idem2", scenarios::CARD).await;
+    let theirs = post_with_key(api, &format!("/v1/users/{u2}/topups"), &token2, "topup-1", &body).await;
+    assert_eq!(theirs.status, StatusCode::CREATED, "{}", theirs.text);
+    assert_ne!(theirs.body["id"], first.body["id"]);
+    assert_eq!(api.balance(&acct2, &token2).await, 700);
+
+    // Orders, payments and refunds: replayed, not repeated.
+    let order_body = json!({"out_trade_no": "I-1", "amount_minor": 300, "currency": "CNY", "description": "tea"});
+    let created = signed_with_key(api, &w, "/v1/orders", "order-1", &order_body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let replay = signed_with_key(api, &w, "/v1/orders", "order-1", &order_body).await;
+    assert_eq!((replay.status, &replay.body), (StatusCode::CREATED, &created.body));
+    let order = created.body["id"].as_str().unwrap().to_string();
+    let pay_path = format!("/v1/orders/{order}/pay");
+    let paid = post_with_key(api, &pay_path, &w.token, "pay-1", &json!({"method": "balance"})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.text);
+    assert_eq!(paid.body["status"], "PAID");
+    let paid_again = post_with_key(api, &pay_path, &w.token, "pay-1", &json!({"method": "balance"})).await;
+    assert_eq!((paid_again.status, &paid_again.body), (StatusCode::OK, &paid.body), "a replay, not order_not_payable");
+    let refund_path = format!("/v1/orders/{order}/refunds");
+    let refund_body = json!({"out_refund_no": "IR-1", "amount_minor": 100, "reason": "r"});
+    let refunded = signed_with_key(api, &w, &refund_path, "refund-1", &refund_body).await;
+    assert_eq!(refunded.status, StatusCode::CREATED, "{}", refunded.text);
+    let refunded_again = signed_with_key(api, &w, &refund_path, "refund-1", &refund_body).await;
+    assert_eq!((refunded_again.status, &refunded_again.body), (StatusCode::CREATED, &refunded.body));
+    assert_eq!(api.balance(&w.user_account, &w.token).await, 10_700 - 300 + 100);
+}
+
+/// A top-up whose answer is lost after the commit (the client sees 503)
+/// and is retried with its key: the retry answers the original top-up and
+/// the wallet is credited once. `lose_answers(n)` makes the cluster answer
+/// the next `n` submits with a timeout after applying them.
+pub async fn a_lost_answer_is_not_charged_twice(api: &Api, receiver: &Receiver, lose_answers: impl Fn(usize)) {
+    let w = scenarios::world(api, receiver, "retrier").await;
+    let path = format!("/v1/users/{}/topups", w.user);
+    // bank_card: its clearing account exists (the world topped up through it), so
+    // the first submit that loses its answer is the top-up itself.
+    let body = json!({"method": "bank_card", "amount_minor": 1_234});
+    lose_answers(64); // every retry of the gateway's too
+    let lost = post_with_key(api, &path, &w.token, "retry-me", &body).await;
+    lose_answers(0);
+    assert_eq!((lost.status, lost.code()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{}", lost.text);
+    let retried = post_with_key(api, &path, &w.token, "retry-me", &body).await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.text);
+    assert_eq!(retried.headers["idempotent-replayed"], "true", "the committed top-up, not a second one");
+    assert_eq!(api.balance(&w.user_account, &w.token).await, 10_000 + 1_234, "charged once");
+}
+
+async fn login(api: &Api, username: &str, password: &str) -> Reply {
+    api.post("/v1/sessions", None, &json!({"username": username, "password": password})).await
+}
+
+/// Logout revokes one token; a password change revokes every token.
+pub async fn revocable_sessions(api: &Api) {
+    let (user, account, first) = api.register("sessions", scenarios::CARD).await;
+    let second = login(api, "sessions", "s3cretpass").await.body["token"].as_str().unwrap().to_string();
+    assert_eq!(api.balance(&account, &first).await, 0);
+    let logout = api.send(Method::DELETE, "/v1/sessions/current", Some(&first), None, &[]).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT, "{}", logout.text);
+    let revoked = api.get(&format!("/v1/accounts/{account}"), Some(&first)).await;
+    assert_eq!((revoked.status, revoked.code()), (StatusCode::UNAUTHORIZED, "invalid_token"));
+    let twice = api.send(Method::DELETE, "/v1/sessions/current", Some(&first), None, &[]).await;
+    assert_eq!(twice.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.balance(&account, &second).await, 0, "the other session lives on");
+
+    let path = format!("/v1/users/{user}/password");
+    let wrong =
+        api.post(&path, Some(&second), &json!({"current_password": "nope1234", "new_password": "n3wpassword"})).await;
+    assert_eq!((wrong.status, wrong.code()), (StatusCode::UNAUTHORIZED, "bad_credentials"));
+    let weak =
+        api.post(&path, Some(&second), &json!({"current_password": "s3cretpass", "new_password": "short"})).await;
+    assert_eq!((weak.status, weak.code()), (StatusCode::BAD_REQUEST, "invalid_field"), "{}", weak.text);
+    assert_eq!(api.balance(&account, &second).await, 0, "failed changes revoke nothing");
+    let third = login(api, "sessions", "s3cretpass").await.body["token"].as_str().unwrap().to_string();
+    let changed =
+        api.post(&path, Some(&second), &json!({"current_password": "s3cretpass", "new_password": "n3wpassword"})).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    for token in [&second, &third] {
+        let reply = api.get(&format!("/v1/accounts/{account}"), Some(token)).await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::UNAUTHORIZED, "invalid_token"), "every token revoked");
+    }
+    assert_eq!(login(api, "sessions", "s3cretpass").await.status, StatusCode::UNAUTHORIZED);
+    let fresh = login(api, "sessions", "n3wpassword").await;
+    assert_eq!(fresh.status, StatusCode::CREATED);
+    assert_eq!(api.balance(&account, fresh.body["token"].as_str().unwrap()).await, 0);
+    let tampered = api.get(&format!("/v1/accounts/{account}"), Some("not-a-token")).await;
+    assert_eq!(tampered.status, StatusCode::UNAUTHORIZED);
+}
+
+/// With a merchant limit of 2 in a burst and an address limit of 2: the
+/// third request is 429 with `Retry-After`, and the bucket refills.
+pub async fn rate_limits(api: &Api, receiver: &Receiver) {
+    let merchant = api.onboard(merchant_key(), &receiver.url).await;
+    let id = merchant["id"].as_str().unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let reply = api.signed(merchant_key(), id, Method::GET, "/v1/orders", None).await;
+        statuses.push(reply.status);
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(reply.code(), "rate_limited");
+            let after: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=2).contains(&after), "{after}");
+        }
+    }
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let refilled = api.signed(merchant_key(), id, Method::GET, "/v1/orders", None).await;
+    assert_eq!(refilled.status, StatusCode::OK, "{}", refilled.text);
+    // Unauthenticated routes, per client address.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(login(api, "nobody", "whatever1").await.status);
+    }
+    assert_eq!(statuses, [StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS]);
+}
