@@ -92,7 +92,15 @@ async fn balance(addr: &Addr<ParticipantActor>, id: u64) -> (i64, i64) {
 
 /// Accounts 1 (100) and 2 (0), committed and synced.
 async fn funded(disk: &MemDisk, decisions: Arc<dyn DecisionSource>) -> Addr<ParticipantActor> {
-    let addr = start(config(ACCOUNTS), Arc::new(disk.clone()), decisions);
+    funded_with(config(ACCOUNTS), disk, decisions).await
+}
+
+async fn funded_with(
+    config: ParticipantConfig,
+    disk: &MemDisk,
+    decisions: Arc<dyn DecisionSource>,
+) -> Addr<ParticipantActor> {
+    let addr = start(config, Arc::new(disk.clone()), decisions);
     let open =
         |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
     assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
@@ -429,11 +437,7 @@ async fn a_full_disk_refuses_new_prepares_but_keeps_its_yes() {
 #[actix_rt::test]
 async fn a_refused_prepare_waits_for_the_prepared_transaction_on_its_entity() {
     let disk = MemDisk::new();
-    let addr = start(waiting(ACCOUNTS, 5_000), Arc::new(disk.clone()), silent());
-    let open =
-        |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
-    assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
-    decide(&addr, 0, true).await;
+    let addr = funded_with(waiting(ACCOUNTS, 5_000), &disk, silent()).await;
     // T1 credits account 2; T2 spends that credit before T1's commit lands.
     assert_eq!(prepare(&addr, 1, transfer(50)).await, Ok(Vote::Yes));
     let spend = vec![Operation::Debit { account: AccountId(2), amount: cny(30) }];
@@ -450,11 +454,7 @@ async fn a_refused_prepare_waits_for_the_prepared_transaction_on_its_entity() {
 #[actix_rt::test]
 async fn a_waiting_prepare_votes_its_refusal_when_the_wait_ends() {
     let disk = MemDisk::new();
-    let addr = start(waiting(ACCOUNTS, 100), Arc::new(disk.clone()), silent());
-    let open =
-        |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
-    assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
-    decide(&addr, 0, true).await;
+    let addr = funded_with(waiting(ACCOUNTS, 100), &disk, silent()).await;
     assert_eq!(prepare(&addr, 1, transfer(50)).await, Ok(Vote::Yes));
     let spend = vec![Operation::Debit { account: AccountId(2), amount: cny(30) }];
     let vote = addr.send(Prepare { txn: txn(2), ops: spend, disk_low: None }).await.expect("actor alive");
@@ -469,11 +469,7 @@ async fn a_waiting_prepare_votes_its_refusal_when_the_wait_ends() {
 #[actix_rt::test]
 async fn a_read_waits_for_the_transactions_prepared_before_it() {
     let disk = MemDisk::new();
-    let addr = start(waiting(ACCOUNTS, 5_000), Arc::new(disk.clone()), silent());
-    let open =
-        |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
-    assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
-    decide(&addr, 0, true).await;
+    let addr = funded_with(waiting(ACCOUNTS, 5_000), &disk, silent()).await;
     assert_eq!(prepare(&addr, 1, transfer(10)).await, Ok(Vote::Yes));
     let read = tokio::spawn(addr.send(ReadAccount(AccountId(1))));
     tokio::time::sleep(Duration::from_millis(50)).await;
