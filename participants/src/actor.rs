@@ -272,9 +272,10 @@ impl ParticipantActor {
             return Box::pin(ready(Err(e)));
         }
         self.prepared_at.remove(&txn);
+        let released = self.engine.touches_of(txn);
         let reply = self.apply_decision(txn, commit);
         // Whatever waited for this transaction may go on now.
-        self.wake_waiters(txn, commit, ctx);
+        self.wake_waiters(txn, commit, &released, ctx);
         reply
     }
 
@@ -368,8 +369,10 @@ impl ParticipantActor {
     }
 
     /// `txn` was decided here: release the reads that waited for it, and
-    /// try the parked prepares again, oldest first.
-    fn wake_waiters(&mut self, txn: TxnId, commit: bool, ctx: &mut Context<Self>) {
+    /// try again, oldest first, the parked prepares on what it `released`
+    /// (only those: a hot entity's queue must not make every decision on
+    /// the shard retry every waiting prepare).
+    fn wake_waiters(&mut self, txn: TxnId, commit: bool, released: &BTreeSet<Touch>, ctx: &mut Context<Self>) {
         let mut still = Vec::with_capacity(self.read_waits.len());
         for mut wait in std::mem::take(&mut self.read_waits) {
             wait.pending.remove(&txn);
@@ -392,7 +395,11 @@ impl ParticipantActor {
                 let _ = parked.reply.send(Ok(Vote::No(parked.reason)));
                 continue;
             }
-            self.retry_parked(parked, ctx);
+            if parked.ops.iter().any(|op| released.contains(&Touch::of(op))) {
+                self.retry_parked(parked, ctx);
+            } else {
+                self.parked.push_back(parked);
+            }
         }
     }
 

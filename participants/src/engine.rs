@@ -412,6 +412,12 @@ impl Engine {
             .collect()
     }
 
+    /// What the prepared transaction `txn` reserves here (empty when it is
+    /// not prepared here): what its decision may release.
+    pub fn touches_of(&self, txn: TxnId) -> BTreeSet<Touch> {
+        self.prepared.get(&txn).map(|prepared| prepared.ops.iter().map(Touch::of).collect()).unwrap_or_default()
+    }
+
     /// Whether a prepared transaction other than `txn` touches an entity of
     /// `ops`: a refusal of `ops` may then turn into a YES once it is decided.
     pub fn blocked_by_prepared(&self, txn: TxnId, ops: &[Operation]) -> bool {
