@@ -131,8 +131,7 @@ impl CoordinatorDriver {
 
     /// Queues a command for the next proposal, and proposes if a slot is
     /// free. A full queue fails the command at once (back-pressure).
-    fn propose(&mut self, command: Command, proposer: Proposer, ctx: &mut Context<Self>) {
-        let bytes = paytx_protocol::encoded_len(&command);
+    fn propose(&mut self, command: Command, bytes: usize, proposer: Proposer, ctx: &mut Context<Self>) {
         if let Err(full) = self.batcher.push(Queued { command, proposer }, bytes) {
             let error = RequestError::Overloaded { what: full.to_string() };
             self.deliver_failure(full.item.proposer, error, ctx);
@@ -239,14 +238,16 @@ impl CoordinatorDriver {
 
     fn execute(&mut self, action: Action, ctx: &mut Context<Self>) {
         match action {
-            Action::Propose { txn, command } => {
+            Action::Propose { txn, command, bytes } => {
                 let is_begin = matches!(command, Command::Begin { .. });
                 tracing::trace!(%txn, is_begin, "propose");
-                self.propose(command, Proposer::Engine { txn, is_begin }, ctx);
+                self.propose(command, bytes, Proposer::Engine { txn, is_begin }, ctx);
             }
             Action::ProposeForget { txns } => {
                 let count = txns.len();
-                self.propose(Command::Forget { txns }, Proposer::Forget { count }, ctx);
+                let command = Command::Forget { txns };
+                let bytes = paytx_protocol::encoded_len(&command);
+                self.propose(command, bytes, Proposer::Forget { count }, ctx);
             }
             Action::SendPrepare { txn, shard, ops } => {
                 let call = self.call_shard(shard, PeerRequest::Prepare { txn, shard, ops });
@@ -446,7 +447,7 @@ impl Handler<SubmitTxn> for CoordinatorDriver {
         // prepares. (The planted bug keeps its path through Begin.)
         let known =
             if self.engine.is_leader() && !paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange) {
-                read_table(&self.table).table.lookup_key(&request.key, request.body_hash())
+                read_table(&self.table).table.lookup_key(&request.key, || request.body_hash())
             } else {
                 None
             };
@@ -475,7 +476,9 @@ impl Handler<QueryDecision> for CoordinatorDriver {
                 // and a late Begin of it is refused (its tombstone). Batched
                 // like every other replicated step.
                 let (tx, rx) = oneshot::channel();
-                self.propose(Command::PresumeAbort { txn }, Proposer::Query(tx), ctx);
+                let command = Command::PresumeAbort { txn };
+                let bytes = paytx_protocol::encoded_len(&command);
+                self.propose(command, bytes, Proposer::Query(tx), ctx);
                 return Box::pin(async move { rx.await.unwrap_or(Err(RequestError::ShuttingDown)) });
             }
         };

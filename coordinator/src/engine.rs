@@ -71,10 +71,6 @@ pub struct EngineConfig {
     pub max_command_bytes: usize,
 }
 
-/// Default of [`EngineConfig::max_command_bytes`]: a quarter of the
-/// default frame, as `RaftSettings::batch_bytes` derives.
-pub const DEFAULT_MAX_COMMAND_BYTES: usize = paytx_protocol::frame::DEFAULT_MAX_FRAME_BYTES as usize / 4;
-
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -84,7 +80,9 @@ impl Default for EngineConfig {
             forget_batch_max: 512,
             max_ops_per_txn: paytx_protocol::txn::MAX_OPS_PER_TXN,
             seq_base: 0,
-            max_command_bytes: DEFAULT_MAX_COMMAND_BYTES,
+            // What a node derives from the default settings and frame size.
+            max_command_bytes: crate::replica::RaftSettings::default()
+                .batch_bytes(paytx_protocol::frame::DEFAULT_MAX_FRAME_BYTES as usize),
         }
     }
 }
@@ -176,10 +174,12 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Propose through Raft; feed back `BeginApplied`/`DecisionApplied` or
-    /// `ProposalFailed`.
+    /// `ProposalFailed`. `bytes`: the command's encoded length (the batch's
+    /// byte bound), measured once here.
     Propose {
         txn: TxnId,
         command: Command,
+        bytes: usize,
     },
     /// Propose a Forget batch; its result needs no answer (a lost Forget is
     /// redone by the next leader's re-drive).
@@ -392,7 +392,7 @@ impl Engine {
         }
         self.next_seq = next;
         let shards = self.shard_map.split(&request.ops);
-        actions.push(Action::Propose { txn, command });
+        actions.push(Action::Propose { txn, command, bytes: len_bytes });
         // Prepare in parallel with the Begin: one round on the critical path.
         start_prepare(txn, &shards, actions);
         actions.push(Action::SetTimer {
@@ -580,7 +580,8 @@ impl Engine {
         };
         record.phase = Phase::Deciding;
         let command = Command::Decide { txn, key: Some(record.key.clone()), outcome };
-        actions.push(Action::Propose { txn, command });
+        let bytes = paytx_protocol::encoded_len(&command);
+        actions.push(Action::Propose { txn, command, bytes });
     }
 
     fn on_proposal_failed(&mut self, txn: TxnId, error: RequestError, actions: &mut Vec<Action>) {

@@ -26,7 +26,7 @@ use paytx_protocol::planted::Bug;
 use paytx_protocol::txn::BodyHash;
 use paytx_protocol::{AbortReason, IdempotencyKey, Operation, Outcome, TxnId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// An entry of the coordinator's Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +129,7 @@ pub struct TxnTable {
     /// term (rare: each is an in-doubt query about a transaction the leader
     /// is still beginning).
     #[serde(default)]
-    tombstones: BTreeMap<TxnId, ()>,
+    tombstones: BTreeSet<TxnId>,
     /// The term of the last applied entry.
     #[serde(default)]
     applied_term: u64,
@@ -172,7 +172,7 @@ impl TxnTable {
             retired_keys: BTreeMap::new(),
             next_retired_seq: 0,
             key_retention: key_retention.max(1),
-            tombstones: BTreeMap::new(),
+            tombstones: BTreeSet::new(),
             applied_term: 0,
             batch_stats: BatchStats::default(),
         }
@@ -184,7 +184,7 @@ impl TxnTable {
         let stats = &mut self.batch_stats;
         stats.proposals += 1;
         stats.commands += proposal.commands.len() as u64;
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         let mut twice = false;
         for command in &proposal.commands {
             match command {
@@ -251,7 +251,7 @@ impl TxnTable {
             tracing::warn!(%txn, term, "Begin proposed under another term than its id's; refused");
             return CommandResult::Tombstoned { outcome: presumed };
         }
-        let tombstoned = self.tombstones.remove(&txn).is_some()
+        let tombstoned = self.tombstones.remove(&txn)
             // PLANTED BUG (simulator only): a late Begin ignores the presumed abort of its id.
             && !paytx_protocol::planted::active(Bug::TombstoneIgnored);
         if tombstoned {
@@ -326,7 +326,7 @@ impl TxnTable {
         // Never begun here (yet). Its prepares may have run in parallel with
         // a Begin still on its way: when that Begin can still apply (its id
         // is of the current term), leave a tombstone so it is refused.
-        if txn.term >= self.applied_term && self.tombstones.insert(txn, ()).is_none() {
+        if txn.term >= self.applied_term && self.tombstones.insert(txn) {
             self.batch_stats.tombstones += 1;
         }
         CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) }
@@ -338,7 +338,7 @@ impl TxnTable {
     pub fn observe_term(&mut self, term: u64) {
         if term > self.applied_term {
             self.applied_term = term;
-            self.tombstones.retain(|txn, ()| txn.term >= term);
+            self.tombstones.retain(|txn| txn.term >= term);
         }
     }
 
@@ -406,12 +406,14 @@ impl TxnTable {
         self.txns.iter()
     }
 
-    /// What a `Begin` of `key` with `body_hash` would answer without
-    /// registering anything: `Existing` or `KeyConflict`, or `None` for a
-    /// key the table does not hold (a `Begin` is needed).
-    pub fn lookup_key(&self, key: &IdempotencyKey, body_hash: BodyHash) -> Option<CommandResult> {
+    /// What a `Begin` of `key` with the body hashed by `body_hash` would
+    /// answer without registering anything: `Existing` or `KeyConflict`, or
+    /// `None` for a key the table does not hold (a `Begin` is needed). The
+    /// hash is computed only for a key the table holds: a new key's Begin
+    /// computes it anyway.
+    pub fn lookup_key(&self, key: &IdempotencyKey, body_hash: impl FnOnce() -> BodyHash) -> Option<CommandResult> {
         let existing = self.keys.get(key)?;
-        if existing.body_hash != body_hash {
+        if existing.body_hash != body_hash() {
             return Some(CommandResult::KeyConflict);
         }
         Some(CommandResult::Existing { txn: existing.txn, state: self.state_of(existing) })

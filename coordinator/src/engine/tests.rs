@@ -48,7 +48,7 @@ fn submit(engine: &mut Engine, ticket: u64, key: &str) -> (TxnId, Vec<ShardId>) 
     let request = transfer(key, 10);
     let split = shard_map().split(&request.ops);
     let actions = engine.handle(Event::Submit { ticket: Ticket(ticket), request });
-    let Some(Action::Propose { txn, command: Command::Begin { txn: begun, .. } }) = actions.first() else {
+    let Some(Action::Propose { txn, command: Command::Begin { txn: begun, .. }, .. }) = actions.first() else {
         panic!("expected the Begin proposal first, got {actions:?}")
     };
     let txn = *txn;
