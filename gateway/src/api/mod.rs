@@ -142,6 +142,19 @@ pub(crate) fn map_abort(reason: AbortReason) -> ApiError {
     }
 }
 
+/// Whether `reason` says a concurrent transaction on the same records won a
+/// race: the caller reads again, and the live state gives the definite
+/// answer. Which of the loser's refusals reaches the coordinator first is a
+/// matter of timing: the record's version, an index entry the winner
+/// inserted (`RecordExists`) or removed (`RecordVersionMismatch`), or a lock
+/// the winner still holds (`Conflict`). All of them mean the same thing.
+pub(crate) fn lost_a_race(reason: &AbortReason) -> bool {
+    matches!(
+        reason,
+        AbortReason::RecordExists { .. } | AbortReason::RecordVersionMismatch { .. } | AbortReason::Conflict { .. }
+    )
+}
+
 /// The answer to a request whose idempotency claim already exists: the
 /// same request gets the original resource again, another one a 409.
 pub(crate) fn same_request(claim: &Claim, request_hash: &str, what: &'static str) -> Result<(), ApiError> {

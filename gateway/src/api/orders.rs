@@ -126,8 +126,8 @@ async fn close_order_inner(
         Err(AbortReason::IllegalOrderTransition { from, .. }) => {
             return Err(ApiError::OrderNotClosable { status: from.to_string() })
         }
-        // The CREATED entry is gone: the order left CREATED meanwhile.
-        Err(AbortReason::RecordVersionMismatch { .. }) | Err(AbortReason::Conflict { .. }) => {
+        // The order left CREATED meanwhile (or is leaving it).
+        Err(reason) if lost_a_race(&reason) => {
             let live = gw.store.order(order).await?.ok_or(ApiError::NotFound("order"))?;
             if live.status == OrderStatus::Created {
                 return Err(ApiError::Unavailable);

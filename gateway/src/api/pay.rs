@@ -134,8 +134,8 @@ async fn pay_order_inner(
             Err(AbortReason::IllegalOrderTransition { from, .. }) => {
                 return Err(ApiError::OrderNotPayable { status: from.to_string() })
             }
-            // The order record moved (a concurrent payment or refund): look again.
-            Err(AbortReason::RecordVersionMismatch { .. }) | Err(AbortReason::Conflict { .. }) => continue,
+            // The order moved (a concurrent payment, close or refund): look again.
+            Err(reason) if lost_a_race(&reason) => continue,
             Err(reason) => return Err(map_abort(reason)),
         }
     }

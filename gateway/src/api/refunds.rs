@@ -168,9 +168,7 @@ async fn create_refund_inner(
             Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
                 return idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable);
             }
-            Err(AbortReason::RecordExists { .. })
-            | Err(AbortReason::RecordVersionMismatch { .. })
-            | Err(AbortReason::Conflict { .. }) => continue,
+            Err(reason) if lost_a_race(&reason) => continue,
             // Racing refunds hold the merchant's money at prepare: look at
             // the order again, which names the real limit (what is left).
             Err(AbortReason::InsufficientFunds { .. }) => {
