@@ -152,3 +152,53 @@ async fn resubmitting_a_key_after_a_leader_change_returns_the_first_outcome_and_
     assert_eq!(balances(&client, &accounts).await, views, "nothing changed");
     cluster.shutdown().await;
 }
+
+/// One node down (coordinator replica and shards): transactions touching
+/// its shards abort, and however many of them there are, payments that do
+/// not touch it keep committing. Before, every such abort waited for the
+/// dead shard's acknowledgement and counted against `max_in_flight_txns`,
+/// so the leader soon answered `Overloaded` to everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_stops_only_the_transactions_that_touch_it() {
+    const MAX_IN_FLIGHT: usize = 8;
+    let mut options = test_options();
+    options.coordinator.max_in_flight_txns = MAX_IN_FLIGHT;
+    let (cluster, client) = start(options).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let victim = cluster.node_ids().into_iter().find(|n| *n != leader).expect("three nodes");
+    let shards = cluster.config(leader).expect("leader config").shards.clone();
+    let owner = |account: AccountId| {
+        shards.node_of(shards.shard_of(paytx::protocol::EntityKey::Account(account))).expect("mapped")
+    };
+    let (live, dead): (Vec<AccountId>, Vec<AccountId>) = (1..60).map(AccountId).partition(|a| owner(*a) != victim);
+    let (payer, payee, stranded) = (live[0], live[1], dead[0]);
+    open(&client, "open", [payer.0, payee.0, stranded.0].into_iter(), 100_000).await;
+    wait_quiet(&cluster, &client, Duration::from_secs(20)).await;
+
+    cluster.stop_node(victim).await.expect("stop the victim");
+    let transfer = |from: AccountId, to: AccountId| {
+        vec![
+            paytx::protocol::Operation::Debit { account: from, amount: cny(1) },
+            paytx::protocol::Operation::Credit { account: to, amount: cny(1) },
+        ]
+    };
+    // Many more aborts than the cap, each waiting on nothing.
+    for round in 0..(MAX_IN_FLIGHT * 4) {
+        let receipt = submit(&client, &format!("stranded-{round}"), transfer(stranded, payer)).await;
+        assert!(!receipt.outcome.is_committed(), "the stranded account's shard is down: {receipt:?}");
+    }
+    for round in 0..(MAX_IN_FLIGHT * 2) {
+        let receipt = submit(&client, &format!("live-{round}"), transfer(payer, payee)).await;
+        assert!(receipt.outcome.is_committed(), "a payment off the dead node commits: {receipt:?}");
+    }
+
+    cluster.restart_node(victim).await.expect("restart the victim");
+    wait_quiet(&cluster, &client, Duration::from_secs(30)).await;
+    let after = balances(&client, &[payer, payee, stranded]).await;
+    let committed = i64::try_from(MAX_IN_FLIGHT * 2).expect("small");
+    assert_eq!(after[&payer].balance_minor, 100_000 - committed);
+    assert_eq!(after[&payee].balance_minor, 100_000 + committed);
+    assert_eq!(after[&stranded].balance_minor, 100_000, "no abort moved money");
+    assert!(after.values().all(|v| v.held_minor == 0), "nothing held: {after:?}");
+    cluster.shutdown().await;
+}

@@ -53,7 +53,10 @@ pub struct QueryDecision(pub TxnId);
 pub struct DriverStatus {
     pub is_leader: bool,
     pub leader_hint: Option<NodeId>,
+    /// Transactions being prepared or decided (what `max_in_flight_txns` bounds).
     pub in_flight: usize,
+    /// Decided transactions waiting for acknowledgements (`max_finishing_txns`).
+    pub finishing: usize,
     /// Proposals (Raft entries) this driver made, and the commands in them.
     pub proposals: u64,
     pub proposed_commands: u64,
@@ -495,6 +498,7 @@ impl Handler<GetDriverStatus> for CoordinatorDriver {
             is_leader: self.engine.is_leader(),
             leader_hint: self.engine.leader_hint(),
             in_flight: self.engine.in_flight(),
+            finishing: self.engine.finishing(),
             proposals,
             proposed_commands,
         })

@@ -18,6 +18,22 @@
 //! Begin refused (duplicate key, tombstone) ─▶ Finishing(abort) without a table record
 //! ```
 //!
+//! **Nothing waits behind a dead shard** (presumed abort). An abort needs
+//! no acknowledgement for safety: a participant that holds a prepare asks
+//! the coordinator once it has been in doubt too long, and a transaction
+//! the table does not know is aborted. So an aborted transaction is queued
+//! for Forget as soon as its decision applies; its decision goes only to
+//! the shards that may hold a prepare (a shard that voted NO never
+//! prepared), and is re-sent with a growing back-off while it is tracked.
+//! A commit must be acknowledged by every shard before its record is
+//! forgotten — but transactions waiting only for acknowledgements
+//! (`Finishing`) do not count against `max_in_flight_txns`, the cap on new
+//! work; they have their own bound, `max_finishing_txns`. Over it, the
+//! oldest one stops being tracked: an abort is covered by presumed abort,
+//! and a commit stays in the table (never forgotten unacknowledged), is
+//! answered from it when its participant asks, and is adopted again by the
+//! orphan sweep once there is room.
+//!
 //! **Implicit commit** (CockroachDB's parallel commits, Gray and Lamport's
 //! Paxos Commit): a transaction whose `Begin` is committed in Raft and whose
 //! every shard answered its driver's first prepares with a durable YES is
@@ -57,8 +73,18 @@ pub struct EngineConfig {
     pub prepare_timeout_ms: u64,
     /// Delay before re-sending an unacknowledged decision.
     pub decide_retry_ms: u64,
-    /// Most transactions driven at once; more are refused as `Overloaded`.
+    /// Most transactions being prepared or decided at once; more are
+    /// refused as `Overloaded`. Transactions waiting only for
+    /// acknowledgements of their decision do not count (see the module docs).
     pub max_in_flight_txns: usize,
+    /// Most decided transactions tracked while their acknowledgements are
+    /// outstanding; over it the oldest is left to the table and the
+    /// participants' in-doubt queries (see the module docs).
+    pub max_finishing_txns: usize,
+    /// Longest delay between two re-sends of an unacknowledged decision
+    /// (the delay doubles from `decide_retry_ms` up to this): a shard that
+    /// is down is not asked thousands of times a second.
+    pub max_decide_retry_ms: u64,
     /// Forget records are proposed in batches of at most this many.
     pub forget_batch_max: usize,
     /// Most operations per transaction.
@@ -77,6 +103,8 @@ impl Default for EngineConfig {
             prepare_timeout_ms: 2_000,
             decide_retry_ms: 200,
             max_in_flight_txns: 4_000,
+            max_finishing_txns: 65_536,
+            max_decide_retry_ms: 5_000,
             forget_batch_max: 512,
             max_ops_per_txn: paytx_protocol::txn::MAX_OPS_PER_TXN,
             seq_base: 0,
@@ -210,11 +238,16 @@ pub enum Action {
 enum Phase {
     /// The Begin is proposed and the prepares are out, in parallel.
     Preparing(Votes),
-    /// The decision is proposed.
-    Deciding,
+    /// The decision is proposed. `no`: the shards that voted NO (they
+    /// never prepared, so an abort need not reach them).
+    Deciding { no: BTreeSet<ShardId> },
+    /// The decision is applied; it goes to every shard in `shards` not yet
+    /// in `acked`.
     Finishing {
         outcome: Outcome,
         acked: BTreeSet<ShardId>,
+        /// Re-sends so far (the back-off grows with it).
+        retries: u32,
     },
 }
 
@@ -223,6 +256,8 @@ struct Votes {
     /// The Begin is applied (the table knows the transaction).
     begun: bool,
     yes: BTreeSet<ShardId>,
+    /// The shards that voted NO.
+    no: BTreeSet<ShardId>,
     /// The first reason to abort seen (a NO, an unreachable shard, the
     /// deadline); acted on once the Begin is applied.
     refused: Option<AbortReason>,
@@ -257,6 +292,9 @@ pub struct Engine {
     leader_hint: Option<NodeId>,
     next_seq: u64,
     txns: BTreeMap<TxnId, Txn>,
+    /// The transactions of `txns` in `Phase::Finishing` (oldest id first):
+    /// they do not count against `max_in_flight_txns`.
+    finishing: BTreeSet<TxnId>,
     forget_queue: BTreeSet<TxnId>,
 }
 
@@ -271,6 +309,7 @@ impl Engine {
             leader_hint: None,
             next_seq,
             txns: BTreeMap::new(),
+            finishing: BTreeSet::new(),
             forget_queue: BTreeSet::new(),
         }
     }
@@ -283,9 +322,17 @@ impl Engine {
         self.leader_hint
     }
 
-    /// Transactions being driven (for status and tests).
+    /// Transactions being prepared or decided: what `max_in_flight_txns`
+    /// bounds (for status and tests).
     pub fn in_flight(&self) -> usize {
-        self.txns.len()
+        let in_flight = self.txns.len() - self.finishing.len();
+        debug_assert!(self.finishing.iter().all(|txn| self.txns.contains_key(txn)), "finishing ⊆ txns");
+        in_flight
+    }
+
+    /// Decided transactions waiting for acknowledgements (for status and tests).
+    pub fn finishing(&self) -> usize {
+        self.finishing.len()
     }
 
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
@@ -317,18 +364,23 @@ impl Engine {
             }
             Event::DecideAcked { txn, shard } => self.on_decide_acked(txn, shard, &mut actions),
             Event::DecideFailed { txn, shard } => {
-                if let (Some(term), Some(t)) = (self.leader_term, self.txns.get(&txn)) {
-                    if matches!(t.phase, Phase::Finishing { .. }) {
-                        actions.push(Action::SetTimer {
-                            after_ms: self.config.decide_retry_ms,
-                            event: Event::RetryDecide { txn, shard, term },
-                        });
+                if let (Some(term), Some(t)) = (self.leader_term, self.txns.get_mut(&txn)) {
+                    if let Phase::Finishing { retries, .. } = &mut t.phase {
+                        // Doubling back-off, capped: 200 ms, 400 ms, … 5 s.
+                        let doublings = (*retries).min(16);
+                        let after_ms = self
+                            .config
+                            .decide_retry_ms
+                            .saturating_mul(1 << doublings)
+                            .min(self.config.max_decide_retry_ms);
+                        *retries = retries.saturating_add(1);
+                        actions.push(Action::SetTimer { after_ms, event: Event::RetryDecide { txn, shard, term } });
                     }
                 }
             }
             Event::RetryDecide { txn, shard, term } => {
                 if self.leader_term == Some(term) {
-                    if let Some(Txn { phase: Phase::Finishing { outcome, acked }, .. }) = self.txns.get(&txn) {
+                    if let Some(Txn { phase: Phase::Finishing { outcome, acked, .. }, .. }) = self.txns.get(&txn) {
                         if !acked.contains(&shard) {
                             actions.push(Action::SendDecide { txn, shard, commit: outcome.is_committed() });
                         }
@@ -362,8 +414,9 @@ impl Engine {
             actions.push(Action::Reply { ticket, result: Err(RequestError::Invalid(invalid)) });
             return;
         }
-        if self.txns.len() >= self.config.max_in_flight_txns {
-            let what = format!("{} transactions in flight (limit)", self.txns.len());
+        let in_flight = self.in_flight();
+        if in_flight >= self.config.max_in_flight_txns {
+            let what = format!("{in_flight} transactions in flight (limit)");
             actions.push(Action::Reply { ticket, result: Err(RequestError::Overloaded { what }) });
             return;
         }
@@ -441,9 +494,11 @@ impl Engine {
         debug_assert!(!released.is_committed(), "a transaction the table refused never commits");
         let Some(record) = self.txns.get_mut(&txn) else { return };
         record.in_table = false;
-        record.phase = Phase::Finishing { outcome: released, acked: BTreeSet::new() };
-        let shards: Vec<ShardId> = record.shards.keys().copied().collect();
-        send_decision(txn, &shards, false, actions);
+        let no = match &record.phase {
+            Phase::Preparing(votes) => votes.no.clone(),
+            _ => BTreeSet::new(),
+        };
+        self.finish(txn, released, &no, actions);
     }
 
     /// Answers the clients of a submission whose key the table already
@@ -505,6 +560,7 @@ impl Engine {
             // A NO means the shard never prepared the transaction (a YES is
             // never taken back), so aborting is safe even when re-driven.
             Vote::No(reason) => {
+                votes.no.insert(shard);
                 votes.refused.get_or_insert(reason);
             }
         }
@@ -522,7 +578,12 @@ impl Engine {
             });
             return;
         }
-        self.on_vote(txn, shard, Vote::No(AbortReason::ShardUnavailable { shard }), actions);
+        // Not a NO: the prepare may have arrived and its answer got lost,
+        // so the shard may hold a prepare (an abort must still reach it).
+        if let Some(Txn { phase: Phase::Preparing(votes), .. }) = self.txns.get_mut(&txn) {
+            votes.refused.get_or_insert(AbortReason::ShardUnavailable { shard });
+        }
+        self.conclude(txn, actions);
     }
 
     fn on_prepare_deadline(&mut self, txn: TxnId, term: u64, actions: &mut Vec<Action>) {
@@ -578,7 +639,7 @@ impl Engine {
                 Outcome::Committed
             }
         };
-        record.phase = Phase::Deciding;
+        record.phase = Phase::Deciding { no: votes.no.clone() };
         let command = Command::Decide { txn, key: Some(record.key.clone()), outcome };
         let bytes = paytx_protocol::encoded_len(&command);
         actions.push(Action::Propose { txn, command, bytes });
@@ -590,7 +651,7 @@ impl Engine {
         // since) must not drop the current drive.
         let waiting = self.txns.get(&txn).is_some_and(|t| match &t.phase {
             Phase::Preparing(votes) => !votes.begun,
-            Phase::Deciding => true,
+            Phase::Deciding { .. } => true,
             Phase::Finishing { .. } => false,
         });
         if waiting {
@@ -604,9 +665,8 @@ impl Engine {
 
     fn on_decision_applied(&mut self, txn: TxnId, outcome: Outcome, actions: &mut Vec<Action>) {
         let Some(record) = self.txns.get_mut(&txn) else { return };
-        if record.phase != Phase::Deciding {
-            return;
-        }
+        let Phase::Deciding { no } = &record.phase else { return };
+        let no = no.clone();
         if let Some(announced) = &record.announced {
             // Only ever an implicit commit, which nothing can abort: an
             // abort here means a 2PC rule was broken somewhere.
@@ -618,9 +678,71 @@ impl Engine {
         for (ticket, replayed) in record.clients.drain(..) {
             actions.push(Action::Reply { ticket, result: Ok(TxnReceipt { replayed, ..receipt.clone() }) });
         }
-        record.phase = Phase::Finishing { outcome: outcome.clone(), acked: BTreeSet::new() };
-        let shards: Vec<ShardId> = record.shards.keys().copied().collect();
-        send_decision(txn, &shards, outcome.is_committed(), actions);
+        self.finish(txn, outcome, &no, actions);
+    }
+
+    /// Moves `txn` to `Finishing` with its applied `outcome` and sends the
+    /// decision to every shard that may hold a prepare. For an abort that
+    /// excludes `no` (shards that voted NO never prepared), and the record
+    /// is queued for Forget at once (presumed abort: see the module docs).
+    /// A commit goes to every shard — a shard that said NO to this driver
+    /// may have said YES to an earlier one — and is forgotten only once all
+    /// of them acknowledged.
+    fn finish(&mut self, txn: TxnId, outcome: Outcome, no: &BTreeSet<ShardId>, actions: &mut Vec<Action>) {
+        let Some(record) = self.txns.get_mut(&txn) else { return };
+        let committed = outcome.is_committed();
+        let acked: BTreeSet<ShardId> = if committed { BTreeSet::new() } else { no.clone() };
+        let pending: Vec<ShardId> = record.shards.keys().copied().filter(|s| !acked.contains(s)).collect();
+        let forget_now = !committed && record.in_table;
+        record.phase = Phase::Finishing { outcome, acked, retries: 0 };
+        send_decision(txn, &pending, committed, actions);
+        self.finishing.insert(txn);
+        if forget_now {
+            self.queue_forget(txn, actions);
+        }
+        if pending.is_empty() {
+            self.release(txn, actions);
+        }
+        self.bound_finishing();
+    }
+
+    /// Keeps `finishing` within `max_finishing_txns`: the oldest stop being
+    /// tracked. An abort is covered by presumed abort (its Forget is queued
+    /// already); a commit stays in the table, undeleted, for its shards'
+    /// in-doubt queries and a later adoption.
+    fn bound_finishing(&mut self) {
+        while self.finishing.len() > self.config.max_finishing_txns {
+            let Some(oldest) = self.finishing.pop_first() else { break };
+            if let Some(dropped) = self.txns.remove(&oldest) {
+                debug_assert!(dropped.clients.is_empty(), "clients of a decided txn are answered when it is decided");
+                tracing::warn!(txn = %oldest, "too many unacknowledged decisions; left to the table and in-doubt queries");
+            }
+        }
+    }
+
+    fn queue_forget(&mut self, txn: TxnId, actions: &mut Vec<Action>) {
+        self.forget_queue.insert(txn);
+        if self.forget_queue.len() >= self.config.forget_batch_max {
+            self.flush_forgets(actions);
+        }
+    }
+
+    /// `txn` needs nothing more from its shards: stop tracking it, answer
+    /// clients attached since its decision, and queue a committed one (an
+    /// aborted one was queued when decided) for Forget.
+    fn release(&mut self, txn: TxnId, actions: &mut Vec<Action>) {
+        self.finishing.remove(&txn);
+        let Some(Txn { clients, phase: Phase::Finishing { outcome, .. }, in_table, .. }) = self.txns.remove(&txn)
+        else {
+            debug_assert!(false, "only a finishing transaction is released");
+            return;
+        };
+        let committed = outcome.is_committed();
+        let receipt = TxnReceipt { txn, outcome, replayed: true };
+        reply_all(&clients, Ok(receipt), actions);
+        if committed && in_table {
+            self.queue_forget(txn, actions);
+        }
     }
 
     fn on_decide_acked(&mut self, txn: TxnId, shard: ShardId, actions: &mut Vec<Action>) {
@@ -630,19 +752,7 @@ impl Engine {
             acked.insert(shard);
         }
         if acked.len() == record.shards.len() {
-            if let Some(Txn { clients, phase: Phase::Finishing { outcome, .. }, in_table, .. }) = self.txns.remove(&txn)
-            {
-                // Clients attached after the decision was announced.
-                let receipt = TxnReceipt { txn, outcome, replayed: true };
-                reply_all(&clients, Ok(receipt), actions);
-                if !in_table {
-                    return;
-                }
-            }
-            self.forget_queue.insert(txn);
-            if self.forget_queue.len() >= self.config.forget_batch_max {
-                self.flush_forgets(actions);
-            }
+            self.release(txn, actions);
         }
     }
 
@@ -684,23 +794,30 @@ impl Engine {
         if paytx_protocol::planted::active(Bug::NoRedriveOnNewLeader) && record.decision.is_some() {
             return;
         }
+        // No room to track one more decided transaction: it stays in the
+        // table (answered from there) until a later sweep finds room.
+        if record.decision.is_some() && self.finishing.len() >= self.config.max_finishing_txns {
+            return;
+        }
         let shards = self.shard_map.split(&record.ops);
-        let phase = match &record.decision {
-            Some(outcome) => {
-                let ids: Vec<ShardId> = shards.keys().copied().collect();
-                send_decision(txn, &ids, outcome.is_committed(), actions);
-                Phase::Finishing { outcome: outcome.clone(), acked: BTreeSet::new() }
-            }
-            // Undecided: it may be implicitly committed (every YES in), so
-            // prepare again (re-prepares are idempotent: a shard that holds
-            // a YES says YES) and abort only on a NO; no deadline.
+        let decision = record.decision.clone();
+        // Undecided: it may be implicitly committed (every YES in), so
+        // prepare again (re-prepares are idempotent: a shard that holds a
+        // YES says YES) and abort only on a NO; no deadline. Decided: the
+        // decision goes out again (`finish`).
+        let phase = Phase::Preparing(Votes { begun: true, recovering: true, ..Votes::default() });
+        let tracked = Txn { key: record.key, shards, phase, clients: Vec::new(), announced: None, in_table: true };
+        match decision {
             None => {
-                start_prepare(txn, &shards, actions);
-                Phase::Preparing(Votes { begun: true, recovering: true, ..Votes::default() })
+                start_prepare(txn, &tracked.shards, actions);
+                self.txns.insert(txn, tracked);
             }
-        };
-        let record = Txn { key: record.key, shards, phase, clients: Vec::new(), announced: None, in_table: true };
-        self.txns.insert(txn, record);
+            Some(outcome) => {
+                self.txns.insert(txn, tracked);
+                // Which shards voted NO is not known here: every shard is asked.
+                self.finish(txn, outcome, &BTreeSet::new(), actions);
+            }
+        }
     }
 
     /// Whether the engine tracks `txn` (driving it, or queued to forget).
@@ -714,6 +831,7 @@ impl Engine {
         for (_, record) in std::mem::take(&mut self.txns) {
             reply_all(&record.clients, Err(RequestError::NoLeader { leader_hint: self.leader_hint }), actions);
         }
+        self.finishing.clear();
         self.forget_queue.clear();
     }
 }

@@ -50,10 +50,17 @@ pub struct Peer {
 pub struct CoordinatorSettings {
     /// Participants have this long to vote before the transaction aborts.
     pub prepare_timeout_ms: u64,
-    /// Delay before re-sending an unacknowledged decision.
+    /// Delay before re-sending an unacknowledged decision; it doubles with
+    /// each re-send up to `max_decide_retry_ms`.
     pub decide_retry_ms: u64,
-    /// Most transactions the leader drives at once (more: `Overloaded`).
+    pub max_decide_retry_ms: u64,
+    /// Most transactions the leader prepares or decides at once (more:
+    /// `Overloaded`). Decided ones waiting for acknowledgements do not count.
     pub max_in_flight_txns: usize,
+    /// Most decided transactions the leader tracks while acknowledgements
+    /// are outstanding (a shard down): over it the oldest are left to the
+    /// table and the participants' in-doubt queries.
+    pub max_finishing_txns: usize,
     /// A participant that voted YES and heard nothing for this long asks the
     /// coordinator group for the decision.
     pub in_doubt_after_ms: u64,
@@ -64,7 +71,9 @@ impl Default for CoordinatorSettings {
         CoordinatorSettings {
             prepare_timeout_ms: 2_000,
             decide_retry_ms: 200,
+            max_decide_retry_ms: 5_000,
             max_in_flight_txns: 4_000,
+            max_finishing_txns: 65_536,
             in_doubt_after_ms: 2_000,
         }
     }
@@ -250,6 +259,19 @@ impl NodeConfig {
         {
             return Err(ConfigError::Invalid("[limits] max_frame_bytes must be between 1 KiB and 64 MiB".into()));
         }
+        let c = &self.coordinator;
+        if c.prepare_timeout_ms == 0
+            || c.decide_retry_ms == 0
+            || c.max_decide_retry_ms < c.decide_retry_ms
+            || c.max_in_flight_txns == 0
+            || c.max_finishing_txns == 0
+            || c.in_doubt_after_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[coordinator] timings and limits must be at least 1, and max_decide_retry_ms at least decide_retry_ms"
+                    .into(),
+            ));
+        }
         let l = &self.limits;
         if l.max_connections == 0
             || l.max_in_flight_per_connection == 0
@@ -330,6 +352,12 @@ mod tests {
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
         let mut bad = config.clone();
         bad.limits.idle_timeout_ms = 0;
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        let mut bad = config.clone();
+        bad.coordinator.max_decide_retry_ms = bad.coordinator.decide_retry_ms - 1;
+        assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        let mut bad = config.clone();
+        bad.coordinator.max_finishing_txns = 0;
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
         let minimal = "node_id = 1\ncluster_secret = \"0123456789abcdef\"\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\n[[peers]]\nid = 1\naddr = \"127.0.0.1:7101\"\n[shards]\naccounts = [1]\norders = [1]\nchannels = [1]\nrecords = [1]\n";
         let parsed: NodeConfig = toml::from_str(minimal).expect("defaults fill the rest");

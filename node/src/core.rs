@@ -103,7 +103,9 @@ impl NodeCore {
             engine: EngineConfig {
                 prepare_timeout_ms: config.coordinator.prepare_timeout_ms,
                 decide_retry_ms: config.coordinator.decide_retry_ms,
+                max_decide_retry_ms: config.coordinator.max_decide_retry_ms,
                 max_in_flight_txns,
+                max_finishing_txns: config.coordinator.max_finishing_txns,
                 max_ops_per_txn: config.limits.max_ops_per_txn,
                 seq_base,
                 max_command_bytes: batch_bytes,

@@ -179,8 +179,72 @@ fn a_no_vote_aborts_with_its_reason() {
     let aborted = Outcome::Aborted(reason);
     let actions = engine.handle(Event::DecisionApplied { txn, outcome: aborted.clone() });
     assert_eq!(replies(&actions), vec![(Ticket(1), Ok(TxnReceipt { txn, outcome: aborted, replayed: false }))]);
-    assert_eq!(decides_to(&actions, txn, false), shards);
+    // The shard that said NO never prepared: the abort goes to the other only.
+    assert_eq!(decides_to(&actions, txn, false), vec![shards[1]]);
     assert!(decides_to(&actions, txn, true).is_empty());
+    // Presumed abort: the record may go before any acknowledgement.
+    assert_eq!((engine.in_flight(), engine.finishing()), (0, 1));
+    assert_eq!(engine.handle(Event::Tick), vec![Action::ProposeForget { txns: vec![txn] }]);
+    assert!(engine.handle(Event::DecideAcked { txn, shard: shards[1] }).is_empty(), "not queued twice");
+    assert!(engine.handle(Event::Tick).is_empty());
+    assert!(!engine.tracks(&txn));
+}
+
+#[test]
+fn an_abort_waits_for_no_shard_and_a_dead_shard_is_retried_with_a_growing_back_off() {
+    let mut engine = engine();
+    let (txn, shards) = submit_and_begin(&mut engine, 1, "k1");
+    // The second shard is down: unreachable at prepare, so it may or may not
+    // hold a prepare. The abort goes to both (the first holds a YES).
+    yes_from(&mut engine, txn, shards[0]);
+    let actions = engine.handle(Event::PrepareFailed { txn, shard: shards[1] });
+    let aborted = Outcome::Aborted(AbortReason::ShardUnavailable { shard: shards[1] });
+    assert_eq!(proposed_decision(&actions), aborted);
+    let actions = engine.handle(Event::DecisionApplied { txn, outcome: aborted });
+    assert_eq!(decides_to(&actions, txn, false), shards);
+    assert_eq!(engine.handle(Event::Tick), vec![Action::ProposeForget { txns: vec![txn] }], "forgotten unacked");
+    assert!(engine.handle(Event::DecideAcked { txn, shard: shards[0] }).is_empty());
+    let delays: Vec<u64> = (0..7)
+        .map(|_| match engine.handle(Event::DecideFailed { txn, shard: shards[1] }).as_slice() {
+            [Action::SetTimer { after_ms, event: Event::RetryDecide { .. } }] => *after_ms,
+            other => panic!("expected one retry timer, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(delays, vec![200, 400, 800, 1_600, 3_200, 5_000, 5_000], "doubling, capped at max_decide_retry_ms");
+    // Waiting for the dead shard does not count against new work.
+    assert_eq!((engine.in_flight(), engine.finishing()), (0, 1));
+}
+
+#[test]
+fn decided_transactions_waiting_for_acks_do_not_block_new_work_and_are_bounded() {
+    let config = EngineConfig { max_in_flight_txns: 1, max_finishing_txns: 2, ..EngineConfig::default() };
+    let mut engine = engine_with(config);
+    let mut committed_txns = Vec::new();
+    for n in 0..3u64 {
+        // Accepted although the earlier ones still wait for an ack.
+        let (txn, shards) = submit_and_begin(&mut engine, n, &format!("k{n}"));
+        yes_from(&mut engine, txn, shards[0]);
+        yes_from(&mut engine, txn, shards[1]);
+        let actions = engine.handle(Event::DecisionApplied { txn, outcome: Outcome::Committed });
+        assert_eq!(decides_to(&actions, txn, true), shards);
+        engine.handle(Event::DecideAcked { txn, shard: shards[0] });
+        committed_txns.push((txn, shards));
+    }
+    assert_eq!((engine.in_flight(), engine.finishing()), (0, 2), "the bound holds");
+    let (oldest, shards) = committed_txns[0].clone();
+    assert!(!engine.tracks(&oldest), "the oldest is left to the table");
+    assert!(engine.tracks(&committed_txns[2].0));
+    // A commit is never forgotten unacknowledged: the dropped one is not
+    // queued for Forget, and adopting it while the bound is full waits.
+    assert!(engine.handle(Event::Tick).is_empty(), "nothing acked by every shard: nothing to forget");
+    let record = table_record("k0", Some(Outcome::Committed));
+    assert!(engine.handle(Event::Adopt { txn: oldest, record: record.clone() }).is_empty(), "no room yet");
+    // Room again: adopted, its decision re-sent to every shard.
+    let (second, second_shards) = committed_txns[1].clone();
+    engine.handle(Event::DecideAcked { txn: second, shard: second_shards[1] });
+    let actions = engine.handle(Event::Adopt { txn: oldest, record });
+    assert_eq!(decides_to(&actions, oldest, true), shards);
+    assert!(engine.tracks(&oldest));
 }
 
 #[test]
@@ -451,7 +515,7 @@ fn a_no_before_the_begin_is_applied_aborts_only_once_begun() {
         replies(&actions),
         vec![(Ticket(1), Ok(TxnReceipt { txn, outcome: Outcome::Aborted(reason), replayed: false }))]
     );
-    assert_eq!(decides_to(&actions, txn, false), shards);
+    assert_eq!(decides_to(&actions, txn, false), vec![shards[1]], "not to the shard that said NO");
 }
 
 #[test]
@@ -612,7 +676,7 @@ fn planted_no_redrive_on_new_leader_sends_no_decides_but_still_reprepares() {
     let decides = actions.iter().filter(|a| matches!(a, Action::SendDecide { .. })).count();
     let prepares = actions.iter().filter(|a| matches!(a, Action::SendPrepare { txn, .. } if *txn == undecided)).count();
     if !planted {
-        assert_eq!((decides, prepares, engine.in_flight()), (2, 2, 2));
+        assert_eq!((decides, prepares, engine.in_flight(), engine.finishing()), (2, 2, 1, 1));
         return;
     }
     assert_eq!((decides, prepares), (0, 2), "the decided txn is not re-sent, the undecided one is re-prepared");
