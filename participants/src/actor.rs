@@ -44,7 +44,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, 
 use paytx_protocol::messages::{AccountView, ChargeView, OrderView, RecordView};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{AbortReason, ChannelId, EntityKey, EntityKind, Operation, TxnId, Vote};
-use paytx_storage::SharedDisk;
+use paytx_storage::{DiskError, SharedDisk};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -105,7 +105,18 @@ pub struct ParticipantActor {
     /// Reads waiting for earlier prepared transactions.
     read_waits: Vec<ReadWait>,
     next_wait_id: u64,
+    /// Replies waiting for the next fsync round (see `after_sync`).
+    sync_waiters: Vec<oneshot::Sender<Result<(), DiskError>>>,
+    /// fsync rounds started and not yet finished (at most
+    /// [`MAX_SYNC_ROUNDS`]).
+    syncs_in_flight: usize,
 }
+
+/// fsync rounds of one shard in flight at once: two, so the next round's
+/// flush can start while the last one's durable watermark is written (the
+/// disk pipelines the two stages), and every reply that arrives meanwhile
+/// joins the round after.
+const MAX_SYNC_ROUNDS: usize = 2;
 
 impl std::fmt::Debug for ParticipantActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,6 +155,8 @@ impl ParticipantActor {
             parked: std::collections::VecDeque::new(),
             read_waits: Vec::new(),
             next_wait_id: 0,
+            sync_waiters: Vec::new(),
+            syncs_in_flight: 0,
         })
     }
 
@@ -166,12 +179,48 @@ impl ParticipantActor {
     }
 
     /// Awaits the journal's fsync, then answers `value` — or fails stop.
-    fn after_sync<T: 'static>(&self, value: T) -> Reply<T> {
+    ///
+    /// Replies share fsync rounds: one `Disk::sync` (one task, one ticket)
+    /// serves every reply that asked since the previous round started. The
+    /// waiting replies hold only a oneshot receiver in the actor's context —
+    /// actix polls every future a context holds whenever it wakes, so a
+    /// future per reply that itself polled the disk's locks made each wake
+    /// cost O(replies waiting).
+    fn after_sync<T: 'static>(&mut self, value: T, ctx: &mut Context<Self>) -> Reply<T> {
         let shard = self.config.shard;
-        Box::pin(wrap_future(self.journal.sync()).map(move |synced, act: &mut Self, ctx| match synced {
-            Ok(()) => act.check_running().map(|()| value),
-            Err(e) => Err(act.fail_stop(ctx, ParticipantError::from_disk(shard, e))),
+        let (tx, rx) = oneshot::channel();
+        self.sync_waiters.push(tx);
+        if self.syncs_in_flight < MAX_SYNC_ROUNDS {
+            self.start_sync_round(ctx);
+        }
+        Box::pin(wrap_future(rx).map(move |synced, act: &mut Self, ctx| {
+            let synced = synced
+                .unwrap_or_else(|_| Err(DiskError::SyncFailed { reason: "the fsync round was dropped".to_string() }));
+            match synced {
+                Ok(()) => act.check_running().map(|()| value),
+                Err(e) => Err(act.fail_stop(ctx, ParticipantError::from_disk(shard, e))),
+            }
         }))
+    }
+
+    /// Starts one fsync covering every write applied so far (the ticket is
+    /// taken now, synchronously) for the replies waiting now.
+    fn start_sync_round(&mut self, ctx: &mut Context<Self>) {
+        if self.sync_waiters.is_empty() {
+            return;
+        }
+        debug_assert!(self.syncs_in_flight < MAX_SYNC_ROUNDS, "bounded rounds");
+        self.syncs_in_flight += 1;
+        let waiters = std::mem::take(&mut self.sync_waiters);
+        let sync = self.journal.sync();
+        let actor = ctx.address();
+        actix::spawn(async move {
+            let synced = sync.await;
+            for waiter in waiters {
+                let _ = waiter.send(synced.clone());
+            }
+            actor.do_send(SyncRoundDone);
+        });
     }
 
     /// Models the external channels of a prepare's charges: the longest
@@ -258,11 +307,11 @@ impl ParticipantActor {
                 if paytx_protocol::planted::active(Bug::VoteBeforeSync) {
                     return Box::pin(ready(Ok(Vote::Yes)));
                 }
-                self.after_sync(Vote::Yes)
+                self.after_sync(Vote::Yes, ctx)
             }
             // A re-sent prepare: the earlier record may still be on its way
             // to disk, so this YES waits for a sync too (cheap: shared).
-            Ok(Prepared::AlreadyPrepared | Prepared::AlreadyCommitted) => self.after_sync(Vote::Yes),
+            Ok(Prepared::AlreadyPrepared | Prepared::AlreadyCommitted) => self.after_sync(Vote::Yes, ctx),
         }
     }
 
@@ -273,13 +322,13 @@ impl ParticipantActor {
         }
         self.prepared_at.remove(&txn);
         let released = self.engine.touches_of(txn);
-        let reply = self.apply_decision(txn, commit);
+        let reply = self.apply_decision(txn, commit, ctx);
         // Whatever waited for this transaction may go on now.
         self.wake_waiters(txn, commit, &released, ctx);
         reply
     }
 
-    fn apply_decision(&mut self, txn: TxnId, commit: bool) -> Reply<()> {
+    fn apply_decision(&mut self, txn: TxnId, commit: bool, ctx: &mut Context<Self>) -> Reply<()> {
         if commit {
             match self.engine.commit(txn) {
                 Some(committed) => {
@@ -297,7 +346,7 @@ impl ParticipantActor {
             // the decision once every participant acked; a commit lost in a
             // crash after that would come back in doubt and be presumed
             // aborted, half-applying the transaction.
-            self.after_sync(())
+            self.after_sync((), ctx)
         } else {
             if self.engine.is_committed(txn) {
                 tracing::error!(shard = %self.config.shard, %txn, "abort received for a committed txn: conflicting decisions; ignored");
@@ -426,7 +475,8 @@ impl ParticipantActor {
                     self.prepared_at.insert(txn, Instant::now());
                 }
                 let reply = parked.reply;
-                ctx.spawn(self.after_sync(Vote::Yes).map(move |vote, _act: &mut Self, _ctx| {
+                let synced = self.after_sync(Vote::Yes, ctx);
+                ctx.spawn(synced.map(move |vote, _act: &mut Self, _ctx| {
                     let _ = reply.send(vote);
                 }));
             }
@@ -508,6 +558,21 @@ impl Handler<Prepare> for ParticipantActor {
                 )
             }
         }
+    }
+}
+
+/// An fsync round finished: start the next one for the replies that
+/// arrived meanwhile.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct SyncRoundDone;
+
+impl Handler<SyncRoundDone> for ParticipantActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: SyncRoundDone, ctx: &mut Context<Self>) {
+        self.syncs_in_flight = self.syncs_in_flight.saturating_sub(1);
+        self.start_sync_round(ctx);
     }
 }
 
