@@ -6,6 +6,7 @@
 //! Services elsewhere use [`Client`] against `paytx node` processes.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod chaos;
 pub mod client;
 pub mod cluster;
@@ -16,6 +17,6 @@ pub mod report;
 pub mod workload;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use cluster::{Cluster, ClusterOptions, HttpOptions};
+pub use cluster::{AdminOptions, Cluster, ClusterOptions, HttpOptions};
 pub use paytx_node::{config, link, NodeConfig};
 pub use paytx_protocol as protocol;

@@ -185,6 +185,7 @@ pub struct RunningGateway {
     server: actix_web::dev::ServerHandle,
     stop_worker: tokio::sync::watch::Sender<bool>,
     gateway: Arc<Gateway>,
+    http_metrics: crate::http_metrics::HttpMetrics,
 }
 
 impl RunningGateway {
@@ -194,6 +195,11 @@ impl RunningGateway {
 
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
+    }
+
+    /// Requests answered, by route and status (for the admin listener).
+    pub fn http_metrics(&self) -> &crate::http_metrics::HttpMetrics {
+        &self.http_metrics
     }
 
     /// Stops accepting, finishes requests in flight (bounded), stops the worker.
@@ -238,8 +244,22 @@ pub async fn start(gateway: Gateway, listen: SocketAddr) -> Result<RunningGatewa
     let data = web::Data::from(gateway.clone());
     let workers = gateway.config.workers.max(1);
     let bind_error = |e: std::io::Error| GatewayError::Bind { addr: listen, reason: e.to_string() };
+    let http_metrics = crate::http_metrics::HttpMetrics::new();
+    let counted = http_metrics.clone();
     let server = HttpServer::new(move || {
+        let counted = counted.clone();
         App::new()
+            .wrap_fn(move |req, srv| {
+                use actix_web::dev::Service as _;
+                let method = req.method().as_str().to_owned();
+                let counted = counted.clone();
+                let answer = srv.call(req);
+                async move {
+                    let response = answer.await?;
+                    counted.observe(response.request().match_pattern().as_deref(), &method, response.status().as_u16());
+                    Ok(response)
+                }
+            })
             .app_data(data.clone())
             .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound("resource").into()))
             .app_data(
@@ -264,5 +284,5 @@ pub async fn start(gateway: Gateway, listen: SocketAddr) -> Result<RunningGatewa
     let (stop_worker, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::notify::run(gateway.clone(), stop));
     tracing::info!(%addr, node = gateway.node_id, "open-platform API listening");
-    Ok(RunningGateway { addr, server: handle, stop_worker, gateway })
+    Ok(RunningGateway { addr, server: handle, stop_worker, gateway, http_metrics })
 }

@@ -124,6 +124,7 @@ impl NodeCore {
             CoordinatorDriver::new(driver_config, replica.raft.clone(), replica.table.clone(), transport.clone())
                 .start();
 
+        let metrics = crate::metrics::NodeMetrics::new(participants.keys().copied());
         let service = Arc::new(NodeService {
             id: config.node_id,
             peers: config.peer_map().keys().copied().collect(),
@@ -143,6 +144,7 @@ impl NodeCore {
             free_space: Mutex::new(None),
             min_free_disk_bytes: config.limits.min_free_disk_bytes,
             disk: disk.clone(),
+            metrics,
         });
         // Infallible: the slot is fresh and set exactly once, here.
         let _ = service_slot.set(Arc::downgrade(&service));
