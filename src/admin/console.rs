@@ -82,7 +82,7 @@ fn aborts_by_reason(state: &AdminState) -> Vec<(String, u64)> {
             out.push((reason.unwrap_or_default(), metric.get_counter().get_value() as u64));
         }
     }
-    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     out
 }
 
@@ -250,8 +250,11 @@ pub fn render(
     h
 }
 
+/// One line of a chart: its name, its colour and its `(x, y)` points.
+pub type Series<'a> = (&'a str, &'a str, &'a [(f64, f64)]);
+
 /// A small line chart: x in seconds (≤ 0, now at the right), y from 0.
-pub fn svg_chart(title: &str, series: &[(&str, &str, &[(f64, f64)])], min_y_max: f64, unit: &str) -> String {
+pub fn svg_chart(title: &str, series: &[Series<'_>], min_y_max: f64, unit: &str) -> String {
     const W: f64 = 520.0;
     const H: f64 = 200.0;
     const LEFT: f64 = 55.0;

@@ -1,0 +1,313 @@
+//! The admin listener (issue 12) on real 3-node clusters over loopback TCP:
+//! `/metrics` counts exactly what clients saw, `/health/ready` follows the
+//! node's view of the coordinator group, and the admin API and console
+//! need the admin key and show every node and the leader.
+
+mod common;
+
+use common::*;
+use paytx::admin::views::{ClusterStatus, TxnDetail, TxnList};
+use paytx::protocol::{AccountId, Operation, TxnRequest};
+use paytx::{AdminOptions, Cluster, ClusterOptions};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const ADMIN_KEY: &str = "operations-test-admin-key-0123456789";
+
+/// Test options plus an admin listener on an ephemeral port per node, with
+/// the admin key in `dir`.
+fn with_admin(dir: &std::path::Path) -> ClusterOptions {
+    let key_file: PathBuf = dir.join("admin.key");
+    std::fs::write(&key_file, ADMIN_KEY).expect("write the admin key");
+    ClusterOptions {
+        admin: Some(AdminOptions { base: SocketAddr::from(([127, 0, 0, 1], 0)), admin_key_file: Some(key_file) }),
+        ..test_options()
+    }
+}
+
+fn admin_addrs(cluster: &Cluster) -> BTreeMap<u64, SocketAddr> {
+    cluster
+        .node_ids()
+        .into_iter()
+        .map(|id| (id, cluster.admin_addr(id).unwrap_or_else(|| panic!("node {id} serves an admin listener"))))
+        .collect()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client")
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let response = http().get(format!("http://{addr}/metrics")).send().await.expect("scrape answers");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    response.text().await.expect("scrape body")
+}
+
+/// The sum of every sample of `name` (any labels) in a text scrape.
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|line| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+async fn cluster_sum(addrs: &BTreeMap<u64, SocketAddr>, name: &str) -> f64 {
+    let mut total = 0.0;
+    for addr in addrs.values() {
+        total += sum_of(&scrape(*addr).await, name);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_the_commits_and_aborts_clients_saw() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, client) = start(with_admin(dir.path())).await;
+    let admins = admin_addrs(&cluster);
+    let payers = open(&client, "open-payers", 1..=4, 1_000).await;
+    let merchant = open(&client, "open-merchant", 100..=100, 0).await[0];
+
+    let committed_before = cluster_sum(&admins, "paytx_txns_committed_total").await;
+    let aborted_before = cluster_sum(&admins, "paytx_txns_aborted_total").await;
+    let latencies_before = cluster_sum(&admins, "paytx_txn_commit_latency_seconds_count").await;
+    let insufficient_before = {
+        let mut n = 0.0;
+        for addr in admins.values() {
+            n += sum_of(&scrape(*addr).await, "paytx_txns_aborted_total{reason=\"insufficient_funds\"}");
+        }
+        n
+    };
+
+    // Each payer pays 300 three times from 1,000: two commit, the third of
+    // every fourth payment sequence runs dry. Some amounts are too large.
+    let (mut committed, mut aborted) = (0u64, 0u64);
+    for round in 0..4u64 {
+        for (i, payer) in payers.iter().enumerate() {
+            let amount = if (round + i as u64) % 3 == 2 { 5_000 } else { 300 };
+            let ops = vec![
+                Operation::Debit { account: *payer, amount: cny(amount) },
+                Operation::Credit { account: merchant, amount: cny(amount) },
+            ];
+            let receipt = submit(&client, &format!("m-{round}-{i}"), ops).await;
+            assert!(!receipt.replayed, "fresh keys are never replays");
+            if receipt.outcome.is_committed() {
+                committed += 1;
+            } else {
+                aborted += 1;
+            }
+        }
+    }
+    assert!(committed > 0 && aborted > 0, "the workload commits and aborts: {committed} / {aborted}");
+    // A replay moves neither counter.
+    let replay = client
+        .submit(TxnRequest::new(
+            "m-0-0",
+            vec![
+                Operation::Debit { account: payers[0], amount: cny(300) },
+                Operation::Credit { account: merchant, amount: cny(300) },
+            ],
+        ))
+        .await
+        .expect("replay answers");
+    assert!(replay.replayed);
+
+    let committed_delta = cluster_sum(&admins, "paytx_txns_committed_total").await - committed_before;
+    let aborted_delta = cluster_sum(&admins, "paytx_txns_aborted_total").await - aborted_before;
+    let latency_delta = cluster_sum(&admins, "paytx_txn_commit_latency_seconds_count").await - latencies_before;
+    assert_eq!(committed_delta, committed as f64, "commits counted once, on the node whose coordinator ran them");
+    assert_eq!(aborted_delta, aborted as f64, "aborts counted once");
+    assert_eq!(latency_delta, committed as f64, "one latency per commit");
+    let mut insufficient_after = 0.0;
+    for addr in admins.values() {
+        insufficient_after += sum_of(&scrape(*addr).await, "paytx_txns_aborted_total{reason=\"insufficient_funds\"}");
+    }
+    assert_eq!(insufficient_after - insufficient_before, aborted as f64, "every abort here is for funds");
+
+    // The leader's scrape carries the group's view; every node's its own.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let text = scrape(admins[&leader]).await;
+    assert_eq!(sum_of(&text, "paytx_raft_is_leader"), 1.0);
+    assert_eq!(sum_of(&text, "paytx_raft_leader_id"), leader as f64);
+    assert!(sum_of(&text, "paytx_raft_term") >= 1.0);
+    assert!(sum_of(&text, "paytx_raft_applied_index") >= 1.0);
+    assert!(text.contains("paytx_raft_replication_lag_entries{peer="), "lag per peer on the leader:\n{text}");
+    assert!(sum_of(&text, "paytx_raft_proposed_commands_total") >= sum_of(&text, "paytx_raft_proposals_total"));
+    assert!(sum_of(&text, "paytx_disk_flushes_total") >= 1.0);
+    assert!(sum_of(&text, "paytx_net_open_connections") >= 1.0);
+    assert!(sum_of(&text, "process_resident_memory_bytes") > 1e6);
+    assert!(cluster_sum(&admins, "paytx_shard_prepares_total").await >= (committed + aborted) as f64);
+    assert!(cluster_sum(&admins, "paytx_shard_decisions_total").await >= 1.0);
+    assert_eq!(sum_of(&text, "paytx_node_ready"), 1.0);
+    drop(client);
+    cluster.shutdown().await;
+}
+
+async fn ready(addr: SocketAddr) -> (u16, serde_json::Value) {
+    let response = http().get(format!("http://{addr}/health/ready")).send().await.expect("ready answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("ready answers JSON"))
+}
+
+async fn wait_ready(addr: SocketAddr, want: u16, timeout: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (status, body) = ready(addr).await;
+        if status == want {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "ready stayed {status} (wanted {want}): {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_goes_503_when_the_leader_loses_every_peer_and_back_to_200() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, client) = start(with_admin(dir.path())).await;
+    let admins = admin_addrs(&cluster);
+    for addr in admins.values() {
+        wait_ready(*addr, 200, Duration::from_secs(10)).await;
+        let live = http().get(format!("http://{addr}/health/live")).send().await.expect("live answers");
+        assert_eq!(live.status(), 200);
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    // Cut every link of the leader, both ways: it still believes it leads
+    // (openraft 0.9 does not step down), but no quorum acknowledges it.
+    cluster.link_filter().set(move |from, to, _| from != leader && to != leader);
+    let body = wait_ready(admins[&leader], 503, Duration::from_secs(15)).await;
+    assert_eq!(body["ready"], false);
+    let reasons = body["reasons"].to_string();
+    assert!(reasons.contains("quorum") || reasons.contains("no coordinator leader"), "{body}");
+    // The two others elect a leader among themselves and stay ready.
+    for (id, addr) in &admins {
+        if *id != leader {
+            wait_ready(*addr, 200, Duration::from_secs(15)).await;
+        }
+    }
+    cluster.link_filter().clear();
+    let body = wait_ready(admins[&leader], 200, Duration::from_secs(20)).await;
+    assert_eq!(body["reasons"], serde_json::json!([]));
+    drop(client);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, client) = start(with_admin(dir.path())).await;
+    let admins = admin_addrs(&cluster);
+    let accounts = open(&client, "open-pair", [1u64, 2].into_iter(), 1_000).await;
+    let pay = vec![
+        Operation::Debit { account: accounts[0], amount: cny(250) },
+        Operation::Credit { account: AccountId(2), amount: cny(250) },
+    ];
+    let receipt = submit(&client, "console-pay-1", pay).await;
+    assert!(receipt.outcome.is_committed());
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let http = http();
+    for addr in admins.values() {
+        for path in ["/admin/v1/status", "/admin/v1/txns", "/admin/v1/txns/console-pay-1", "/console"] {
+            let url = format!("http://{addr}{path}");
+            let bare = http.get(&url).send().await.expect("answers");
+            assert_eq!(bare.status(), 401, "{path} without the key");
+            let wrong = http.get(&url).bearer_auth("not-the-admin-key-at-all").send().await.expect("answers");
+            assert_eq!(wrong.status(), 401, "{path} with a wrong key");
+        }
+        // The unauthenticated endpoints stay open.
+        assert_eq!(http.get(format!("http://{addr}/metrics")).send().await.expect("answers").status(), 200);
+
+        let status: ClusterStatus = http
+            .get(format!("http://{addr}/admin/v1/status"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("status answers")
+            .json()
+            .await
+            .expect("status is JSON");
+        assert_eq!(status.leader, Some(leader));
+        let ids: Vec<u64> = status.nodes.iter().map(|n| n.node).collect();
+        assert_eq!(ids, cluster.node_ids());
+        let leaders: Vec<u64> = status.nodes.iter().filter(|n| n.role == "leader").map(|n| n.node).collect();
+        assert_eq!(leaders, vec![leader], "{status:?}");
+
+        // The console, with the key as a Basic password (what a browser sends).
+        let page = http
+            .get(format!("http://{addr}/console?txn=console-pay-1"))
+            .basic_auth("ops", Some(ADMIN_KEY))
+            .send()
+            .await
+            .expect("console answers");
+        assert_eq!(page.status(), 200);
+        let html = page.text().await.expect("console body");
+        for id in cluster.node_ids() {
+            assert!(html.contains(&format!("<td>node {id}</td>")), "node {id} in the console");
+        }
+        assert!(html.contains(&format!("<b id=\"leader\">node {leader}</b>")), "the leader in the console");
+        assert!(html.contains("id=\"lookup\"") && html.contains("console-pay-1"), "the lookup in the console");
+        assert!(html.contains("<svg"), "charts");
+    }
+
+    // One transaction by key: committed (its record may be forgotten by now,
+    // then the key remembers the outcome).
+    let detail: TxnDetail = http
+        .get(format!("http://{}/admin/v1/txns/console-pay-1", admins[&leader]))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("lookup answers")
+        .json()
+        .await
+        .expect("lookup is JSON");
+    assert_eq!(detail.txn, receipt.txn.to_string());
+    assert_eq!(detail.decision, Some(paytx::protocol::Outcome::Committed), "{detail:?}");
+    // And by id while it is still in the table, or 404 once forgotten.
+    let by_id = http
+        .get(format!("http://{}/admin/v1/txns/{}", admins[&leader], receipt.txn))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("lookup answers");
+    assert!([200, 404].contains(&by_id.status().as_u16()));
+    let list: TxnList = http
+        .get(format!("http://{}/admin/v1/txns?limit=10", admins[&leader]))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("list answers")
+        .json()
+        .await
+        .expect("list is JSON");
+    assert_eq!(list.answered_by, leader);
+    assert_eq!(list.in_doubt_by_shard.len(), 4, "one entry per shard of the node");
+    drop(client);
+    cluster.shutdown().await;
+}
+
+/// Writes one node's scrape to `$PAYTX_SCRAPE_OUT` (CI checks it with
+/// `promtool check metrics`). Ignored by default: `cargo test --test
+/// operations -- --ignored write_a_scrape`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn write_a_scrape_for_promtool() {
+    let out = std::env::var("PAYTX_SCRAPE_OUT").unwrap_or_else(|_| "paytx-scrape.txt".into());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, client) = start(with_admin(dir.path())).await;
+    let payers = open(&client, "open", 1..=2, 1_000).await;
+    let ops = vec![
+        Operation::Debit { account: payers[0], amount: cny(5_000) },
+        Operation::Credit { account: payers[1], amount: cny(5_000) },
+    ];
+    assert!(!submit(&client, "too-much", ops).await.outcome.is_committed());
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let text = scrape(admin_addrs(&cluster)[&leader]).await;
+    std::fs::write(&out, text).expect("write the scrape");
+    eprintln!("scrape written to {out}");
+    drop(client);
+    cluster.shutdown().await;
+}
