@@ -138,6 +138,7 @@ async fn metrics_count_exactly_the_commits_and_aborts_clients_saw() {
     assert!(text.contains("paytx_raft_replication_lag_entries{peer="), "lag per peer on the leader:\n{text}");
     assert!(sum_of(&text, "paytx_raft_proposed_commands_total") >= sum_of(&text, "paytx_raft_proposals_total"));
     assert!(sum_of(&text, "paytx_disk_flushes_total") >= 1.0);
+    assert!(sum_of(&text, "paytx_disk_sync_latency_seconds_count") >= 1.0);
     assert!(sum_of(&text, "paytx_net_open_connections") >= 1.0);
     assert!(sum_of(&text, "process_resident_memory_bytes") > 1e6);
     assert!(cluster_sum(&admins, "paytx_shard_prepares_total").await >= (committed + aborted) as f64);
@@ -310,4 +311,112 @@ async fn write_a_scrape_for_promtool() {
     eprintln!("scrape written to {out}");
     drop(client);
     cluster.shutdown().await;
+}
+
+/// `paytx up --admin`: every node's admin URLs are printed, the merchant
+/// API's requests are counted by route and status, logs are JSON lines,
+/// and `paytx admin` reads the cluster table from any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paytx_up_with_admin_counts_api_requests_and_paytx_admin_reads_the_cluster() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("up");
+    let admin_file = dir.path().join("admin.key");
+    let log_file = dir.path().join("up.log");
+    let (up_data, up_admin, up_log) = (data.clone(), admin_file.clone(), log_file.clone());
+    let (mut child, apis, admins) = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paytx"))
+            .args(["up", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+            .arg(&up_data)
+            .arg("--admin-key-file")
+            .arg(&up_admin)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&up_log).expect("log file"))
+            .spawn()
+            .expect("paytx up starts");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let (mut apis, mut admins) = (Vec::new(), Vec::new());
+        for line in stdout.lines() {
+            let line = line.expect("a line");
+            if let Some(url) = line.split("api ").nth(1) {
+                apis.push(url.trim().to_string());
+            }
+            if let Some(rest) = line.split("admin http://").nth(1) {
+                let metrics = rest.split_whitespace().next().expect("a metrics URL");
+                admins.push(format!("http://{}", metrics.trim_end_matches("/metrics")));
+            }
+            if line.starts_with("running") {
+                break;
+            }
+        }
+        (child, apis, admins)
+    })
+    .await
+    .expect("paytx up reports");
+    assert_eq!(apis.len(), 3, "{apis:?}");
+    assert_eq!(admins.len(), 3, "one admin listener per node: {admins:?}");
+
+    let http = http();
+    assert_eq!(http.get(format!("{}/openapi.json", apis[0])).send().await.expect("api").status(), 200);
+    assert_eq!(http.get(format!("{}/v1/orders/ord_x", apis[0])).send().await.expect("api").status(), 401);
+    let text = http.get(format!("{}/metrics", admins[0])).send().await.expect("scrape").text().await.expect("body");
+    assert_eq!(
+        sum_of(&text, "paytx_http_requests_total{method=\"GET\",route=\"/openapi.json\",status=\"200\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum_of(&text, "paytx_http_requests_total{method=\"GET\",route=\"/v1/orders/{id}\",status=\"401\"}"),
+        1.0,
+        "routes are patterns, not paths"
+    );
+
+    // `paytx admin status` against node 2's listener, as a table and as JSON.
+    let admin_cli = |args: Vec<String>| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_paytx"))
+            .arg("admin")
+            .args(args)
+            .output()
+            .expect("paytx admin runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let key_args = |extra: &[&str]| {
+        let mut args = vec!["--addr".to_string(), admins[1].clone(), "--admin-key-file".into()];
+        args.push(admin_file.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let status: ClusterStatus = loop {
+        let json = admin_cli(key_args(&["status", "--json"]));
+        let status: ClusterStatus = serde_json::from_str(&json).expect("status JSON");
+        if status.leader.is_some() || tokio::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let leader = status.leader.expect("a leader");
+    assert_eq!(status.nodes.len(), 3);
+    let table = admin_cli(key_args(&["status"]));
+    assert!(table.contains(&format!("coordinator leader: {leader}")), "{table}");
+    assert_eq!(table.lines().filter(|l| l.split_whitespace().nth(2) == Some("leader")).count(), 1, "{table}");
+    let in_doubt = admin_cli(key_args(&["in-doubt"]));
+    assert!(in_doubt.contains("live transactions"), "{in_doubt}");
+
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
+    assert!(status.success(), "a clean stop: {status}");
+    let logs = std::fs::read_to_string(&log_file).expect("logs");
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "paytx up logs something at its default level");
+    for line in &lines {
+        // `paytx up` prints "stopping..." and "stopped" itself on stderr.
+        if line.starts_with('{') {
+            let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert!(parsed.get("level").is_some() && parsed.get("fields").is_some(), "{line}");
+        }
+    }
+    assert!(lines.iter().any(|l| l.starts_with('{')), "JSON lines: {logs}");
 }

@@ -58,6 +58,9 @@ pub struct Gateway {
     pub order_locks: KeyedLocks,
     pub merchant_limiter: crate::ratelimit::RateLimiter,
     pub address_limiter: crate::ratelimit::RateLimiter,
+    /// Requests answered and notification attempts, for the node's admin
+    /// listener (`/metrics`).
+    pub metrics: crate::http_metrics::HttpMetrics,
 }
 
 /// One async lock per key, held only while someone uses it: the map holds
@@ -175,6 +178,7 @@ impl Gateway {
             order_locks: KeyedLocks::default(),
             merchant_limiter,
             address_limiter,
+            metrics: crate::http_metrics::HttpMetrics::new(),
         })
     }
 }
@@ -185,7 +189,6 @@ pub struct RunningGateway {
     server: actix_web::dev::ServerHandle,
     stop_worker: tokio::sync::watch::Sender<bool>,
     gateway: Arc<Gateway>,
-    http_metrics: crate::http_metrics::HttpMetrics,
 }
 
 impl RunningGateway {
@@ -199,7 +202,7 @@ impl RunningGateway {
 
     /// Requests answered, by route and status (for the admin listener).
     pub fn http_metrics(&self) -> &crate::http_metrics::HttpMetrics {
-        &self.http_metrics
+        &self.gateway.metrics
     }
 
     /// Stops accepting, finishes requests in flight (bounded), stops the worker.
@@ -244,8 +247,7 @@ pub async fn start(gateway: Gateway, listen: SocketAddr) -> Result<RunningGatewa
     let data = web::Data::from(gateway.clone());
     let workers = gateway.config.workers.max(1);
     let bind_error = |e: std::io::Error| GatewayError::Bind { addr: listen, reason: e.to_string() };
-    let http_metrics = crate::http_metrics::HttpMetrics::new();
-    let counted = http_metrics.clone();
+    let counted = gateway.metrics.clone();
     let server = HttpServer::new(move || {
         let counted = counted.clone();
         App::new()
@@ -284,5 +286,5 @@ pub async fn start(gateway: Gateway, listen: SocketAddr) -> Result<RunningGatewa
     let (stop_worker, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::notify::run(gateway.clone(), stop));
     tracing::info!(%addr, node = gateway.node_id, "open-platform API listening");
-    Ok(RunningGateway { addr, server: handle, stop_worker, gateway, http_metrics })
+    Ok(RunningGateway { addr, server: handle, stop_worker, gateway })
 }

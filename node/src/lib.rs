@@ -7,6 +7,7 @@
 //! * [`fail_stop`]: a disk write or fsync error stops the whole node.
 //! * [`free_space`]: the full-disk preflight check and its test seam.
 //! * [`metrics`]: the counters a node updates as messages pass (Prometheus).
+//! * [`timed_disk`]: the disk with every sync's latency observed.
 //! * [`link`]: the node's outgoing transport (local calls short-circuit) and
 //!   the [`LinkFilter`] that drops chosen messages in tests.
 //!
@@ -21,6 +22,7 @@ pub mod free_space;
 pub mod link;
 pub mod metrics;
 pub mod service;
+pub mod timed_disk;
 
 pub use crate::core::{NodeCore, NodeError};
 pub use config::{ConfigError, CoordinatorSettings, Limits, NodeConfig, Peer};

@@ -43,6 +43,7 @@ pub struct NodeMetrics {
     aborted: IntCounterVec,
     refused: IntCounterVec,
     commit_latency: Histogram,
+    disk_sync_latency: Histogram,
     shards: BTreeMap<ShardId, ShardCounters>,
 }
 
@@ -94,6 +95,14 @@ impl NodeMetrics {
             .buckets(LATENCY_BUCKETS_SECONDS.to_vec()),
         ));
         must(registry.register(Box::new(commit_latency.clone())));
+        let disk_sync_latency = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "paytx_disk_sync_latency_seconds",
+                "From a sync being asked of this node's disk to its completion (group commit wait included).",
+            )
+            .buckets(LATENCY_BUCKETS_SECONDS.to_vec()),
+        ));
+        must(registry.register(Box::new(disk_sync_latency.clone())));
         let prepares = must(IntCounterVec::new(
             Opts::new("paytx_shard_prepares_total", "Prepares answered by a participant shard of this node, by vote."),
             &["shard", "vote"],
@@ -120,7 +129,23 @@ impl NodeMetrics {
                 (shard, counters)
             })
             .collect();
-        NodeMetrics { registry, submitted, committed, replayed, aborted, refused, commit_latency, shards }
+        NodeMetrics {
+            registry,
+            submitted,
+            committed,
+            replayed,
+            aborted,
+            refused,
+            commit_latency,
+            disk_sync_latency,
+            shards,
+        }
+    }
+
+    /// The histogram the node's disk observes every sync in (see
+    /// [`crate::timed_disk`]).
+    pub fn disk_sync_latency(&self) -> Histogram {
+        self.disk_sync_latency.clone()
     }
 
     /// The registry the admin layer renders (and adds its own gauges to).

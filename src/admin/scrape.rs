@@ -241,6 +241,7 @@ pub async fn render(state: &AdminState) -> String {
     if let Some(http) = &state.http_metrics {
         use prometheus::core::Collector as _;
         families.extend(http.requests.collect());
+        families.extend(http.notifications.collect());
     }
     families.extend(extra.gather());
     // The encoder refuses a family without samples (a vector nobody used yet).
