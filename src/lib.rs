@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod net;
 pub mod node;
+pub mod plot;
 pub mod report;
 pub mod workload;
 
