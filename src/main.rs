@@ -73,6 +73,10 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 7101)]
         base_port: u16,
+        /// Give node i an admin listener on 127.0.0.1:(this + i - 1)
+        /// (`admin_listen`; metrics, health, admin API, console).
+        #[arg(long)]
+        admin_base_port: Option<u16>,
     },
 }
 
@@ -187,9 +191,9 @@ fn main() -> std::process::ExitCode {
             init_tracing("warn");
             up::audit_verify(&data_dir).map(|ok| if ok { 0 } else { 1 })
         }
-        Command::GenConfigs { nodes, dir, data_dir, base_port } => {
+        Command::GenConfigs { nodes, dir, data_dir, base_port, admin_base_port } => {
             init_tracing("warn");
-            gen_configs(nodes, &dir, data_dir, base_port).map(|_| 0)
+            gen_configs(nodes, &dir, data_dir, base_port, admin_base_port).map(|_| 0)
         }
     };
     match result {
@@ -232,7 +236,13 @@ fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-fn gen_configs(nodes: u64, dir: &std::path::Path, data_dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
+fn gen_configs(
+    nodes: u64,
+    dir: &std::path::Path,
+    data_dir: Option<PathBuf>,
+    base_port: u16,
+    admin_base_port: Option<u16>,
+) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let data_dir = data_dir.unwrap_or_else(|| dir.join("data"));
@@ -240,13 +250,20 @@ fn gen_configs(nodes: u64, dir: &std::path::Path, data_dir: Option<PathBuf>, bas
         base_port.checked_add(nodes as u16).is_some(),
         "--base-port {base_port} leaves no room for {nodes} ports"
     );
+    if let Some(admin) = admin_base_port {
+        anyhow::ensure!(
+            admin.checked_add(nodes as u16).is_some(),
+            "--admin-base-port {admin} leaves no room for {nodes} ports"
+        );
+    }
     let addrs: BTreeMap<u64, SocketAddr> =
         (1..=nodes).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], base_port + id as u16 - 1)))).collect();
     // One random secret shared by the cluster's nodes: only they may speak
     // the node-to-node protocol.
     let secret = NodeConfig::random_secret();
     for id in 1..=nodes {
-        let config = NodeConfig::local(id, &addrs, data_dir.join(format!("node-{id}")), &secret);
+        let mut config = NodeConfig::local(id, &addrs, data_dir.join(format!("node-{id}")), &secret);
+        config.admin_listen = admin_base_port.map(|port| SocketAddr::from(([127, 0, 0, 1], port + id as u16 - 1)));
         let path = dir.join(format!("node-{id}.toml"));
         std::fs::write(&path, config.to_toml()?).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
