@@ -7,7 +7,8 @@
 //!   virtual time on the x-axis: commits and aborts per interval, the
 //!   coordinator group's leader, and the faults (crashes, restarts, pauses,
 //!   partitions, fsync failures), built from the run's trace
-//!   ([`SimTimeline::from_trace`]).
+//!   ([`SimTimeline::from_trace`]); `paytx chaos --timeline` draws the same
+//!   picture of a real run (`crate::chaos`).
 
 use plotters::prelude::*;
 
@@ -136,11 +137,12 @@ pub fn bench_svg(levels: &[LevelSeries]) -> Result<String, PlotError> {
     Ok(svg)
 }
 
-/// A fault or lifecycle event of a simulated run.
+/// A fault or lifecycle event of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultMark {
     pub at_ms: u64,
-    /// `crash`, `start`, `pause`, `partition`, `heal`, `fsync-fail`, `flap`.
+    /// The simulator's `crash`, `start`, `pause`, `partition`, `heal`,
+    /// `fsync-fail`, `flap`, or a chaos fault's kind (`kill_leader`, …).
     pub kind: &'static str,
     /// The node it hit (0: the whole cluster, e.g. a heal).
     pub node: u64,
@@ -232,7 +234,9 @@ impl SimTimeline {
 
 /// The timeline: outcomes per interval (top), the leader and the faults per
 /// node (bottom), on one virtual-time axis.
-pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str) -> Result<String, PlotError> {
+/// `x_desc` names the clock (`virtual seconds` for the simulator). An empty
+/// `aborts` (a chaos run does not time them) draws no abort line.
+pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str, x_desc: &str) -> Result<String, PlotError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1100, 680)).into_drawing_area();
@@ -250,7 +254,7 @@ pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str) -> Result<String, P
             .map_err(plot_error)?;
         chart
             .configure_mesh()
-            .x_desc("virtual seconds")
+            .x_desc(x_desc)
             .y_desc(format!("per {} ms", timeline.interval_ms))
             .draw()
             .map_err(plot_error)?;
@@ -258,6 +262,9 @@ pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str) -> Result<String, P
         for (name, values, colour) in
             [("commits", &timeline.commits, series_colour(2)), ("aborts", &timeline.aborts, series_colour(3))]
         {
+            if values.is_empty() {
+                continue;
+            }
             let points: Vec<(f64, f64)> = values.iter().enumerate().map(|(i, v)| (at(i), *v as f64)).collect();
             chart
                 .draw_series(LineSeries::new(points, colour.stroke_width(2)))
@@ -284,7 +291,7 @@ pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str) -> Result<String, P
             .map_err(plot_error)?;
         chart
             .configure_mesh()
-            .x_desc("virtual seconds")
+            .x_desc(x_desc)
             .y_desc("node")
             .y_labels(timeline.nodes as usize + 4)
             .y_label_formatter(&|y: &f64| {
@@ -315,24 +322,28 @@ pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str) -> Result<String, P
             .map_err(plot_error)?
             .label("coordinator group leader")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], leader_colour.stroke_width(3)));
-        for (kind, colour, offset) in [
-            ("crash", series_colour(3), 0.25),
-            ("start", series_colour(2), 0.25),
-            ("pause", series_colour(1), -0.25),
-            ("partition", series_colour(4), -0.25),
-            ("flap", series_colour(5), -0.25),
-            ("fsync-fail", series_colour(6), 0.25),
-            ("heal", series_colour(7), 0.0),
-        ] {
+        // Every kind present, in a fixed order first (the simulator's), then
+        // any other (the chaos harness's), one marker colour each.
+        const KNOWN: [&str; 7] = ["crash", "start", "pause", "partition", "flap", "fsync-fail", "heal"];
+        let mut kinds: Vec<&str> =
+            KNOWN.iter().copied().filter(|k| timeline.faults.iter().any(|f| f.kind == *k)).collect();
+        for fault in &timeline.faults {
+            if !kinds.contains(&fault.kind) {
+                kinds.push(fault.kind);
+            }
+        }
+        for (i, kind) in kinds.into_iter().enumerate() {
+            let colour = series_colour(i + 3);
+            // Starts and crashes above a node's row, the rest below, so a
+            // crash and its restart do not hide each other's marker.
+            let offset =
+                if matches!(kind, "crash" | "start" | "fsync-fail") || kind.starts_with("kill") { 0.25 } else { -0.25 };
             let marks: Vec<(f64, f64)> = timeline
                 .faults
                 .iter()
                 .filter(|f| f.kind == kind)
                 .map(|f| (f.at_ms as f64 / 1e3, if f.node == 0 { 0.5 } else { f.node as f64 + offset }))
                 .collect();
-            if marks.is_empty() {
-                continue;
-            }
             chart
                 .draw_series(marks.into_iter().map(|p| TriangleMarker::new(p, 6, colour.filled())))
                 .map_err(plot_error)?
@@ -374,8 +385,11 @@ mod tests {
         let doc = parses_as_xml(&svg);
         let lines = doc.descendants().filter(|n| n.has_tag_name("polyline")).count();
         assert!(lines >= 2 * levels.len(), "{lines} polylines for {} levels", levels.len());
+        let texts: Vec<&str> =
+            doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(str::trim).collect();
         for level in &levels {
-            assert!(svg.contains(&format!("concurrency {}", level.concurrency)), "a legend entry per level");
+            let entry = format!("concurrency {}", level.concurrency);
+            assert_eq!(texts.iter().filter(|t| **t == entry).count(), 2, "a legend entry per level in each chart");
         }
     }
 
@@ -402,7 +416,7 @@ mod tests {
         assert_eq!(timeline.leader, vec![(10, 1), (1200, 2)]);
         let kinds: Vec<&str> = timeline.faults.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, vec!["crash", "partition", "heal", "start", "pause"]);
-        let svg = sim_timeline_svg(&timeline, "seed 7").expect("drawn");
+        let svg = sim_timeline_svg(&timeline, "seed 7", "virtual seconds").expect("drawn");
         let doc = parses_as_xml(&svg);
         let lines = doc.descendants().filter(|n| n.has_tag_name("polyline")).count();
         assert!(lines >= 3, "commits, aborts and the leader: {lines}");

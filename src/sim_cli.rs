@@ -129,7 +129,7 @@ fn single(args: &SimArgs, seed: u64) -> anyhow::Result<bool> {
     if let (Some(path), Some(trace)) = (&args.timeline, &trace) {
         let timeline = paytx::plot::SimTimeline::from_trace(trace, args.timeline_interval_ms);
         let title = format!("paytx sim --seed {seed} (faults {})", args.faults);
-        let svg = paytx::plot::sim_timeline_svg(&timeline, &title)?;
+        let svg = paytx::plot::sim_timeline_svg(&timeline, &title, "virtual seconds")?;
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
         println!("timeline written to {}", path.display());
     }
