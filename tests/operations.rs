@@ -209,6 +209,12 @@ async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader()
     ];
     let receipt = submit(&client, "console-pay-1", pay).await;
     assert!(receipt.outcome.is_committed());
+    // A key with a slash and a hash, looked up through the CLI's encoding.
+    let odd = vec![
+        Operation::Debit { account: accounts[0], amount: cny(1) },
+        Operation::Credit { account: AccountId(2), amount: cny(1) },
+    ];
+    let odd_receipt = submit(&client, "ops/odd#key", odd).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
     let http = http();
     for addr in admins.values() {
@@ -266,6 +272,16 @@ async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader()
         .await
         .expect("lookup is JSON");
     assert_eq!(detail.txn, receipt.txn.to_string());
+    let odd: TxnDetail = http
+        .get(format!("http://{}/admin/v1/txns/ops%2Fodd%23key", admins[&leader]))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("lookup answers")
+        .json()
+        .await
+        .expect("lookup is JSON");
+    assert_eq!(odd.txn, odd_receipt.txn.to_string(), "{odd:?}");
     assert_eq!(detail.decision, Some(paytx::protocol::Outcome::Committed), "{detail:?}");
     // And by id while it is still in the table, or 404 once forgotten.
     let by_id = http

@@ -151,7 +151,8 @@ pub async fn start(
             .route("/health/ready", web::get().to(health::ready))
             .route("/admin/v1/status", web::get().to(api::status))
             .route("/admin/v1/txns", web::get().to(api::txns))
-            .route("/admin/v1/txns/{id}", web::get().to(api::txn))
+            // A key may hold a `/`: the rest of the path is the id or key.
+            .route("/admin/v1/txns/{id:.*}", web::get().to(api::txn))
             .route("/console", web::get().to(console::page))
             .default_service(web::to(|| async {
                 HttpResponse::NotFound().json(serde_json::json!({ "error": "not_found" }))
