@@ -436,3 +436,74 @@ async fn paytx_up_with_admin_counts_api_requests_and_paytx_admin_reads_the_clust
     }
     assert!(lines.iter().any(|l| l.starts_with('{')), "JSON lines: {logs}");
 }
+
+/// The console in a real browser: headless Chromium loads `/console` with
+/// the admin key (HTTP Basic, as a browser sends it) and the rendered DOM
+/// shows every node, the leader and a just-committed transaction's lookup;
+/// without the key it gets the 401 page. Keeps a screenshot at
+/// `$PAYTX_CONSOLE_SCREENSHOT` (default `paytx-console.png`). Ignored by
+/// default (needs Chromium; CI installs Debian's `chromium`): `cargo test
+/// --test operations -- --ignored console_in_headless_chromium`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn console_in_headless_chromium() {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("Chromium is installed (Debian: apt-get install chromium)");
+    let screenshot = std::env::var("PAYTX_CONSOLE_SCREENSHOT").unwrap_or_else(|_| "paytx-console.png".into());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, client) = start(with_admin(dir.path())).await;
+    let accounts = open(&client, "open-chromium", [1u64, 2].into_iter(), 1_000).await;
+    let pay = vec![
+        Operation::Debit { account: accounts[0], amount: cny(300) },
+        Operation::Credit { account: accounts[1], amount: cny(300) },
+    ];
+    let receipt = submit(&client, "chromium-pay-1", pay).await;
+    assert!(receipt.outcome.is_committed());
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let admin = admin_addrs(&cluster)[&leader];
+    let run = |args: Vec<String>| {
+        let browser = browser.to_string();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let profile = tempfile::tempdir().expect("a browser profile directory");
+                let output = std::process::Command::new(&browser)
+                    .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+                    .arg(format!("--user-data-dir={}", profile.path().display()))
+                    .args(args)
+                    .output()
+                    .expect("Chromium runs");
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            })
+            .await
+            .expect("the browser task")
+        }
+    };
+    let with_key = format!("http://ops:{ADMIN_KEY}@{admin}/console?txn=chromium-pay-1");
+    let dom = run(vec!["--dump-dom".into(), with_key.clone()]).await;
+    for id in cluster.node_ids() {
+        assert!(dom.contains(&format!("<td>node {id}</td>")), "node {id} in the rendered console:\n{dom}");
+    }
+    assert!(dom.contains(&format!("<b id=\"leader\">node {leader}</b>")), "the leader in the rendered console:\n{dom}");
+    assert!(dom.contains("id=\"lookup\""), "the lookup in the rendered console:\n{dom}");
+    assert!(dom.contains(&receipt.txn.to_string()), "the committed transaction's id in the lookup:\n{dom}");
+    assert!(dom.contains("Committed"), "its decision in the lookup:\n{dom}");
+
+    // Without the key the browser is refused: headless Chromium cancels
+    // the Basic challenge and renders nothing of the console; the status
+    // itself is checked over HTTP.
+    let without_key = run(vec!["--dump-dom".into(), format!("http://{admin}/console")]).await;
+    assert!(!without_key.contains("id=\"nodes\""), "nothing of the console without the key:\n{without_key}");
+    let wrong_key = run(vec!["--dump-dom".into(), format!("http://ops:wrong-key-0123456789@{admin}/console")]).await;
+    assert!(!wrong_key.contains("id=\"nodes\""), "nothing of the console with a wrong key:\n{wrong_key}");
+    let status = http().get(format!("http://{admin}/console")).send().await.expect("answers").status();
+    assert_eq!(status, 401);
+
+    run(vec!["--window-size=1280,1400".into(), format!("--screenshot={screenshot}"), with_key]).await;
+    let png = std::fs::read(&screenshot).expect("the screenshot is written");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    eprintln!("console screenshot: {screenshot}");
+    drop(client);
+    cluster.shutdown().await;
+}

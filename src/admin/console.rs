@@ -87,7 +87,7 @@ fn aborts_by_reason(state: &AdminState) -> Vec<(String, u64)> {
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222;max-width:1200px}\
-table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;font-size:.9rem}\
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;font-size:.9rem;white-space:nowrap}\
 th{background:#f3f3f3}.ok{color:#176e2c}.bad{color:#b00020}.charts{display:flex;gap:2rem;flex-wrap:wrap}\
 code{font-size:.85rem}h2{margin-top:1.5rem;font-size:1.15rem}";
 
@@ -179,6 +179,9 @@ pub fn render(
          <table id=\"txns\"><tr><th>txn</th><th>key</th><th>state</th><th>age</th><th>ops</th></tr>",
         txns.total, txns.answered_by
     );
+    if txns.txns.is_empty() {
+        h.push_str("<tr><td colspan=\"5\">none</td></tr>");
+    }
     for t in &txns.txns {
         let _ = write!(
             h,
@@ -219,6 +222,12 @@ pub fn render(
                     escape(&d.state),
                     escape(&decision)
                 );
+                if d.shards.is_empty() {
+                    h.push_str(
+                        "<tr><td colspan=\"4\">finished: every shard acknowledged and the record was \
+                         forgotten; the key keeps the outcome</td></tr>",
+                    );
+                }
                 for s in &d.shards {
                     let acked = match s.acked {
                         Some(true) => "yes",
@@ -241,6 +250,9 @@ pub fn render(
     }
 
     let _ = write!(h, "<h2>Aborts by reason (node {}'s coordinator, since start)</h2><table id=\"aborts\"><tr><th>reason</th><th>count</th></tr>", cluster.answered_by);
+    if aborts.is_empty() {
+        h.push_str("<tr><td colspan=\"2\">none</td></tr>");
+    }
     for (reason, count) in aborts {
         let _ = write!(h, "<tr><td>{}</td><td>{count}</td></tr>", escape(reason));
     }
@@ -294,6 +306,10 @@ pub fn svg_chart(title: &str, series: &[Series<'_>], min_y_max: f64, unit: &str)
                 path.join(" "),
                 escape(name)
             );
+            // Dots too: a series of one point draws no line.
+            for (x, y) in points.iter() {
+                let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1.8\" fill=\"{colour}\"/>", sx(*x), sy(*y));
+            }
         }
         let _ = write!(
             s,
