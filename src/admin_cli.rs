@@ -126,6 +126,9 @@ fn print_txn(detail: &TxnDetail) {
         Some(outcome) => println!("decision: {outcome:?}"),
         None => println!("decision: none yet"),
     }
+    if let Some(reason) = &detail.refused {
+        println!("refused: {reason}");
+    }
     if let Some(age_ms) = detail.age_ms {
         println!("seen for: {:.1} s", age_ms as f64 / 1e3);
     }

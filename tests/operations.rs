@@ -507,3 +507,87 @@ async fn console_in_headless_chromium() {
     drop(client);
     cluster.shutdown().await;
 }
+
+/// A transaction whose decision one shard never receives: the leader's
+/// admin API lists it as committing, oldest first with a growing age, and
+/// its lookup shows which shard has acknowledged and which has not; a
+/// follower's shows the table's view without the engine's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_acknowledgement_shows_in_the_list_and_the_lookup() {
+    use paytx::protocol::{EntityKey, PeerRequest};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, client) = start(with_admin(dir.path())).await;
+    let admins = admin_addrs(&cluster);
+    let shard_map = cluster.config(1).expect("node 1").shards.clone();
+    // Two accounts on different shards.
+    let payer = AccountId(1);
+    let payee = (2..100)
+        .map(AccountId)
+        .find(|a| shard_map.shard_of(EntityKey::Account(*a)) != shard_map.shard_of(EntityKey::Account(payer)))
+        .expect("an account on another shard");
+    open(&client, "open-stuck", [payer.0, payee.0].into_iter(), 1_000).await;
+    let stuck = shard_map.shard_of(EntityKey::Account(payee));
+    cluster
+        .link_filter()
+        .set(move |_, _, message| !matches!(message, PeerRequest::Decide { shard, .. } if *shard == stuck));
+    let pay = vec![
+        Operation::Debit { account: payer, amount: cny(100) },
+        Operation::Credit { account: payee, amount: cny(100) },
+    ];
+    let receipt = submit(&client, "stuck-ack-1", pay).await;
+    assert!(receipt.outcome.is_committed(), "implicitly committed before any decision is delivered");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    let http = http();
+    let get = |addr: SocketAddr, path: String| {
+        let http = http.clone();
+        async move {
+            let response =
+                http.get(format!("http://{addr}{path}")).bearer_auth(ADMIN_KEY).send().await.expect("answers");
+            assert_eq!(response.status(), 200, "{path}");
+            response.json::<serde_json::Value>().await.expect("JSON")
+        }
+    };
+    // The other shard acknowledges; the stuck one cannot. Seen for > 1 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let detail = loop {
+        let detail: TxnDetail = serde_json::from_value(get(admins[&leader], "/admin/v1/txns/stuck-ack-1".into()).await)
+            .expect("a TxnDetail");
+        let acked: Vec<Option<bool>> = detail.shards.iter().map(|s| s.acked).collect();
+        if acked.contains(&Some(true)) && detail.age_ms.unwrap_or(0) >= 1_000 {
+            break detail;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the other shard never acked: {detail:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(detail.state, "committing");
+    assert_eq!(detail.decision, Some(paytx::protocol::Outcome::Committed));
+    assert_eq!(detail.txn, receipt.txn.to_string());
+    for shard in &detail.shards {
+        let want = shard.shard != stuck.to_string();
+        assert_eq!(shard.acked, Some(want), "{shard:?}");
+        assert_eq!(shard.ops.len(), 1);
+    }
+    let list: TxnList = serde_json::from_value(get(admins[&leader], "/admin/v1/txns".into()).await).expect("a list");
+    let listed = list.txns.iter().find(|t| t.key == "stuck-ack-1").expect("listed");
+    assert_eq!(listed.state, "committing");
+    assert!(listed.age_ms >= 1_000, "{listed:?}");
+    // A follower has the table's view, not the leader engine's.
+    let follower = cluster.node_ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let seen: TxnDetail =
+        serde_json::from_value(get(admins[&follower], "/admin/v1/txns/stuck-ack-1".into()).await).expect("a TxnDetail");
+    assert!(seen.shards.iter().all(|s| s.vote == "unknown" && s.acked.is_none()), "{seen:?}");
+    // Healed: the decision arrives, the record is forgotten, the key remains.
+    cluster.link_filter().clear();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let detail: TxnDetail = serde_json::from_value(get(admins[&leader], "/admin/v1/txns/stuck-ack-1".into()).await)
+            .expect("a TxnDetail");
+        if detail.state == "finished" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never finished: {detail:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(client);
+    cluster.shutdown().await;
+}

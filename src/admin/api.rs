@@ -159,12 +159,14 @@ pub async fn txn_detail(state: &AdminState, id_or_key: &str) -> Option<TxnDetail
         }
     };
     let age_ms = Some(state.history.age_ms(&txn)).filter(|ms| *ms > 0);
+    let refused = progress.and_then(|p| p.refused).map(|reason| reason.to_string());
     Some(TxnDetail {
         answered_by: service.id(),
         txn: txn.to_string(),
         key,
         state: state_label,
         decision,
+        refused,
         shards,
         age_ms,
     })

@@ -209,9 +209,10 @@ pub fn render(
                 let _ = write!(h, "<p id=\"lookup\" class=\"bad\">{}: not found</p>", escape(wanted));
             }
             Some(d) => {
-                let decision = match &d.decision {
-                    Some(o) => format!("{o:?}"),
-                    None => "none yet".into(),
+                let decision = match (&d.decision, &d.refused) {
+                    (Some(o), _) => format!("{o:?}"),
+                    (None, Some(reason)) => format!("none yet (will abort: {reason})"),
+                    (None, None) => "none yet".into(),
                 };
                 let _ = write!(
                     h,

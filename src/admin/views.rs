@@ -83,6 +83,10 @@ pub struct TxnDetail {
     /// only remembers the key's outcome (every shard acknowledged).
     pub state: String,
     pub decision: Option<Outcome>,
+    /// While preparing: the first reason to abort the leader's engine saw
+    /// (a NO, an unreachable shard, the deadline), acted on once the Begin
+    /// applies.
+    pub refused: Option<String>,
     pub shards: Vec<ShardProgress>,
     pub age_ms: Option<u64>,
 }
