@@ -215,6 +215,11 @@ async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader()
         Operation::Credit { account: AccountId(2), amount: cny(1) },
     ];
     let odd_receipt = submit(&client, "ops/odd#key", odd).await;
+    let too_much = vec![
+        Operation::Debit { account: accounts[0], amount: cny(1_000_000) },
+        Operation::Credit { account: AccountId(2), amount: cny(1_000_000) },
+    ];
+    assert!(!submit(&client, "console-too-much", too_much).await.outcome.is_committed());
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
     let http = http();
     for addr in admins.values() {
@@ -258,6 +263,26 @@ async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader()
         assert!(html.contains(&format!("<b id=\"leader\">node {leader}</b>")), "the leader in the console");
         assert!(html.contains("id=\"lookup\"") && html.contains("console-pay-1"), "the lookup in the console");
         assert!(html.contains("<svg"), "charts");
+    }
+
+    // The abort shows in the leader's console by reason once the sampler
+    // (once a second) has seen it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let html = http
+            .get(format!("http://{}/console", admins[&leader]))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("console answers")
+            .text()
+            .await
+            .expect("console body");
+        if html.contains("<tr><td>insufficient_funds</td>") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no abort row in the console:\n{html}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // One transaction by key: committed (its record may be forgotten by now,

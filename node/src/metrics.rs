@@ -157,18 +157,20 @@ impl NodeMetrics {
     /// latency (the console's charts).
     pub fn totals(&self) -> OutcomeTotals {
         use prometheus::core::Metric as _;
-        let aborted = self
-            .aborted
-            .collect()
-            .iter()
-            .flat_map(|f| f.get_metric().iter())
-            .map(|m| m.get_counter().get_value())
-            .sum::<f64>();
+        let mut aborted_by_reason = BTreeMap::new();
+        for family in self.aborted.collect() {
+            for metric in family.get_metric() {
+                let reason = metric.get_label().iter().find(|l| l.name() == "reason").map(|l| l.value().to_string());
+                aborted_by_reason.insert(reason.unwrap_or_default(), metric.get_counter().get_value() as u64);
+            }
+        }
+        let aborted: u64 = aborted_by_reason.values().sum();
         let histogram = self.commit_latency.metric();
         let latency = histogram.get_histogram();
         OutcomeTotals {
             committed: self.committed.get(),
-            aborted: aborted as u64,
+            aborted,
+            aborted_by_reason,
             latency_count: latency.get_sample_count(),
             latency_cumulative: latency.get_bucket().iter().map(|b| b.cumulative_count()).collect(),
         }
@@ -222,6 +224,8 @@ impl NodeMetrics {
 pub struct OutcomeTotals {
     pub committed: u64,
     pub aborted: u64,
+    /// Aborts so far by reason code (bounded: one entry per `AbortReason`).
+    pub aborted_by_reason: BTreeMap<String, u64>,
     /// Commit latencies observed, and the cumulative count per bucket of
     /// [`LATENCY_BUCKETS_SECONDS`].
     pub latency_count: u64,

@@ -65,25 +65,16 @@ pub async fn page(state: web::Data<AdminState>, req: HttpRequest, query: web::Qu
         None => None,
     };
     let intervals = state.history.intervals();
-    let aborts = aborts_by_reason(&state);
+    let aborts = Aborts { span_secs: state.history.span_secs(), by_reason: state.history.aborts_by_reason() };
     let html = render(&cluster, &txns, &readiness, lookup.as_ref(), &intervals, &aborts);
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(html)
 }
 
-/// This node's aborts so far, by reason (from its counters).
-fn aborts_by_reason(state: &AdminState) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for family in state.service.metrics().registry().gather() {
-        if family.name() != "paytx_txns_aborted_total" {
-            continue;
-        }
-        for metric in family.get_metric() {
-            let reason = metric.get_label().iter().find(|l| l.name() == "reason").map(|l| l.value().to_string());
-            out.push((reason.unwrap_or_default(), metric.get_counter().get_value() as u64));
-        }
-    }
-    out.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-    out
+/// Aborts by reason: over the sampler's history and since start.
+pub struct Aborts {
+    pub span_secs: u64,
+    /// `(reason, in the last span_secs, since start)`, most frequent first.
+    pub by_reason: Vec<(String, u64, u64)>,
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222;max-width:1200px}\
@@ -98,7 +89,7 @@ pub fn render(
     readiness: &super::health::Readiness,
     lookup: Option<&(String, Option<TxnDetail>)>,
     intervals: &[Interval],
-    aborts: &[(String, u64)],
+    aborts: &Aborts,
 ) -> String {
     let mut h = String::new();
     let _ = write!(
@@ -250,12 +241,17 @@ pub fn render(
         }
     }
 
-    let _ = write!(h, "<h2>Aborts by reason (node {}'s coordinator, since start)</h2><table id=\"aborts\"><tr><th>reason</th><th>count</th></tr>", cluster.answered_by);
-    if aborts.is_empty() {
-        h.push_str("<tr><td colspan=\"2\">none</td></tr>");
+    let _ = write!(
+        h,
+        "<h2>Aborts by reason (node {}'s coordinator)</h2><table id=\"aborts\"><tr><th>reason</th>\
+         <th>last {} s</th><th>since start</th></tr>",
+        cluster.answered_by, aborts.span_secs
+    );
+    if aborts.by_reason.is_empty() {
+        h.push_str("<tr><td colspan=\"3\">none</td></tr>");
     }
-    for (reason, count) in aborts {
-        let _ = write!(h, "<tr><td>{}</td><td>{count}</td></tr>", escape(reason));
+    for (reason, recent, total) in &aborts.by_reason {
+        let _ = write!(h, "<tr><td>{}</td><td>{recent}</td><td>{total}</td></tr>", escape(reason));
     }
     h.push_str(
         "</table><p><a href=\"/metrics\">/metrics</a> · <a href=\"/health/ready\">/health/ready</a></p></body></html>",

@@ -74,6 +74,33 @@ impl History {
         self.lock().first_seen.get(txn).map(|t| t.elapsed().as_millis() as u64).unwrap_or(0)
     }
 
+    /// Aborts by reason over the kept history (up to five minutes) and
+    /// since start, most frequent first: `(reason, recent, total)`.
+    pub fn aborts_by_reason(&self) -> Vec<(String, u64, u64)> {
+        let inner = self.lock();
+        let (Some(oldest), Some(newest)) = (inner.samples.front(), inner.samples.back()) else { return Vec::new() };
+        let mut out: Vec<(String, u64, u64)> = newest
+            .totals
+            .aborted_by_reason
+            .iter()
+            .map(|(reason, total)| {
+                let before = oldest.totals.aborted_by_reason.get(reason).copied().unwrap_or(0);
+                (reason.clone(), total.saturating_sub(before), *total)
+            })
+            .collect();
+        out.sort_by_key(|(reason, recent, total)| (std::cmp::Reverse((*recent, *total)), reason.clone()));
+        out
+    }
+
+    /// The seconds the kept history spans.
+    pub fn span_secs(&self) -> u64 {
+        let inner = self.lock();
+        match (inner.samples.front(), inner.samples.back()) {
+            (Some(a), Some(b)) => b.at.duration_since(a.at).as_secs(),
+            _ => 0,
+        }
+    }
+
     /// The intervals between consecutive samples, oldest first.
     pub fn intervals(&self) -> Vec<Interval> {
         let inner = self.lock();
@@ -136,6 +163,21 @@ pub async fn run_sampler(state: Arc<AdminState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_aborts_are_the_difference_over_the_kept_samples() {
+        let history = History::default();
+        let totals = |pairs: &[(&str, u64)]| OutcomeTotals {
+            aborted_by_reason: pairs.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            ..OutcomeTotals::default()
+        };
+        history.record(totals(&[("conflict", 5)]), Vec::new());
+        history.record(totals(&[("conflict", 7), ("insufficient_funds", 3)]), Vec::new());
+        assert_eq!(
+            history.aborts_by_reason(),
+            vec![("insufficient_funds".to_string(), 3, 3), ("conflict".to_string(), 2, 7)]
+        );
+    }
 
     #[test]
     fn quantiles_are_bucket_upper_bounds() {
