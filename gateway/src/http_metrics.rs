@@ -67,3 +67,51 @@ impl Default for HttpMetrics {
         HttpMetrics::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::core::Collector as _;
+
+    fn samples(vec: &IntCounterVec) -> Vec<(Vec<(String, String)>, u64)> {
+        vec.collect()
+            .iter()
+            .flat_map(|f| f.get_metric().iter())
+            .map(|m| {
+                let labels = m.get_label().iter().map(|l| (l.name().to_string(), l.value().to_string())).collect();
+                (labels, m.get_counter().get_value() as u64)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn labels_stay_bounded_and_outcomes_are_counted_apart() {
+        let metrics = HttpMetrics::new();
+        metrics.observe(Some("/v1/orders/{id}"), "GET", 200);
+        metrics.observe(Some("/v1/orders/{id}"), "GET", 200);
+        metrics.observe(None, "BREW", 418);
+        let requests = samples(&metrics.requests);
+        let label = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert!(requests
+            .contains(&(vec![label("method", "GET"), label("route", "/v1/orders/{id}"), label("status", "200")], 2)));
+        assert!(
+            requests
+                .contains(&(vec![label("method", "other"), label("route", "unmatched"), label("status", "418")], 1)),
+            "an unknown method and an unmatched path share bounded labels: {requests:?}"
+        );
+        metrics.observe_notification(NotifyOutcome::Delivered);
+        metrics.observe_notification(NotifyOutcome::Retrying);
+        metrics.observe_notification(NotifyOutcome::Retrying);
+        metrics.observe_notification(NotifyOutcome::GaveUp);
+        let mut notifications = samples(&metrics.notifications);
+        notifications.sort();
+        assert_eq!(
+            notifications,
+            vec![
+                (vec![label("outcome", "delivered")], 1),
+                (vec![label("outcome", "failed_gave_up")], 1),
+                (vec![label("outcome", "failed_will_retry")], 2),
+            ]
+        );
+    }
+}
