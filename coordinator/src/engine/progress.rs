@@ -40,8 +40,9 @@ impl Engine {
                 progress.yes = votes.yes.iter().copied().collect();
                 progress.refused = votes.refused.clone();
             }
-            Phase::Deciding => progress.phase = "deciding",
-            Phase::Finishing { outcome, acked } => {
+            // `{ .. }`: the variants' other fields (retries, NO sets) are not shown.
+            Phase::Deciding { .. } => progress.phase = "deciding",
+            Phase::Finishing { outcome, acked, .. } => {
                 progress.phase = "finishing";
                 progress.outcome = Some(outcome.clone());
                 progress.acked = acked.iter().copied().collect();
