@@ -40,7 +40,9 @@ impl Engine {
                 progress.yes = votes.yes.iter().copied().collect();
                 progress.refused = votes.refused.clone();
             }
-            // `{ .. }`: the variants' other fields (retries, NO sets) are not shown.
+            // `{ .. }`: the variants' other fields (retries, NO sets) are not
+            // shown; on main `Deciding` has fields, here it has none yet.
+            #[allow(clippy::unneeded_struct_pattern)]
             Phase::Deciding { .. } => progress.phase = "deciding",
             Phase::Finishing { outcome, acked, .. } => {
                 progress.phase = "finishing";
