@@ -354,6 +354,19 @@ async fn write_a_scrape_for_promtool() {
     cluster.shutdown().await;
 }
 
+/// Kills a child process when dropped (a test that panics must not leave
+/// its cluster running).
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `paytx up --admin`: every node's admin URLs are printed, the merchant
 /// API's requests are counted by route and status, logs are JSON lines,
 /// and `paytx admin` reads the cluster table from any node.
@@ -365,7 +378,7 @@ async fn paytx_up_with_admin_counts_api_requests_and_paytx_admin_reads_the_clust
     let admin_file = dir.path().join("admin.key");
     let log_file = dir.path().join("up.log");
     let (up_data, up_admin, up_log) = (data.clone(), admin_file.clone(), log_file.clone());
-    let (mut child, apis, admins) = tokio::task::spawn_blocking(move || {
+    let (child, apis, admins) = tokio::task::spawn_blocking(move || {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paytx"))
             .args(["up", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
             .arg(&up_data)
@@ -394,6 +407,8 @@ async fn paytx_up_with_admin_counts_api_requests_and_paytx_admin_reads_the_clust
     })
     .await
     .expect("paytx up reports");
+    // A failed assertion below must not leave the cluster running.
+    let mut child = KillOnDrop(Some(child));
     assert_eq!(apis.len(), 3, "{apis:?}");
     assert_eq!(admins.len(), 3, "one admin listener per node: {admins:?}");
 
@@ -445,6 +460,7 @@ async fn paytx_up_with_admin_counts_api_requests_and_paytx_admin_reads_the_clust
     let in_doubt = admin_cli(key_args(&["in-doubt"]));
     assert!(in_doubt.contains("live transactions"), "{in_doubt}");
 
+    let mut child = child.0.take().expect("still running");
     let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
     assert!(killed.success());
     let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
