@@ -47,6 +47,10 @@ pub struct BenchArgs {
     pub json: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Draw throughput over time and the latency distribution (HDR
+    /// percentiles), one series per concurrency level, into this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +76,9 @@ struct BenchReport {
     payments_per_entry: Option<f64>,
     disk_flushes: u64,
     payments_per_flush: Option<f64>,
+    /// What `--plot` draws of this level.
+    #[serde(skip)]
+    series: paytx::plot::LevelSeries,
 }
 
 /// USER_HZ: the unit of `/proc/<pid>/stat` CPU times, 100 on every Linux
@@ -142,9 +149,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let opened = open_accounts(&client, &format!("bench-{base}-open"), &accounts, Currency::CNY, 50).await?;
     anyhow::ensure!(opened.iter().all(|r| r.outcome.is_committed()), "opening bench accounts aborted");
 
+    let mut series = Vec::new();
     for (level, concurrency) in args.concurrency.iter().copied().enumerate() {
         let report = run_level(&args, &client, &addrs, base, merchants, level as u64, concurrency).await?;
         print_report(&args, &report)?;
+        series.push(report.series);
+    }
+    if let Some(path) = &args.plot {
+        let svg = paytx::plot::bench_svg(&series)?;
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("plot written to {}", path.display());
     }
     if let Some(cluster) = cluster {
         cluster.shutdown().await;
@@ -165,9 +179,12 @@ async fn run_level(
 ) -> anyhow::Result<BenchReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
+    // Commits so far in the window, read once a second for the plot.
+    let commits_so_far = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = Vec::new();
     for worker in 0..concurrency.max(1) {
         let (client, stop, measuring) = (client.clone(), stop.clone(), measuring.clone());
+        let commits_so_far = commits_so_far.clone();
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ (worker as u64) << 20 ^ level << 40);
         let payers = args.accounts;
         workers.push(tokio::spawn(async move {
@@ -192,7 +209,10 @@ async fn run_level(
                 }
                 record_us(&mut histogram, sent.elapsed().as_micros() as u64);
                 match result {
-                    Ok(receipt) if receipt.outcome.is_committed() => committed += 1,
+                    Ok(receipt) if receipt.outcome.is_committed() => {
+                        committed += 1;
+                        commits_so_far.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(_) => aborted += 1,
                     Err(_) => errors += 1,
                 }
@@ -205,7 +225,14 @@ async fn run_level(
     let cpu_before = process_cpu_secs();
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
+    let mut commits_per_sec = Vec::new();
+    let mut seen = 0u64;
+    for second in 1..=args.duration_secs {
+        tokio::time::sleep_until((started + Duration::from_secs(second)).into()).await;
+        let now = commits_so_far.load(Ordering::Relaxed);
+        commits_per_sec.push(now.saturating_sub(seen) as f64);
+        seen = now;
+    }
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = process_cpu_secs();
@@ -244,6 +271,14 @@ async fn run_level(
         payments_per_entry: ratio(committed, entries),
         disk_flushes: flushes,
         payments_per_flush: ratio(committed, flushes),
+        series: paytx::plot::LevelSeries {
+            concurrency,
+            commits_per_sec,
+            percentiles_ms: paytx::plot::PLOT_PERCENTILES
+                .iter()
+                .map(|p| (*p, histogram.value_at_quantile(p / 100.0) as f64 / 1_000.0))
+                .collect(),
+        },
     })
 }
 

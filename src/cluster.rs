@@ -58,6 +58,19 @@ pub struct ClusterOptions {
     pub link_filter: LinkFilter,
     /// Serve the open-platform HTTP API from every node (see [`HttpOptions`]).
     pub http: Option<HttpOptions>,
+    /// Serve the admin listener from every node (see [`AdminOptions`]).
+    pub admin: Option<AdminOptions>,
+}
+
+/// The admin listeners of an embedded cluster (metrics, health, admin API,
+/// console): node `i` (1-based) listens on `base` with port
+/// `base.port() + i - 1` (or an ephemeral port when `base.port()` is 0).
+#[derive(Clone, Debug)]
+pub struct AdminOptions {
+    pub base: SocketAddr,
+    /// The admin key for `/admin/v1` and `/console`; `None`: the one of
+    /// [`HttpOptions::gateway`] (`admin_key_file`), when set.
+    pub admin_key_file: Option<PathBuf>,
 }
 
 /// The open-platform API of an embedded cluster: node `i` (1-based) listens
@@ -82,6 +95,7 @@ impl Default for ClusterOptions {
             seed: None,
             link_filter: LinkFilter::default(),
             http: None,
+            admin: None,
         }
     }
 }
@@ -121,10 +135,17 @@ pub struct Cluster {
     nodes: Mutex<BTreeMap<NodeId, NodeThread>>,
     link_filter: LinkFilter,
     http_addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
+    admin_addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
 }
 
-/// What a started node reports: its client address and its API address.
-type Ready = oneshot::Receiver<Result<(SocketAddr, Option<SocketAddr>), String>>;
+/// Where a started node serves.
+struct Started {
+    http: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+/// What a started node reports.
+type Ready = oneshot::Receiver<Result<Started, String>>;
 
 fn spawn_node(config: NodeConfig, options: NodeOptions) -> (NodeThread, Ready) {
     let (commands, mut inbox) = mpsc::unbounded_channel();
@@ -142,7 +163,7 @@ fn spawn_node(config: NodeConfig, options: NodeOptions) -> (NodeThread, Ready) {
                         return;
                     }
                 };
-                let _ = ready.send(Ok((node.addr(), node.http_addr())));
+                let _ = ready.send(Ok(Started { http: node.http_addr(), admin: node.admin_addr() }));
                 while let Some(command) = inbox.recv().await {
                     match command {
                         NodeCommand::ShutdownCoordinator(done) => {
@@ -205,6 +226,13 @@ impl Cluster {
                 config.http_listen = Some(SocketAddr::new(http.base.ip(), port));
                 config.gateway = http.gateway.clone();
             }
+            if let Some(admin) = &options.admin {
+                let port = if admin.base.port() == 0 { 0 } else { admin.base.port().saturating_add(*id as u16 - 1) };
+                config.admin_listen = Some(SocketAddr::new(admin.base.ip(), port));
+                if let Some(key) = &admin.admin_key_file {
+                    config.gateway.admin_key_file = key.clone();
+                }
+            }
             configs.insert(*id, config);
         }
         let cluster = Cluster {
@@ -214,6 +242,7 @@ impl Cluster {
             nodes: Mutex::new(BTreeMap::new()),
             link_filter: options.link_filter.clone(),
             http_addrs: Mutex::new(BTreeMap::new()),
+            admin_addrs: Mutex::new(BTreeMap::new()),
         };
         let mut waits = Vec::new();
         for (id, listener) in listeners {
@@ -229,7 +258,7 @@ impl Cluster {
         }
         for (id, ready) in waits {
             match ready.await {
-                Ok(Ok((_, http))) => cluster.note_http(id, http),
+                Ok(Ok(started)) => cluster.note_started(id, &started),
                 Ok(Err(reason)) => return Err(ClusterError::NodeStart { node: id, reason }),
                 Err(_) => return Err(ClusterError::NodeStart { node: id, reason: "the node thread ended".into() }),
             }
@@ -242,12 +271,19 @@ impl Cluster {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn note_http(&self, node: NodeId, addr: Option<SocketAddr>) {
-        let mut addrs = self.http_addrs.lock().unwrap_or_else(|p| p.into_inner());
-        match addr {
-            Some(addr) => addrs.insert(node, addr),
-            None => addrs.remove(&node),
-        };
+    fn note_started(&self, node: NodeId, started: &Started) {
+        for (slot, addr) in [(&self.http_addrs, started.http), (&self.admin_addrs, started.admin)] {
+            let mut addrs = slot.lock().unwrap_or_else(|p| p.into_inner());
+            match addr {
+                Some(addr) => addrs.insert(node, addr),
+                None => addrs.remove(&node),
+            };
+        }
+    }
+
+    /// Where node `node` serves its admin listener (when it does).
+    pub fn admin_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.admin_addrs.lock().unwrap_or_else(|p| p.into_inner()).get(&node).copied()
     }
 
     /// Where node `node` serves the open-platform HTTP API (when it does).
@@ -353,8 +389,8 @@ impl Cluster {
         let (thread, ready) = spawn_node(config, options);
         self.lock_nodes().insert(node, thread);
         match ready.await {
-            Ok(Ok((_, http))) => {
-                self.note_http(node, http);
+            Ok(Ok(started)) => {
+                self.note_started(node, &started);
                 Ok(())
             }
             Ok(Err(reason)) => Err(ClusterError::NodeStart { node, reason }),

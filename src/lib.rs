@@ -6,16 +6,18 @@
 //! Services elsewhere use [`Client`] against `paytx node` processes.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod gateway;
 pub mod net;
 pub mod node;
+pub mod plot;
 pub mod report;
 pub mod workload;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use cluster::{Cluster, ClusterOptions, HttpOptions};
+pub use cluster::{AdminOptions, Cluster, ClusterOptions, HttpOptions};
 pub use paytx_node::{config, link, NodeConfig};
 pub use paytx_protocol as protocol;

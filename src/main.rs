@@ -1,6 +1,7 @@
 //! The `paytx` command line.
 #![forbid(unsafe_code)]
 
+mod admin_cli;
 mod bench;
 mod bench_orders;
 mod cli_client;
@@ -33,6 +34,9 @@ enum Command {
     Node {
         #[arg(long)]
         config: PathBuf,
+        /// `text` (default) or `json`: one JSON object per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Closed-loop payment benchmark over TCP.
     Bench(bench::BenchArgs),
@@ -49,6 +53,9 @@ enum Command {
     /// An embedded 3-node cluster serving the native protocol and the
     /// open-platform HTTP API until Ctrl-C.
     Up(up::UpArgs),
+    /// Ask a node's admin listener: the cluster table, one transaction, the
+    /// transactions in flight.
+    Admin(admin_cli::AdminArgs),
     /// The gateway's hash-chained audit logs.
     Audit {
         #[command(subcommand)]
@@ -66,6 +73,10 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 7101)]
         base_port: u16,
+        /// Give node i an admin listener on 127.0.0.1:(this + i - 1)
+        /// (`admin_listen`; metrics, health, admin API, console).
+        #[arg(long)]
+        admin_base_port: Option<u16>,
     },
 }
 
@@ -82,11 +93,39 @@ enum AuditCommand {
 /// Log filter for the demo and the benchmark.
 const QUIET_LOGS: &str = "warn,openraft=off,paytx::net=error";
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`,
+    /// and the span fields such as `node`, `txn`, `shard` where set).
+    Json,
+}
+
 fn init_tracing(default: &str) {
+    init_tracing_as(default, LogFormat::Text);
+}
+
+/// `RUST_LOG` overrides `default` in either format.
+fn init_tracing_as(default: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Colours only on a terminal: node logs usually go to files.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    match format {
+        LogFormat::Text => {
+            // Colours only on a terminal: node logs usually go to files.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+        }
+        LogFormat::Json => {
+            tracing_subscriber::fmt()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+        }
+    }
 }
 
 /// Runs `future` on an actix system (one thread): what a node needs.
@@ -112,8 +151,8 @@ fn main() -> std::process::ExitCode {
             init_tracing(QUIET_LOGS);
             on_tokio(demo::run(args)).map(|ok| if ok { 0 } else { 1 })
         }
-        Command::Node { config } => {
-            init_tracing("info,openraft=warn,sled=warn");
+        Command::Node { config, log_format } => {
+            init_tracing_as("info,openraft=warn,sled=warn", log_format);
             run_node(config).map(|_| 0)
         }
         Command::Bench(args) => {
@@ -141,16 +180,20 @@ fn main() -> std::process::ExitCode {
             on_tokio(run_chaos(args)).map(|ok| if ok { 0 } else { 1 })
         }
         Command::Up(args) => {
-            init_tracing("warn,openraft=off,paytx::net=error,paytx_gateway=info");
+            init_tracing_as("warn,openraft=off,paytx::net=error,paytx_gateway=info", args.log_format);
             on_tokio(up::up(args)).map(|_| 0)
+        }
+        Command::Admin(args) => {
+            init_tracing("warn");
+            on_tokio(admin_cli::run(args)).map(|_| 0)
         }
         Command::Audit { command: AuditCommand::Verify { data_dir } } => {
             init_tracing("warn");
             up::audit_verify(&data_dir).map(|ok| if ok { 0 } else { 1 })
         }
-        Command::GenConfigs { nodes, dir, data_dir, base_port } => {
+        Command::GenConfigs { nodes, dir, data_dir, base_port, admin_base_port } => {
             init_tracing("warn");
-            gen_configs(nodes, &dir, data_dir, base_port).map(|_| 0)
+            gen_configs(nodes, &dir, data_dir, base_port, admin_base_port).map(|_| 0)
         }
     };
     match result {
@@ -175,6 +218,9 @@ fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
     on_actix(async move {
         let node = Node::start(config, NodeOptions::default()).await?;
         eprintln!("paytx node {} listening on {}", node.id(), node.addr());
+        if let Some(admin) = node.admin_addr() {
+            eprintln!("admin listener: http://{admin}/metrics  http://{admin}/health/ready  http://{admin}/console");
+        }
         let fail_stop = node.fail_stop();
         tokio::select! {
             signal = tokio::signal::ctrl_c() => signal.context("waiting for Ctrl-C")?,
@@ -190,7 +236,13 @@ fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-fn gen_configs(nodes: u64, dir: &std::path::Path, data_dir: Option<PathBuf>, base_port: u16) -> anyhow::Result<()> {
+fn gen_configs(
+    nodes: u64,
+    dir: &std::path::Path,
+    data_dir: Option<PathBuf>,
+    base_port: u16,
+    admin_base_port: Option<u16>,
+) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let data_dir = data_dir.unwrap_or_else(|| dir.join("data"));
@@ -198,13 +250,20 @@ fn gen_configs(nodes: u64, dir: &std::path::Path, data_dir: Option<PathBuf>, bas
         base_port.checked_add(nodes as u16).is_some(),
         "--base-port {base_port} leaves no room for {nodes} ports"
     );
+    if let Some(admin) = admin_base_port {
+        anyhow::ensure!(
+            admin.checked_add(nodes as u16).is_some(),
+            "--admin-base-port {admin} leaves no room for {nodes} ports"
+        );
+    }
     let addrs: BTreeMap<u64, SocketAddr> =
         (1..=nodes).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], base_port + id as u16 - 1)))).collect();
     // One random secret shared by the cluster's nodes: only they may speak
     // the node-to-node protocol.
     let secret = NodeConfig::random_secret();
     for id in 1..=nodes {
-        let config = NodeConfig::local(id, &addrs, data_dir.join(format!("node-{id}")), &secret);
+        let mut config = NodeConfig::local(id, &addrs, data_dir.join(format!("node-{id}")), &secret);
+        config.admin_listen = admin_base_port.map(|port| SocketAddr::from(([127, 0, 0, 1], port + id as u16 - 1)));
         let path = dir.join(format!("node-{id}.toml"));
         std::fs::write(&path, config.to_toml()?).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());

@@ -53,6 +53,9 @@ pub struct Node {
     disk: SledDisk,
     /// The open-platform HTTP API, when `http_listen` is set.
     gateway: Option<paytx_gateway::RunningGateway>,
+    /// The admin listener (metrics, health, admin API, console), when
+    /// `admin_listen` is set.
+    admin: Option<crate::admin::RunningAdmin>,
 }
 
 impl Node {
@@ -93,7 +96,9 @@ impl Node {
             idle_timeout_ms: config.limits.idle_timeout_ms,
             frame_read_timeout_ms: config.limits.frame_read_timeout_ms,
             peer_secret: Some(secret),
+            counters: crate::net::ServerCounters::default(),
         };
+        let server_counters = limits.counters.clone();
         let server = tokio::spawn(serve(listener, Arc::new(ServiceHandler(core.service())), limits, shutdown_rx));
         let gateway = match config.http_listen {
             Some(http) => match crate::gateway::start(&config, core.service(), http).await {
@@ -107,6 +112,24 @@ impl Node {
             },
             None => None,
         };
+        let admin = match config.admin_listen {
+            Some(listen) => {
+                let http_metrics = gateway.as_ref().map(|g| g.http_metrics().clone());
+                match crate::admin::start(&config, core.service(), server_counters, http_metrics, listen).await {
+                    Ok(admin) => Some(admin),
+                    Err(e) => {
+                        if let Some(gateway) = gateway {
+                            gateway.stop().await;
+                        }
+                        let _ = shutdown.send(true);
+                        let _ = server.await;
+                        core.stop().await;
+                        return Err(NodeError::Config(format!("the admin listener did not start: {e}")));
+                    }
+                }
+            }
+            None => None,
+        };
         // Fail-stop: the core stops its replica and shards; stop serving too
         // (connections get `ShuttingDown`; the owner learns why from
         // `fail_stop()`).
@@ -117,7 +140,7 @@ impl Node {
             let _ = stop_serving.send(true);
         });
         tracing::info!(node = config.node_id, %addr, "node started");
-        Ok(Node { core, addr, shutdown, server, disk: sled_disk, gateway })
+        Ok(Node { core, addr, shutdown, server, disk: sled_disk, gateway, admin })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -127,6 +150,11 @@ impl Node {
     /// Where the open-platform HTTP API listens, if it does.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.gateway.as_ref().map(|g| g.addr())
+    }
+
+    /// Where the admin listener serves, if it does.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr())
     }
 
     pub fn id(&self) -> NodeId {
@@ -149,6 +177,9 @@ impl Node {
     /// Stops serving, shuts the replica and the shards down, syncs the disk.
     pub async fn shutdown(self) {
         let id = self.id();
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
         if let Some(gateway) = self.gateway {
             gateway.stop().await;
         }

@@ -32,6 +32,14 @@ pub struct SimArgs {
     /// Write every event of the run to this file (single seed only).
     #[arg(long)]
     pub trace: Option<std::path::PathBuf>,
+    /// Draw the run's timeline into this SVG file (single seed only):
+    /// virtual time, commits and aborts per interval, the coordinator
+    /// leader, crashes, restarts, pauses and partitions.
+    #[arg(long)]
+    pub timeline: Option<std::path::PathBuf>,
+    /// Width of one timeline interval, in virtual ms.
+    #[arg(long, default_value_t = 500)]
+    pub timeline_interval_ms: u64,
     /// Worker threads for a campaign (default: one per core).
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -64,7 +72,7 @@ fn config(args: &SimArgs, seed: u64) -> anyhow::Result<SimConfig> {
         virtual_secs: args.virtual_secs,
         faults,
         bug,
-        keep_trace: args.trace.is_some(),
+        keep_trace: args.trace.is_some() || args.timeline.is_some(),
     })
 }
 
@@ -113,9 +121,17 @@ fn single(args: &SimArgs, seed: u64) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut report = run(&config);
     let wall = started.elapsed().as_secs_f64();
-    if let (Some(path), Some(trace)) = (&args.trace, report.trace.take()) {
+    let trace = report.trace.take();
+    if let (Some(path), Some(trace)) = (&args.trace, &trace) {
         std::fs::write(path, trace.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
         println!("trace: {} events written to {}", trace.len(), path.display());
+    }
+    if let (Some(path), Some(trace)) = (&args.timeline, &trace) {
+        let timeline = paytx::plot::SimTimeline::from_trace(trace, args.timeline_interval_ms);
+        let title = format!("paytx sim --seed {seed} (faults {})", args.faults);
+        let svg = paytx::plot::sim_timeline_svg(&timeline, &title, "virtual seconds")?;
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        println!("timeline written to {}", path.display());
     }
     let c = &report.counters;
     println!("seed {}  trace hash {:016x}  ({} events)", report.seed, report.trace_hash, report.events);
@@ -149,6 +165,7 @@ fn single(args: &SimArgs, seed: u64) -> anyhow::Result<bool> {
 
 fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool> {
     anyhow::ensure!(args.trace.is_none(), "--trace is for a single --seed");
+    anyhow::ensure!(args.timeline.is_none(), "--timeline is for a single --seed");
     config(args, seeds.start)?; // validate the arguments once, up front
     let total = seeds.end - seeds.start;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);

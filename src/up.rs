@@ -2,7 +2,7 @@
 //! the open-platform HTTP API until Ctrl-C) and `paytx audit verify`.
 
 use anyhow::Context;
-use paytx::{Cluster, ClusterOptions, HttpOptions};
+use paytx::{AdminOptions, Cluster, ClusterOptions, HttpOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,13 @@ pub struct UpArgs {
     /// Notification retry schedule, comma-separated (default 15s,15s,30s,3m,10m,20m,30m,1h,3h,6h).
     #[arg(long, value_delimiter = ',')]
     pub notify_retry: Option<Vec<String>>,
+    /// The admin listener of node 1 (metrics, health, admin API, console);
+    /// nodes 2 and 3 take the next ports. Keep it on a private network.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// `text` (default) or `json`: one JSON object per line.
+    #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
+    pub log_format: crate::LogFormat,
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -39,6 +46,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let options = ClusterOptions {
         data_dir: Some(dir.clone()),
         http: Some(HttpOptions { base: args.http, gateway: gateway.clone() }),
+        admin: args.admin.map(|base| AdminOptions { base, admin_key_file: None }),
         ..ClusterOptions::default()
     };
     let cluster = Cluster::start(options).await?;
@@ -46,6 +54,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         let native = cluster.addr(id).map(|a| a.to_string()).unwrap_or_default();
         let http = cluster.http_addr(id).map(|a| format!("http://{a}")).unwrap_or_default();
         println!("node {id}: native {native}  api {http}");
+        if let Some(admin) = cluster.admin_addr(id) {
+            println!("        admin http://{admin}/metrics  http://{admin}/health/ready  http://{admin}/console");
+        }
     }
     println!("admin key: {}   data: {}", gateway.admin_key_file.display(), dir.display());
     println!("running; Ctrl-C stops the cluster cleanly");

@@ -26,9 +26,36 @@ fn count(summary: &Value, field: &str) -> u64 {
 
 #[test]
 fn a_short_chaos_run_injects_every_kind_of_fault_and_passes() {
-    let (code, summary, stderr) =
-        chaos(&["--duration-secs", "40", "--seed", "7", "--min-kills", "2", "--min-partitions", "2"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let timeline = dir.path().join("chaos.svg");
+    let timeline_arg = timeline.display().to_string();
+    let (code, summary, stderr) = chaos(&[
+        "--duration-secs",
+        "40",
+        "--seed",
+        "7",
+        "--min-kills",
+        "2",
+        "--min-partitions",
+        "2",
+        "--timeline",
+        &timeline_arg,
+    ]);
     assert_eq!(code, Some(0), "the run failed:\n{summary:#}\nstderr:\n{stderr}");
+    // The timeline: SVG, one line for commits and one for the leader, a
+    // marker series per kind of fault injected.
+    let svg = std::fs::read_to_string(&timeline).expect("the timeline is written");
+    let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("the timeline is not XML: {e}"));
+    assert!(doc.descendants().filter(|n| n.has_tag_name("polyline")).count() >= 2);
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(|t| t.trim().to_string())
+        .collect();
+    for kind in summary["faults_by_kind"].as_object().expect("kinds").keys() {
+        assert!(texts.contains(kind), "{kind} in the timeline's legend: {texts:?}");
+    }
     assert_eq!(summary["passed"], true);
     assert_eq!(summary["seed"], 7);
     assert!(count(&summary, "kills") >= 2, "{summary:#}");

@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+mod admin;
+pub use admin::GetTxnProgress;
+
 /// Settings of the driver.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {

@@ -857,5 +857,8 @@ fn reply_all(clients: &[(Ticket, bool)], result: Result<TxnReceipt, RequestError
     }
 }
 
+mod progress;
+pub use progress::TxnProgress;
+
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod http_metrics;
 pub mod idempotency;
 pub mod index;
 pub mod model;

@@ -224,6 +224,13 @@ async fn deliver_one(gw: Arc<Gateway>, pending: PendingRecord, pending_version: 
     }
     match gw.store.submit(TxnRequest::new(crate::model::new_id("ntf-attempt").0, ops)).await {
         Ok(Ok(())) => {
+            use crate::http_metrics::NotifyOutcome;
+            let outcome = match (ok, done) {
+                (true, _) => NotifyOutcome::Delivered,
+                (false, false) => NotifyOutcome::Retrying,
+                (false, true) => NotifyOutcome::GaveUp,
+            };
+            gw.metrics.observe_notification(outcome);
             tracing::info!(notify_id = %notification.notify_id, ok, attempts = notification.attempts.len(), "notification attempt recorded")
         }
         // Another node recorded an attempt concurrently (a leader change):

@@ -58,6 +58,9 @@ pub struct Gateway {
     pub order_locks: KeyedLocks,
     pub merchant_limiter: crate::ratelimit::RateLimiter,
     pub address_limiter: crate::ratelimit::RateLimiter,
+    /// Requests answered and notification attempts, for the node's admin
+    /// listener (`/metrics`).
+    pub metrics: crate::http_metrics::HttpMetrics,
 }
 
 /// One async lock per key, held only while someone uses it: the map holds
@@ -175,6 +178,7 @@ impl Gateway {
             order_locks: KeyedLocks::default(),
             merchant_limiter,
             address_limiter,
+            metrics: crate::http_metrics::HttpMetrics::new(),
         })
     }
 }
@@ -194,6 +198,11 @@ impl RunningGateway {
 
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
+    }
+
+    /// Requests answered, by route and status (for the admin listener).
+    pub fn http_metrics(&self) -> &crate::http_metrics::HttpMetrics {
+        &self.gateway.metrics
     }
 
     /// Stops accepting, finishes requests in flight (bounded), stops the worker.
@@ -238,8 +247,21 @@ pub async fn start(gateway: Gateway, listen: SocketAddr) -> Result<RunningGatewa
     let data = web::Data::from(gateway.clone());
     let workers = gateway.config.workers.max(1);
     let bind_error = |e: std::io::Error| GatewayError::Bind { addr: listen, reason: e.to_string() };
+    let counted = gateway.metrics.clone();
     let server = HttpServer::new(move || {
+        let counted = counted.clone();
         App::new()
+            .wrap_fn(move |req, srv| {
+                use actix_web::dev::Service as _;
+                let method = req.method().as_str().to_owned();
+                let counted = counted.clone();
+                let answer = srv.call(req);
+                async move {
+                    let response = answer.await?;
+                    counted.observe(response.request().match_pattern().as_deref(), &method, response.status().as_u16());
+                    Ok(response)
+                }
+            })
             .app_data(data.clone())
             .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound("resource").into()))
             .app_data(

@@ -29,6 +29,8 @@
 //! and `[[channels]]` (payment channel routes); see the README. With
 //! `http_listen = "127.0.0.1:8080"` the node also serves the open-platform
 //! HTTP API, configured by `[gateway]` (key files, retry schedule, routes).
+//! With `admin_listen = "127.0.0.1:9090"` it serves the admin listener
+//! (metrics, health, the admin API and console; README, "Operations").
 
 use paytx_coordinator::RaftSettings;
 use paytx_participants::ChannelConfig;
@@ -169,6 +171,12 @@ pub struct NodeConfig {
     /// The API's keys, sessions, notifications and channel routing.
     #[serde(default)]
     pub gateway: paytx_gateway::GatewayConfig,
+    /// Serve the admin listener here (issue 12): `/metrics`, `/health/*`
+    /// unauthenticated, `/admin/v1/*` and `/console` behind the admin key
+    /// (`[gateway] admin_key_file`). `None`: no admin listener. It belongs
+    /// on a private network.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 fn default_true() -> bool {
@@ -311,6 +319,7 @@ impl NodeConfig {
             cluster_secret: cluster_secret.to_string(),
             http_listen: None,
             gateway: paytx_gateway::GatewayConfig::default(),
+            admin_listen: None,
         }
     }
 

@@ -50,7 +50,9 @@ impl NodeCore {
         // Every component writes through this wrapper, so the first write or
         // fsync error anywhere stops the whole node (see `fail_stop`).
         let fail_stop = FailStop::new();
+        let metrics = crate::metrics::NodeMetrics::new(config.shards.shards_on(config.node_id));
         let disk: SharedDisk = Arc::new(FailStopDisk::new(disk, fail_stop.clone()));
+        let disk: SharedDisk = Arc::new(crate::timed_disk::SyncTimedDisk::new(disk, metrics.disk_sync_latency()));
         let service_slot: Arc<OnceLock<Weak<NodeService>>> = Arc::new(OnceLock::new());
         let transport: Arc<dyn Transport> = Arc::new(NodeTransport::new(
             config.node_id,
@@ -145,6 +147,7 @@ impl NodeCore {
             free_space: Mutex::new(None),
             min_free_disk_bytes: config.limits.min_free_disk_bytes,
             disk: disk.clone(),
+            metrics,
         });
         // Infallible: the slot is fresh and set exactly once, here.
         let _ = service_slot.set(Arc::downgrade(&service));

@@ -6,6 +6,8 @@
 //! * [`service`]: [`NodeService`] handles and routes every message.
 //! * [`fail_stop`]: a disk write or fsync error stops the whole node.
 //! * [`free_space`]: the full-disk preflight check and its test seam.
+//! * [`metrics`]: the counters a node updates as messages pass (Prometheus).
+//! * [`timed_disk`]: the disk with every sync's latency observed.
 //! * [`link`]: the node's outgoing transport (local calls short-circuit) and
 //!   the [`LinkFilter`] that drops chosen messages in tests.
 //!
@@ -18,11 +20,14 @@ pub mod core;
 pub mod fail_stop;
 pub mod free_space;
 pub mod link;
+pub mod metrics;
 pub mod service;
+pub mod timed_disk;
 
 pub use crate::core::{NodeCore, NodeError};
 pub use config::{ConfigError, CoordinatorSettings, Limits, NodeConfig, Peer};
 pub use fail_stop::{FailStop, FailStopDisk};
 pub use free_space::{FixedFreeSpace, FreeSpace};
 pub use link::{LinkFilter, LinkRule, NodeTransport};
+pub use metrics::NodeMetrics;
 pub use service::NodeService;

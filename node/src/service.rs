@@ -50,6 +50,8 @@ pub struct NodeService {
     pub(crate) min_free_disk_bytes: u64,
     /// The node's disk (for its sync counters).
     pub(crate) disk: paytx_storage::SharedDisk,
+    /// What passes through here, for the admin listener (`metrics`).
+    pub(crate) metrics: crate::metrics::NodeMetrics,
 }
 
 fn error(e: RequestError) -> Response {
@@ -77,6 +79,53 @@ impl NodeService {
     /// The node's fail-stop latch.
     pub fn fail_stop(&self) -> &FailStop {
         &self.fail_stop
+    }
+
+    /// The counters this service updates (rendered by the admin listener).
+    pub fn metrics(&self) -> &crate::metrics::NodeMetrics {
+        &self.metrics
+    }
+
+    /// Every node of the cluster, this one included.
+    pub fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
+
+    /// The participant shards this node hosts.
+    pub fn shard_ids(&self) -> Vec<ShardId> {
+        self.participants.keys().copied().collect()
+    }
+
+    /// This node's coordinator replica's Raft metrics (`None` while it is
+    /// shut down).
+    pub fn raft_metrics(&self) -> Option<openraft::RaftMetrics<NodeId, openraft::BasicNode>> {
+        self.coordinator().map(|parts| parts.raft.metrics().borrow().clone())
+    }
+
+    /// This node's 2PC driver's view (`None` while the replica is shut down
+    /// or the driver does not answer).
+    pub async fn driver_status(&self) -> Option<paytx_coordinator::driver::DriverStatus> {
+        let parts = self.coordinator()?;
+        parts.driver.send(GetDriverStatus).await.ok()
+    }
+
+    /// What this node's coordinator engine knows of `txn` (`None`: it does
+    /// not drive it, or the replica is shut down).
+    pub async fn txn_progress(&self, txn: TxnId) -> Option<paytx_coordinator::engine::TxnProgress> {
+        let parts = self.coordinator()?;
+        parts.driver.send(paytx_coordinator::driver::GetTxnProgress(txn)).await.ok().flatten()
+    }
+
+    /// The shard map of the cluster.
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.shard_map
+    }
+
+    /// A read of this node's replica of the transaction table (`None` while
+    /// the replica is shut down). `read` must be quick: the state machine
+    /// waits for it.
+    pub fn with_table<T>(&self, read: impl FnOnce(&paytx_coordinator::table::TxnTable) -> T) -> Option<T> {
+        self.coordinator().map(|parts| read(&read_table(&parts.table).table))
     }
 
     /// `Some((free, min))` when the data disk is below its free-space minimum.
@@ -123,10 +172,17 @@ impl NodeService {
                         if let Some((free_bytes, min_free_bytes)) = self.disk_full().filter(|_| leading) {
                             return error(RequestError::DiskFull { node: self.id, free_bytes, min_free_bytes });
                         }
+                        let started = tokio::time::Instant::now();
                         match parts.driver.send(SubmitTxn(txn.clone())).await {
-                            Ok(Ok(receipt)) => return Response::Submitted(receipt),
+                            Ok(Ok(receipt)) => {
+                                self.metrics.observe_receipt(&receipt, started.elapsed().as_secs_f64());
+                                return Response::Submitted(receipt);
+                            }
                             Ok(Err(RequestError::NoLeader { leader_hint })) => RequestError::NoLeader { leader_hint },
-                            Ok(Err(e)) => return error(e),
+                            Ok(Err(e)) => {
+                                self.metrics.observe_refusal(&e);
+                                return error(e);
+                            }
                             Err(_) => RequestError::ShuttingDown,
                         }
                     }
@@ -287,7 +343,10 @@ impl NodeService {
                 Some(actor) => {
                     let disk_low = self.disk_full().map(|(free_bytes, _)| free_bytes);
                     match actor.send(paytx_participants::Prepare { txn, ops, disk_low }).await {
-                        Ok(Ok(vote)) => PeerResponse::Vote(vote),
+                        Ok(Ok(vote)) => {
+                            self.metrics.observe_prepare(shard, vote == paytx_protocol::messages::Vote::Yes);
+                            PeerResponse::Vote(vote)
+                        }
                         Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
                         Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
                     }
@@ -296,7 +355,10 @@ impl NodeService {
             },
             PeerRequest::Decide { txn, shard, commit } => match self.participants.get(&shard) {
                 Some(actor) => match actor.send(paytx_participants::Decide { txn, commit }).await {
-                    Ok(Ok(())) => PeerResponse::Acked,
+                    Ok(Ok(())) => {
+                        self.metrics.observe_decision(shard, commit);
+                        PeerResponse::Acked
+                    }
                     Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
                     Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
                 },

@@ -57,6 +57,11 @@ pub struct ChaosArgs {
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Draw the run's timeline into this SVG file: commits per second, each
+    /// fault on the row of the node it hit, its heal, and the leader each
+    /// fault found.
+    #[arg(long)]
+    pub timeline: Option<PathBuf>,
     /// Fail unless at least this many kills were injected.
     #[arg(long, default_value_t = 0)]
     pub min_kills: u64,
@@ -169,6 +174,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     };
     if !summary.passed || args.data_dir.is_some() {
         summary.data_dir = Some(keep(data).display().to_string());
+    }
+    if let Some(path) = &args.timeline {
+        let title = format!("paytx chaos --seed {seed}: commits per second, faults, leader");
+        let svg = crate::plot::sim_timeline_svg(&summary.timeline(1_000), &title, "seconds into the fault phase")?;
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("timeline written to {}", path.display());
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary).context("serialising the summary")?);
@@ -303,6 +314,8 @@ async fn campaign(
         invariants,
         data_dir: None,
         fault_log,
+        commit_times_ms: history.commit_times_ms.clone(),
+        faults_end_ms,
     })
 }
 

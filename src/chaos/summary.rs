@@ -48,6 +48,60 @@ pub struct Summary {
     /// Kept data and logs (on failure, or when `--data-dir` was given).
     pub data_dir: Option<String>,
     pub fault_log: Vec<FaultRecord>,
+    /// When each acknowledged commit came back (for `--timeline`), and the
+    /// end of the fault phase, both from its start.
+    #[serde(skip)]
+    pub commit_times_ms: Vec<u64>,
+    #[serde(skip)]
+    pub faults_end_ms: u64,
+}
+
+/// The first `node N` a fault's detail names (0: none).
+fn node_in(detail: &str) -> u64 {
+    detail
+        .split("node ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Summary {
+    /// The run as a timeline: commits per `interval_ms`, the leader each
+    /// fault found, each fault on the row of the node it names and its heal.
+    pub fn timeline(&self, interval_ms: u64) -> crate::plot::SimTimeline {
+        let interval_ms = interval_ms.max(1);
+        let end_ms = self.faults_end_ms.max(self.commit_times_ms.iter().copied().max().unwrap_or(0));
+        let buckets = (end_ms / interval_ms) as usize + 1;
+        let mut commits = vec![0u64; buckets];
+        for at in &self.commit_times_ms {
+            if let Some(bucket) = commits.get_mut((*at / interval_ms) as usize) {
+                *bucket += 1;
+            }
+        }
+        let mut faults = Vec::new();
+        let mut leader = Vec::new();
+        for record in &self.fault_log {
+            let node = node_in(&record.detail);
+            faults.push(crate::plot::FaultMark { at_ms: record.at_ms, kind: record.kind, node });
+            faults.push(crate::plot::FaultMark { at_ms: record.at_ms + record.hold_ms, kind: "heal", node: 0 });
+            if let Some(node) = record.leader {
+                if leader.last().map(|(_, n)| *n) != Some(node) {
+                    leader.push((record.at_ms, node));
+                }
+            }
+        }
+        crate::plot::SimTimeline {
+            interval_ms,
+            // The drivers time commits only.
+            aborts: Vec::new(),
+            commits,
+            leader,
+            faults,
+            nodes: self.nodes,
+            end_ms,
+        }
+    }
 }
 
 /// Longest gap between consecutive commits within `[0, end_ms]`, with

@@ -7,10 +7,12 @@
 //! pairs each reply with its request; id 0 carries connection-level errors).
 
 pub mod connection;
+pub mod counters;
 pub mod server;
 pub mod tcp_transport;
 
 pub use connection::{Connection, ConnectionError, ConnectionLimits};
+pub use counters::{Refusal, ServerCounters, ServerCountersView};
 pub use server::{serve, Handler, ServerLimits};
 pub use tcp_transport::{PeerCredentials, TcpTransport, TransportLimits};
 

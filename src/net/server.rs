@@ -67,6 +67,9 @@ pub struct ServerLimits {
     /// ([`paytx_protocol::auth`]); client requests need no authentication.
     /// `None` serves peer messages to anyone (unit tests only).
     pub peer_secret: Option<Arc<[u8]>>,
+    /// Where the server counts connections and refusals (read by the
+    /// admin listener).
+    pub counters: super::ServerCounters,
 }
 
 impl Default for ServerLimits {
@@ -78,6 +81,7 @@ impl Default for ServerLimits {
             max_in_flight_per_node: 16_384,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             frame_read_timeout_ms: DEFAULT_FRAME_READ_TIMEOUT_MS,
+            counters: super::ServerCounters::default(),
             peer_secret: None,
         }
     }
@@ -231,13 +235,17 @@ pub async fn serve(
                 let limits = limits.clone();
                 let shutdown = shutdown.clone();
                 let node_slots = node_slots.clone();
+                let counters = limits.counters.clone();
+                counters.connection_opened();
                 connections.spawn(async move {
                     serve_connection(stream, peer, handler, limits, node_slots, shutdown).await;
+                    counters.connection_closed();
                     drop(slot);
                 });
             }
             Err(_) if rejections.len() < MAX_REJECTIONS_IN_FLIGHT => {
                 tracing::warn!(%peer, max_connections = limits.max_connections, "too many connections; rejecting");
+                limits.counters.refused(super::Refusal::MaxConnections);
                 let error = RequestError::Overloaded {
                     what: format!("too many connections (limit {})", limits.max_connections),
                 };
@@ -245,6 +253,7 @@ pub async fn serve(
             }
             Err(_) => {
                 tracing::warn!(%peer, "too many connections and rejections; dropping without a reply");
+                limits.counters.refused(super::Refusal::MaxConnectionsDropped);
                 drop(stream);
             }
         }
@@ -345,6 +354,7 @@ async fn serve_connection(
                 while handlers.try_join_next().is_some() {}
                 if handlers.is_empty() {
                     tracing::debug!(%peer, idle_ms = limits.idle_timeout_ms, "idle connection; closing");
+                    limits.counters.idle_closed();
                     break End::Idle;
                 }
                 continue;
@@ -399,6 +409,7 @@ async fn serve_connection(
             }
         };
         let Ok(slot) = in_flight.clone().try_acquire_owned() else {
+            limits.counters.refused(super::Refusal::MaxInFlightPerConnection);
             let _ = replies.send(Envelope { id, message: lane.error(overloaded()) }).await;
             continue;
         };
@@ -406,6 +417,7 @@ async fn serve_connection(
             Lane::Client => match node_slots.clone().try_acquire_owned() {
                 Ok(node_slot) => Some(node_slot),
                 Err(_) => {
+                    limits.counters.refused(super::Refusal::MaxInFlightPerNode);
                     let what =
                         format!("too many requests in flight on this node (limit {})", limits.max_in_flight_per_node);
                     let error = RequestError::Overloaded { what };
@@ -722,6 +734,7 @@ mod tests {
     #[tokio::test]
     async fn over_max_connections_gets_overloaded_with_id_zero() {
         let limits = ServerLimits { max_connections: 2, ..ServerLimits::default() };
+        let counters = limits.counters.clone();
         let server = toy_server(ToyHandler::new(1), limits).await;
         let mut held = Vec::new();
         for _ in 0..2 {
@@ -746,6 +759,9 @@ mod tests {
             matches!(result, Err(ConnectionError::Remote { error: RequestError::Overloaded { .. }, .. })),
             "{result:?}"
         );
+        let seen = counters.view();
+        assert_eq!(seen.open_connections, 2, "{seen:?}");
+        assert_eq!(seen.refusals[0], 2, "both refusals are counted under max_connections: {seen:?}");
         assert!(third.is_closed());
         // Freeing a slot lets a new connection in.
         drop(held.pop());
