@@ -772,7 +772,10 @@ async fn two_phase_commit_messages_from_a_client_connection_change_nothing() {
     send_raw(&mut stream, &peer(1, PeerRequest::Prepare { txn, shard, ops: vec![credit(victim, 1_000_000)] })).await;
     let vote = next_frame(&mut stream, "prepare from a client").await;
     assert!(
-        !matches!(&vote, Ok(Some(Envelope { message: Message::PeerReply(PeerResponse::Vote(Vote::Yes)), .. }))),
+        !matches!(
+            &vote,
+            Ok(Some(Envelope { message: Message::PeerReply(PeerResponse::Vote { vote: Vote::Yes, .. }), .. }))
+        ),
         "a participant voted YES on a prepare sent by a client: {vote:?}"
     );
     assert!(

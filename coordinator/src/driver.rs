@@ -15,7 +15,9 @@ use actix::prelude::*;
 use openraft::ServerState;
 use paytx_protocol::batcher::{BatchLimits, Batcher};
 use paytx_protocol::planted::Bug;
-use paytx_protocol::{PeerRequest, PeerResponse, RequestError, ShardMap, Transport, TxnId, TxnReceipt, TxnRequest};
+use paytx_protocol::{
+    PeerRequest, PeerResponse, RequestError, ShardId, ShardMap, Transport, TxnId, TxnReceipt, TxnRequest,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -268,28 +270,14 @@ impl CoordinatorDriver {
                 let call = self.call_shard(shard, PeerRequest::Prepare { txn, shard, ops });
                 let driver = ctx.address();
                 actix::spawn(async move {
-                    let event = match call.await {
-                        Ok(PeerResponse::Vote(vote)) => Event::VoteReceived { txn, shard, vote },
-                        other => {
-                            tracing::debug!(%txn, %shard, reply = ?other, "prepare failed");
-                            Event::PrepareFailed { txn, shard }
-                        }
-                    };
-                    driver.do_send(Completed(event));
+                    driver.do_send(Completed(prepare_reply_event(txn, shard, call.await)));
                 });
             }
             Action::SendDecide { txn, shard, commit } => {
                 let call = self.call_shard(shard, PeerRequest::Decide { txn, shard, commit });
                 let driver = ctx.address();
                 actix::spawn(async move {
-                    let event = match call.await {
-                        Ok(PeerResponse::Acked) => Event::DecideAcked { txn, shard },
-                        other => {
-                            tracing::debug!(%txn, %shard, reply = ?other, "decide not acknowledged; will retry");
-                            Event::DecideFailed { txn, shard }
-                        }
-                    };
-                    driver.do_send(Completed(event));
+                    driver.do_send(Completed(decide_reply_event(txn, shard, call.await)));
                 });
             }
             Action::SetTimer { after_ms, event } => {
@@ -371,6 +359,41 @@ impl CoordinatorDriver {
                 }
             }
         }));
+    }
+}
+
+/// The engine event for the reply to the prepare of `txn` sent to `shard`.
+/// A vote for anything else is not this prepare's answer: it counts as no
+/// answer (a failed prepare: aborts a fresh transaction, is retried for a
+/// re-driven one), never as a vote.
+fn prepare_reply_event(txn: TxnId, shard: ShardId, reply: Result<PeerResponse, String>) -> Event {
+    match reply {
+        Ok(PeerResponse::Vote { txn: voted, shard: by, vote }) if voted == txn && by == shard => {
+            Event::VoteReceived { txn, shard, vote }
+        }
+        Ok(PeerResponse::Vote { txn: voted, shard: by, .. }) => {
+            tracing::error!(%txn, %shard, %voted, %by, "a vote for another prepare; dropped");
+            Event::PrepareFailed { txn, shard }
+        }
+        other => {
+            tracing::debug!(%txn, %shard, reply = ?other, "prepare failed");
+            Event::PrepareFailed { txn, shard }
+        }
+    }
+}
+
+/// The engine event for the reply to the decision of `txn` sent to
+/// `shard`: only an acknowledgement naming both counts (anything else is
+/// retried).
+fn decide_reply_event(txn: TxnId, shard: ShardId, reply: Result<PeerResponse, String>) -> Event {
+    match reply {
+        Ok(PeerResponse::DecisionApplied { txn: applied, shard: by }) if applied == txn && by == shard => {
+            Event::DecideAcked { txn, shard }
+        }
+        other => {
+            tracing::debug!(%txn, %shard, reply = ?other, "decide not acknowledged; will retry");
+            Event::DecideFailed { txn, shard }
+        }
     }
 }
 
@@ -554,5 +577,46 @@ impl Handler<StopDriver> for CoordinatorDriver {
 
     fn handle(&mut self, _msg: StopDriver, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paytx_protocol::{AbortReason, EntityKind, Vote};
+
+    fn ids() -> (TxnId, ShardId, TxnId, ShardId) {
+        let txn = TxnId { term: 2, node: 1, seq: 7 };
+        let other_txn = TxnId { term: 2, node: 1, seq: 8 };
+        (txn, ShardId { kind: EntityKind::Account, index: 0 }, other_txn, ShardId { kind: EntityKind::Order, index: 0 })
+    }
+
+    #[test]
+    fn only_a_vote_naming_the_prepare_counts_as_its_vote() {
+        let (txn, shard, other_txn, other_shard) = ids();
+        let vote = |txn, shard| Ok(PeerResponse::Vote { txn, shard, vote: Vote::Yes });
+        assert_eq!(
+            prepare_reply_event(txn, shard, vote(txn, shard)),
+            Event::VoteReceived { txn, shard, vote: Vote::Yes }
+        );
+        // Another transaction's or another shard's YES is no answer at all.
+        for wrong in [vote(other_txn, shard), vote(txn, other_shard)] {
+            assert_eq!(prepare_reply_event(txn, shard, wrong), Event::PrepareFailed { txn, shard });
+        }
+        let no = Ok(PeerResponse::Vote { txn, shard, vote: Vote::No(AbortReason::PresumedAbort) });
+        assert!(matches!(prepare_reply_event(txn, shard, no), Event::VoteReceived { vote: Vote::No(_), .. }));
+        assert_eq!(prepare_reply_event(txn, shard, Err("down".into())), Event::PrepareFailed { txn, shard });
+        // The handshake's plain Acked is not a vote either.
+        assert_eq!(prepare_reply_event(txn, shard, Ok(PeerResponse::Acked)), Event::PrepareFailed { txn, shard });
+    }
+
+    #[test]
+    fn only_an_acknowledgement_naming_the_decision_counts() {
+        let (txn, shard, other_txn, other_shard) = ids();
+        let applied = |txn, shard| Ok(PeerResponse::DecisionApplied { txn, shard });
+        assert_eq!(decide_reply_event(txn, shard, applied(txn, shard)), Event::DecideAcked { txn, shard });
+        for wrong in [applied(other_txn, shard), applied(txn, other_shard), Ok(PeerResponse::Acked)] {
+            assert_eq!(decide_reply_event(txn, shard, wrong), Event::DecideFailed { txn, shard }, "retried");
+        }
     }
 }

@@ -345,7 +345,7 @@ impl NodeService {
                     match actor.send(paytx_participants::Prepare { txn, ops, disk_low }).await {
                         Ok(Ok(vote)) => {
                             self.metrics.observe_prepare(shard, vote == paytx_protocol::messages::Vote::Yes);
-                            PeerResponse::Vote(vote)
+                            PeerResponse::Vote { txn, shard, vote }
                         }
                         Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
                         Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
@@ -357,7 +357,7 @@ impl NodeService {
                 Some(actor) => match actor.send(paytx_participants::Decide { txn, commit }).await {
                     Ok(Ok(())) => {
                         self.metrics.observe_decision(shard, commit);
-                        PeerResponse::Acked
+                        PeerResponse::DecisionApplied { txn, shard }
                     }
                     Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
                     Err(_) => PeerResponse::Error(RequestError::ShuttingDown),

@@ -148,7 +148,10 @@ async fn a_full_disk_refuses_new_transactions_with_a_typed_error_and_recovers() 
     let shard = paytx_protocol::ShardId { kind: paytx_protocol::EntityKind::Account, index: 0 };
     let txn = paytx_protocol::TxnId { term: 99, node: 1, seq: 1 };
     let vote = core.service().handle_peer(PeerRequest::Prepare { txn, shard, ops: transfer(5) }).await;
-    assert!(matches!(vote, PeerResponse::Vote(paytx_protocol::Vote::No(AbortReason::DiskFull { .. }))), "{vote:?}");
+    assert!(
+        matches!(vote, PeerResponse::Vote { vote: paytx_protocol::Vote::No(AbortReason::DiskFull { .. }), .. }),
+        "{vote:?}"
+    );
     // Nothing changed; reads still work.
     let one = balance(&core, 1).await.expect("account 1 exists");
     assert_eq!((one.balance_minor, one.held_minor), (500, 0));

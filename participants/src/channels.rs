@@ -95,6 +95,14 @@ pub(crate) struct ChannelsState {
     locks: BTreeMap<ChargeKey, TxnId>,
 }
 
+/// Whether a charge's channel must be in the current configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Configured {
+    Required,
+    /// A recovered prepared transaction (see `restore_prepared`).
+    NotRequired,
+}
+
 impl ChannelsState {
     pub(crate) fn new(channels: &[ChannelConfig]) -> Self {
         ChannelsState { channels: channels.iter().map(|c| (c.id, c.clone())).collect(), ..ChannelsState::default() }
@@ -107,9 +115,22 @@ impl ChannelsState {
     /// Validates `ops` in order and, only if all pass, locks the touched
     /// charges for `txn`. On error nothing has changed.
     pub(crate) fn prepare(&mut self, txn: TxnId, ops: &[Operation]) -> Result<ChargePlan, AbortReason> {
+        self.reserve(txn, ops, Configured::Required)
+    }
+
+    /// [`Self::prepare`] for a transaction recovered from the journal: it
+    /// was voted YES under the configuration of its day, so a channel
+    /// removed from the configuration since does not refuse it (its YES
+    /// must be honoured; the charge is recorded on commit, or released on
+    /// abort). Everything else is validated as usual.
+    pub(crate) fn restore_prepared(&mut self, txn: TxnId, ops: &[Operation]) -> Result<ChargePlan, AbortReason> {
+        self.reserve(txn, ops, Configured::NotRequired)
+    }
+
+    fn reserve(&mut self, txn: TxnId, ops: &[Operation], configured: Configured) -> Result<ChargePlan, AbortReason> {
         let mut scratch: BTreeMap<ChargeKey, Option<Charge>> = BTreeMap::new();
         for op in ops {
-            self.validate(&mut scratch, op)?;
+            self.validate(&mut scratch, op, configured)?;
         }
         let mut plan = ChargePlan::default();
         for (key, charge) in scratch {
@@ -122,10 +143,15 @@ impl ChannelsState {
         Ok(plan)
     }
 
-    fn validate(&self, scratch: &mut BTreeMap<ChargeKey, Option<Charge>>, op: &Operation) -> Result<(), AbortReason> {
+    fn validate(
+        &self,
+        scratch: &mut BTreeMap<ChargeKey, Option<Charge>>,
+        op: &Operation,
+        configured: Configured,
+    ) -> Result<(), AbortReason> {
         match op {
             Operation::Charge { channel, order, amount } => {
-                self.check_channel(*channel)?;
+                self.check_channel(*channel, configured)?;
                 let key = (*channel, *order);
                 // A committed charge is final: a second one is refused for
                 // what it is, even while a refund of it holds the lock.
@@ -143,7 +169,7 @@ impl ChannelsState {
                 Ok(())
             }
             Operation::ChannelRefund { channel, order, amount } => {
-                self.check_channel(*channel)?;
+                self.check_channel(*channel, configured)?;
                 let seen = self.scratch_of(scratch, (*channel, *order))?;
                 let Some(charge) = seen.as_mut() else {
                     return Err(AbortReason::ChargeNotFound { channel: *channel, order: *order });
@@ -177,8 +203,8 @@ impl ChannelsState {
         }
     }
 
-    fn check_channel(&self, channel: ChannelId) -> Result<(), AbortReason> {
-        if self.channels.contains_key(&channel) {
+    fn check_channel(&self, channel: ChannelId, configured: Configured) -> Result<(), AbortReason> {
+        if configured == Configured::NotRequired || self.channels.contains_key(&channel) {
             Ok(())
         } else {
             Err(AbortReason::UnknownChannel(channel))

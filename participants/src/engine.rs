@@ -61,7 +61,9 @@ enum Plan {
 }
 
 /// Whether capacity limits apply to a reservation: to new prepares, not to
-/// prepared transactions recovered from the journal (their YES is a promise).
+/// prepared transactions recovered from the journal (their YES is a promise:
+/// neither a record limit nor a channel removed from the configuration
+/// since refuses them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Limits {
     Enforced,
@@ -295,7 +297,10 @@ impl Engine {
         let plan = match &mut self.state {
             KindState::Accounts(state) => Plan::Accounts(state.prepare(txn, &ops)?),
             KindState::Orders(state) => Plan::Orders(state.prepare(txn, &ops)?),
-            KindState::Channels(state) => Plan::Channels(state.prepare(txn, &ops)?),
+            KindState::Channels(state) => Plan::Channels(match limits {
+                Limits::Enforced => state.prepare(txn, &ops)?,
+                Limits::Waived => state.restore_prepared(txn, &ops)?,
+            }),
             KindState::Records(state) => {
                 let max_records = match limits {
                     Limits::Enforced => Some(self.max_records),

@@ -248,8 +248,21 @@ pub enum PeerRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
     Raft(Result<Vec<u8>, String>),
-    Vote(Vote),
-    /// The participant applied the decision durably.
+    /// A participant's vote, naming what it answers: the coordinator drops
+    /// a vote that does not match the prepare it sent (a mis-delivered
+    /// reply must never count as another transaction's YES).
+    Vote {
+        txn: TxnId,
+        shard: ShardId,
+        vote: Vote,
+    },
+    /// The participant applied the decision of `txn` durably (named, like
+    /// a vote, so a mis-delivered acknowledgement is dropped).
+    DecisionApplied {
+        txn: TxnId,
+        shard: ShardId,
+    },
+    /// A step of the peer handshake succeeded.
     Acked,
     /// The decision for a queried transaction: `true` = commit.
     Decision {

@@ -348,6 +348,32 @@ fn recovery_brings_back_holds_and_locks() {
     assert_eq!(err.key, "e/1");
 }
 
+#[test]
+fn a_prepared_charge_is_recovered_as_voted_after_its_channel_left_the_configuration() {
+    let channels = default_channels();
+    let mut engine = Engine::new(CHANNELS, &channels);
+    let Ok(Prepared::New(record)) = engine.prepare(txn(1), &[charge(1, 7, 500)]) else { panic!("prepare failed") };
+    let contents = JournalContents {
+        entities: Vec::new(),
+        prepared: vec![("p/1".into(), record)],
+        committed: Vec::new(),
+        forgotten_through: None,
+    };
+    // Channel 1 is gone from the configuration; the YES was given under the
+    // old one, so the shard still starts and holds the charge's lock.
+    let remaining: Vec<ChannelConfig> = channels.iter().filter(|c| c.id != ChannelId(1)).cloned().collect();
+    let mut recovered = Engine::recover(CHANNELS, &remaining, 10, contents).expect("the YES is honoured");
+    assert_eq!(recovered.prepared_txns(), vec![txn(1)]);
+    assert!(
+        matches!(recovered.prepare(txn(2), &[charge(1, 7, 500)]), Err(AbortReason::UnknownChannel(_))),
+        "new work on the removed channel is refused"
+    );
+    recovered.commit(txn(1)).expect("prepared");
+    let view = recovered.charge(ChannelId(1), OrderId(7)).expect("the charge is recorded");
+    assert_eq!(view.charged, cny(500));
+    recovered.check_invariants().expect("invariants hold");
+}
+
 fn account(balance_minor: i64) -> crate::accounts::Account {
     crate::accounts::Account::new(Currency::CNY, balance_minor)
 }
