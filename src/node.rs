@@ -79,7 +79,11 @@ impl Node {
 
         let secret: Arc<[u8]> = Arc::from(config.cluster_secret.as_bytes());
         let transport_limits = TransportLimits {
-            auth: Some(PeerCredentials { node: config.node_id, secret: secret.clone() }),
+            auth: Some(PeerCredentials {
+                node: config.node_id,
+                secret: secret.clone(),
+                config: config.cluster_digest(),
+            }),
             ..TransportLimits::default()
         };
         let remote: Arc<dyn Transport> = Arc::new(TcpTransport::new(config.peer_map(), transport_limits));
@@ -96,6 +100,7 @@ impl Node {
             idle_timeout_ms: config.limits.idle_timeout_ms,
             frame_read_timeout_ms: config.limits.frame_read_timeout_ms,
             peer_secret: Some(secret),
+            peer_config: Some(config.cluster_digest()),
             counters: crate::net::ServerCounters::default(),
         };
         let server_counters = limits.counters.clone();

@@ -806,7 +806,18 @@ async fn two_phase_commit_messages_from_a_client_connection_change_nothing() {
         "{answer:?}"
     );
     let mut stream = connect_raw(owner).await;
-    send_raw(&mut stream, &peer(4, PeerRequest::AuthHello { node: 1, nonce: [7; 32] })).await;
+    send_raw(
+        &mut stream,
+        &peer(
+            4,
+            PeerRequest::AuthHello {
+                node: 1,
+                nonce: [7; 32],
+                config: cluster.config(any).expect("node config").cluster_digest(),
+            },
+        ),
+    )
+    .await;
     let challenge = next_frame(&mut stream, "hello").await;
     assert!(
         matches!(
@@ -836,5 +847,39 @@ async fn two_phase_commit_messages_from_a_client_connection_change_nothing() {
     let after = balances(&client, &accounts).await;
     assert_eq!(after, before, "a client's 2PC messages moved money");
     assert_eq!(total(&after), 2 * 1_000, "money conserved");
+    cluster.shutdown().await;
+}
+
+/// A node whose cluster-wide configuration differs (here: one channel
+/// fewer) is refused by the others at its first connection, and the refusal
+/// names the setting; the same node with the same configuration gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_channel_list_differs_is_refused_and_told_why() {
+    use paytx::net::{PeerCredentials, TcpTransport, TransportLimits};
+    use paytx::protocol::Transport;
+    let (cluster, _client) = start(test_options()).await;
+    let target = cluster.node_ids()[0];
+    let mut config = cluster.config(3).expect("node 3's config").clone();
+    let peers = config.peer_map();
+    let as_node_3 = |config: &paytx::NodeConfig| {
+        let limits = TransportLimits {
+            auth: Some(PeerCredentials {
+                node: 3,
+                secret: std::sync::Arc::from(config.cluster_secret.as_bytes()),
+                config: config.cluster_digest(),
+            }),
+            ..TransportLimits::default()
+        };
+        TcpTransport::new(peers.clone(), limits)
+    };
+    let query = || PeerRequest::QueryDecision { txn: TxnId { term: 1, node: 3, seq: 1 } };
+    // The real configuration: the handshake passes and the query is served.
+    let same = as_node_3(&config).call(target, query(), 5_000).await;
+    assert!(!matches!(&same, Err(e) if e.to_string().contains("refused us")), "{same:?}");
+
+    config.channels.pop();
+    let refused = as_node_3(&config).call(target, query(), 5_000).await;
+    let error = refused.expect_err("a node with another channel list is refused").to_string();
+    assert!(error.contains("[[channels]]") && error.contains("identical on every node"), "{error}");
     cluster.shutdown().await;
 }

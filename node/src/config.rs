@@ -216,6 +216,25 @@ impl NodeConfig {
         self.peers.iter().map(|p| (p.id, p.addr)).collect()
     }
 
+    /// The part of this configuration that must be identical on every node,
+    /// digested per section (sent in the peer handshake; a peer that
+    /// differs is refused, the differing sections named). Per-node settings
+    /// (`node_id`, `listen`, `data_dir`, `fsync`, timings, the gateway and
+    /// admin listeners) are not in it.
+    pub fn cluster_digest(&self) -> paytx_protocol::auth::ConfigDigest {
+        let encoded = |value: &dyn erased::Encode| value.encode_bytes();
+        let mut peers: Vec<(NodeId, String)> = self.peers.iter().map(|p| (p.id, p.addr.to_string())).collect();
+        peers.sort();
+        paytx_protocol::auth::ConfigDigest::of(vec![
+            ("[[peers]]", encoded(&peers)),
+            ("[shards]", encoded(&self.shards)),
+            ("[[channels]]", encoded(&self.channels)),
+            ("[raft] key_retention", encoded(&self.raft.key_retention)),
+            ("[limits] max_ops_per_txn", encoded(&self.limits.max_ops_per_txn)),
+            ("[limits] max_frame_bytes", encoded(&self.limits.max_frame_bytes)),
+        ])
+    }
+
     /// Checks what would otherwise fail obscurely later.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let peers = self.peer_map();
@@ -330,6 +349,21 @@ impl NodeConfig {
     }
 }
 
+/// Encodes any serialisable section for [`NodeConfig::cluster_digest`].
+mod erased {
+    pub trait Encode {
+        fn encode_bytes(&self) -> Vec<u8>;
+    }
+
+    impl<T: serde::Serialize> Encode for T {
+        fn encode_bytes(&self) -> Vec<u8> {
+            // A config section that cannot be encoded digests as its error
+            // text: still deterministic, and equal configs still agree.
+            paytx_protocol::encode(self).unwrap_or_else(|e| e.to_string().into_bytes())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +399,17 @@ mod tests {
         let mut bad = config.clone();
         bad.coordinator.max_decide_retry_ms = bad.coordinator.decide_retry_ms - 1;
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));
+        // Nodes agree on the cluster-wide sections whatever their own ones.
+        let mut other_node = NodeConfig::local(3, &addrs, PathBuf::from("/tmp/y"), "a-secret-of-sixteen-bytes");
+        other_node.coordinator.prepare_timeout_ms += 1;
+        assert!(config.cluster_digest().differing(&other_node.cluster_digest()).is_empty());
+        other_node.channels.pop();
+        other_node.raft.key_retention += 1;
+        assert_eq!(
+            config.cluster_digest().differing(&other_node.cluster_digest()),
+            vec!["[[channels]]".to_string(), "[raft] key_retention".to_string()],
+            "the differing sections are named"
+        );
         let mut bad = config.clone();
         bad.coordinator.max_finishing_txns = 0;
         assert!(matches!(bad.validate(), Err(ConfigError::Invalid(_))));

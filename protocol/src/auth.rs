@@ -28,6 +28,44 @@ pub const MIN_SECRET_BYTES: usize = 16;
 pub type Nonce = [u8; AUTH_BYTES];
 pub type Proof = [u8; AUTH_BYTES];
 
+/// Most sections a [`ConfigDigest`] may carry (a hostile hello cannot make
+/// the comparison large).
+pub const MAX_CONFIG_SECTIONS: usize = 32;
+
+/// The cluster-wide part of a node's configuration — what must be
+/// identical on every node (shard map, channels, retention, the limits
+/// that change validation) — as one SHA-256 per named section, sorted by
+/// name. Sent in `AuthHello`; a node refuses a peer whose digest differs,
+/// naming the sections, so a misconfigured node is refused at its first
+/// connection instead of diverging later.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConfigDigest(pub Vec<(String, [u8; 32])>);
+
+impl ConfigDigest {
+    /// Digests each `(name, encoded section)`.
+    pub fn of(sections: Vec<(&str, Vec<u8>)>) -> Self {
+        use sha2::Digest;
+        let mut digests: Vec<(String, [u8; 32])> =
+            sections.into_iter().map(|(name, bytes)| (name.to_string(), Sha256::digest(&bytes).into())).collect();
+        digests.sort();
+        debug_assert!(digests.len() <= MAX_CONFIG_SECTIONS, "a bounded number of sections");
+        ConfigDigest(digests)
+    }
+
+    /// The sections in which `self` and `other` differ (present in one
+    /// only, or with another digest), by name; empty when they agree.
+    pub fn differing(&self, other: &ConfigDigest) -> Vec<String> {
+        if other.0.len() > MAX_CONFIG_SECTIONS {
+            return vec![format!("(more than {MAX_CONFIG_SECTIONS} sections)")];
+        }
+        let mine: std::collections::BTreeMap<&str, &[u8; 32]> = self.0.iter().map(|(n, d)| (n.as_str(), d)).collect();
+        let theirs: std::collections::BTreeMap<&str, &[u8; 32]> =
+            other.0.iter().map(|(n, d)| (n.as_str(), d)).collect();
+        let names: std::collections::BTreeSet<&str> = mine.keys().chain(theirs.keys()).copied().collect();
+        names.into_iter().filter(|name| mine.get(name) != theirs.get(name)).map(str::to_string).collect()
+    }
+}
+
 fn mac(secret: &[u8], role: &[u8], node: NodeId, client_nonce: &Nonce, server_nonce: &Nonce) -> Hmac<Sha256> {
     // Infallible: HMAC accepts keys of any length.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes a key of any length");

@@ -239,7 +239,7 @@ pub enum PeerRequest {
     /// A client request forwarded to the node that can answer it.
     Forward(Request),
     /// Peer authentication, step 1 (see [`crate::auth`]).
-    AuthHello { node: NodeId, nonce: crate::auth::Nonce },
+    AuthHello { node: NodeId, nonce: crate::auth::Nonce, config: crate::auth::ConfigDigest },
     /// Peer authentication, step 3.
     AuthProof { proof: crate::auth::Proof },
 }

@@ -67,6 +67,10 @@ pub struct ServerLimits {
     /// ([`paytx_protocol::auth`]); client requests need no authentication.
     /// `None` serves peer messages to anyone (unit tests only).
     pub peer_secret: Option<Arc<[u8]>>,
+    /// This node's cluster-wide configuration: a peer whose hello carries
+    /// another is refused, naming the sections that differ. `None`: not
+    /// compared (unit tests only).
+    pub peer_config: Option<paytx_protocol::auth::ConfigDigest>,
     /// Where the server counts connections and refusals (read by the
     /// admin listener).
     pub counters: super::ServerCounters,
@@ -83,6 +87,7 @@ impl Default for ServerLimits {
             frame_read_timeout_ms: DEFAULT_FRAME_READ_TIMEOUT_MS,
             counters: super::ServerCounters::default(),
             peer_secret: None,
+            peer_config: None,
         }
     }
 }
@@ -139,9 +144,24 @@ fn unauthorized(reason: &str) -> PeerResponse {
 }
 
 /// Advances the handshake with one peer message.
-fn peer_step(auth: &mut PeerAuth, secret: Option<&[u8]>, request: &PeerRequest) -> PeerStep {
+fn peer_step(
+    auth: &mut PeerAuth,
+    secret: Option<&[u8]>,
+    own_config: Option<&paytx_protocol::auth::ConfigDigest>,
+    request: &PeerRequest,
+) -> PeerStep {
     match (request, secret) {
-        (PeerRequest::AuthHello { node, nonce }, Some(secret)) if matches!(auth, PeerAuth::Unauthenticated) => {
+        (PeerRequest::AuthHello { node, nonce, config }, Some(secret)) if matches!(auth, PeerAuth::Unauthenticated) => {
+            let differing = own_config.map(|own| own.differing(config)).unwrap_or_default();
+            if !differing.is_empty() {
+                let reason = format!(
+                    "node {node}'s cluster configuration differs from this node's in: {}; these settings must be \
+                     identical on every node (README, Configuration)",
+                    differing.join(", ")
+                );
+                tracing::warn!(peer = node, %reason, "peer refused");
+                return PeerStep::Refuse(unauthorized(&reason));
+            }
             let server_nonce: Nonce = rand::random();
             let proof = auth::server_proof(secret, *node, nonce, &server_nonce);
             *auth = PeerAuth::Challenged { node: *node, client_nonce: *nonce, server_nonce };
@@ -383,7 +403,7 @@ async fn serve_connection(
                 (Lane::Client, Box::pin(async move { Message::Response(handler.request(request).await) }))
             }
             Message::Peer(request) => {
-                match peer_step(&mut auth, limits.peer_secret.as_deref(), &request) {
+                match peer_step(&mut auth, limits.peer_secret.as_deref(), limits.peer_config.as_ref(), &request) {
                     PeerStep::Serve => {}
                     PeerStep::Answer(reply) => {
                         if let PeerAuth::Authenticated(node) = auth {
@@ -603,6 +623,28 @@ mod tests {
     use paytx_protocol::{AccountId, OrderId, TxnRequest};
 
     const TIMEOUT_MS: u64 = 5_000;
+
+    #[test]
+    fn a_peer_with_another_cluster_configuration_is_refused_naming_what_differs() {
+        use paytx_protocol::auth::ConfigDigest;
+        let own = ConfigDigest::of(vec![("[shards]", vec![1]), ("[[channels]]", vec![2])]);
+        let hello = |config: ConfigDigest| PeerRequest::AuthHello { node: 2, nonce: [1; 32], config };
+        let secret: &[u8] = b"a-secret-of-sixteen-bytes";
+
+        let mut auth = PeerAuth::Unauthenticated;
+        let other = ConfigDigest::of(vec![("[shards]", vec![1]), ("[[channels]]", vec![3])]);
+        match peer_step(&mut auth, Some(secret), Some(&own), &hello(other)) {
+            PeerStep::Refuse(PeerResponse::Error(RequestError::Unauthorized { reason })) => {
+                assert!(reason.contains("[[channels]]") && !reason.contains("[shards]"), "{reason}");
+            }
+            _ => panic!("a differing configuration must be refused"),
+        }
+        assert!(matches!(auth, PeerAuth::Unauthenticated), "nothing advanced");
+
+        let mut auth = PeerAuth::Unauthenticated;
+        let step = peer_step(&mut auth, Some(secret), Some(&own), &hello(own.clone()));
+        assert!(matches!(step, PeerStep::Answer(PeerResponse::AuthChallenge { .. })), "the same one is challenged");
+    }
 
     async fn toy_server(handler: ToyHandler, limits: ServerLimits) -> TestServer {
         TestServer::start(Arc::new(handler), limits).await

@@ -35,6 +35,8 @@ pub struct TransportLimits {
 pub struct PeerCredentials {
     pub node: NodeId,
     pub secret: Arc<[u8]>,
+    /// This node's cluster-wide configuration, sent in the hello.
+    pub config: auth::ConfigDigest,
 }
 
 impl std::fmt::Debug for PeerCredentials {
@@ -47,10 +49,13 @@ impl std::fmt::Debug for PeerCredentials {
 /// The connector's side of the handshake on a fresh connection.
 async fn authenticate(connection: &Connection, credentials: &PeerCredentials, timeout_ms: u64) -> Result<(), String> {
     let client_nonce: auth::Nonce = rand::random();
-    let hello = PeerRequest::AuthHello { node: credentials.node, nonce: client_nonce };
+    let hello =
+        PeerRequest::AuthHello { node: credentials.node, nonce: client_nonce, config: credentials.config.clone() };
     let challenge = connection.call(Message::Peer(hello), timeout_ms).await.map_err(|e| e.to_string())?;
-    let Message::PeerReply(PeerResponse::AuthChallenge { nonce: server_nonce, proof }) = challenge else {
-        return Err(format!("unexpected answer to the handshake: {challenge:?}"));
+    let (server_nonce, proof) = match challenge {
+        Message::PeerReply(PeerResponse::AuthChallenge { nonce, proof }) => (nonce, proof),
+        Message::PeerReply(PeerResponse::Error(refused)) => return Err(format!("the peer refused us: {refused}")),
+        other => return Err(format!("unexpected answer to the handshake: {other:?}")),
     };
     if !auth::verify_server(&credentials.secret, credentials.node, &client_nonce, &server_nonce, &proof) {
         return Err("the peer does not know the cluster secret".to_string());
@@ -285,7 +290,7 @@ mod tests {
         let peers = BTreeMap::from([(2, server.addr)]);
 
         let credentials = |secret: Arc<[u8]>| TransportLimits {
-            auth: Some(PeerCredentials { node: 1, secret }),
+            auth: Some(PeerCredentials { node: 1, secret, config: Default::default() }),
             ..TransportLimits::default()
         };
         let member = TcpTransport::new(peers.clone(), credentials(secret));
