@@ -223,10 +223,13 @@ impl NodeConfig {
     /// admin listeners) are not in it.
     pub fn cluster_digest(&self) -> paytx_protocol::auth::ConfigDigest {
         let encoded = |value: &dyn erased::Encode| value.encode_bytes();
-        let mut peers: Vec<(NodeId, String)> = self.peers.iter().map(|p| (p.id, p.addr.to_string())).collect();
-        peers.sort();
+        // The members, not their addresses: how a node reaches a peer is its
+        // own business (another interface, a proxy — `paytx chaos` puts one
+        // on every link).
+        let mut members: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
+        members.sort_unstable();
         paytx_protocol::auth::ConfigDigest::of(vec![
-            ("[[peers]]", encoded(&peers)),
+            ("[[peers]] ids", encoded(&members)),
             ("[shards]", encoded(&self.shards)),
             ("[[channels]]", encoded(&self.channels)),
             ("[raft] key_retention", encoded(&self.raft.key_retention)),
@@ -402,6 +405,7 @@ mod tests {
         // Nodes agree on the cluster-wide sections whatever their own ones.
         let mut other_node = NodeConfig::local(3, &addrs, PathBuf::from("/tmp/y"), "a-secret-of-sixteen-bytes");
         other_node.coordinator.prepare_timeout_ms += 1;
+        other_node.peers[0].addr = "127.0.0.1:9999".parse().expect("valid address"); // a proxy, say
         assert!(config.cluster_digest().differing(&other_node.cluster_digest()).is_empty());
         other_node.channels.pop();
         other_node.raft.key_retention += 1;
