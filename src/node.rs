@@ -78,11 +78,12 @@ impl Node {
         let addr = listener.local_addr().map_err(listen_error)?;
 
         let secret: Arc<[u8]> = Arc::from(config.cluster_secret.as_bytes());
+        let cluster_digest = config.cluster_digest();
         let transport_limits = TransportLimits {
             auth: Some(PeerCredentials {
                 node: config.node_id,
                 secret: secret.clone(),
-                config: config.cluster_digest(),
+                config: cluster_digest.clone(),
             }),
             ..TransportLimits::default()
         };
@@ -100,7 +101,7 @@ impl Node {
             idle_timeout_ms: config.limits.idle_timeout_ms,
             frame_read_timeout_ms: config.limits.frame_read_timeout_ms,
             peer_secret: Some(secret),
-            peer_config: Some(config.cluster_digest()),
+            peer_config: Some(cluster_digest),
             counters: crate::net::ServerCounters::default(),
         };
         let server_counters = limits.counters.clone();

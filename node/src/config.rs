@@ -222,19 +222,18 @@ impl NodeConfig {
     /// (`node_id`, `listen`, `data_dir`, `fsync`, timings, the gateway and
     /// admin listeners) are not in it.
     pub fn cluster_digest(&self) -> paytx_protocol::auth::ConfigDigest {
-        let encoded = |value: &dyn erased::Encode| value.encode_bytes();
         // The members, not their addresses: how a node reaches a peer is its
         // own business (another interface, a proxy — `paytx chaos` puts one
         // on every link).
         let mut members: Vec<NodeId> = self.peers.iter().map(|p| p.id).collect();
         members.sort_unstable();
         paytx_protocol::auth::ConfigDigest::of(vec![
-            ("[[peers]] ids", encoded(&members)),
-            ("[shards]", encoded(&self.shards)),
-            ("[[channels]]", encoded(&self.channels)),
-            ("[raft] key_retention", encoded(&self.raft.key_retention)),
-            ("[limits] max_ops_per_txn", encoded(&self.limits.max_ops_per_txn)),
-            ("[limits] max_frame_bytes", encoded(&self.limits.max_frame_bytes)),
+            ("[[peers]] ids", encoded_section(&members)),
+            ("[shards]", encoded_section(&self.shards)),
+            ("[[channels]]", encoded_section(&self.channels)),
+            ("[raft] key_retention", encoded_section(&self.raft.key_retention)),
+            ("[limits] max_ops_per_txn", encoded_section(&self.limits.max_ops_per_txn)),
+            ("[limits] max_frame_bytes", encoded_section(&self.limits.max_frame_bytes)),
         ])
     }
 
@@ -352,19 +351,11 @@ impl NodeConfig {
     }
 }
 
-/// Encodes any serialisable section for [`NodeConfig::cluster_digest`].
-mod erased {
-    pub trait Encode {
-        fn encode_bytes(&self) -> Vec<u8>;
-    }
-
-    impl<T: serde::Serialize> Encode for T {
-        fn encode_bytes(&self) -> Vec<u8> {
-            // A config section that cannot be encoded digests as its error
-            // text: still deterministic, and equal configs still agree.
-            paytx_protocol::encode(self).unwrap_or_else(|e| e.to_string().into_bytes())
-        }
-    }
+/// One section of [`NodeConfig::cluster_digest`], encoded. A section that
+/// cannot be encoded digests as its error text: still deterministic, and
+/// equal configurations still agree.
+fn encoded_section<T: Serialize>(section: &T) -> Vec<u8> {
+    paytx_protocol::encode(section).unwrap_or_else(|e| e.to_string().into_bytes())
 }
 
 #[cfg(test)]
