@@ -6,10 +6,14 @@
 //!
 //! # Concurrency
 //!
-//! Every engine call and the journal write that goes with it happen inside
-//! one handler (or one synchronous continuation), so they are atomic with
-//! respect to other messages: there are no locks because there is one
-//! writer. What takes time is *awaited without blocking the actor*: the fsync
+//! Every engine call happens inside one handler (or one synchronous
+//! continuation), so it is atomic with respect to other messages: there
+//! are no locks because there is one writer. Its journal writes are staged
+//! and applied, with those of every other message of the same mailbox
+//! drain, as one batch before the next fsync round takes its ticket (one
+//! intent record and one write per key for a drain, not per message); no
+//! vote or acknowledgement that waits for an fsync can be released by a
+//! round that does not cover its writes. What takes time is *awaited without blocking the actor*: the fsync
 //! before a vote or an acknowledgement and the channel's authorization
 //! latency run as spawned actor futures (`ResponseActFuture`, not
 //! `AtomicResponse`), so the actor keeps taking prepares while an fsync is in
@@ -44,7 +48,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, 
 use paytx_protocol::messages::{AccountView, ChargeView, OrderView, RecordView};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{AbortReason, ChannelId, EntityKey, EntityKind, Operation, TxnId, Vote};
-use paytx_storage::{DiskError, SharedDisk};
+use paytx_storage::{Batch, DiskError, SharedDisk};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -110,7 +114,17 @@ pub struct ParticipantActor {
     /// fsync rounds started and not yet finished (at most
     /// [`MAX_SYNC_ROUNDS`]).
     syncs_in_flight: usize,
+    /// Journal writes of the steps taken since the last apply (see
+    /// `stage`): applied as one batch after the mailbox is drained, and
+    /// always before a sync round takes its ticket.
+    staged: Batch,
+    /// A `FlushStaged` is queued on the context.
+    flush_queued: bool,
 }
+
+/// Most journal writes staged before they are applied without waiting for
+/// the end of the mailbox drain (bounds the batch and the intent record).
+const MAX_STAGED_WRITES: usize = 4_096;
 
 /// fsync rounds of one shard in flight at once: two, so the next round's
 /// flush can start while the last one's durable watermark is written (the
@@ -157,6 +171,8 @@ impl ParticipantActor {
             next_wait_id: 0,
             sync_waiters: Vec::new(),
             syncs_in_flight: 0,
+            staged: Batch::new(),
+            flush_queued: false,
         })
     }
 
@@ -190,9 +206,10 @@ impl ParticipantActor {
         let shard = self.config.shard;
         let (tx, rx) = oneshot::channel();
         self.sync_waiters.push(tx);
-        if self.syncs_in_flight < MAX_SYNC_ROUNDS {
-            self.start_sync_round(ctx);
-        }
+        // The round starts once the mailbox is drained (`FlushStaged`), so
+        // the steps of every message queued now share one journal write
+        // and one fsync.
+        self.schedule_flush(ctx);
         Box::pin(wrap_future(rx).map(move |synced, act: &mut Self, ctx| {
             let synced = synced
                 .unwrap_or_else(|_| Err(DiskError::SyncFailed { reason: "the fsync round was dropped".to_string() }));
@@ -203,13 +220,56 @@ impl ParticipantActor {
         }))
     }
 
-    /// Starts one fsync covering every write applied so far (the ticket is
-    /// taken now, synchronously) for the replies waiting now.
+    /// Stages one step's journal writes; they reach the disk with the
+    /// others of this mailbox drain, as one batch (one intent record, one
+    /// write per key), before any fsync round that could acknowledge them.
+    fn stage(&mut self, step: impl FnOnce(&Journal, &mut Batch), ctx: &mut Context<Self>) {
+        step(&self.journal, &mut self.staged);
+        if self.staged.writes.len() >= MAX_STAGED_WRITES {
+            self.apply_staged(ctx);
+        }
+        self.schedule_flush(ctx);
+    }
+
+    /// Queues one `FlushStaged` behind the messages already in the mailbox
+    /// (actix handles a context's queued items after draining the mailbox).
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.flush_queued {
+            self.flush_queued = true;
+            ctx.notify(FlushStaged);
+        }
+    }
+
+    /// Applies the staged writes; a failure is fail-stop (memory is ahead
+    /// of the disk). `false` when the shard stopped.
+    fn apply_staged(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.staged.is_empty() {
+            return self.stopped.is_none();
+        }
+        let staged = std::mem::take(&mut self.staged);
+        match self.journal.apply_staged(staged) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail_stop(ctx, e);
+                false
+            }
+        }
+    }
+
+    /// Starts one fsync covering every write applied so far (the staged
+    /// ones are applied first; the ticket is taken now, synchronously) for
+    /// the replies waiting now.
     fn start_sync_round(&mut self, ctx: &mut Context<Self>) {
+        // Never a ticket before the staged writes are applied: a reply
+        // released by this round must find its step on the disk.
+        if !self.apply_staged(ctx) {
+            return;
+        }
         if self.sync_waiters.is_empty() {
             return;
         }
         debug_assert!(self.syncs_in_flight < MAX_SYNC_ROUNDS, "bounded rounds");
+        debug_assert!(self.staged.is_empty(), "a round covers every staged write");
         self.syncs_in_flight += 1;
         let waiters = std::mem::take(&mut self.sync_waiters);
         let sync = self.journal.sync();
@@ -297,11 +357,9 @@ impl ParticipantActor {
                 Box::pin(ready(Ok(Vote::No(reason))))
             }
             Ok(Prepared::New(record)) => {
-                if let Err(e) = self.journal.record_prepared(&record) {
-                    // Memory now holds a reservation the disk does not: the
-                    // shard stops (the actor is gone before anyone sees it).
-                    return Box::pin(ready(()).map(move |(), act: &mut Self, ctx| Err(act.fail_stop(ctx, e))));
-                }
+                // Memory now holds a reservation the disk does not yet: a
+                // failed write of it stops the shard before any YES.
+                self.stage(|journal, batch| journal.stage_prepared(&record, batch), ctx);
                 self.prepared_at.insert(txn, Instant::now());
                 // PLANTED BUG (simulator only): vote YES before the prepared record is synced.
                 if paytx_protocol::planted::active(Bug::VoteBeforeSync) {
@@ -332,9 +390,7 @@ impl ParticipantActor {
         if commit {
             match self.engine.commit(txn) {
                 Some(committed) => {
-                    if let Err(e) = self.journal.record_commit(&committed) {
-                        return Box::pin(ready(()).map(move |(), act: &mut Self, ctx| Err(act.fail_stop(ctx, e))));
-                    }
+                    self.stage(|journal, batch| journal.stage_commit(&committed, batch), ctx);
                     tracing::debug!(shard = %self.config.shard, %txn, "committed");
                 }
                 None => {
@@ -352,9 +408,7 @@ impl ParticipantActor {
                 tracing::error!(shard = %self.config.shard, %txn, "abort received for a committed txn: conflicting decisions; ignored");
             }
             if self.engine.abort(txn) {
-                if let Err(e) = self.journal.record_abort(txn) {
-                    return Box::pin(ready(()).map(move |(), act: &mut Self, ctx| Err(act.fail_stop(ctx, e))));
-                }
+                self.stage(|journal, batch| journal.stage_abort(txn, batch), ctx);
                 tracing::debug!(shard = %self.config.shard, %txn, "aborted");
             }
             // No fsync before acknowledging an abort: if the deletion of the
@@ -468,10 +522,7 @@ impl ParticipantActor {
             }
             Ok(prepared) => {
                 if let Prepared::New(record) = &prepared {
-                    if let Err(e) = self.journal.record_prepared(record) {
-                        let _ = parked.reply.send(Err(self.fail_stop(ctx, e)));
-                        return;
-                    }
+                    self.stage(|journal, batch| journal.stage_prepared(record, batch), ctx);
                     self.prepared_at.insert(txn, Instant::now());
                 }
                 let reply = parked.reply;
@@ -557,6 +608,26 @@ impl Handler<Prepare> for ParticipantActor {
                         .then(move |(), act: &mut Self, ctx| act.prepare_now(txn, ops, declined, disk_low, ctx)),
                 )
             }
+        }
+    }
+}
+
+/// The mailbox is drained: apply what its messages staged, and start an
+/// fsync round if one is free (else `SyncRoundDone` starts it).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+struct FlushStaged;
+
+impl Handler<FlushStaged> for ParticipantActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: FlushStaged, ctx: &mut Context<Self>) {
+        self.flush_queued = false;
+        if !self.apply_staged(ctx) {
+            return;
+        }
+        if self.syncs_in_flight < MAX_SYNC_ROUNDS {
+            self.start_sync_round(ctx);
         }
     }
 }

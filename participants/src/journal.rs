@@ -1,18 +1,22 @@
 //! The journal: one shard's durable state on the [`Disk`] seam.
 //!
 //! One keyspace per shard, `shard-<kind>-<index>` (layout in
-//! [`crate::records`]). Every durable step is one atomic batch:
+//! [`crate::records`]). Every step is a set of writes, staged into a
+//! [`Batch`]:
 //!
-//! * prepare: put `p/<txn>`;
-//! * commit: put the touched entities' after-images and `c/<txn>`, delete
-//!   `p/<txn>`, the records the transaction deleted, and the commit ids that
-//!   fall out of memory;
-//! * abort: delete `p/<txn>`.
+//! * prepare: put `t/<txn>` = prepared record;
+//! * commit: put the touched entities' after-images, overwrite `t/<txn>`
+//!   with the commit marker, delete the records the transaction deleted
+//!   and the `t/` keys of the commits that fall out of memory;
+//! * abort: delete `t/<txn>`.
 //!
-//! So the keyspace is always a committed state plus the prepared records of
-//! exactly the undecided transactions, before and after any crash. Nothing
-//! here syncs on its own: the actor decides when a step must be durable
-//! ([`Journal::sync`]), which lets concurrent steps share one fsync.
+//! The actor stages every step it takes while draining its mailbox and
+//! applies them as one atomic batch ([`Journal::apply_staged`]) before the
+//! next fsync round: whole steps only, so the keyspace is always a committed
+//! state plus the prepared records of exactly the undecided transactions,
+//! before and after any crash. Nothing here syncs on its own: the actor
+//! decides when a step must be durable ([`Journal::sync`]), which lets
+//! concurrent steps share one fsync.
 //!
 //! Every value is a checksummed record ([`paytx_storage::record`]); loading
 //! verifies every one and fails with the key's name on the first bad one.
@@ -21,8 +25,8 @@ use crate::channels::ChannelConfig;
 use crate::engine::{Committed, Engine};
 use crate::error::ParticipantError;
 use crate::records::{
-    key_label, record_entity_key, txn_key, EntityRecord, JournalContents, PreparedRecord, COMMITTED_PREFIX,
-    ENTITY_PREFIX, FORGOTTEN_THROUGH_KEY, PREPARED_PREFIX,
+    key_label, record_entity_key, txn_key, EntityRecord, JournalContents, PreparedRecord, TxnState, TxnStateRef,
+    COMMITTED_PREFIX, ENTITY_PREFIX, FORGOTTEN_THROUGH_KEY, PREPARED_PREFIX, TXN_PREFIX,
 };
 use paytx_protocol::{BoxFuture, ShardId, TxnId};
 use paytx_storage::record::{open_at, seal};
@@ -66,6 +70,13 @@ impl Journal {
                 let record: EntityRecord = self.open(&key, &value)?;
                 self.expect_key(&key, record.key())?;
                 contents.entities.push((self.label(&key), record));
+            } else if key.starts_with(TXN_PREFIX) {
+                let state: TxnState = self.open(&key, &value)?;
+                self.expect_key(&key, txn_key(TXN_PREFIX, state.txn()))?;
+                match state {
+                    TxnState::Prepared(record) => contents.prepared.push((self.label(&key), record)),
+                    TxnState::Committed(txn) => contents.committed.push(txn),
+                }
             } else if key.starts_with(PREPARED_PREFIX) {
                 let record: PreparedRecord = self.open(&key, &value)?;
                 self.expect_key(&key, txn_key(PREPARED_PREFIX, record.txn))?;
@@ -83,46 +94,94 @@ impl Journal {
         Ok(contents)
     }
 
-    /// Loads the journal and rebuilds the shard's engine from it.
+    /// Loads the journal and rebuilds the shard's engine from it. Records
+    /// an earlier version wrote under `p/` and `c/` are rewritten under
+    /// `t/` (one atomic batch, before the shard serves anything), so every
+    /// later step finds a transaction under the one key it writes.
     pub fn recover(&self, channels: &[ChannelConfig], remembered_commits: usize) -> Result<Engine, ParticipantError> {
         let contents = self.load()?;
-        Engine::recover(self.shard, channels, remembered_commits, contents).map_err(|e| {
+        let mut migration = Batch::new();
+        for (key, _) in self.disk.range(&self.space, PREPARED_PREFIX, Some(b"p0")).map_err(|e| self.disk_error(e))? {
+            migration.delete(key);
+        }
+        for (key, _) in self.disk.range(&self.space, COMMITTED_PREFIX, Some(b"c0")).map_err(|e| self.disk_error(e))? {
+            migration.delete(key);
+        }
+        let engine = Engine::recover(self.shard, channels, remembered_commits, contents.clone()).map_err(|e| {
             ParticipantError::InconsistentJournal { space: self.space.clone(), key: e.key, reason: e.reason }
-        })
+        })?;
+        if !migration.is_empty() {
+            for (_, record) in &contents.prepared {
+                self.stage_prepared(record, &mut migration);
+            }
+            for txn in &contents.committed {
+                migration.put(txn_key(TXN_PREFIX, *txn), seal(&TxnStateRef::Committed(*txn)));
+            }
+            tracing::info!(space = %self.space, keys = migration.writes.len(), "rewriting an earlier version's transaction keys");
+            self.apply(migration)?;
+        }
+        Ok(engine)
     }
 
-    /// Writes a prepared record (not yet durable: sync before voting YES).
-    pub fn record_prepared(&self, record: &PreparedRecord) -> Result<(), ParticipantError> {
-        let mut batch = Batch::new();
-        batch.put(txn_key(PREPARED_PREFIX, record.txn), seal(record));
-        self.apply(batch)
+    /// Stages a prepared record into `batch` (not yet durable: apply, then
+    /// sync before voting YES).
+    pub fn stage_prepared(&self, record: &PreparedRecord, batch: &mut Batch) {
+        batch.put(txn_key(TXN_PREFIX, record.txn), seal(&TxnStateRef::Prepared(record)));
     }
 
-    /// Writes a commit's effects and drops its prepared record, atomically
-    /// (not yet durable: sync before acknowledging).
-    pub fn record_commit(&self, committed: &Committed) -> Result<(), ParticipantError> {
-        let mut batch = Batch::new();
+    /// Stages a commit's effects into `batch` and drops its prepared record
+    /// (atomic once the batch is applied; sync before acknowledging).
+    pub fn stage_commit(&self, committed: &Committed, batch: &mut Batch) {
         for entity in &committed.entities {
             batch.put(entity.key(), seal(entity));
         }
         for key in &committed.removed {
             batch.delete(record_entity_key(*key));
         }
-        batch.delete(txn_key(PREPARED_PREFIX, committed.txn));
-        batch.put(txn_key(COMMITTED_PREFIX, committed.txn), seal(&committed.txn));
+        // In place: the prepared record becomes the commit marker.
+        batch.put(txn_key(TXN_PREFIX, committed.txn), seal(&TxnStateRef::Committed(committed.txn)));
         for old in &committed.forgotten {
-            batch.delete(txn_key(COMMITTED_PREFIX, *old));
+            batch.delete(txn_key(TXN_PREFIX, *old));
         }
         if let Some(through) = committed.forgotten_through {
             batch.put(FORGOTTEN_THROUGH_KEY.to_vec(), seal(&through));
         }
+    }
+
+    /// Stages the removal of an aborted transaction's prepared record.
+    pub fn stage_abort(&self, txn: TxnId, batch: &mut Batch) {
+        batch.delete(txn_key(TXN_PREFIX, txn));
+    }
+
+    /// Applies the steps staged in `batch` as one atomic write. A key
+    /// written more than once (a hot account committed by several
+    /// transactions of the batch) is written once, with its last value:
+    /// the result is the same as applying the steps in order.
+    pub fn apply_staged(&self, batch: Batch) -> Result<(), ParticipantError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.apply(last_write_per_key(batch))
+    }
+
+    /// Writes a prepared record at once (tests and tools; the actor stages).
+    pub fn record_prepared(&self, record: &PreparedRecord) -> Result<(), ParticipantError> {
+        let mut batch = Batch::new();
+        self.stage_prepared(record, &mut batch);
         self.apply(batch)
     }
 
-    /// Drops an aborted transaction's prepared record.
+    /// Writes a commit at once (tests and tools; the actor stages).
+    pub fn record_commit(&self, committed: &Committed) -> Result<(), ParticipantError> {
+        let mut batch = Batch::new();
+        self.stage_commit(committed, &mut batch);
+        self.apply(batch)
+    }
+
+    /// Drops an aborted transaction's prepared record at once.
     pub fn record_abort(&self, txn: TxnId) -> Result<(), ParticipantError> {
         let mut batch = Batch::new();
-        batch.delete(txn_key(PREPARED_PREFIX, txn));
+        self.stage_abort(txn, &mut batch);
         self.apply(batch)
     }
 
@@ -163,6 +222,16 @@ impl Journal {
     fn disk_error(&self, error: DiskError) -> ParticipantError {
         ParticipantError::from_disk(self.shard, error)
     }
+}
+
+/// `batch` with every key written once, at the position and with the
+/// value of its last write. Writes to distinct keys commute, so this
+/// leaves the keyspace exactly as the writes in order would.
+fn last_write_per_key(batch: Batch) -> Batch {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut kept: Vec<_> = batch.writes.into_iter().rev().filter(|(key, _)| seen.insert(key.clone())).collect();
+    kept.reverse();
+    Batch { writes: kept }
 }
 
 #[cfg(test)]
@@ -229,6 +298,56 @@ mod tests {
         assert_eq!((view.balance_minor, view.held_minor), (70, 50));
         assert_eq!(recovered.account(AccountId(2)).unwrap().balance_minor, 30);
         assert!(recovered.is_committed(txn(2)));
+    }
+
+    #[test]
+    fn a_key_written_twice_in_a_batch_is_written_once_with_its_last_value() {
+        let mut batch = Batch::new();
+        batch.put(b"a".to_vec(), b"1".to_vec());
+        batch.delete(b"b".to_vec());
+        batch.put(b"a".to_vec(), b"2".to_vec());
+        batch.put(b"b".to_vec(), b"3".to_vec());
+        batch.delete(b"c".to_vec());
+        let kept = last_write_per_key(batch).writes;
+        assert_eq!(
+            kept,
+            vec![(b"a".to_vec(), Some(b"2".to_vec())), (b"b".to_vec(), Some(b"3".to_vec())), (b"c".to_vec(), None)]
+        );
+    }
+
+    /// What versions before the `t/` key wrote: `p/` prepared records and
+    /// `c/` commit markers. They load, and are rewritten under `t/` once.
+    #[tokio::test]
+    async fn an_earlier_versions_transaction_keys_are_read_and_rewritten() {
+        let disk = MemDisk::new();
+        let journal = Journal::new(Arc::new(disk.clone()), ACCOUNTS);
+        let mut engine = Engine::new(ACCOUNTS, &[]);
+        prepare(&mut engine, &journal, 1, &[open_op(1, 100), open_op(2, 0)]);
+        commit(&mut engine, &journal, 1);
+        // Rewrite the new keys the old way: txn 1 committed under `c/`,
+        // a prepared transfer (txn 2) under `p/`.
+        let Ok(Prepared::New(record)) = engine.prepare(txn(2), &transfer(30)) else { panic!("prepare failed") };
+        let mut old = Batch::new();
+        old.delete(txn_key(TXN_PREFIX, txn(1)));
+        old.put(txn_key(COMMITTED_PREFIX, txn(1)), seal(&txn(1)));
+        old.put(txn_key(PREPARED_PREFIX, txn(2)), seal(&record));
+        disk.apply(journal.space(), old).unwrap();
+
+        let recovered = journal.recover(&[], 10).unwrap();
+        assert!(recovered.is_committed(txn(1)));
+        assert_eq!(recovered.prepared_txns(), vec![txn(2)]);
+        assert_eq!(recovered.account(AccountId(1)).unwrap().held_minor, 30);
+        let space = journal.space();
+        assert!(disk.range(space, b"p/", Some(b"p0")).unwrap().is_empty(), "no p/ key left");
+        assert!(disk.range(space, b"c/", Some(b"c0")).unwrap().is_empty(), "no c/ key left");
+        assert_eq!(disk.range(space, b"t/", Some(b"t0")).unwrap().len(), 2);
+        // And what was rewritten loads the same, and a commit now finds it.
+        let mut again = journal.recover(&[], 10).unwrap();
+        assert_eq!(again.prepared_txns(), vec![txn(2)]);
+        commit(&mut again, &journal, 2);
+        let last = journal.recover(&[], 10).unwrap();
+        assert!(last.prepared_txns().is_empty() && last.is_committed(txn(2)));
+        assert_eq!(last.account(AccountId(2)).unwrap().balance_minor, 30);
     }
 
     #[tokio::test]

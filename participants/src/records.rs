@@ -7,11 +7,18 @@
 //! | key | value |
 //! | --- | --- |
 //! | `e/` + entity key | [`EntityRecord`]: the committed after-image of one entity (a record: `ns` big-endian ‖ digest) |
-//! | `p/` + txn key | [`PreparedRecord`]: a transaction prepared (voted YES) and not yet decided |
-//! | `c/` + txn key | [`TxnId`]: a transaction committed here, remembered to ignore late duplicates |
+//! | `t/` + txn key | [`TxnState`]: a transaction prepared here (voted YES, not yet decided), or committed here and remembered to ignore late duplicates |
 //! | `m/forgotten-through` | [`TxnId`]: the newest commit no longer remembered (see the engine) |
+//! | `p/`, `c/` + txn key | written by earlier versions (prepared, committed): read at open and rewritten as `t/` |
 //!
 //! Ids are big-endian so keys sort like ids; the txn key is `term ‖ node ‖ seq`.
+//!
+//! A transaction has one key from its prepare until it is forgotten: the
+//! commit overwrites it in place (`Prepared` → `Committed`) rather than
+//! deleting one key and inserting another. In sled that is the difference
+//! between rewriting one leaf and two streams of keys appended at the end of
+//! the keyspace, which split (and later merge) a leaf every few transactions
+//! — the largest cost of a commit in a profile of `paytx bench`.
 
 use crate::accounts::Account;
 use crate::channels::Charge;
@@ -21,7 +28,10 @@ use paytx_protocol::{AccountId, ChannelId, EntityKind, Operation, OrderId, Recor
 use serde::{Deserialize, Serialize};
 
 pub(crate) const ENTITY_PREFIX: &[u8] = b"e/";
+pub(crate) const TXN_PREFIX: &[u8] = b"t/";
+/// Earlier versions' prepared records (read at open, then rewritten).
 pub(crate) const PREPARED_PREFIX: &[u8] = b"p/";
+/// Earlier versions' commit markers (read at open, then rewritten).
 pub(crate) const COMMITTED_PREFIX: &[u8] = b"c/";
 pub(crate) const FORGOTTEN_THROUGH_KEY: &[u8] = b"m/forgotten-through";
 
@@ -82,6 +92,32 @@ pub struct PreparedRecord {
     pub ops: Vec<Operation>,
 }
 
+/// What a shard keeps about one transaction (under `t/` + txn key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnState {
+    /// Prepared here and not yet decided.
+    Prepared(PreparedRecord),
+    /// Committed here (its effects are in the entities).
+    Committed(TxnId),
+}
+
+impl TxnState {
+    pub fn txn(&self) -> TxnId {
+        match self {
+            TxnState::Prepared(record) => record.txn,
+            TxnState::Committed(txn) => *txn,
+        }
+    }
+}
+
+/// [`TxnState`] by reference, for writing without a copy of the
+/// operations: serde encodes it exactly as the owned enum.
+#[derive(Serialize)]
+pub(crate) enum TxnStateRef<'a> {
+    Prepared(&'a PreparedRecord),
+    Committed(TxnId),
+}
+
 /// `term ‖ node ‖ seq`, big-endian: keys sort like `TxnId`s.
 pub(crate) fn txn_key(prefix: &[u8], txn: TxnId) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 24);
@@ -107,7 +143,7 @@ pub fn key_label(kind: EntityKind, key: &[u8]) -> String {
     }
     let (prefix, rest) = key.split_at(key.len().min(2));
     let label = match prefix {
-        p if p == PREPARED_PREFIX || p == COMMITTED_PREFIX => (rest.len() == 24)
+        p if p == TXN_PREFIX || p == PREPARED_PREFIX || p == COMMITTED_PREFIX => (rest.len() == 24)
             .then(|| Some(TxnId { term: u64_at(rest, 0)?, node: u64_at(rest, 1)?, seq: u64_at(rest, 2)? }))
             .flatten()
             .map(|txn| format!("{}{txn}", String::from_utf8_lossy(p))),

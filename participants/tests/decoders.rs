@@ -72,6 +72,7 @@ fn recover(shard: ShardId, rows: Vec<KeyValue>) {
 fn prefix() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         Just(b"e/".to_vec()),
+        Just(b"t/".to_vec()),
         Just(b"p/".to_vec()),
         Just(b"c/".to_vec()),
         Just(b"m/forgotten-through".to_vec()),
