@@ -72,6 +72,43 @@ pub async fn idempotency_keys(api: &Api, receiver: &Receiver) {
     let refunded_again = signed_with_key(api, &w, &refund_path, "refund-1", &refund_body).await;
     assert_eq!((refunded_again.status, &refunded_again.body), (StatusCode::CREATED, &refunded.body));
     assert_eq!(api.balance(&w.user_account, &w.token).await, 10_700 - 300 + 100);
+
+    // A definite refusal is the key's answer too (Stripe): a payment
+    // refused for want of funds is refused again when retried with its key,
+    // even once the wallet could pay, and nothing moves; a new key pays.
+    let wallet = 10_700 - 300 + 100;
+    let teapot = scenarios::new_order(api, &w, "I-2", wallet + 1_000).await;
+    let pay_path = format!("/v1/orders/{teapot}/pay");
+    let poor = post_with_key(api, &pay_path, &w.token, "pay-2", &json!({"method": "balance"})).await;
+    assert_eq!((poor.status, poor.code()), (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"), "{}", poor.text);
+    assert!(poor.headers.get("idempotent-replayed").is_none());
+    let topped =
+        post_with_key(api, &path, &w.token, "topup-2", &json!({"method": "alipay", "amount_minor": 5_000})).await;
+    assert_eq!(topped.status, StatusCode::CREATED, "{}", topped.text);
+    let retried = post_with_key(api, &pay_path, &w.token, "pay-2", &json!({"method": "balance"})).await;
+    assert_eq!((retried.status, &retried.body), (StatusCode::PAYMENT_REQUIRED, &poor.body), "{}", retried.text);
+    assert_eq!(retried.headers["idempotent-replayed"], "true", "the first answer, not a second attempt");
+    assert_eq!(scenarios::order(api, &w, &teapot).await["status"], "CREATED");
+    assert_eq!(api.balance(&w.user_account, &w.token).await, wallet + 5_000, "the retry paid nothing");
+    let other_body = post_with_key(api, &pay_path, &w.token, "pay-2", &json!({"method": "alipay"})).await;
+    assert_eq!(other_body.code(), "idempotency_conflict", "{}", other_body.text);
+    let paid = post_with_key(api, &pay_path, &w.token, "pay-3", &json!({"method": "balance"})).await;
+    assert_eq!((paid.status, &paid.body["status"]), (StatusCode::OK, &json!("PAID")), "{}", paid.text);
+    assert_eq!(api.balance(&w.user_account, &w.token).await, wallet + 5_000 - (wallet + 1_000));
+    // A refund over what was paid: the same 409 again, replayed.
+    let too_much = json!({"out_refund_no": "IR-2", "amount_minor": wallet + 1_001, "reason": "r"});
+    let refund_path = format!("/v1/orders/{teapot}/refunds");
+    let refused = signed_with_key(api, &w, &refund_path, "refund-2", &too_much).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::CONFLICT, "refund_exceeds_paid"), "{}", refused.text);
+    let again = signed_with_key(api, &w, &refund_path, "refund-2", &too_much).await;
+    assert_eq!((again.status, &again.body), (StatusCode::CONFLICT, &refused.body));
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    // A validation error is not remembered: the request never ran, and
+    // the same key with a valid body runs.
+    let invalid = post_with_key(api, &path, &w.token, "topup-3", &json!({"method": "alipay", "amount_minor": 0})).await;
+    assert_eq!(invalid.code(), "invalid_amount", "{}", invalid.text);
+    let valid = post_with_key(api, &path, &w.token, "topup-3", &json!({"method": "alipay", "amount_minor": 1})).await;
+    assert_eq!(valid.status, StatusCode::CREATED, "{}", valid.text);
 }
 
 /// A top-up whose answer is lost after the commit (the client sees 503)
