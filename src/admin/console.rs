@@ -33,7 +33,7 @@ pub fn bytes_text(bytes: u64) -> String {
 /// `BROKEN: …`, `not checked yet`, or `no API` for a node without a gateway).
 pub fn audit_chain_cell(chain: Option<&paytx_protocol::messages::AuditChainView>) -> (&'static str, String) {
     match chain {
-        None => ("", "no API (no audit log)".to_string()),
+        None => ("", "no API".to_string()),
         Some(chain) if chain.checked_at_ms == 0 => ("", "not checked yet".to_string()),
         Some(chain) => match &chain.problem {
             None => ("ok", format!("ok, {} entries", chain.verified_entries)),
@@ -107,9 +107,9 @@ pub struct Aborts {
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222;max-width:1200px}\
-table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;font-size:.9rem;white-space:nowrap}\
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.85rem;white-space:nowrap}\
 th{background:#f3f3f3}.ok{color:#176e2c}.bad{color:#b00020}.charts{display:flex;gap:2rem;flex-wrap:wrap}\
-code{font-size:.85rem}h2{margin-top:1.5rem;font-size:1.15rem}";
+code{font-size:.85rem}h2{margin-top:1.5rem;font-size:1.15rem}td.audit{white-space:normal;max-width:16rem}";
 
 /// The whole page.
 pub fn render(
@@ -143,7 +143,7 @@ pub fn render(
     );
 
     h.push_str("<h2>Cluster</h2><table id=\"nodes\"><tr><th>node</th><th>address</th><th>role</th><th>term</th><th>leader</th>\
-                <th>applied index</th><th>lag (entries)</th><th>undecided</th><th>unacked</th><th>in doubt (shards)</th><th>disk syncs / flushes</th><th>disk free</th>\
+                <th>applied</th><th>lag</th><th>undecided</th><th>unacked</th><th>in doubt</th><th>syncs / flushes</th><th>disk free</th>\
                 <th>audit chain</th></tr>");
     for node in &cluster.nodes {
         let cell = |v: Option<String>| v.unwrap_or_else(|| "—".into());
