@@ -418,6 +418,7 @@ async fn queries_and_open_ends_over_real_nodes() {
     queries::bad_query_parameters(&apis[1], &receiver).await;
     queries::statements_and_history(&apis[2], &receiver).await;
     open_ends::idempotency_keys(&apis[1], &receiver).await;
+    open_ends::every_other_post_takes_a_key(&apis[2], &receiver).await;
     open_ends::revocable_sessions(&apis[2]).await;
     receiver.stop().await;
     cluster.shutdown().await;

@@ -111,6 +111,56 @@ pub async fn idempotency_keys(api: &Api, receiver: &Receiver) {
     assert_eq!(valid.status, StatusCode::CREATED, "{}", valid.text);
 }
 
+/// The POSTs `idempotency_keys` does not cover take the key too:
+/// registration, login, merchant onboarding and closing an order answer
+/// their first response again (marked replayed) and change nothing more;
+/// another body under the key is a conflict.
+pub async fn every_other_post_takes_a_key(api: &Api, receiver: &Receiver) {
+    let keyed = |key: &str| vec![("Idempotency-Key", key.to_string())];
+    let register =
+        json!({"username": "keyed", "password": "s3cretpass", "real_name": "K", "card_number": scenarios::CARD});
+    let send = |path: &'static str, bearer: Option<String>, body: Value, key: &'static str| {
+        let api = api.clone();
+        async move {
+            api.send(Method::POST, path, bearer.as_deref(), Some(body.to_string().into_bytes()), &keyed(key)).await
+        }
+    };
+    let first = send("/v1/users", None, register.clone(), "reg-1").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let again = send("/v1/users", None, register.clone(), "reg-1").await;
+    assert_eq!((again.status, &again.body), (StatusCode::CREATED, &first.body), "not username_taken: {}", again.text);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let mut other = register.clone();
+    other["username"] = json!("keyed2");
+    let conflict = send("/v1/users", None, other, "reg-1").await;
+    assert_eq!(conflict.code(), "idempotency_conflict", "{}", conflict.text);
+    // A username that was taken is the key's answer too: a definite refusal.
+    let taken = send("/v1/users", None, register.clone(), "reg-2").await;
+    assert_eq!(taken.code(), "username_taken", "{}", taken.text);
+
+    let credentials = json!({"username": "keyed", "password": "s3cretpass"});
+    let login = send("/v1/sessions", None, credentials.clone(), "login-1").await;
+    assert_eq!(login.status, StatusCode::CREATED, "{}", login.text);
+    let login_again = send("/v1/sessions", None, credentials, "login-1").await;
+    assert_eq!((login_again.status, &login_again.body), (StatusCode::CREATED, &login.body), "one session, not two");
+
+    let onboarding = json!({"name": "Keyed Shop", "notify_url": receiver.url, "public_key_pem": super::api::public_pem(merchant_key())});
+    let admin = Some(api.admin_key.clone());
+    let merchant = send("/v1/merchants", admin.clone(), onboarding.clone(), "mch-1").await;
+    assert_eq!(merchant.status, StatusCode::CREATED, "{}", merchant.text);
+    let merchant_again = send("/v1/merchants", admin, onboarding, "mch-1").await;
+    assert_eq!((merchant_again.status, &merchant_again.body), (StatusCode::CREATED, &merchant.body), "one merchant");
+
+    let w = scenarios::world(api, receiver, "keyed_closer").await;
+    let order = scenarios::new_order(api, &w, "K-1", 100).await;
+    let close_path = format!("/v1/orders/{order}/close");
+    let closed = signed_with_key(api, &w, &close_path, "close-1", &json!({})).await;
+    assert_eq!(closed.status, StatusCode::OK, "{}", closed.text);
+    let closed_again = signed_with_key(api, &w, &close_path, "close-1", &json!({})).await;
+    assert_eq!((closed_again.status, &closed_again.body), (StatusCode::OK, &closed.body), "not order_not_closable");
+    assert_eq!(closed_again.headers["idempotent-replayed"], "true");
+}
+
 /// A top-up whose answer is lost after the commit (the client sees 503)
 /// and is retried with its key: the retry answers the original top-up and
 /// the wallet is credited once. `lose_answers(n)` makes the cluster answer
