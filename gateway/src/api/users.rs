@@ -198,7 +198,22 @@ async fn change_password_inner(
     note: &mut AuditNote,
 ) -> Result<HttpResponse, ApiError> {
     let raw = read_body(req, payload).await?;
-    let user_id = auth::require_user(gw, req).await?;
+    let user_id = match auth::require_user(gw, req).await {
+        Ok(user_id) => user_id,
+        // A change whose answer was lost, retried with its key, finds its
+        // session revoked by its own first attempt: it is answered that
+        // attempt's response (the key and the body, both passwords
+        // included, must match), not invalid_token.
+        Err(ApiError::InvalidToken) => {
+            let user_id = auth::token_user(gw, req).filter(|user_id| user_id == id).ok_or(ApiError::InvalidToken)?;
+            let idem = idempotency::from_request(req, &format!("user:{user_id}"), &raw)?;
+            return match idempotency::replayed(gw, &idem).await {
+                Ok(Some(replay)) => Ok(replay),
+                _ => Err(ApiError::InvalidToken),
+            };
+        }
+        Err(error) => return Err(error),
+    };
     note.actor = format!("user:{user_id}");
     if user_id != id {
         return Err(ApiError::Forbidden);

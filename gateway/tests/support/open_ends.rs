@@ -159,6 +159,24 @@ pub async fn every_other_post_takes_a_key(api: &Api, receiver: &Receiver) {
     let closed_again = signed_with_key(api, &w, &close_path, "close-1", &json!({})).await;
     assert_eq!((closed_again.status, &closed_again.body), (StatusCode::OK, &closed.body), "not order_not_closable");
     assert_eq!(closed_again.headers["idempotent-replayed"], "true");
+
+    // A password change retried with its key after its answer was lost:
+    // its own first attempt revoked the session, and the retry gets that
+    // attempt's answer, not invalid_token; another body does not.
+    let token = login.body["token"].as_str().unwrap().to_string();
+    let user = first.body["id"].as_str().unwrap();
+    let path = format!("/v1/users/{user}/password");
+    let change = json!({"current_password": "s3cretpass", "new_password": "n3wpassword"});
+    let changed = post_with_key(api, &path, &token, "pwd-1", &change).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    let changed_again = post_with_key(api, &path, &token, "pwd-1", &change).await;
+    assert_eq!((changed_again.status, &changed_again.body), (StatusCode::OK, &changed.body), "{}", changed_again.text);
+    assert_eq!(changed_again.headers["idempotent-replayed"], "true");
+    let other = json!({"current_password": "n3wpassword", "new_password": "an0therpass"});
+    let refused = post_with_key(api, &path, &token, "pwd-1", &other).await;
+    assert_eq!(refused.code(), "invalid_token", "a revoked session changes nothing: {}", refused.text);
+    let without_key = api.post(&path, Some(&token), &change).await;
+    assert_eq!(without_key.code(), "invalid_token");
 }
 
 /// A top-up whose answer is lost after the commit (the client sees 503)
