@@ -60,7 +60,7 @@ pub struct NotificationQuery {
 }
 
 #[utoipa::path(get, path = "/v1/notifications", params(NotificationQuery),
-    responses((status = 200, body = NotificationList), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = NotificationList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("merchant_signature" = []), ("admin_key" = [])))]
 pub async fn list_notifications(
     gw: web::Data<Gateway>,
