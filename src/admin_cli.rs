@@ -96,13 +96,17 @@ fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
 fn print_status(status: &ClusterStatus) {
     println!("answered by node {}; coordinator leader: {}", status.answered_by, or_dash(status.leader));
     println!(
-        "{:<5} {:<22} {:<18} {:>6} {:>7} {:>9} {:>5} {:>9} {:>7} {:>8}",
-        "node", "addr", "role", "term", "leader", "applied", "lag", "undecided", "unacked", "in-doubt"
+        "{:<5} {:<22} {:<18} {:>6} {:>7} {:>9} {:>5} {:>9} {:>7} {:>8} {:>10}  audit chain",
+        "node", "addr", "role", "term", "leader", "applied", "lag", "undecided", "unacked", "in-doubt", "disk free"
     );
     for node in &status.nodes {
         let s = node.status.as_ref();
+        let audit = match s.map(|s| &s.local.audit_chain) {
+            None => "-".to_string(),
+            Some(chain) => paytx::admin::console::audit_chain_cell(chain.as_ref()).1,
+        };
         println!(
-            "{:<5} {:<22} {:<18} {:>6} {:>7} {:>9} {:>5} {:>9} {:>7} {:>8}",
+            "{:<5} {:<22} {:<18} {:>6} {:>7} {:>9} {:>5} {:>9} {:>7} {:>8} {:>10}  {}",
             node.node,
             node.addr,
             node.role,
@@ -113,6 +117,8 @@ fn print_status(status: &ClusterStatus) {
             or_dash(s.map(|s| s.undecided_txns)),
             or_dash(s.map(|s| s.unacked_txns)),
             or_dash(s.map(|s| s.shards.iter().map(|x| x.in_doubt).sum::<u64>())),
+            or_dash(s.and_then(|s| s.local.disk_free_bytes).map(paytx::admin::console::bytes_text)),
+            audit,
         );
         if let Some(error) = &node.error {
             println!("      {error}");

@@ -42,10 +42,16 @@ pub async fn start(
 ) -> Result<RunningGateway, GatewayError> {
     let gateway = paytx_gateway::Gateway::new(
         config.gateway.clone(),
-        Arc::new(InProcess(service)),
+        Arc::new(InProcess(service.clone())),
         config.node_id,
         &config.data_dir,
         &routes_of(&config.channels),
     )?;
-    paytx_gateway::start(gateway, listen).await
+    let running = paytx_gateway::start(gateway, listen).await?;
+    // The node status (every node's admin view of the cluster) shows this
+    // node's audit chain as the gateway's last check found it.
+    // Weakly: the gateway holds the service, which must not hold it back.
+    let checked = Arc::downgrade(running.gateway());
+    service.set_audit_chain_source(Arc::new(move || checked.upgrade().map(|gateway| gateway.audit.last_check())));
+    Ok(running)
 }

@@ -413,13 +413,157 @@ async fn queries_and_open_ends_over_real_nodes() {
     let cluster = Cluster::start(options(dir.path())).await.expect("cluster starts");
     let apis: Vec<Api> = (1..=3).map(|node| api_of(&cluster, node, dir.path())).collect();
     let receiver = Receiver::start(0).await;
-    queries::order_queries(&apis[0], &receiver).await;
+    let lister = queries::order_queries(&apis[0], &receiver).await;
+    check_order_indexes(&cluster, &apis[1], &lister).await;
     queries::bad_query_parameters(&apis[1], &receiver).await;
     queries::statements_and_history(&apis[2], &receiver).await;
     open_ends::idempotency_keys(&apis[1], &receiver).await;
+    open_ends::every_other_post_takes_a_key(&apis[2], &receiver).await;
     open_ends::revocable_sessions(&apis[2]).await;
     receiver.stop().await;
     cluster.shutdown().await;
+}
+
+/// The open ends that need their own settings, over real nodes: rate
+/// limits (`429` with `Retry-After`, per merchant and per client address,
+/// per node) and the audit entry of each money-moving request (top-up,
+/// payment, refund) on disk when its answer arrives — a copy of the node's
+/// audit database taken right then, as a crash would leave it, holds the
+/// entry and its chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_and_durable_audit_over_real_nodes() {
+    captured_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    let limits = paytx_gateway::ratelimit::RateLimit { per_sec: 1, burst: 2 };
+    if let Some(http) = opts.http.as_mut() {
+        http.gateway.merchant_rate_limit = limits;
+        http.gateway.address_rate_limit = limits;
+    }
+    let cluster = Cluster::start(opts).await.expect("cluster starts");
+    let apis: Vec<Api> = (1..=3).map(|node| api_of(&cluster, node, dir.path())).collect();
+    let receiver = Receiver::start(0).await;
+    open_ends::rate_limits(&apis[1], &receiver).await;
+    // Buckets are per node: node 3 still admits the address node 2 refused.
+    let login = apis[2].post("/v1/sessions", None, &json!({"username": "nobody", "password": "whatever1"})).await;
+    assert_eq!(login.status, StatusCode::UNAUTHORIZED, "{}", login.text);
+
+    // Durable audit entries, on node 1 (its own bucket is still full; the
+    // requests are spaced out to stay within 1/s per merchant and address).
+    let api = &apis[0];
+    let w = scenarios::world(api, &receiver, "durable").await;
+    let audit = paytx_gateway::audit::audit_dir(&dir.path().join("data").join("node-1"));
+    let mut copies = 0;
+    let last_entry_on_disk = |copies: &mut usize| {
+        *copies += 1;
+        let copy = dir.path().join(format!("audit-copy-{copies}"));
+        copy_dir(&audit, &copy);
+        let entries = paytx_gateway::audit::verify(&copy).expect("the copied chain verifies");
+        let log = paytx_gateway::audit::AuditLog::open(&copy, 1).unwrap();
+        let last = log.tail(1).pop().expect("an entry");
+        (last.action, last.status, entries)
+    };
+    let topup = api
+        .post(&format!("/v1/users/{}/topups", w.user), Some(&w.token), &json!({"method": "alipay", "amount_minor": 77}))
+        .await;
+    assert_eq!(topup.status, StatusCode::CREATED, "{}", topup.text);
+    let (action, status, entries) = last_entry_on_disk(&mut copies);
+    assert_eq!((action.as_str(), status), ("topup.create", 201), "after {entries} entries");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let order = scenarios::new_order(api, &w, "D-1", 500).await;
+    let paid = scenarios::pay(api, &w, &order, "balance").await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.text);
+    let (action, status, _) = last_entry_on_disk(&mut copies);
+    assert_eq!((action.as_str(), status), ("order.pay", 200));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let refund = scenarios::refund(api, &w, &order, "DR-1", 200).await;
+    assert_eq!(refund.status, StatusCode::CREATED, "{}", refund.text);
+    let (action, status, _) = last_entry_on_disk(&mut copies);
+    assert_eq!((action.as_str(), status), ("refund.create", 201));
+    receiver.stop().await;
+    cluster.shutdown().await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every entry of one index partition, ascending, page by page.
+async fn whole_partition(
+    client: &paytx::client::Client,
+    partition: paytx_protocol::Partition,
+) -> Vec<paytx_protocol::messages::RecordView> {
+    let mut entries = Vec::new();
+    let mut after = None;
+    for _ in 0..1_000 {
+        let scan = paytx_protocol::RangeScan {
+            partition,
+            from: [0; paytx_protocol::ids::SORT_BYTES],
+            to: [0xff; paytx_protocol::ids::SORT_BYTES],
+            descending: false,
+            after,
+            limit: 7,
+        };
+        let page = client.scan_range(scan).await.expect("a range read");
+        assert!(page.records.iter().all(|r| r.key.partition() == Some(partition)), "a page outside its partition");
+        after = page.records.last().map(|r| r.key.sort()).or(after);
+        entries.extend(page.records);
+        if !page.more {
+            return entries;
+        }
+    }
+    panic!("the partition did not end within 1,000 pages");
+}
+
+/// The gateway's order indexes against the records they index, read raw
+/// from the records shards after a run (the gateway's counterpart of the
+/// simulator's `index-matches-records`): every order of the merchant has
+/// exactly one creation entry (at its `created_at`) and exactly one status
+/// entry, in the partition of its live status; no entry points at a
+/// missing order; an order's refund entries are its refunds, oldest first.
+async fn check_order_indexes(cluster: &Cluster, api: &Api, w: &scenarios::World) {
+    use paytx_gateway::index::{self, ins, Pointer};
+    let client = cluster.client().await.expect("a client");
+    let pointed = |views: &[paytx_protocol::messages::RecordView]| -> Vec<(u64, String)> {
+        views
+            .iter()
+            .map(|v| {
+                let pointer: Pointer = serde_json::from_slice(&v.value).expect("an index entry decodes");
+                (paytx_protocol::ids::sort_key_parts(v.key.sort()).0, pointer.id)
+            })
+            .collect()
+    };
+    let created =
+        pointed(&whole_partition(&client, index::partition(ins::ORDERS_BY_CREATED, &w.merchant).unwrap()).await);
+    assert!(!created.is_empty());
+    let ids: std::collections::BTreeSet<&String> = created.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), created.len(), "an order indexed twice by creation");
+    let mut by_status = std::collections::BTreeMap::new();
+    for status in ["CREATED", "PAID", "PARTIALLY_REFUNDED", "REFUNDED", "CLOSED"] {
+        let entries = whole_partition(&client, index::status_partition(&w.merchant, status).unwrap()).await;
+        for (_, id) in pointed(&entries) {
+            assert!(by_status.insert(id.clone(), status).is_none(), "{id} has two status entries");
+        }
+    }
+    assert_eq!(by_status.len(), created.len(), "a status entry per order, and none for a missing one");
+    for (at, id) in &created {
+        let view = scenarios::order(api, w, id).await;
+        assert_eq!(view["created_at"].as_u64(), Some(*at), "{id}: the entry's time is the order's");
+        assert_eq!(by_status.get(id).copied(), view["status"].as_str(), "{id}: the status entry is its live status");
+        let refunds = pointed(&whole_partition(&client, index::partition(ins::REFUNDS_BY_ORDER, id).unwrap()).await);
+        let refund_ids: Vec<&str> = refunds.iter().map(|(_, id)| id.as_str()).collect();
+        let expected: Vec<&str> = view["refund_ids"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        assert_eq!(refund_ids, expected, "{id}: its refunds index");
+    }
 }
 
 /// The README's `[gateway]` example is a valid config.

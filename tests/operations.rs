@@ -334,6 +334,139 @@ async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader()
 /// Writes one node's scrape to `$PAYTX_SCRAPE_OUT` (CI checks it with
 /// `promtool check metrics`). Ignored by default: `cargo test --test
 /// operations -- --ignored write_a_scrape`.
+/// Test options with the admin listener and the merchant API on every
+/// node, sharing the admin key (so every node keeps a gateway audit log).
+fn with_admin_and_api(dir: &std::path::Path) -> ClusterOptions {
+    let options = with_admin(dir);
+    let gateway = paytx_gateway::GatewayConfig {
+        admin_key_file: dir.join("admin.key"),
+        card_key_file: dir.join("card.key"),
+        platform_key_file: dir.join("platform.pem"),
+        ..Default::default()
+    };
+    paytx_gateway::create_missing_keys(&gateway).expect("key files");
+    ClusterOptions {
+        data_dir: Some(dir.join("data")),
+        http: Some(paytx::HttpOptions { base: SocketAddr::from(([127, 0, 0, 1], 0)), gateway }),
+        ..options
+    }
+}
+
+async fn status_of(addr: SocketAddr) -> ClusterStatus {
+    http()
+        .get(format!("http://{addr}/admin/v1/status"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("status answers")
+        .json()
+        .await
+        .expect("status is JSON")
+}
+
+/// Asks `addr` for the cluster status until `done` holds of it.
+async fn status_until(addr: SocketAddr, what: &str, done: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = status_of(addr).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn chain_of(status: &ClusterStatus, node: u64) -> Option<paytx::protocol::messages::AuditChainView> {
+    status.nodes.iter().find(|n| n.node == node)?.status.as_ref()?.local.audit_chain.clone()
+}
+
+/// One audited request to `node`'s merchant API (a failed login: every
+/// state-changing request is audited, whatever its outcome).
+async fn audited_request(cluster: &Cluster, node: u64) {
+    let api = cluster.http_addr(node).expect("the node serves the API");
+    let reply = http()
+        .post(format!("http://{api}/v1/sessions"))
+        .json(&serde_json::json!({"username": "nobody", "password": "whatever1"}))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(reply.status(), 401);
+}
+
+/// The status one node answers shows every node's free disk space and its
+/// gateway audit chain (carried in each node's own status over the native
+/// protocol), and the console shows both; a chain tampered with while its
+/// node was down is reported broken, naming the entry, once it restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_shows_every_nodes_disk_free_and_audit_chain() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, client) = start(with_admin_and_api(dir.path())).await;
+    let admins = admin_addrs(&cluster);
+    for _ in 0..3 {
+        audited_request(&cluster, 2).await;
+    }
+    audited_request(&cluster, 3).await;
+    let status = status_until(admins[&1], "node 2's three entries verified", |status| {
+        chain_of(status, 2).is_some_and(|c| c.verified_entries == 3 && c.problem.is_none())
+            && chain_of(status, 3).is_some_and(|c| c.verified_entries == 1)
+    })
+    .await;
+    let free = fs2::available_space(dir.path()).expect("free space") as f64;
+    for node in &status.nodes {
+        let view = node.status.as_ref().unwrap_or_else(|| panic!("node {} answered", node.node));
+        let reported = view.local.disk_free_bytes.unwrap_or_else(|| panic!("node {}: disk free", node.node)) as f64;
+        // One file system for the three: each reads about what the test does.
+        assert!((reported - free).abs() <= free * 0.2, "node {}: {reported} vs {free}", node.node);
+        let chain = view.local.audit_chain.as_ref().unwrap_or_else(|| panic!("node {}: audit chain", node.node));
+        assert!(chain.checked_at_ms > 0 && chain.problem.is_none(), "node {}: {chain:?}", node.node);
+        assert_eq!(chain.entries, chain.verified_entries);
+    }
+    let page = http()
+        .get(format!("http://{}/console", admins[&1]))
+        .basic_auth("ops", Some(ADMIN_KEY))
+        .send()
+        .await
+        .expect("console answers");
+    let html = page.text().await.expect("console body");
+    assert!(html.contains("<th>disk free</th>") && html.contains("<th>audit chain</th>"), "{html}");
+    assert!(html.contains("ok, 3 entries"), "node 2's chain in node 1's console");
+    assert!(html.contains("GiB") || html.contains("MiB"), "disk free in the console");
+
+    // Node 3's log tampered with while it is down: entry 1's status rewritten.
+    cluster.stop_node(3).await.expect("node 3 stops");
+    let audit = paytx_gateway::audit::audit_dir(&dir.path().join("data").join("node-3"));
+    {
+        let db = sled::open(&audit).expect("node 3's audit log opens");
+        let key = 1u64.to_be_bytes();
+        let mut entry: serde_json::Value = serde_json::from_slice(&db.get(key).unwrap().expect("entry 1")).unwrap();
+        entry["status"] = serde_json::json!(200);
+        db.insert(key, serde_json::to_vec(&entry).unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+    cluster.restart_node(3).await.expect("node 3 restarts");
+    let status = status_until(admins[&1], "node 3's broken chain reported", |status| {
+        chain_of(status, 3).is_some_and(|c| c.problem.is_some())
+    })
+    .await;
+    let broken = chain_of(&status, 3).expect("node 3's chain");
+    assert!(broken.problem.as_deref().unwrap_or("").contains("entry 1 was modified"), "{broken:?}");
+    assert_eq!(broken.verified_entries, 0);
+    assert!(chain_of(&status, 2).is_some_and(|c| c.problem.is_none()), "node 2's chain is still fine");
+    let html = http()
+        .get(format!("http://{}/console", admins[&1]))
+        .basic_auth("ops", Some(ADMIN_KEY))
+        .send()
+        .await
+        .expect("console answers")
+        .text()
+        .await
+        .expect("console body");
+    assert!(html.contains("BROKEN after entry 0: entry 1 was modified"), "node 3 broken in the console");
+    drop(client);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn write_a_scrape_for_promtool() {

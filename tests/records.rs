@@ -255,3 +255,59 @@ async fn range_reads_of_ordered_partitions_over_real_nodes() {
     assert_eq!(reloaded, descending);
     cluster.shutdown().await;
 }
+
+/// Index entries are bounded like every record: they count toward the
+/// shard's `max_records_per_shard` (one more aborts `RecordStoreFull`, a
+/// delete makes room), and a range read answers at most `MAX_SCAN_RECORDS`
+/// entries a page whatever limit it asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_entries_count_toward_the_record_limit_and_pages_are_bounded() {
+    use paytx::protocol::ids::{sort_key, sort_key_parts, FIRST_ORDERED_NS};
+    use paytx::protocol::ops::MAX_SCAN_RECORDS;
+    use paytx::protocol::{Partition, RangeScan};
+    const LIMIT: u64 = 200;
+    let mut options = test_options();
+    options.limits.max_records_per_shard = LIMIT as usize;
+    let (cluster, client) = start(options).await;
+    let partition = Partition::new(FIRST_ORDERED_NS, b"a-busy-merchant").unwrap();
+    let entry = |n: u64| put(partition.key(sort_key(n, n)), &n.to_be_bytes(), RecordExpect::Absent);
+    for batch in 0..LIMIT / 50 {
+        let ops = (batch * 50..(batch + 1) * 50).map(entry).collect();
+        let receipt = submit(&client, &format!("fill-{batch}"), ops).await;
+        assert!(receipt.outcome.is_committed(), "{receipt:?}");
+    }
+    let over = submit(&client, "one-too-many", vec![entry(LIMIT)]).await;
+    assert_eq!(abort_code(&over.outcome), Some("record_store_full"), "{over:?}");
+    let scan = |after: Option<[u8; 16]>| RangeScan {
+        partition,
+        from: [0; 16],
+        to: [0xff; 16],
+        descending: true,
+        after,
+        limit: u32::MAX,
+    };
+    let page = client.scan_range(scan(None)).await.expect("a range read");
+    assert_eq!(page.records.len(), MAX_SCAN_RECORDS as usize, "a page is at most MAX_SCAN_RECORDS");
+    assert!(page.more);
+    assert_eq!(sort_key_parts(page.records[0].key.sort()).0, LIMIT - 1, "newest first");
+    let rest = client.scan_range(scan(page.records.last().map(|r| r.key.sort()))).await.expect("a range read");
+    assert_eq!(page.records.len() + rest.records.len(), LIMIT as usize);
+    assert!(!rest.more);
+    // A delete makes room for one more, once its decision reached the
+    // shard (the client's answer may come first: implicit commit).
+    let delete = Operation::PutRecord { key: partition.key(sort_key(0, 0)), value: None, expect: RecordExpect::Any };
+    assert!(submit(&client, "make-room", vec![delete]).await.outcome.is_committed());
+    let mut attempt = 0;
+    loop {
+        let again = submit(&client, &format!("fits-again-{attempt}"), vec![entry(LIMIT)]).await;
+        if again.outcome.is_committed() {
+            break;
+        }
+        assert_eq!(abort_code(&again.outcome), Some("record_store_full"), "{again:?}");
+        attempt += 1;
+        assert!(attempt < 30, "the delete never made room: {again:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(client);
+    cluster.shutdown().await;
+}

@@ -6,10 +6,13 @@
 //! (decision) One log per node, not in the cluster: an audit trail of what
 //! *this* node was asked, written even when the cluster is unavailable. A
 //! `head` key holds the last sequence number and hash, so deleting entries
-//! at the tail is caught too. Entries are written with sled's periodic
-//! flush (500 ms) and flushed on shutdown, not fsynced one by one.
+//! at the tail is caught too. Entries ride sled's periodic flush (500 ms)
+//! and are flushed on shutdown, except those of money-moving requests
+//! (payments, refunds, top-ups): [`AuditLog::sync`] makes each of them
+//! durable before its answer is sent (`api::finish_durable`).
 
 use crate::secrets::to_hex;
+use paytx_protocol::messages::AuditChainView;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -73,6 +76,18 @@ pub struct AuditLog {
     node: u64,
     /// Serialises appends: the chain is a sequence.
     head: Mutex<Head>,
+    /// How far the running node has verified its own chain
+    /// ([`AuditLog::check_chain`]).
+    checked: Mutex<Checked>,
+}
+
+/// The incremental check's progress: entries `1..=seq` verified, ending
+/// in `hash`, or the first problem found (kept: a broken chain stays broken).
+#[derive(Debug, Clone)]
+struct Checked {
+    seq: u64,
+    hash: [u8; 32],
+    view: AuditChainView,
 }
 
 fn clip(text: &str) -> String {
@@ -112,7 +127,58 @@ impl AuditLog {
     pub fn open(path: &Path, node: u64) -> Result<AuditLog, AuditError> {
         let db = open_db(path)?;
         let head = read_head(&db, path)?;
-        Ok(AuditLog { db, node, head: Mutex::new(head) })
+        let view = AuditChainView { entries: head.seq, verified_entries: 0, problem: None, checked_at_ms: 0 };
+        let checked = Mutex::new(Checked { seq: 0, hash: [0; 32], view });
+        Ok(AuditLog { db, node, head: Mutex::new(head), checked })
+    }
+
+    /// Verifies the entries appended since the last check (the first
+    /// check: all of them) against the chain and the head, and returns the
+    /// state found, as [`AuditLog::last_check`] will until the next check.
+    /// Entries verified once are not read again: this catches what
+    /// happened to the log since the node opened it — a tampered file
+    /// opened at start, an entry that does not follow — while
+    /// `paytx audit verify` re-reads the whole chain of a stopped node.
+    /// Blocking (sled reads): run it off the async threads.
+    pub fn check_chain(&self) -> AuditChainView {
+        let head = *self.head.lock().unwrap_or_else(|p| p.into_inner());
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        checked.view.entries = head.seq;
+        checked.view.checked_at_ms = now_ms();
+        if checked.view.problem.is_some() || checked.seq >= head.seq {
+            return checked.view.clone();
+        }
+        // Entries up to the head were written with it, in one batch.
+        let (from, to) = ((checked.seq + 1).to_be_bytes(), (head.seq + 1).to_be_bytes());
+        let mut problem = None;
+        for item in self.db.range(&from[..]..&to[..]) {
+            let checked_entry = item
+                .map_err(|e| format!("cannot read: {e}"))
+                .and_then(|(key, value)| check_entry(&key, &value, checked.seq + 1, &checked.hash));
+            match checked_entry {
+                Ok(hash) => {
+                    checked.seq += 1;
+                    checked.hash = hash;
+                }
+                Err(found) => {
+                    problem = Some(found);
+                    break;
+                }
+            }
+        }
+        if problem.is_none() && checked.seq != head.seq {
+            problem = Some(format!("entries {}..{} are missing: deleted", checked.seq + 1, head.seq));
+        } else if problem.is_none() && checked.hash != head.hash {
+            problem = Some(format!("the last entry {} is not the one the head recorded: replaced", head.seq));
+        }
+        checked.view.verified_entries = checked.seq;
+        checked.view.problem = problem;
+        checked.view.clone()
+    }
+
+    /// What the last [`AuditLog::check_chain`] found.
+    pub fn last_check(&self) -> AuditChainView {
+        self.checked.lock().unwrap_or_else(|p| p.into_inner()).view.clone()
     }
 
     pub fn append(
@@ -191,6 +257,35 @@ mod erased {
     }
 }
 
+/// Checks the stored entry `key → value` as the chain's entry
+/// `expected_seq` following the hash `prev`; its hash, or what is wrong.
+fn check_entry(key: &[u8], value: &[u8], expected_seq: u64, prev: &[u8; 32]) -> Result<[u8; 32], String> {
+    let key_seq = <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| "a foreign key".to_string())?;
+    let entry: AuditEntry =
+        serde_json::from_slice(value).map_err(|_| format!("entry {key_seq} is not a valid entry: modified"))?;
+    if key_seq != expected_seq {
+        return Err(format!("entries {expected_seq}..{} are missing: deleted", key_seq.saturating_sub(1)));
+    }
+    if entry.seq != key_seq {
+        return Err(format!("position {key_seq} holds entry {}: reordered", entry.seq));
+    }
+    if entry.prev_hash != to_hex(prev) {
+        return Err(format!(
+            "entry {key_seq} does not follow entry {}: reordered or an entry was replaced",
+            key_seq.saturating_sub(1)
+        ));
+    }
+    let hash = entry.compute_hash();
+    if entry.hash != to_hex(&hash) {
+        return Err(format!("entry {key_seq} was modified (its hash does not match its contents)"));
+    }
+    Ok(hash)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// The audit log's directory inside a node's data directory.
 pub fn audit_dir(node_data_dir: &Path) -> PathBuf {
     node_data_dir.join("gateway-audit")
@@ -206,27 +301,7 @@ pub fn verify(path: &Path) -> Result<u64, AuditError> {
     let mut prev = [0u8; 32];
     for item in db.range(&0u64.to_be_bytes()[..]..HEAD_KEY) {
         let (key, value) = item.map_err(|e| broken(format!("cannot read: {e}")))?;
-        let key_seq =
-            <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes).map_err(|_| broken("a foreign key".into()))?;
-        let entry: AuditEntry = serde_json::from_slice(&value)
-            .map_err(|_| broken(format!("entry {key_seq} is not a valid entry: modified")))?;
-        if key_seq != expected_seq {
-            return Err(broken(format!("entries {expected_seq}..{} are missing: deleted", key_seq - 1)));
-        }
-        if entry.seq != key_seq {
-            return Err(broken(format!("position {key_seq} holds entry {}: reordered", entry.seq)));
-        }
-        if entry.prev_hash != to_hex(&prev) {
-            return Err(broken(format!(
-                "entry {key_seq} does not follow entry {}: reordered or an entry was replaced",
-                key_seq - 1
-            )));
-        }
-        let hash = entry.compute_hash();
-        if entry.hash != to_hex(&hash) {
-            return Err(broken(format!("entry {key_seq} was modified (its hash does not match its contents)")));
-        }
-        prev = hash;
+        prev = check_entry(&key, &value, expected_seq, &prev).map_err(broken)?;
         expected_seq += 1;
     }
     let last = expected_seq - 1;
@@ -312,5 +387,45 @@ mod tests {
         });
         let message = verify(&path).unwrap_err().to_string();
         assert!(message.contains("position 2 holds entry 3: reordered"), "{message}");
+    }
+
+    #[test]
+    fn the_running_node_checks_its_chain_incrementally_and_names_a_break() {
+        let (_dir, path) = log_with(5);
+        let log = AuditLog::open(&path, 1).unwrap();
+        assert_eq!((log.last_check().verified_entries, log.last_check().checked_at_ms), (0, 0), "not checked yet");
+        let first = log.check_chain();
+        assert_eq!((first.entries, first.verified_entries, first.problem.clone()), (5, 5, None));
+        assert!(first.checked_at_ms > 0);
+        log.append("user:usr_1", "topup.create", "top_1", 201, "ok").unwrap();
+        log.append("user:usr_1", "order.pay", "ord_1", 200, "ok").unwrap();
+        let second = log.check_chain();
+        assert_eq!((second.entries, second.verified_entries, second.problem), (7, 7, None));
+        assert_eq!(log.last_check().verified_entries, 7);
+        drop(log);
+
+        // A log tampered with while the node was down: the first check names it.
+        let (_dir, path) = log_with(5);
+        rewrite(&path, |db| {
+            let mut e = entry(db, 3);
+            e.status = 500;
+            db.insert(3u64.to_be_bytes(), serde_json::to_vec(&e).unwrap()).unwrap();
+        });
+        let log = AuditLog::open(&path, 1).unwrap();
+        let broken = log.check_chain();
+        assert_eq!(broken.verified_entries, 2, "entries 1 and 2 verify");
+        assert!(broken.problem.as_deref().is_some_and(|p| p.contains("entry 3 was modified")), "{broken:?}");
+        log.append("admin", "merchant.create", "mch_9", 201, "ok").unwrap();
+        assert!(log.check_chain().problem.is_some(), "a broken chain stays broken");
+        drop(log);
+
+        // Entries deleted at the end.
+        let (_dir, path) = log_with(5);
+        rewrite(&path, |db| {
+            db.remove(5u64.to_be_bytes()).unwrap();
+        });
+        let log = AuditLog::open(&path, 1).unwrap();
+        let cut = log.check_chain();
+        assert!(cut.problem.as_deref().is_some_and(|p| p.contains("missing")), "{cut:?}");
     }
 }

@@ -71,6 +71,14 @@ pub async fn require_session(gw: &Gateway, req: &HttpRequest) -> Result<(Session
     }
 }
 
+/// The user a token was issued to, when it verifies and has not expired,
+/// whether or not its session still exists (for a retried password change,
+/// whose own first attempt revoked the session: [`require_user`] refuses it).
+pub fn token_user(gw: &Gateway, req: &HttpRequest) -> Option<String> {
+    let payload = gw.tokens.check(bearer(req)?, now_secs())?;
+    payload.split_once(':').map(|(user_id, _)| user_id.to_string())
+}
+
 /// The token of a new session of `user_id` (its record is written by the caller).
 pub fn session_token(gw: &Gateway, user_id: &str, session_id: &str, expires_at: u64) -> String {
     gw.tokens.issue(&format!("{user_id}:{session_id}"), expires_at)

@@ -129,6 +129,76 @@ impl Idempotency {
     }
 }
 
+/// Whether `error` is the definite outcome of a request that ran: a
+/// business refusal (`402`, or a `409` about the state of what it acts on).
+/// Stripe's semantics remember it like a success, so a retry with the same
+/// key gets the same refusal and never a second attempt that might now
+/// succeed (a payment declined for want of funds is not paid by its retry
+/// after a top-up). Not remembered, so a retry runs again: validation
+/// errors and failed authentication (the request never ran), idempotency
+/// conflicts (they concern another request), `404`, rate limits and every
+/// `5xx` (the failure may pass, or the outcome is not known).
+pub fn is_definite_refusal(error: &ApiError) -> bool {
+    matches!(
+        error,
+        ApiError::InsufficientFunds
+            | ApiError::ChannelDeclined
+            | ApiError::CurrencyMismatch
+            | ApiError::UsernameTaken
+            | ApiError::OrderNotPayable { .. }
+            | ApiError::OrderNotClosable { .. }
+            | ApiError::OrderNotRefundable { .. }
+            | ApiError::RefundExceedsPaid { .. }
+            | ApiError::TooManyRefunds { .. }
+    )
+}
+
+/// Remembers `result`'s refusal as `idem`'s answer when it is a definite
+/// one ([`is_definite_refusal`]), in a transaction of its own (the refused
+/// request committed nothing). A twin request with the same key that
+/// committed first wins: its answer is returned instead. When the answer
+/// cannot be remembered (the cluster is busy) the refusal still stands,
+/// and a retry runs again — it changed nothing.
+pub async fn remember_refusal(
+    gw: &Gateway,
+    idem: &Option<Idempotency>,
+    result: Result<HttpResponse, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let refusal = match &result {
+        Err(error) if is_definite_refusal(error) => Some((error.status(), error.code(), error.to_string())),
+        _ => None,
+    };
+    let (Some(idem), Some((status, code, message))) = (idem, refusal) else { return result };
+    let body = crate::error::ErrorBody { error: crate::error::ErrorDetail { code: code.to_string(), message } };
+    let Ok((op, _)) = idem.remember_op(status, &body) else { return result };
+    for attempt in 0..REMEMBER_ATTEMPTS {
+        if attempt > 0 {
+            crate::api::contention_backoff(attempt).await;
+        }
+        match gw.store.submit(TxnRequest::new(crate::model::new_id("idem").0, vec![op.clone()])).await {
+            Ok(Ok(())) => {
+                if let Err(error) = settle(gw, &Some(idem.clone())).await {
+                    tracing::debug!(%error, "a remembered refusal is not readable yet");
+                }
+                return result;
+            }
+            Ok(Err(reason)) if idem.lost_to_twin(&reason) => {
+                return match idem.replay(gw).await {
+                    Ok(Some(replay)) => Ok(replay),
+                    _ => result,
+                };
+            }
+            // A twin still committing holds the key: look again.
+            Ok(Err(AbortReason::Conflict { .. })) => continue,
+            _ => return result,
+        }
+    }
+    result
+}
+
+/// Attempts at remembering a refusal whose key a twin holds.
+const REMEMBER_ATTEMPTS: usize = 3;
+
 /// Waits until `idem`'s remembered answer is readable, so a retry sent
 /// the moment this answer arrives is replayed rather than refused as a
 /// conflict with the still-committing first request. Nothing without a key.

@@ -285,6 +285,33 @@ pub async fn start(gateway: Gateway, listen: SocketAddr) -> Result<RunningGatewa
     });
     let (stop_worker, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::notify::run(gateway.clone(), stop));
+    tokio::spawn(check_audit_chain(Arc::downgrade(&gateway), stop_worker.subscribe()));
     tracing::info!(%addr, node = gateway.node_id, "open-platform API listening");
     Ok(RunningGateway { addr, server: handle, stop_worker, gateway })
+}
+
+/// How often a node checks the entries its audit chain gained since the
+/// last check (the first check reads the whole chain).
+pub const AUDIT_CHECK_EVERY_MS: u64 = 2_000;
+
+/// Checks this node's audit chain now and every [`AUDIT_CHECK_EVERY_MS`]
+/// until stopped; the node status shows the last result
+/// ([`crate::audit::AuditLog::last_check`]), and a break is logged once.
+/// Holds the gateway weakly: a stopped gateway's audit database closes.
+async fn check_audit_chain(gateway: std::sync::Weak<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut reported = false;
+    loop {
+        let Some(checking) = gateway.upgrade() else { return };
+        let node = checking.node_id;
+        if let Ok(view) = tokio::task::spawn_blocking(move || checking.audit.check_chain()).await {
+            if let (Some(problem), false) = (&view.problem, reported) {
+                tracing::error!(problem = %problem, node, "the gateway audit chain is broken");
+                reported = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(AUDIT_CHECK_EVERY_MS)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }

@@ -112,6 +112,7 @@ async fn idempotency_keys_replay_the_first_answer() {
     let (gateway, api) = start(dir.path()).await;
     let receiver = Receiver::start(0).await;
     support::open_ends::idempotency_keys(&api, &receiver).await;
+    support::open_ends::every_other_post_takes_a_key(&api, &receiver).await;
     gateway.stop().await;
 }
 

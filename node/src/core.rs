@@ -148,6 +148,7 @@ impl NodeCore {
             min_free_disk_bytes: config.limits.min_free_disk_bytes,
             disk: disk.clone(),
             metrics,
+            audit_chain: Mutex::new(None),
         });
         // Infallible: the slot is fresh and set exactly once, here.
         let _ = service_slot.set(Arc::downgrade(&service));

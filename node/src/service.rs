@@ -13,7 +13,7 @@ use paytx_coordinator::driver::{GetDriverStatus, QueryDecision, StopDriver, Subm
 use paytx_coordinator::state_machine::{read_table, SharedTable};
 use paytx_coordinator::{CoordinatorDriver, Raft};
 use paytx_participants::{DecisionSource, ParticipantActor};
-use paytx_protocol::messages::{NodeStatusView, RecordPage, ShardStatus};
+use paytx_protocol::messages::{AuditChainView, NodeStatusView, RecordPage, ShardStatus};
 use paytx_protocol::{
     BoxFuture, EntityKey, EntityKind, InvalidRequest, NodeId, PeerRequest, PeerResponse, Request, RequestError,
     Response, ShardId, ShardMap, Transport, TxnId,
@@ -52,7 +52,13 @@ pub struct NodeService {
     pub(crate) disk: paytx_storage::SharedDisk,
     /// What passes through here, for the admin listener (`metrics`).
     pub(crate) metrics: crate::metrics::NodeMetrics,
+    /// The state of this node's gateway audit chain (unset: no gateway).
+    pub(crate) audit_chain: Mutex<Option<AuditChainSource>>,
 }
+
+/// Where the node status reads its gateway's audit-chain state.
+/// `None` once the gateway has stopped.
+pub type AuditChainSource = Arc<dyn Fn() -> Option<AuditChainView> + Send + Sync>;
 
 fn error(e: RequestError) -> Response {
     Response::Error(e)
@@ -74,6 +80,11 @@ impl NodeService {
     /// Sets where the full-disk check reads the data disk's free space.
     pub fn set_free_space(&self, source: Arc<dyn FreeSpace>) {
         *self.free_space.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    /// Sets where the node status reads the gateway's audit-chain state.
+    pub fn set_audit_chain_source(&self, source: AuditChainSource) {
+        *self.audit_chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
     }
 
     /// The node's fail-stop latch.
@@ -425,7 +436,12 @@ impl NodeService {
             raft_proposed_commands: 0,
             disk_syncs: 0,
             disk_flushes: 0,
+            local: Box::default(),
         };
+        let free_space = self.free_space.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        view.local.disk_free_bytes = free_space.and_then(|source| source.available_bytes().ok());
+        let audit_chain = self.audit_chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        view.local.audit_chain = audit_chain.and_then(|source| source());
         let counters = self.disk.sync_counters();
         view.disk_syncs = counters.syncs;
         view.disk_flushes = counters.flushes;

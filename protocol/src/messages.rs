@@ -206,6 +206,35 @@ pub struct NodeStatusView {
     /// (fsync + watermark) that served them (group commit).
     pub disk_syncs: u64,
     pub disk_flushes: u64,
+    /// What only this node can see of itself: its disk's free space and
+    /// its gateway's audit chain. (Boxed: a status travels inside every
+    /// `Response`, which stays small.)
+    pub local: Box<NodeLocalView>,
+}
+
+/// The part of a node's status only the node itself can see.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLocalView {
+    /// Free space of the file system holding this node's data directory,
+    /// in bytes (`None` when it could not be read).
+    pub disk_free_bytes: Option<u64>,
+    /// This node's gateway audit chain as its last check found it (`None`
+    /// when the node serves no HTTP API, so keeps no audit log).
+    pub audit_chain: Option<AuditChainView>,
+}
+
+/// A node's hash-chained gateway audit log, as its last check found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditChainView {
+    /// Entries in the log (its head's sequence number) at the check.
+    pub entries: u64,
+    /// Entries verified, from the first: every entry when `problem` is `None`.
+    pub verified_entries: u64,
+    /// The first problem found (which entry, and what happened to it);
+    /// `None` while the chain verifies.
+    pub problem: Option<String>,
+    /// When the check ran (Unix milliseconds); 0 before the first one.
+    pub checked_at_ms: u64,
 }
 
 /// A participant's vote on a prepare.

@@ -13,6 +13,35 @@ use std::fmt::Write as _;
 
 pub const REFRESH_SECS: u64 = 5;
 
+/// A byte count for people: `12.3 GiB`.
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The audit-chain cell of a node: its class and text (`ok, N entries`,
+/// `BROKEN: …`, `not checked yet`, or `no API` for a node without a gateway).
+pub fn audit_chain_cell(chain: Option<&paytx_protocol::messages::AuditChainView>) -> (&'static str, String) {
+    match chain {
+        None => ("", "no API".to_string()),
+        Some(chain) if chain.checked_at_ms == 0 => ("", "not checked yet".to_string()),
+        Some(chain) => match &chain.problem {
+            None => ("ok", format!("ok, {} entries", chain.verified_entries)),
+            Some(problem) => ("bad", format!("BROKEN after entry {}: {problem}", chain.verified_entries)),
+        },
+    }
+}
+
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -78,9 +107,9 @@ pub struct Aborts {
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222;max-width:1200px}\
-table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;font-size:.9rem;white-space:nowrap}\
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;font-size:.85rem;white-space:nowrap}\
 th{background:#f3f3f3}.ok{color:#176e2c}.bad{color:#b00020}.charts{display:flex;gap:2rem;flex-wrap:wrap}\
-code{font-size:.85rem}h2{margin-top:1.5rem;font-size:1.15rem}";
+code{font-size:.85rem}h2{margin-top:1.5rem;font-size:1.15rem}td.audit{white-space:normal;max-width:16rem}";
 
 /// The whole page.
 pub fn render(
@@ -114,13 +143,18 @@ pub fn render(
     );
 
     h.push_str("<h2>Cluster</h2><table id=\"nodes\"><tr><th>node</th><th>address</th><th>role</th><th>term</th><th>leader</th>\
-                <th>applied index</th><th>lag (entries)</th><th>undecided</th><th>unacked</th><th>in doubt (shards)</th><th>disk syncs / flushes</th></tr>");
+                <th>applied</th><th>lag</th><th>undecided</th><th>unacked</th><th>in doubt</th><th>syncs / flushes</th><th>disk free</th>\
+                <th>audit chain</th></tr>");
     for node in &cluster.nodes {
         let cell = |v: Option<String>| v.unwrap_or_else(|| "—".into());
         let status = node.status.as_ref();
+        let (audit_class, audit) = match status.map(|s| &s.local.audit_chain) {
+            None => ("", "—".to_string()),
+            Some(chain) => audit_chain_cell(chain.as_ref()),
+        };
         let _ = write!(
             h,
-            "<tr><td>node {}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>node {}</td><td><code>{}</code></td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"audit {audit_class}\">{}</td></tr>",
             node.node,
             node.addr,
             if node.status.is_some() { "ok" } else { "bad" },
@@ -136,6 +170,8 @@ pub fn render(
             cell(status.map(|s| s.unacked_txns.to_string())),
             cell(status.map(|s| s.shards.iter().map(|x| x.in_doubt).sum::<u64>().to_string())),
             cell(status.map(|s| format!("{} / {}", s.disk_syncs, s.disk_flushes))),
+            cell(status.and_then(|s| s.local.disk_free_bytes).map(bytes_text)),
+            escape(&audit),
         );
     }
     h.push_str("</table>");

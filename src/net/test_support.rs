@@ -131,6 +131,7 @@ pub(crate) fn node_status(node: NodeId) -> NodeStatusView {
         raft_proposed_commands: 0,
         disk_syncs: 0,
         disk_flushes: 0,
+        local: Box::default(),
     }
 }
 

@@ -8,7 +8,7 @@ use super::*;
 pub async fn create_merchant(gw: web::Data<Gateway>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let mut note = AuditNote::new("merchant.create");
     let result = create_merchant_inner(&gw, &req, payload, &mut note).await;
-    finish(&gw, note, result)
+    finish(&gw, note, result).await
 }
 
 async fn create_merchant_inner(
@@ -20,6 +20,7 @@ async fn create_merchant_inner(
     let body = read_body(req, payload).await?;
     note.actor = auth::require_admin(gw, req)?.audit_name();
     let idem = idempotency::from_request(req, "admin", &body)?;
+    note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }

@@ -32,15 +32,27 @@ pub struct AuditNote {
     pub(crate) action: &'static str,
     pub(crate) actor: String,
     pub(crate) target: String,
+    /// The request's `Idempotency-Key`, once the caller is known: a
+    /// definite refusal is remembered as the key's answer
+    /// ([`idempotency::remember_refusal`]).
+    pub(crate) idem: Option<idempotency::Idempotency>,
 }
 
 impl AuditNote {
     pub(crate) fn new(action: &'static str) -> AuditNote {
-        AuditNote { action, actor: "anonymous".into(), target: String::new() }
+        AuditNote { action, actor: "anonymous".into(), target: String::new(), idem: None }
     }
 }
 
-pub(crate) fn finish(gw: &Gateway, note: AuditNote, result: Result<HttpResponse, ApiError>) -> HttpResponse {
+/// The end of every state-changing request: a definite refusal of a
+/// request with an `Idempotency-Key` is remembered as its answer (Stripe's
+/// semantics), then the outcome is appended to the audit log.
+pub(crate) async fn finish(gw: &Gateway, note: AuditNote, result: Result<HttpResponse, ApiError>) -> HttpResponse {
+    let result = idempotency::remember_refusal(gw, &note.idem, result).await;
+    audit(gw, note, result)
+}
+
+fn audit(gw: &Gateway, note: AuditNote, result: Result<HttpResponse, ApiError>) -> HttpResponse {
     let (response, outcome) = match result {
         Ok(response) => (response, "ok".to_string()),
         Err(error) => {
@@ -62,7 +74,7 @@ pub(crate) async fn finish_durable(
     note: AuditNote,
     result: Result<HttpResponse, ApiError>,
 ) -> HttpResponse {
-    let response = finish(gw, note, result);
+    let response = finish(gw, note, result).await;
     if let Err(error) = gw.audit.sync().await {
         // The money has moved (or not) already; the answer must still say
         // which. The node's log says the audit could not be made durable.

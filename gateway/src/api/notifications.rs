@@ -53,23 +53,29 @@ pub(crate) fn notification_ops(
 const MAX_NOTIFICATION_PAGES: usize = 4;
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[allow(dead_code)] // documents the parameter; it is parsed by name
 pub struct NotificationQuery {
     /// The order whose notifications to list.
     pub order_id: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/notifications", params(NotificationQuery),
-    responses((status = 200, body = NotificationList), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = NotificationList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("merchant_signature" = []), ("admin_key" = [])))]
 pub async fn list_notifications(
     gw: web::Data<Gateway>,
     req: HttpRequest,
-    query: web::Query<NotificationQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload).await?;
     let caller = auth::any_caller(&gw, &req, &body).await?;
-    let order_id = query.order_id.as_deref().ok_or(ApiError::MissingField("order_id".into()))?;
+    // Parsed like the other queries: an unknown or repeated parameter is a
+    // 400 naming it, not silently ignored.
+    let params = query_params(&req, &["order_id"])?;
+    let order_id = params.get("order_id").ok_or(ApiError::MissingField("order_id".into()))?;
+    if order_id.is_empty() {
+        return Err(ApiError::InvalidField { field: "order_id", reason: "an order id (ord_...)".into() });
+    }
     let (record, _) = load_order(&gw, &caller, order_id).await?;
     // From the order's notification index, oldest first. An order has at
     // most one notification per payment and refund, so a few pages at most.

@@ -9,7 +9,7 @@ use super::*;
 pub async fn create_order(gw: web::Data<Gateway>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let mut note = AuditNote::new("order.create");
     let result = create_order_inner(&gw, &req, payload, &mut note).await;
-    finish(&gw, note, result)
+    finish(&gw, note, result).await
 }
 
 async fn create_order_inner(
@@ -22,6 +22,7 @@ async fn create_order_inner(
     let merchant = auth::require_merchant(gw, req, &raw).await?;
     note.actor = format!("merchant:{}", merchant.id);
     let idem = idempotency::from_request(req, &format!("merchant:{}", merchant.id), &raw)?;
+    note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }
@@ -94,7 +95,7 @@ pub async fn close_order(
     let mut note = AuditNote::new("order.close");
     note.target = path.clone();
     let result = close_order_inner(&gw, &req, &path, payload, &mut note).await;
-    finish(&gw, note, result)
+    finish(&gw, note, result).await
 }
 
 async fn close_order_inner(
@@ -107,6 +108,7 @@ async fn close_order_inner(
     let raw = read_body(req, payload).await?;
     let merchant = auth::require_merchant(gw, req, &raw).await?;
     let idem = idempotency::from_request(req, &format!("merchant:{}", merchant.id), &raw)?;
+    note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }

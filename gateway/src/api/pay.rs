@@ -30,6 +30,7 @@ async fn pay_order_inner(
     let user_id = auth::require_user(gw, req).await?;
     note.actor = format!("user:{user_id}");
     let idem = idempotency::from_request(req, &format!("user:{user_id}"), &raw)?;
+    note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }

@@ -16,7 +16,10 @@ pub const MAX_STATEMENT_LINES: usize = 50_000;
 /// The query string as `name → value`, refusing unknown and repeated
 /// parameters by name (a typo such as `stauts=PAID` must not silently list
 /// everything).
-fn query_params(req: &HttpRequest, allowed: &[&'static str]) -> Result<BTreeMap<&'static str, String>, ApiError> {
+pub(crate) fn query_params(
+    req: &HttpRequest,
+    allowed: &[&'static str],
+) -> Result<BTreeMap<&'static str, String>, ApiError> {
     let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|_| ApiError::InvalidField { field: "query", reason: "not a valid query string".into() })?;
     let mut params = BTreeMap::new();

@@ -34,6 +34,7 @@ async fn create_refund_inner(
     let merchant = auth::require_merchant(gw, req, &raw).await?;
     note.actor = format!("merchant:{}", merchant.id);
     let idem = idempotency::from_request(req, &format!("merchant:{}", merchant.id), &raw)?;
+    note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }

@@ -33,6 +33,7 @@ async fn create_topup_inner(
         return Err(ApiError::Forbidden);
     }
     let idem = idempotency::from_request(req, &format!("user:{user_id}"), &raw)?;
+    note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }

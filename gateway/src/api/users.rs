@@ -7,7 +7,7 @@ use super::*;
 pub async fn register_user(gw: web::Data<Gateway>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let mut note = AuditNote::new("user.register");
     let result = register_user_inner(&gw, &req, payload, &mut note).await;
-    finish(&gw, note, result)
+    finish(&gw, note, result).await
 }
 
 async fn register_user_inner(
@@ -19,6 +19,7 @@ async fn register_user_inner(
     auth::limit_address(gw, req)?;
     let raw = read_body(req, payload).await?;
     let idem = idempotency::from_request(req, "anonymous", &raw)?;
+    note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }
@@ -87,7 +88,7 @@ async fn register_user_inner(
 pub async fn create_session(gw: web::Data<Gateway>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let mut note = AuditNote::new("session.create");
     let result = create_session_inner(&gw, &req, payload, &mut note).await;
-    finish(&gw, note, result)
+    finish(&gw, note, result).await
 }
 
 async fn create_session_inner(
@@ -99,6 +100,7 @@ async fn create_session_inner(
     auth::limit_address(gw, req)?;
     let raw = read_body(req, payload).await?;
     let idem = idempotency::from_request(req, "anonymous", &raw)?;
+    note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }
@@ -151,7 +153,7 @@ async fn create_session_inner(
 pub async fn delete_session(gw: web::Data<Gateway>, req: HttpRequest) -> HttpResponse {
     let mut note = AuditNote::new("session.delete");
     let result = delete_session_inner(&gw, &req, &mut note).await;
-    finish(&gw, note, result)
+    finish(&gw, note, result).await
 }
 
 async fn delete_session_inner(gw: &Gateway, req: &HttpRequest, note: &mut AuditNote) -> Result<HttpResponse, ApiError> {
@@ -185,7 +187,7 @@ pub async fn change_password(
     let mut note = AuditNote::new("user.password");
     note.target = path.clone();
     let result = change_password_inner(&gw, &req, &path, payload, &mut note).await;
-    finish(&gw, note, result)
+    finish(&gw, note, result).await
 }
 
 async fn change_password_inner(
@@ -196,12 +198,28 @@ async fn change_password_inner(
     note: &mut AuditNote,
 ) -> Result<HttpResponse, ApiError> {
     let raw = read_body(req, payload).await?;
-    let user_id = auth::require_user(gw, req).await?;
+    let user_id = match auth::require_user(gw, req).await {
+        Ok(user_id) => user_id,
+        // A change whose answer was lost, retried with its key, finds its
+        // session revoked by its own first attempt: it is answered that
+        // attempt's response (the key and the body, both passwords
+        // included, must match), not invalid_token.
+        Err(ApiError::InvalidToken) => {
+            let user_id = auth::token_user(gw, req).filter(|user_id| user_id == id).ok_or(ApiError::InvalidToken)?;
+            let idem = idempotency::from_request(req, &format!("user:{user_id}"), &raw)?;
+            return match idempotency::replayed(gw, &idem).await {
+                Ok(Some(replay)) => Ok(replay),
+                _ => Err(ApiError::InvalidToken),
+            };
+        }
+        Err(error) => return Err(error),
+    };
     note.actor = format!("user:{user_id}");
     if user_id != id {
         return Err(ApiError::Forbidden);
     }
     let idem = idempotency::from_request(req, &format!("user:{user_id}"), &raw)?;
+    note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }

@@ -280,6 +280,7 @@ impl MemoryCluster {
                 raft_proposed_commands: 0,
                 disk_syncs: 0,
                 disk_flushes: 0,
+                local: Box::default(),
             }),
             other => Response::Error(RequestError::Internal(format!("not modelled: {other:?}"))),
         }

@@ -72,6 +72,111 @@ pub async fn idempotency_keys(api: &Api, receiver: &Receiver) {
     let refunded_again = signed_with_key(api, &w, &refund_path, "refund-1", &refund_body).await;
     assert_eq!((refunded_again.status, &refunded_again.body), (StatusCode::CREATED, &refunded.body));
     assert_eq!(api.balance(&w.user_account, &w.token).await, 10_700 - 300 + 100);
+
+    // A definite refusal is the key's answer too (Stripe): a payment
+    // refused for want of funds is refused again when retried with its key,
+    // even once the wallet could pay, and nothing moves; a new key pays.
+    let wallet = 10_700 - 300 + 100;
+    let teapot = scenarios::new_order(api, &w, "I-2", wallet + 1_000).await;
+    let pay_path = format!("/v1/orders/{teapot}/pay");
+    let poor = post_with_key(api, &pay_path, &w.token, "pay-2", &json!({"method": "balance"})).await;
+    assert_eq!((poor.status, poor.code()), (StatusCode::PAYMENT_REQUIRED, "insufficient_funds"), "{}", poor.text);
+    assert!(poor.headers.get("idempotent-replayed").is_none());
+    let topped =
+        post_with_key(api, &path, &w.token, "topup-2", &json!({"method": "alipay", "amount_minor": 5_000})).await;
+    assert_eq!(topped.status, StatusCode::CREATED, "{}", topped.text);
+    let retried = post_with_key(api, &pay_path, &w.token, "pay-2", &json!({"method": "balance"})).await;
+    assert_eq!((retried.status, &retried.body), (StatusCode::PAYMENT_REQUIRED, &poor.body), "{}", retried.text);
+    assert_eq!(retried.headers["idempotent-replayed"], "true", "the first answer, not a second attempt");
+    assert_eq!(scenarios::order(api, &w, &teapot).await["status"], "CREATED");
+    assert_eq!(api.balance(&w.user_account, &w.token).await, wallet + 5_000, "the retry paid nothing");
+    let other_body = post_with_key(api, &pay_path, &w.token, "pay-2", &json!({"method": "alipay"})).await;
+    assert_eq!(other_body.code(), "idempotency_conflict", "{}", other_body.text);
+    let paid = post_with_key(api, &pay_path, &w.token, "pay-3", &json!({"method": "balance"})).await;
+    assert_eq!((paid.status, &paid.body["status"]), (StatusCode::OK, &json!("PAID")), "{}", paid.text);
+    assert_eq!(api.balance(&w.user_account, &w.token).await, wallet + 5_000 - (wallet + 1_000));
+    // A refund over what was paid: the same 409 again, replayed.
+    let too_much = json!({"out_refund_no": "IR-2", "amount_minor": wallet + 1_001, "reason": "r"});
+    let refund_path = format!("/v1/orders/{teapot}/refunds");
+    let refused = signed_with_key(api, &w, &refund_path, "refund-2", &too_much).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::CONFLICT, "refund_exceeds_paid"), "{}", refused.text);
+    let again = signed_with_key(api, &w, &refund_path, "refund-2", &too_much).await;
+    assert_eq!((again.status, &again.body), (StatusCode::CONFLICT, &refused.body));
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    // A validation error is not remembered: the request never ran, and
+    // the same key with a valid body runs.
+    let invalid = post_with_key(api, &path, &w.token, "topup-3", &json!({"method": "alipay", "amount_minor": 0})).await;
+    assert_eq!(invalid.code(), "invalid_amount", "{}", invalid.text);
+    let valid = post_with_key(api, &path, &w.token, "topup-3", &json!({"method": "alipay", "amount_minor": 1})).await;
+    assert_eq!(valid.status, StatusCode::CREATED, "{}", valid.text);
+}
+
+/// The POSTs `idempotency_keys` does not cover take the key too:
+/// registration, login, merchant onboarding and closing an order answer
+/// their first response again (marked replayed) and change nothing more;
+/// another body under the key is a conflict.
+pub async fn every_other_post_takes_a_key(api: &Api, receiver: &Receiver) {
+    let keyed = |key: &str| vec![("Idempotency-Key", key.to_string())];
+    let register =
+        json!({"username": "keyed", "password": "s3cretpass", "real_name": "K", "card_number": scenarios::CARD});
+    let send = |path: &'static str, bearer: Option<String>, body: Value, key: &'static str| {
+        let api = api.clone();
+        async move {
+            api.send(Method::POST, path, bearer.as_deref(), Some(body.to_string().into_bytes()), &keyed(key)).await
+        }
+    };
+    let first = send("/v1/users", None, register.clone(), "reg-1").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let again = send("/v1/users", None, register.clone(), "reg-1").await;
+    assert_eq!((again.status, &again.body), (StatusCode::CREATED, &first.body), "not username_taken: {}", again.text);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let mut other = register.clone();
+    other["username"] = json!("keyed2");
+    let conflict = send("/v1/users", None, other, "reg-1").await;
+    assert_eq!(conflict.code(), "idempotency_conflict", "{}", conflict.text);
+    // A username that was taken is the key's answer too: a definite refusal.
+    let taken = send("/v1/users", None, register.clone(), "reg-2").await;
+    assert_eq!(taken.code(), "username_taken", "{}", taken.text);
+
+    let credentials = json!({"username": "keyed", "password": "s3cretpass"});
+    let login = send("/v1/sessions", None, credentials.clone(), "login-1").await;
+    assert_eq!(login.status, StatusCode::CREATED, "{}", login.text);
+    let login_again = send("/v1/sessions", None, credentials, "login-1").await;
+    assert_eq!((login_again.status, &login_again.body), (StatusCode::CREATED, &login.body), "one session, not two");
+
+    let onboarding = json!({"name": "Keyed Shop", "notify_url": receiver.url, "public_key_pem": super::api::public_pem(merchant_key())});
+    let admin = Some(api.admin_key.clone());
+    let merchant = send("/v1/merchants", admin.clone(), onboarding.clone(), "mch-1").await;
+    assert_eq!(merchant.status, StatusCode::CREATED, "{}", merchant.text);
+    let merchant_again = send("/v1/merchants", admin, onboarding, "mch-1").await;
+    assert_eq!((merchant_again.status, &merchant_again.body), (StatusCode::CREATED, &merchant.body), "one merchant");
+
+    let w = scenarios::world(api, receiver, "keyed_closer").await;
+    let order = scenarios::new_order(api, &w, "K-1", 100).await;
+    let close_path = format!("/v1/orders/{order}/close");
+    let closed = signed_with_key(api, &w, &close_path, "close-1", &json!({})).await;
+    assert_eq!(closed.status, StatusCode::OK, "{}", closed.text);
+    let closed_again = signed_with_key(api, &w, &close_path, "close-1", &json!({})).await;
+    assert_eq!((closed_again.status, &closed_again.body), (StatusCode::OK, &closed.body), "not order_not_closable");
+    assert_eq!(closed_again.headers["idempotent-replayed"], "true");
+
+    // A password change retried with its key after its answer was lost:
+    // its own first attempt revoked the session, and the retry gets that
+    // attempt's answer, not invalid_token; another body does not.
+    let token = login.body["token"].as_str().unwrap().to_string();
+    let user = first.body["id"].as_str().unwrap();
+    let path = format!("/v1/users/{user}/password");
+    let change = json!({"current_password": "s3cretpass", "new_password": "n3wpassword"});
+    let changed = post_with_key(api, &path, &token, "pwd-1", &change).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    let changed_again = post_with_key(api, &path, &token, "pwd-1", &change).await;
+    assert_eq!((changed_again.status, &changed_again.body), (StatusCode::OK, &changed.body), "{}", changed_again.text);
+    assert_eq!(changed_again.headers["idempotent-replayed"], "true");
+    let other = json!({"current_password": "n3wpassword", "new_password": "an0therpass"});
+    let refused = post_with_key(api, &path, &token, "pwd-1", &other).await;
+    assert_eq!(refused.code(), "invalid_token", "a revoked session changes nothing: {}", refused.text);
+    let without_key = api.post(&path, Some(&token), &change).await;
+    assert_eq!(without_key.code(), "invalid_token");
 }
 
 /// A top-up whose answer is lost after the commit (the client sees 503)

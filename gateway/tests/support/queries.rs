@@ -45,7 +45,8 @@ fn ids(list: &[Value]) -> Vec<String> {
 /// order that existed when the walk began is listed exactly once, nothing
 /// twice; status and time filters; refunds oldest first; another merchant
 /// sees nothing of it.
-pub async fn order_queries(api: &Api, receiver: &Receiver) {
+/// Returns the merchant's world, for checks of its indexes afterwards.
+pub async fn order_queries(api: &Api, receiver: &Receiver) -> World {
     let w = scenarios::world(api, receiver, "lister").await;
     let mut before = Vec::new();
     for n in 0..14 {
@@ -140,6 +141,7 @@ pub async fn order_queries(api: &Api, receiver: &Receiver) {
     let notes = scenarios::notifications(api, &w, partly).await;
     let events: Vec<&str> = notes.iter().map(|n| n["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["payment.succeeded", "refund.succeeded", "refund.succeeded"]);
+    w
 }
 
 /// Every bad parameter of every query endpoint: 400 naming it.
@@ -166,19 +168,42 @@ pub async fn bad_query_parameters(api: &Api, receiver: &Receiver) {
         ("/v1/statements/20261201", "date"),
         ("/v1/statements/2026-12-01?x=1", "query"),
     ];
-    let refunds_limit = format!("/v1/orders/{order}/refunds?limit=500");
-    let refunds_cursor = format!("/v1/orders/{order}/refunds?cursor=%00");
-    for (path, field) in
-        cases.iter().copied().chain([(refunds_limit.as_str(), "limit"), (refunds_cursor.as_str(), "cursor")])
-    {
+    let order_cases = [
+        (format!("/v1/orders/{order}/refunds?limit=500"), "limit"),
+        (format!("/v1/orders/{order}/refunds?cursor=%00"), "cursor"),
+        (format!("/v1/orders/{order}/refunds?limit=1&limit=1"), "limit"),
+        (format!("/v1/orders/{order}/refunds?status=PAID"), "query"),
+        (format!("/v1/notifications?order_id={order}&order_id={order}"), "order_id"),
+        (format!("/v1/notifications?order_id={order}&limit=5"), "query"),
+        ("/v1/notifications?order_id=".to_string(), "order_id"),
+    ];
+    for (path, field) in cases.iter().copied().chain(order_cases.iter().map(|(path, field)| (path.as_str(), *field))) {
         let reply = get(api, &w, path).await;
         assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "invalid_field"), "{path}: {}", reply.text);
         let message = reply.body["error"]["message"].as_str().unwrap();
         assert!(message.starts_with(&format!("invalid {field}:")), "{path}: {message}");
     }
-    let user_path = format!("/v1/users/{}/transactions?limit=0", w.user);
-    let reply = api.get(&user_path, Some(&w.token)).await;
-    assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "invalid_field"), "{}", reply.text);
+    // No order_id at all: 400 missing_field naming it.
+    let missing = get(api, &w, "/v1/notifications").await;
+    assert_eq!((missing.status, missing.code()), (StatusCode::BAD_REQUEST, "missing_field"), "{}", missing.text);
+    assert!(missing.body["error"]["message"].as_str().unwrap().contains("order_id"), "{}", missing.text);
+    // The wallet history (user token): each bad parameter named too.
+    let user_cases = [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=x", "limit"),
+        ("cursor=0123", "cursor"),
+        ("cursor=zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", "cursor"),
+        ("limit=2&limit=3", "limit"),
+        ("since=1", "query"),
+    ];
+    for (query, field) in user_cases {
+        let user_path = format!("/v1/users/{}/transactions?{query}", w.user);
+        let reply = api.get(&user_path, Some(&w.token)).await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "invalid_field"), "{query}: {}", reply.text);
+        let message = reply.body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("invalid {field}:")), "{query}: {message}");
+    }
     // Unsigned, another user's history, no token: refused, not listed.
     let unsigned = api.get("/v1/orders", None).await;
     assert_eq!(unsigned.status, StatusCode::UNAUTHORIZED);
