@@ -260,19 +260,24 @@ impl ParticipantActor {
     /// ones are applied first; the ticket is taken now, synchronously) for
     /// the replies waiting now.
     fn start_sync_round(&mut self, ctx: &mut Context<Self>) {
+        // PLANTED BUG (simulator only): the round's ticket is taken before the staged writes are applied.
+        let late = paytx_protocol::planted::active(Bug::SyncBeforeStagedApply);
         // Never a ticket before the staged writes are applied: a reply
         // released by this round must find its step on the disk.
-        if !self.apply_staged(ctx) {
+        if !late && !self.apply_staged(ctx) {
             return;
         }
         if self.sync_waiters.is_empty() {
             return;
         }
         debug_assert!(self.syncs_in_flight < MAX_SYNC_ROUNDS, "bounded rounds");
-        debug_assert!(self.staged.is_empty(), "a round covers every staged write");
+        debug_assert!(late || self.staged.is_empty(), "a round covers every staged write");
         self.syncs_in_flight += 1;
         let waiters = std::mem::take(&mut self.sync_waiters);
         let sync = self.journal.sync();
+        if late && !self.apply_staged(ctx) {
+            return;
+        }
         let actor = ctx.address();
         actix::spawn(async move {
             let synced = sync.await;
@@ -623,12 +628,13 @@ impl Handler<FlushStaged> for ParticipantActor {
 
     fn handle(&mut self, _msg: FlushStaged, ctx: &mut Context<Self>) {
         self.flush_queued = false;
-        if !self.apply_staged(ctx) {
-            return;
-        }
         if self.syncs_in_flight < MAX_SYNC_ROUNDS {
+            // Applies the staged writes, then takes the round's ticket.
             self.start_sync_round(ctx);
         }
+        // No round free (or no reply waiting): the writes go to the disk
+        // now; the next round covers them.
+        self.apply_staged(ctx);
     }
 }
 

@@ -34,10 +34,14 @@ pub enum Bug {
     /// The coordinator hands the results of a batched proposal to its
     /// proposers in reverse order: each transaction may act on another's.
     BatchResultsMisrouted,
+    /// A participant's fsync round takes its ticket before the writes its
+    /// mailbox drain staged are applied: the round covers too little, and a
+    /// crash after its YES loses the prepared record it promised.
+    SyncBeforeStagedApply,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::VoteBeforeSync,
         Bug::CommitWithoutAllVotes,
         Bug::NoRedriveOnNewLeader,
@@ -46,6 +50,7 @@ impl Bug {
         Bug::PresumeCommit,
         Bug::TombstoneIgnored,
         Bug::BatchResultsMisrouted,
+        Bug::SyncBeforeStagedApply,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -59,6 +64,7 @@ impl Bug {
             Bug::PresumeCommit => "presume-commit",
             Bug::TombstoneIgnored => "tombstone-ignored",
             Bug::BatchResultsMisrouted => "batch-results-misrouted",
+            Bug::SyncBeforeStagedApply => "sync-before-staged-apply",
         }
     }
 

@@ -51,3 +51,8 @@ fn presume_commit_is_caught() {
 fn batch_results_misrouted_is_caught() {
     assert_caught(Bug::BatchResultsMisrouted);
 }
+
+#[test]
+fn sync_before_staged_apply_is_caught() {
+    assert_caught(Bug::SyncBeforeStagedApply);
+}
