@@ -34,10 +34,19 @@ pub enum Bug {
     /// The coordinator hands the results of a batched proposal to its
     /// proposers in reverse order: each transaction may act on another's.
     BatchResultsMisrouted,
+    /// The orders shard closes a paid order too (only `CREATED` may
+    /// close): the payment stays with the merchant, the order reads
+    /// `CLOSED`.
+    ClosePaidOrder,
+    /// The channels shard has no refund bound: the refunds of a charge may
+    /// add up to more than was charged. The bound is gone from the shard's
+    /// own consistency check too (as in an adapter that never tracked it),
+    /// so only the simulator's model can notice.
+    ChannelRefundUnbounded,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 10] = [
         Bug::VoteBeforeSync,
         Bug::CommitWithoutAllVotes,
         Bug::NoRedriveOnNewLeader,
@@ -46,6 +55,8 @@ impl Bug {
         Bug::PresumeCommit,
         Bug::TombstoneIgnored,
         Bug::BatchResultsMisrouted,
+        Bug::ClosePaidOrder,
+        Bug::ChannelRefundUnbounded,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -59,6 +70,8 @@ impl Bug {
             Bug::PresumeCommit => "presume-commit",
             Bug::TombstoneIgnored => "tombstone-ignored",
             Bug::BatchResultsMisrouted => "batch-results-misrouted",
+            Bug::ClosePaidOrder => "close-paid-order",
+            Bug::ChannelRefundUnbounded => "channel-refund-unbounded",
         }
     }
 

@@ -475,8 +475,8 @@ async fn simulate(config: SimConfig) -> RunReport {
     // Apply in an order that respects the order life cycle.
     committed_ops.sort_by_key(|ops| crate::check::lifecycle_rank(ops));
     for ops in &committed_ops {
-        if let Err(detail) = model.apply(ops) {
-            monitor.flag(&world, Violation { invariant: "order-state-machine", detail });
+        for violation in model.apply(ops) {
+            monitor.flag(&world, violation);
         }
     }
 
