@@ -329,7 +329,7 @@ async fn simulate(config: SimConfig) -> RunReport {
     let configs = node_configs(seed, &mut rng);
     let nodes: Vec<NodeId> = configs.keys().copied().collect();
     let world = World::new(ChaCha8Rng::seed_from_u64(sub_seed(seed, 3)), config.keep_trace, NetFaults::none());
-    let mut cluster = SimCluster::new(world.clone(), configs);
+    let mut cluster = SimCluster::new(world.clone(), configs, sub_seed(seed, 6));
     let mut monitor =
         Monitor { leaders: BTreeMap::new(), violations: Vec::new(), first_at_ms: None, recent: Vec::new() };
     let workload_config = WorkloadConfig {
@@ -579,6 +579,14 @@ async fn simulate(config: SimConfig) -> RunReport {
         .max_by_key(|stats| stats.proposals);
     if let Some(batch) = batch {
         world.lock().counters.batch = batch;
+    }
+    {
+        let mut state = world.lock();
+        for disk in cluster.disks.values() {
+            let group = disk.group_commit_stats();
+            state.counters.disk_syncs_joined += group.joined;
+            state.counters.disk_max_syncs_in_flight = state.counters.disk_max_syncs_in_flight.max(group.max_in_flight);
+        }
     }
     cluster.stop_all().await;
     let virtual_ms = world.now_ms();
