@@ -209,7 +209,7 @@ impl ParticipantActor {
         if self.sync_waiters.is_empty() {
             return;
         }
-        debug_assert!(self.syncs_in_flight < MAX_SYNC_ROUNDS, "bounded rounds");
+        assert!(self.syncs_in_flight < MAX_SYNC_ROUNDS, "bounded rounds");
         self.syncs_in_flight += 1;
         let waiters = std::mem::take(&mut self.sync_waiters);
         let sync = self.journal.sync();

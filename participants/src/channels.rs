@@ -235,7 +235,9 @@ impl ChannelsState {
     pub(crate) fn commit(&mut self, txn: TxnId, plan: ChargePlan) -> Vec<(ChargeKey, Charge)> {
         for (key, charge) in &plan.after {
             self.unlock(txn, *key);
-            debug_assert!(check_charge(*key, charge).is_ok(), "{:?}", check_charge(*key, charge));
+            if let Err(problem) = check_charge(*key, charge) {
+                panic!("charge invariant broken by {txn}: {problem}");
+            }
             self.charges.insert(*key, *charge);
         }
         plan.after.into_iter().collect()

@@ -153,7 +153,9 @@ impl OrdersState {
     pub(crate) fn commit(&mut self, txn: TxnId, plan: OrderPlan) -> Vec<(OrderId, Order)> {
         for (id, order) in &plan.after {
             self.unlock(txn, *id);
-            debug_assert!(check_order(*id, order).is_ok(), "{:?}", check_order(*id, order));
+            if let Err(problem) = check_order(*id, order) {
+                panic!("order invariant broken by {txn}: {problem}");
+            }
             self.orders.insert(*id, *order);
         }
         plan.after.into_iter().collect()
