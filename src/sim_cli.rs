@@ -143,6 +143,10 @@ fn single(args: &SimArgs, seed: u64) -> anyhow::Result<bool> {
         "  faults: {} crashes ({} of the leader), {} restarts, {} partitions, {} pauses, {} fsync failures, {} messages dropped, {} duplicated",
         c.crashes, c.leader_crashes, c.restarts, c.partitions, c.pauses, c.fsync_failures, c.messages_dropped, c.messages_duplicated
     );
+    println!(
+        "  disks: {} syncs served by {} flushes ({} joined a flush in progress, at most {} in flight), {} torn crashes keeping {} unsynced batches",
+        c.disk_syncs, c.disk_flushes, c.disk_syncs_joined, c.disk_max_syncs_in_flight, c.torn_crashes, c.torn_batches_kept
+    );
     let b = &c.batch;
     println!(
         "  batching: {} raft proposals carrying {} commands; {} with one transaction twice, {} barriers beside other commands, {} tombstones, {} begins refused by one",
@@ -217,6 +221,11 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
             ("fsync failures", c.fsync_failures),
             ("messages dropped", c.messages_dropped),
             ("messages duplicated", c.messages_duplicated),
+            ("disk: syncs", c.disk_syncs),
+            ("disk: flushes", c.disk_flushes),
+            ("disk: syncs joining a flush", c.disk_syncs_joined),
+            ("disk: torn crashes", c.torn_crashes),
+            ("disk: torn batches kept", c.torn_batches_kept),
             ("batch: raft proposals", c.batch.proposals),
             ("batch: commands in them", c.batch.commands),
             ("batch: with one txn twice", c.batch.proposals_with_a_txn_twice),

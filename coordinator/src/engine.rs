@@ -325,9 +325,11 @@ impl Engine {
     /// Transactions being prepared or decided: what `max_in_flight_txns`
     /// bounds (for status and tests).
     pub fn in_flight(&self) -> usize {
-        let in_flight = self.txns.len() - self.finishing.len();
+        // Bookkeeping, checked in full only in debug builds: the scan is
+        // O(finishing) and this runs for every new request. The count
+        // check below is its O(1) part, kept in every build.
         debug_assert!(self.finishing.iter().all(|txn| self.txns.contains_key(txn)), "finishing ⊆ txns");
-        in_flight
+        self.txns.len().checked_sub(self.finishing.len()).expect("finishing ⊆ txns: no more finishing than tracked")
     }
 
     /// Decided transactions waiting for acknowledgements (for status and tests).
@@ -491,7 +493,7 @@ impl Engine {
                 Outcome::Aborted(AbortReason::PresumedAbort)
             }
         };
-        debug_assert!(!released.is_committed(), "a transaction the table refused never commits");
+        assert!(!released.is_committed(), "a transaction the table refused never commits");
         let Some(record) = self.txns.get_mut(&txn) else { return };
         record.in_table = false;
         let no = match &record.phase {
@@ -714,7 +716,7 @@ impl Engine {
         while self.finishing.len() > self.config.max_finishing_txns {
             let Some(oldest) = self.finishing.pop_first() else { break };
             if let Some(dropped) = self.txns.remove(&oldest) {
-                debug_assert!(dropped.clients.is_empty(), "clients of a decided txn are answered when it is decided");
+                assert!(dropped.clients.is_empty(), "clients of a decided txn are answered when it is decided");
                 tracing::warn!(txn = %oldest, "too many unacknowledged decisions; left to the table and in-doubt queries");
             }
         }
@@ -734,8 +736,7 @@ impl Engine {
         self.finishing.remove(&txn);
         let Some(Txn { clients, phase: Phase::Finishing { outcome, .. }, in_table, .. }) = self.txns.remove(&txn)
         else {
-            debug_assert!(false, "only a finishing transaction is released");
-            return;
+            panic!("only a finishing transaction is released ({txn})");
         };
         let committed = outcome.is_committed();
         let receipt = TxnReceipt { txn, outcome, replayed: true };

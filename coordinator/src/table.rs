@@ -305,7 +305,7 @@ impl TxnTable {
                 if paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange) && key_record.txn != txn {
                     return CommandResult::Decided { outcome: outcome.clone() };
                 }
-                debug_assert_eq!(key_record.txn, txn, "a txn record and its key record agree");
+                assert_eq!(key_record.txn, txn, "a txn record and its key record agree");
                 key_record.outcome = Some(outcome.clone());
             }
             return CommandResult::Decided { outcome: outcome.clone() };
@@ -382,18 +382,17 @@ impl TxnTable {
     }
 
     /// Checks the transactions a command touched (not the whole table:
-    /// that would make every apply O(table) in debug builds).
+    /// that would make every apply O(table)). On in every build: a broken
+    /// table is a bug the node must stop on, not carry on with.
     fn check_invariants(&self, touched: &[TxnId]) {
         // PLANTED BUG (simulator only): with a key taken over, an older live txn no longer owns its key record.
         if paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange) {
             return;
         }
-        if cfg!(debug_assertions) {
-            for (txn, record) in touched.iter().filter_map(|txn| self.txns.get(txn).map(|r| (txn, r))) {
-                let key = self.keys.get(&record.key);
-                assert!(key.is_some_and(|k| k.txn == *txn), "every live txn has its key record");
-                assert_eq!(key.and_then(|k| k.outcome.clone()), record.decision, "key and txn agree on the outcome");
-            }
+        for (txn, record) in touched.iter().filter_map(|txn| self.txns.get(txn).map(|r| (txn, r))) {
+            let key = self.keys.get(&record.key);
+            assert!(key.is_some_and(|k| k.txn == *txn), "every live txn has its key record");
+            assert_eq!(key.and_then(|k| k.outcome.clone()), record.decision, "key and txn agree on the outcome");
         }
     }
 

@@ -301,10 +301,8 @@ impl AccountsState {
 
     /// Cheap per-account check after every change.
     fn assert_account_invariants(&self, id: AccountId) {
-        if cfg!(debug_assertions) {
-            if let Err(problem) = self.check_one(id) {
-                panic!("account invariant broken: {problem}");
-            }
+        if let Err(problem) = self.check_one(id) {
+            panic!("account invariant broken: {problem}");
         }
     }
 

@@ -270,8 +270,8 @@ impl ParticipantActor {
         if self.sync_waiters.is_empty() {
             return;
         }
-        debug_assert!(self.syncs_in_flight < MAX_SYNC_ROUNDS, "bounded rounds");
-        debug_assert!(late || self.staged.is_empty(), "a round covers every staged write");
+        assert!(self.syncs_in_flight < MAX_SYNC_ROUNDS, "bounded rounds");
+        assert!(late || self.staged.is_empty(), "a round covers every staged write");
         self.syncs_in_flight += 1;
         let waiters = std::mem::take(&mut self.sync_waiters);
         let sync = self.journal.sync();

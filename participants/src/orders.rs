@@ -117,7 +117,10 @@ impl OrdersState {
             }
             Operation::CloseOrder { order: id } => {
                 let order = self.scratch_of(scratch, *id)?;
-                if order.status != OrderStatus::Created {
+                let closable = order.status == OrderStatus::Created
+                    || (order.status == OrderStatus::Paid
+                        && paytx_protocol::planted::active(paytx_protocol::planted::Bug::ClosePaidOrder));
+                if !closable {
                     return Err(illegal(*id, order.status, "closed"));
                 }
                 order.status = OrderStatus::Closed;
@@ -150,7 +153,9 @@ impl OrdersState {
     pub(crate) fn commit(&mut self, txn: TxnId, plan: OrderPlan) -> Vec<(OrderId, Order)> {
         for (id, order) in &plan.after {
             self.unlock(txn, *id);
-            debug_assert!(check_order(*id, order).is_ok(), "{:?}", check_order(*id, order));
+            if let Err(problem) = check_order(*id, order) {
+                panic!("order invariant broken by {txn}: {problem}");
+            }
             self.orders.insert(*id, *order);
         }
         plan.after.into_iter().collect()

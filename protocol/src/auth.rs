@@ -48,7 +48,7 @@ impl ConfigDigest {
         let mut digests: Vec<(String, [u8; 32])> =
             sections.into_iter().map(|(name, bytes)| (name.to_string(), Sha256::digest(&bytes).into())).collect();
         digests.sort();
-        debug_assert!(digests.len() <= MAX_CONFIG_SECTIONS, "a bounded number of sections");
+        assert!(digests.len() <= MAX_CONFIG_SECTIONS, "a bounded number of sections");
         ConfigDigest(digests)
     }
 

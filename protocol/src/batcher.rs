@@ -98,7 +98,7 @@ impl<T> Batcher<T> {
             let (item, _) = self.queue.pop_front().expect("front() just returned an item");
             batch.push(item);
         }
-        debug_assert!(!batch.is_empty() && batch.len() <= self.limits.max_items);
+        assert!(!batch.is_empty() && batch.len() <= self.limits.max_items, "a batch within its bounds");
         self.in_flight += 1;
         self.batches_total += 1;
         self.items_total += batch.len() as u64;

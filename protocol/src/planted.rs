@@ -38,10 +38,19 @@ pub enum Bug {
     /// mailbox drain staged are applied: the round covers too little, and a
     /// crash after its YES loses the prepared record it promised.
     SyncBeforeStagedApply,
+    /// The orders shard closes a paid order too (only `CREATED` may
+    /// close): the payment stays with the merchant, the order reads
+    /// `CLOSED`.
+    ClosePaidOrder,
+    /// The channels shard has no refund bound: the refunds of a charge may
+    /// add up to more than was charged. The bound is gone from the shard's
+    /// own consistency check too (as in an adapter that never tracked it),
+    /// so only the simulator's model can notice.
+    ChannelRefundUnbounded,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 11] = [
         Bug::VoteBeforeSync,
         Bug::CommitWithoutAllVotes,
         Bug::NoRedriveOnNewLeader,
@@ -51,6 +60,8 @@ impl Bug {
         Bug::TombstoneIgnored,
         Bug::BatchResultsMisrouted,
         Bug::SyncBeforeStagedApply,
+        Bug::ClosePaidOrder,
+        Bug::ChannelRefundUnbounded,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -65,6 +76,8 @@ impl Bug {
             Bug::TombstoneIgnored => "tombstone-ignored",
             Bug::BatchResultsMisrouted => "batch-results-misrouted",
             Bug::SyncBeforeStagedApply => "sync-before-staged-apply",
+            Bug::ClosePaidOrder => "close-paid-order",
+            Bug::ChannelRefundUnbounded => "channel-refund-unbounded",
         }
     }
 

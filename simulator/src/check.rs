@@ -42,9 +42,14 @@ impl Model {
         Model { balances: opening.clone(), ..Model::default() }
     }
 
-    /// Applies a committed transaction. `Err` when the transaction could not
-    /// have committed from this state (the state machine was bypassed).
-    pub fn apply(&mut self, ops: &[Operation]) -> Result<(), String> {
+    /// Applies a committed transaction and returns what it broke: a
+    /// transaction that could not have committed from this state (the state
+    /// machine was bypassed). It is applied anyway, as the participants did,
+    /// so that one broken rule is reported once, under its own name, and not
+    /// again as a difference of the final state.
+    pub fn apply(&mut self, ops: &[Operation]) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        let mut flag = |invariant: &'static str, detail: String| violations.push(Violation { invariant, detail });
         for op in ops {
             match op {
                 Operation::OpenAccount { account, initial_minor, .. } => {
@@ -60,37 +65,57 @@ impl Model {
                     self.orders.insert(*order, (amount.amount_minor, OrderStatus::Created, 0));
                 }
                 Operation::MarkPaid { order, .. } => {
-                    let entry = self.orders.get_mut(order).ok_or(format!("{order} paid before it was created"))?;
+                    let Some(entry) = self.orders.get_mut(order) else {
+                        flag("order-state-machine", format!("{order} paid before it was created"));
+                        continue;
+                    };
                     if entry.1 != OrderStatus::Created {
-                        return Err(format!("{order} paid while {}", entry.1));
+                        flag("order-state-machine", format!("{order} paid while {}", entry.1));
                     }
                     entry.1 = OrderStatus::Paid;
                 }
                 Operation::RefundOrder { order, amount } => {
-                    let entry = self.orders.get_mut(order).ok_or(format!("{order} refunded before it was created"))?;
+                    let Some(entry) = self.orders.get_mut(order) else {
+                        flag("order-state-machine", format!("{order} refunded before it was created"));
+                        continue;
+                    };
                     if !matches!(entry.1, OrderStatus::Paid | OrderStatus::PartiallyRefunded) {
-                        return Err(format!("{order} refunded while {}", entry.1));
+                        flag("order-state-machine", format!("{order} refunded while {}", entry.1));
                     }
                     entry.2 += amount.amount_minor;
                     if entry.2 > entry.0 {
-                        return Err(format!("{order} refunded {} of {}", entry.2, entry.0));
+                        flag("refund-within-paid", format!("{order} refunded {} of {}", entry.2, entry.0));
                     }
                     entry.1 = if entry.2 == entry.0 { OrderStatus::Refunded } else { OrderStatus::PartiallyRefunded };
                 }
+                // Only a CREATED (unpaid) order may be closed.
                 Operation::CloseOrder { order } => {
-                    if let Some(entry) = self.orders.get_mut(order) {
-                        entry.1 = OrderStatus::Closed;
+                    let Some(entry) = self.orders.get_mut(order) else {
+                        flag("order-closed-only-when-created", format!("{order} closed before it was created"));
+                        continue;
+                    };
+                    if entry.1 != OrderStatus::Created {
+                        flag("order-closed-only-when-created", format!("{order} closed while {}", entry.1));
                     }
+                    entry.1 = OrderStatus::Closed;
                 }
                 Operation::Charge { channel, order, amount } => {
                     if self.charges.insert((*channel, *order), (amount.amount_minor, 0)).is_some() {
-                        return Err(format!("{order} charged twice through {channel}"));
+                        flag("order-state-machine", format!("{order} charged twice through {channel}"));
                     }
                 }
                 Operation::ChannelRefund { channel, order, amount } => {
-                    let entry =
-                        self.charges.get_mut(&(*channel, *order)).ok_or(format!("refund of an uncharged {order}"))?;
+                    let Some(entry) = self.charges.get_mut(&(*channel, *order)) else {
+                        flag("channel-refund-within-charged", format!("refund of an uncharged {channel}/{order}"));
+                        continue;
+                    };
                     entry.1 += amount.amount_minor;
+                    if entry.1 > entry.0 {
+                        flag(
+                            "channel-refund-within-charged",
+                            format!("{channel}/{order}: refunded {} of a charge of {}", entry.1, entry.0),
+                        );
+                    }
                 }
                 // Index entries are checked against the records they
                 // index (`check_name_index`), not write by write: they move.
@@ -101,17 +126,24 @@ impl Model {
                 // The workload never deletes: versions would restart at 1
                 // and the order-free check below could not follow them.
                 Operation::PutRecord { key, value: None, .. } => {
-                    return Err(format!("{key} deleted: the simulator's model does not follow deletes"));
+                    flag(
+                        "order-state-machine",
+                        format!("{key} deleted: the simulator's model does not follow deletes"),
+                    );
                 }
             }
         }
-        Ok(())
+        violations
     }
 }
 
 /// Where a committed transaction goes when the model replays commits: the
-/// order's life cycle (open, create, pay, refund) decides, since concurrent
-/// commits reach the model in no particular order. (Shared with `paytx chaos`.)
+/// order's life cycle (open, create, pay, refund, then closes, chargebacks
+/// and the rest) decides, since concurrent commits reach the model in no
+/// particular order. A close ranks after every payment and refund, so a
+/// close that committed on a paid order is seen as one, and a payment that
+/// committed on a closed order is seen as a close of a paid order: either
+/// way `order-closed-only-when-created`. (Shared with `paytx chaos`.)
 pub fn lifecycle_rank(ops: &[Operation]) -> u8 {
     if ops.iter().any(|o| matches!(o, Operation::OpenAccount { .. })) {
         0
@@ -191,6 +223,15 @@ pub fn check_state(model: &Model, actual: &Actual, deposited: i64) -> Vec<Violat
     for (key, view) in &actual.charges {
         let expected = model.charges.get(key);
         let got = view.as_ref().map(|c| (c.charged.amount_minor, c.refunded_minor));
+        if let Some(charge) = view.as_ref().filter(|c| c.refunded_minor > c.charged.amount_minor) {
+            push(
+                "channel-refund-within-charged",
+                format!(
+                    "charge {}/{}: refunded {} of {}",
+                    key.0, key.1, charge.refunded_minor, charge.charged.amount_minor
+                ),
+            );
+        }
         if got != expected.copied() {
             push(
                 "all-or-nothing",
@@ -321,6 +362,49 @@ mod tests {
 
     fn invariants(writes: &[(RecordExpect, Vec<u8>)], actual: Option<&RecordView>) -> Vec<&'static str> {
         check_record(RecordKey::new(1, b"k"), writes, actual).into_iter().map(|(invariant, _)| invariant).collect()
+    }
+
+    #[test]
+    fn a_close_of_a_paid_order_and_a_charge_refunded_past_its_amount_are_caught() {
+        use paytx_protocol::{Currency, Money};
+        let cny = |minor| Money::new(minor, Currency::CNY);
+        let (order, channel) = (OrderId(1), ChannelId(2));
+        let (merchant, payer) = (AccountId(1), AccountId(2));
+        let invariants = |model: &mut Model, ops: &[Operation]| -> Vec<&'static str> {
+            model.apply(ops).into_iter().map(|v| v.invariant).collect()
+        };
+        let mut model = Model::new(&BTreeMap::new());
+        assert!(invariants(&mut model, &[Operation::CreateOrder { order, merchant, amount: cny(100) }]).is_empty());
+        // Closing the unpaid order is fine; a second order is paid, then closed.
+        assert!(invariants(&mut model, &[Operation::CloseOrder { order }]).is_empty());
+        let paid = OrderId(2);
+        assert!(
+            invariants(&mut model, &[Operation::CreateOrder { order: paid, merchant, amount: cny(100) }]).is_empty()
+        );
+        let pay = paytx_protocol::ops::payment_ops(payer, merchant, paid, channel, cny(100));
+        assert!(invariants(&mut model, &pay).is_empty());
+        assert_eq!(
+            invariants(&mut model, &[Operation::CloseOrder { order: paid }]),
+            vec!["order-closed-only-when-created"]
+        );
+        // Chargebacks within the charge, then past it.
+        let chargeback = |minor| {
+            vec![
+                Operation::ChannelRefund { channel, order: paid, amount: cny(minor) },
+                Operation::Debit { account: merchant, amount: cny(minor) },
+                Operation::Credit { account: payer, amount: cny(minor) },
+            ]
+        };
+        assert!(invariants(&mut model, &chargeback(60)).is_empty());
+        assert_eq!(invariants(&mut model, &chargeback(41)), vec!["channel-refund-within-charged"]);
+        // Applied anyway: the balances follow every committed operation.
+        assert_eq!(model.balances.get(&payer), Some(&(-100 + 101)));
+        // The final state: a charge read back refunded past its amount.
+        let mut actual = Actual::default();
+        let view = ChargeView { channel, order: paid, charged: cny(100), refunded_minor: 101 };
+        actual.charges.insert((channel, paid), Some(view));
+        let found: Vec<&str> = check_state(&model, &actual, 0).into_iter().map(|v| v.invariant).collect();
+        assert_eq!(found, vec!["channel-refund-within-charged"]);
     }
 
     #[test]

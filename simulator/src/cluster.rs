@@ -7,6 +7,8 @@ use crate::world::World;
 use paytx_node::{LinkFilter, NodeConfig, NodeCore, NodeService};
 use paytx_protocol::NodeId;
 use paytx_storage::{MemDisk, SharedDisk};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,8 +26,18 @@ pub struct SimCluster {
 }
 
 impl SimCluster {
-    pub fn new(world: World, configs: BTreeMap<NodeId, NodeConfig>) -> Self {
-        let disks = configs.keys().map(|id| (*id, MemDisk::new())).collect();
+    /// `disk_seed` seeds each node's simulated device (its flush latency).
+    pub fn new(world: World, configs: BTreeMap<NodeId, NodeConfig>, disk_seed: u64) -> Self {
+        let disks = configs
+            .keys()
+            .map(|id| {
+                let disk = MemDisk::new();
+                let mut rng = ChaCha8Rng::seed_from_u64(disk_seed);
+                rng.set_stream(*id);
+                disk.set_sync_delay(Some(crate::disk::device(world.clone(), *id, rng)));
+                (*id, disk)
+            })
+            .collect();
         {
             let mut state = world.lock();
             for id in configs.keys() {
@@ -81,7 +93,9 @@ impl SimCluster {
         Ok(())
     }
 
-    /// Crashes `id`: its memory is gone, its disk keeps only what was synced.
+    /// Crashes `id`: its memory is gone, its disk keeps what was synced and,
+    /// in half the crashes, a seeded prefix of whole batches of what was
+    /// not (a torn tail; see `paytx_storage::mem` for why whole batches).
     pub async fn crash(&mut self, id: NodeId) {
         let Some(running) = self.running.remove(&id) else { return };
         // Fence first: from here on, nothing of this incarnation reaches the
@@ -96,11 +110,23 @@ impl SimCluster {
             state.counters.crashes += 1;
         }
         running.core.stop().await;
-        if let Some(disk) = self.disks.get(&id) {
-            disk.crash();
-            disk.fail_syncs(false);
-        }
-        self.world.record(|| format!("node {id} crashed"), &[2, id as u8]);
+        let Some(disk) = self.disks.get(&id) else { return };
+        let unsynced = disk.unsynced_batches();
+        let keep = {
+            let mut state = self.world.lock();
+            let keep = if unsynced > 0 && state.rng.gen_bool(0.5) { state.rng.gen_range(0..=unsynced) } else { 0 };
+            if keep > 0 {
+                state.counters.torn_crashes += 1;
+                state.counters.torn_batches_kept += keep as u64;
+            }
+            keep
+        };
+        disk.crash_keeping(keep);
+        disk.fail_syncs(false);
+        self.world.record(
+            || format!("node {id} crashed ({keep} of {unsynced} unsynced batches survived)"),
+            &[2, id as u8, keep as u8],
+        );
     }
 
     /// Stops every node (end of run).

@@ -1,4 +1,6 @@
-//! Simulated clients: payments (create an order, then pay it), refunds,
+//! Simulated clients: payments (create an order, then pay it — or close it
+//! unpaid), refunds, chargebacks (a channel refund alone), closes of any
+//! order (only an unpaid one may close),
 //! transfers between hot accounts (some carrying a nonce record claimed in
 //! the same transaction), and record writes (unique claims, compare-and-set
 //! updates, unconditional upserts), submitted to random nodes over simulated
@@ -251,7 +253,7 @@ impl Client {
             // Every record value names its writer, so a lost or doubled
             // write shows in the value as well as in the version.
             let value = format!("c{id}-{n}").into_bytes();
-            match self.rng.gen_range(0..14u32) {
+            match self.rng.gen_range(0..16u32) {
                 0..=3 => {
                     let (from, to) = (self.account(), self.account());
                     if from == to {
@@ -281,6 +283,8 @@ impl Client {
                     self.submit(TxnRequest::new(key("claim"), vec![claim, entry])).await;
                 }
                 12 => self.compare_and_set(key("cas"), value).await,
+                13 => self.close_any(key("close")).await,
+                14 => self.chargeback(key("chargeback")).await,
                 _ => {
                     let seen = pool_key(SEEN_NS, self.rng.gen_range(0..4));
                     let upsert = Operation::PutRecord { key: seen, value: Some(value), expect: RecordExpect::Any };
@@ -305,6 +309,12 @@ impl Client {
         let channel = ChannelId(1 + self.rng.gen_range(0..3));
         let create = TxnRequest::new(create_key, vec![Operation::CreateOrder { order, merchant, amount }]);
         if self.submit(create).await != Known::Acked(Outcome::Committed) {
+            return;
+        }
+        if self.rng.gen_bool(0.15) {
+            // An abandoned cart: the merchant closes the unpaid order.
+            let close = TxnRequest::new(format!("{pay_key}-close"), vec![Operation::CloseOrder { order }]);
+            self.submit(close).await;
             return;
         }
         let pay = TxnRequest::new(pay_key, paytx_protocol::ops::payment_ops(payer, merchant, order, channel, amount));
@@ -338,6 +348,43 @@ impl Client {
             Operation::PutRecord { key: name, value: Some(value), expect: RecordExpect::Version(view.version) },
         ];
         self.submit(TxnRequest::new(key, ops)).await;
+    }
+
+    /// Closes any order created so far, in whatever state it is: only an
+    /// unpaid (`CREATED`) one may close; the others must abort.
+    async fn close_any(&mut self, key: String) {
+        let orders = lock(&self.history).next_order;
+        if orders == 0 {
+            return;
+        }
+        let order = OrderId(1 + self.rng.gen_range(0..orders));
+        self.submit(TxnRequest::new(key, vec![Operation::CloseOrder { order }])).await;
+    }
+
+    /// A chargeback: the channel claws back part of a charge, the merchant
+    /// pays it back to the payer, and the order is not touched. Sometimes
+    /// more than the charge has left (up to one and a half times the
+    /// charge): only the channel's own bound stands in the way, and it must
+    /// abort.
+    async fn chargeback(&mut self, key: String) {
+        let paid = {
+            let history = lock(&self.history);
+            if history.paid.is_empty() {
+                return;
+            }
+            history.paid[self.rng.gen_range(0..history.paid.len())]
+        };
+        let (order, payer, merchant, channel, paid_minor) = paid;
+        let amount = Money::new(self.rng.gen_range(1..=(paid_minor.max(1) * 3 / 2).max(1)), CURRENCY);
+        let request = TxnRequest::new(
+            key,
+            vec![
+                Operation::ChannelRefund { channel, order, amount },
+                Operation::Debit { account: merchant, amount },
+                Operation::Credit { account: payer, amount },
+            ],
+        );
+        self.submit(request).await;
     }
 
     async fn refund(&mut self, key: String) {

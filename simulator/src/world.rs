@@ -35,7 +35,17 @@ pub struct Counters {
     pub messages_delivered: u64,
     pub messages_dropped: u64,
     pub messages_duplicated: u64,
+    /// `sync` calls, and the flushes of the simulated devices that served
+    /// them (group commit: fewer flushes than syncs).
     pub disk_syncs: u64,
+    pub disk_flushes: u64,
+    /// Syncs that waited behind a flush in progress and were covered by
+    /// another sync's flush, and the most syncs in flight on one disk.
+    pub disk_syncs_joined: u64,
+    pub disk_max_syncs_in_flight: u64,
+    /// Crashes that kept part of the unsynced tail, and the batches kept.
+    pub torn_crashes: u64,
+    pub torn_batches_kept: u64,
     pub crashes: u64,
     pub restarts: u64,
     pub partitions: u64,

@@ -12,6 +12,18 @@ fn first_failing_seed(bug: Bug) -> Option<u64> {
         .find(|seed| run(&SimConfig { operations: 100, bug: Some(bug), ..SimConfig::new(*seed) }).failure.is_some())
 }
 
+/// The new checks must each catch their bug alone: the first failing run
+/// breaks `invariant` and nothing else (without that check the bug passes).
+fn assert_caught_only_by(bug: Bug, invariant: &str) {
+    let failure = (0..200u64).find_map(|seed| {
+        run(&SimConfig { operations: 100, bug: Some(bug), ..SimConfig::new(seed) }).failure.map(|f| (seed, f))
+    });
+    let Some((seed, failure)) = failure else { panic!("planted bug {bug} survived 200 seeds") };
+    let names: Vec<&str> = failure.violations.iter().map(|v| v.invariant).collect();
+    eprintln!("{bug}: first caught at seed {seed} by {names:?}");
+    assert!(names.iter().all(|name| *name == invariant), "{bug} was caught by {names:?}, expected only {invariant}");
+}
+
 fn assert_caught(bug: Bug) {
     let seed = first_failing_seed(bug);
     assert!(seed.is_some(), "planted bug {bug} survived 200 seeds");
@@ -55,4 +67,14 @@ fn batch_results_misrouted_is_caught() {
 #[test]
 fn sync_before_staged_apply_is_caught() {
     assert_caught(Bug::SyncBeforeStagedApply);
+}
+
+#[test]
+fn close_paid_order_is_caught_only_by_the_close_rule() {
+    assert_caught_only_by(Bug::ClosePaidOrder, "order-closed-only-when-created");
+}
+
+#[test]
+fn channel_refund_unbounded_is_caught_only_by_the_charge_bound() {
+    assert_caught_only_by(Bug::ChannelRefundUnbounded, "channel-refund-within-charged");
 }

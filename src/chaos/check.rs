@@ -206,8 +206,10 @@ pub async fn check(
     let mut model = Model::new(opening);
     committed_ops.sort_by_key(|ops| lifecycle_rank(ops));
     for ops in committed_ops {
-        if let Err(detail) = model.apply(ops) {
-            findings.flag("order_state_machine", detail);
+        // Every rule `Model::apply` checks is one of the order and
+        // channel state machines'.
+        for violation in model.apply(ops) {
+            findings.flag("order_state_machine", violation.detail);
         }
     }
     let deposited = opening.values().try_fold(0i64, |sum, v| sum.checked_add(*v));
@@ -222,7 +224,10 @@ pub async fn check(
             "money-conserved" => "total_unchanged",
             "no-negative-balance" => "no_negative_balance",
             "nothing-in-doubt" => "nothing_in_doubt",
-            "order-state-machine" | "refund-within-paid" => "order_state_machine",
+            "order-state-machine"
+            | "refund-within-paid"
+            | "order-closed-only-when-created"
+            | "channel-refund-within-charged" => "order_state_machine",
             _ => "all_or_nothing",
         };
         findings.flag(name, violation.detail);

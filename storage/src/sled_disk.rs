@@ -341,7 +341,7 @@ impl Inner {
     /// generation once sled reports it durable.
     async fn flush(&self, ticket: u64) -> Result<u64, DiskError> {
         let covered = self.requested_ticket.load(Ordering::SeqCst);
-        debug_assert!(covered >= ticket);
+        assert!(covered >= ticket, "a flush covers the ticket it was started for");
         let started = tokio::time::Instant::now();
         // After every write this flush covers (they were applied before
         // `covered` was read), so a log truncated before any of them also
