@@ -13,7 +13,9 @@
 //! drain, as one batch before the next fsync round takes its ticket (one
 //! intent record and one write per key for a drain, not per message); no
 //! vote or acknowledgement that waits for an fsync can be released by a
-//! round that does not cover its writes. What takes time is *awaited without blocking the actor*: the fsync
+//! round that does not cover its writes.
+//!
+//! What takes time is *awaited without blocking the actor*: the fsync
 //! before a vote or an acknowledgement and the channel's authorization
 //! latency run as spawned actor futures (`ResponseActFuture`, not
 //! `AtomicResponse`), so the actor keeps taking prepares while an fsync is in
@@ -26,9 +28,11 @@
 //!
 //! # Failures
 //!
-//! A failed fsync or journal write is fail-stop: the actor answers the
-//! message with an error (never a vote or an acknowledgement), logs, marks
-//! itself stopped and stops its context. Its memory may be ahead of its disk,
+//! A failed fsync or journal write is fail-stop: every reply waiting for
+//! it gets an error (never a vote or an acknowledgement), and the actor
+//! logs, marks itself stopped and stops its context. (A reply that waits
+//! for no fsync — a NO, an abort's acknowledgement — may already have gone
+//! out; it promised nothing the disk must hold.) Its memory may be ahead of its disk,
 //! so it must not serve anything more. Restarting the node reopens the
 //! shard from the journal, which is consistent by construction (the node
 //! does not yet restart a stopped shard by itself).
