@@ -107,9 +107,8 @@ impl Journal {
         for (key, _) in self.disk.range(&self.space, COMMITTED_PREFIX, Some(b"c0")).map_err(|e| self.disk_error(e))? {
             migration.delete(key);
         }
-        let engine = Engine::recover(self.shard, channels, remembered_commits, contents.clone()).map_err(|e| {
-            ParticipantError::InconsistentJournal { space: self.space.clone(), key: e.key, reason: e.reason }
-        })?;
+        // Built before the engine takes the contents (no copy of the
+        // journal at every start; only an old journal has anything here).
         if !migration.is_empty() {
             for (_, record) in &contents.prepared {
                 self.stage_prepared(record, &mut migration);
@@ -117,6 +116,11 @@ impl Journal {
             for txn in &contents.committed {
                 migration.put(txn_key(TXN_PREFIX, *txn), seal(&TxnStateRef::Committed(*txn)));
             }
+        }
+        let engine = Engine::recover(self.shard, channels, remembered_commits, contents).map_err(|e| {
+            ParticipantError::InconsistentJournal { space: self.space.clone(), key: e.key, reason: e.reason }
+        })?;
+        if !migration.is_empty() {
             tracing::info!(space = %self.space, keys = migration.writes.len(), "rewriting an earlier version's transaction keys");
             self.apply(migration)?;
         }
