@@ -166,20 +166,34 @@ async fn a_failed_fsync_is_an_error_never_a_yes_and_stops_the_shard() {
     assert_eq!(balance(&addr, 1).await, (100, 0));
 }
 
-/// A disk whose fsyncs wait until the test opens the gate.
+/// A `MemDisk` that counts what reaches it (batches applied, the writes
+/// they carry, fsyncs started) and whose fsyncs wait until the test opens
+/// the gate.
 #[derive(Clone)]
-struct GatedDisk {
+struct ProbeDisk {
     inner: MemDisk,
     gate: tokio::sync::watch::Sender<bool>,
+    applies: Arc<AtomicUsize>,
+    writes: Arc<AtomicUsize>,
     syncs_started: Arc<AtomicUsize>,
 }
 
-impl Disk for GatedDisk {
+impl ProbeDisk {
+    fn new(inner: MemDisk, gate_open: bool) -> Self {
+        let (gate, _) = tokio::sync::watch::channel(gate_open);
+        let counter = || Arc::new(AtomicUsize::new(0));
+        ProbeDisk { inner, gate, applies: counter(), writes: counter(), syncs_started: counter() }
+    }
+}
+
+impl Disk for ProbeDisk {
     fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
         self.inner.get(space, key)
     }
 
     fn apply(&self, space: &str, batch: Batch) -> Result<(), DiskError> {
+        self.applies.fetch_add(1, Ordering::SeqCst);
+        self.writes.fetch_add(batch.writes.len(), Ordering::SeqCst);
         self.inner.apply(space, batch)
     }
 
@@ -206,8 +220,7 @@ impl Disk for GatedDisk {
 async fn votes_and_commit_acks_wait_for_the_fsync_while_the_actor_keeps_working() {
     let disk = MemDisk::new();
     let _ = funded(&disk, silent()).await;
-    let (gate, _) = tokio::sync::watch::channel(false);
-    let gated = GatedDisk { inner: disk.clone(), gate, syncs_started: Arc::new(AtomicUsize::new(0)) };
+    let gated = ProbeDisk::new(disk.clone(), false);
     let addr = start(config(ACCOUNTS), Arc::new(gated.clone()), silent());
 
     let first = tokio::spawn(addr.send(Prepare { txn: txn(1), ops: transfer(10), disk_low: None }));
@@ -245,55 +258,16 @@ async fn votes_and_commit_acks_wait_for_the_fsync_while_the_actor_keeps_working(
     assert_eq!(balance(&addr, 1).await, (90, 0));
 }
 
-/// Counts the batches applied and the writes they carry.
-#[derive(Clone)]
-struct CountingDisk {
-    inner: MemDisk,
-    applies: Arc<AtomicUsize>,
-    writes: Arc<AtomicUsize>,
-    syncs: Arc<AtomicUsize>,
-}
-
-impl Disk for CountingDisk {
-    fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
-        self.inner.get(space, key)
-    }
-
-    fn apply(&self, space: &str, batch: Batch) -> Result<(), DiskError> {
-        self.applies.fetch_add(1, Ordering::SeqCst);
-        self.writes.fetch_add(batch.writes.len(), Ordering::SeqCst);
-        self.inner.apply(space, batch)
-    }
-
-    fn range(&self, space: &str, start: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DiskError> {
-        self.inner.range(space, start, end)
-    }
-
-    fn last(&self, space: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, DiskError> {
-        self.inner.last(space)
-    }
-
-    fn sync(&self) -> BoxFuture<Result<(), DiskError>> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        self.inner.sync()
-    }
-}
-
 #[actix_rt::test]
 async fn the_steps_of_one_mailbox_drain_share_one_journal_write_and_one_fsync() {
     let disk = MemDisk::new();
-    let counting = CountingDisk {
-        inner: disk.clone(),
-        applies: Arc::new(AtomicUsize::new(0)),
-        writes: Arc::new(AtomicUsize::new(0)),
-        syncs: Arc::new(AtomicUsize::new(0)),
-    };
+    let counting = ProbeDisk::new(disk.clone(), true);
     let addr = start(config(ACCOUNTS), Arc::new(counting.clone()), silent());
     let open =
         |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
     assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
     decide(&addr, 0, true).await;
-    let before = (counting.applies.load(Ordering::SeqCst), counting.syncs.load(Ordering::SeqCst));
+    let before = (counting.applies.load(Ordering::SeqCst), counting.syncs_started.load(Ordering::SeqCst));
 
     // Five prepares queued at once (join_all sends them all before the
     // actor runs): one batch, one fsync round, five YES.
@@ -302,7 +276,7 @@ async fn the_steps_of_one_mailbox_drain_share_one_journal_write_and_one_fsync() 
         assert_eq!(vote.unwrap(), Ok(Vote::Yes));
     }
     assert_eq!(counting.applies.load(Ordering::SeqCst) - before.0, 1, "one journal write for five prepares");
-    assert_eq!(counting.syncs.load(Ordering::SeqCst) - before.1, 1, "one fsync for five prepares");
+    assert_eq!(counting.syncs_started.load(Ordering::SeqCst) - before.1, 1, "one fsync for five prepares");
 
     // Their five commits: one batch again, and accounts 1 and 2 are each
     // written once in it although all five transactions touched them.
