@@ -63,6 +63,13 @@ impl Journal {
 
     /// Reads and verifies the whole keyspace.
     pub fn load(&self) -> Result<JournalContents, ParticipantError> {
+        self.load_and_migrate(&mut Batch::new())
+    }
+
+    /// [`Journal::load`], staging into `migration` the rewrite under `t/`
+    /// of every record an earlier version wrote under `p/` or `c/` (found
+    /// in the same pass over the keyspace).
+    fn load_and_migrate(&self, migration: &mut Batch) -> Result<JournalContents, ParticipantError> {
         let rows = self.disk.range(&self.space, b"", None).map_err(|e| self.disk_error(e))?;
         let mut contents = JournalContents::default();
         for (key, value) in rows {
@@ -80,10 +87,14 @@ impl Journal {
             } else if key.starts_with(PREPARED_PREFIX) {
                 let record: PreparedRecord = self.open(&key, &value)?;
                 self.expect_key(&key, txn_key(PREPARED_PREFIX, record.txn))?;
+                self.stage_prepared(&record, migration);
+                migration.delete(key.clone());
                 contents.prepared.push((self.label(&key), record));
             } else if key.starts_with(COMMITTED_PREFIX) {
                 let txn: TxnId = self.open(&key, &value)?;
                 self.expect_key(&key, txn_key(COMMITTED_PREFIX, txn))?;
+                migration.put(txn_key(TXN_PREFIX, txn), seal(&TxnStateRef::Committed(txn)));
+                migration.delete(key);
                 contents.committed.push(txn);
             } else if key == FORGOTTEN_THROUGH_KEY {
                 contents.forgotten_through = Some(self.open(&key, &value)?);
@@ -99,24 +110,8 @@ impl Journal {
     /// `t/` (one atomic batch, before the shard serves anything), so every
     /// later step finds a transaction under the one key it writes.
     pub fn recover(&self, channels: &[ChannelConfig], remembered_commits: usize) -> Result<Engine, ParticipantError> {
-        let contents = self.load()?;
         let mut migration = Batch::new();
-        for (key, _) in self.disk.range(&self.space, PREPARED_PREFIX, Some(b"p0")).map_err(|e| self.disk_error(e))? {
-            migration.delete(key);
-        }
-        for (key, _) in self.disk.range(&self.space, COMMITTED_PREFIX, Some(b"c0")).map_err(|e| self.disk_error(e))? {
-            migration.delete(key);
-        }
-        // Built before the engine takes the contents (no copy of the
-        // journal at every start; only an old journal has anything here).
-        if !migration.is_empty() {
-            for (_, record) in &contents.prepared {
-                self.stage_prepared(record, &mut migration);
-            }
-            for txn in &contents.committed {
-                migration.put(txn_key(TXN_PREFIX, *txn), seal(&TxnStateRef::Committed(*txn)));
-            }
-        }
+        let contents = self.load_and_migrate(&mut migration)?;
         let engine = Engine::recover(self.shard, channels, remembered_commits, contents).map_err(|e| {
             ParticipantError::InconsistentJournal { space: self.space.clone(), key: e.key, reason: e.reason }
         })?;
