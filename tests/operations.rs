@@ -233,15 +233,7 @@ async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader()
         // The unauthenticated endpoints stay open.
         assert_eq!(http.get(format!("http://{addr}/metrics")).send().await.expect("answers").status(), 200);
 
-        let status: ClusterStatus = http
-            .get(format!("http://{addr}/admin/v1/status"))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .expect("status answers")
-            .json()
-            .await
-            .expect("status is JSON");
+        let status = status_of(*addr).await;
         assert_eq!(status.leader, Some(leader));
         let ids: Vec<u64> = status.nodes.iter().map(|n| n.node).collect();
         assert_eq!(ids, cluster.node_ids());

@@ -367,14 +367,7 @@ impl Client {
     /// charge): only the channel's own bound stands in the way, and it must
     /// abort.
     async fn chargeback(&mut self, key: String) {
-        let paid = {
-            let history = lock(&self.history);
-            if history.paid.is_empty() {
-                return;
-            }
-            history.paid[self.rng.gen_range(0..history.paid.len())]
-        };
-        let (order, payer, merchant, channel, paid_minor) = paid;
+        let Some((order, payer, merchant, channel, paid_minor)) = self.some_paid_order() else { return };
         let amount = Money::new(self.rng.gen_range(1..=(paid_minor.max(1) * 3 / 2).max(1)), CURRENCY);
         let request = TxnRequest::new(
             key,
@@ -387,15 +380,17 @@ impl Client {
         self.submit(request).await;
     }
 
+    /// One of the orders paid so far, drawn at random (`None` before any).
+    fn some_paid_order(&mut self) -> Option<(OrderId, AccountId, AccountId, ChannelId, i64)> {
+        let history = lock(&self.history);
+        if history.paid.is_empty() {
+            return None;
+        }
+        Some(history.paid[self.rng.gen_range(0..history.paid.len())])
+    }
+
     async fn refund(&mut self, key: String) {
-        let paid = {
-            let history = lock(&self.history);
-            if history.paid.is_empty() {
-                return;
-            }
-            history.paid[self.rng.gen_range(0..history.paid.len())]
-        };
-        let (order, payer, merchant, channel, paid_minor) = paid;
+        let Some((order, payer, merchant, channel, paid_minor)) = self.some_paid_order() else { return };
         // Sometimes more than is left: must abort with a typed reason.
         let amount = Money::new(self.rng.gen_range(1..=paid_minor.max(1)), CURRENCY);
         let request = TxnRequest::new(
