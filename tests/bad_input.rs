@@ -791,8 +791,11 @@ async fn two_phase_commit_messages_from_a_client_connection_change_nothing() {
     assert!(matches!(next_frame(&mut stream, "after the refusal").await, Ok(None)), "then the connection is closed");
     // A forged Raft AppendEntries, and a handshake with a guessed proof.
     let mut stream = connect_raw(owner).await;
-    let forged =
-        PeerRequest::Raft { kind: paytx::protocol::messages::RaftRpcKind::AppendEntries, payload: vec![0; 16] };
+    let forged = PeerRequest::Raft {
+        group: paytx::protocol::messages::RaftGroup::Coordinator,
+        kind: paytx::protocol::messages::RaftRpcKind::AppendEntries,
+        payload: vec![0; 16],
+    };
     send_raw(&mut stream, &peer(3, forged)).await;
     let answer = next_frame(&mut stream, "forged append entries").await;
     assert!(

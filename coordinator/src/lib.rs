@@ -7,18 +7,20 @@
 //!   commands out, no I/O (pure, unit-tested, drivable by the simulator).
 //! * [`driver`]: the actix actor that runs the engine: proposes through Raft,
 //!   talks to participants through the `Transport` seam, keeps timers.
-//! * [`state_machine`], [`network`], [`runtime`], [`types`]: the openraft glue.
+//! * [`state_machine`], [`types`]: the openraft glue (the network and the
+//!   runtime are `paytx-raft`'s, shared with the shard groups).
 #![forbid(unsafe_code)]
 
 pub mod driver;
 pub mod engine;
 pub mod epoch;
-pub mod network;
 pub mod replica;
-pub mod runtime;
 pub mod state_machine;
 pub mod table;
 pub mod types;
+
+/// The group plumbing, shared with the participant shard groups.
+pub use paytx_raft::{network, runtime};
 
 pub use driver::{CoordinatorDriver, DriverConfig};
 pub use replica::{initialize_if_new, start_replica, RaftSettings, Replica, ReplicaError};

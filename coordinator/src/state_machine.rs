@@ -17,14 +17,13 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use paytx_storage::record::{open_at, seal};
-use paytx_storage::{Batch, SharedDisk};
+use paytx_raft::snapshot::StoredSnapshot;
+use paytx_storage::SharedDisk;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
 const SNAPSHOT_SPACE: &str = "raft-snapshot";
-const SNAPSHOT_KEY: &[u8] = b"current";
 
 /// The replicated state, shared (read-only) with the 2PC driver.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -41,12 +40,6 @@ pub type SharedTable = Arc<RwLock<TableState>>;
 /// mutated by whole-command application, never left half-updated).
 pub fn read_table(table: &SharedTable) -> std::sync::RwLockReadGuard<'_, TableState> {
     table.read().unwrap_or_else(|p| p.into_inner())
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
-    data: Vec<u8>,
 }
 
 pub struct StateMachineStore {
@@ -67,8 +60,7 @@ impl StateMachineStore {
     /// Opens the state machine, restoring the last persisted snapshot.
     pub fn open(disk: SharedDisk, key_retention: u64) -> Result<Self, StorageError<NodeId>> {
         let mut state = TableState { table: TxnTable::new(key_retention), ..TableState::default() };
-        if let Some(bytes) = disk.get(SNAPSHOT_SPACE, SNAPSHOT_KEY).map_err(snap_read_err)? {
-            let stored: StoredSnapshot = open_at(SNAPSHOT_SPACE, SNAPSHOT_KEY, &bytes).map_err(snap_read_err)?;
+        if let Some(stored) = stored_snapshot(&disk)? {
             state = paytx_protocol::decode_local(&stored.data)
                 .map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
         }
@@ -81,26 +73,11 @@ impl StateMachineStore {
 }
 
 fn stored_snapshot(disk: &SharedDisk) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
-    match disk.get(SNAPSHOT_SPACE, SNAPSHOT_KEY).map_err(snap_read_err)? {
-        None => Ok(None),
-        Some(bytes) => open_at(SNAPSHOT_SPACE, SNAPSHOT_KEY, &bytes).map(Some).map_err(snap_read_err),
-    }
+    paytx_raft::snapshot::load(disk, SNAPSHOT_SPACE)
 }
 
-/// Stores `stored` as the current snapshot — unless the stored one is
-/// newer (a slow build finishing after an install must not move the
-/// snapshot back behind a log prefix that is already purged). Synced before
-/// openraft may purge the log entries it covers.
 async fn persist_snapshot(disk: &SharedDisk, stored: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-    if let Some(current) = stored_snapshot(disk)? {
-        if current.meta.last_log_id > stored.meta.last_log_id {
-            return Ok(());
-        }
-    }
-    let mut batch = Batch::new();
-    batch.put(SNAPSHOT_KEY.to_vec(), seal(stored));
-    disk.apply(SNAPSHOT_SPACE, batch).map_err(sm_write_err)?;
-    disk.sync().await.map_err(sm_write_err)
+    paytx_raft::snapshot::persist(disk, SNAPSHOT_SPACE, stored).await
 }
 
 /// Builds snapshots from a clone of the table.
@@ -199,34 +176,5 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         Ok(stored_snapshot(&self.disk)?
             .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use openraft::{CommittedLeaderId, LogId};
-    use paytx_storage::MemDisk;
-
-    fn stored(index: u64, data: &[u8]) -> StoredSnapshot {
-        let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
-        let meta = SnapshotMeta {
-            last_log_id: Some(log_id),
-            last_membership: StoredMembership::default(),
-            snapshot_id: format!("s-{index}"),
-        };
-        StoredSnapshot { meta, data: data.to_vec() }
-    }
-
-    #[tokio::test]
-    async fn a_snapshot_never_moves_back() {
-        let disk: SharedDisk = Arc::new(MemDisk::new());
-        persist_snapshot(&disk, &stored(100, b"newer")).await.unwrap();
-        // A slow build of an older state finishing after an install.
-        persist_snapshot(&disk, &stored(40, b"older")).await.unwrap();
-        let current = stored_snapshot(&disk).unwrap().expect("a snapshot");
-        assert_eq!(current.data, b"newer".to_vec());
-        persist_snapshot(&disk, &stored(120, b"newest")).await.unwrap();
-        assert_eq!(stored_snapshot(&disk).unwrap().expect("a snapshot").data, b"newest".to_vec());
     }
 }

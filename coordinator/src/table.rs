@@ -154,9 +154,7 @@ pub struct BatchStats {
     pub tombstoned_begins: u64,
 }
 
-/// Default number of finished idempotency keys retained (about 200 bytes
-/// each in memory and in snapshots).
-pub const DEFAULT_KEY_RETENTION: u64 = 1_000_000;
+pub use paytx_raft::settings::DEFAULT_KEY_RETENTION;
 
 impl Default for TxnTable {
     fn default() -> Self {

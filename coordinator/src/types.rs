@@ -1,7 +1,7 @@
 //! The openraft type configuration of the coordinator group.
 
-use crate::runtime::SeededRuntime;
 use crate::table::{Proposal, ProposalResult};
+use paytx_raft::runtime::SeededRuntime;
 use std::io::Cursor;
 
 openraft::declare_raft_types!(

@@ -342,7 +342,7 @@ impl NodeService {
             return PeerResponse::Error(RequestError::ShuttingDown);
         }
         match request {
-            PeerRequest::Raft { kind, payload } => match self.coordinator() {
+            PeerRequest::Raft { group: _, kind, payload } => match self.coordinator() {
                 Some(parts) => {
                     PeerResponse::Raft(paytx_coordinator::network::handle_raft_rpc(&parts.raft, kind, &payload).await)
                 }

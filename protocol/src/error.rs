@@ -174,6 +174,10 @@ pub enum RequestError {
     Timeout { timeout_ms: u64 },
     #[error("shard {shard} is unreachable; retry when its node is back")]
     ShardUnavailable { shard: ShardId },
+    /// This node's replica of `shard` is not the shard group's leader: send
+    /// the request to `leader_hint` (when known) instead.
+    #[error("this node does not lead shard {shard} (leader hint: {leader_hint:?}); retry on the leader")]
+    NotShardLeader { shard: ShardId, leader_hint: Option<NodeId> },
     #[error("the transaction with idempotency key {key} is still in progress; retry shortly with the same key")]
     InProgress { key: String },
     #[error("node-to-node messages need a connection authenticated with the cluster secret ({reason})")]

@@ -254,11 +254,29 @@ pub enum RaftRpcKind {
     InstallSnapshot,
 }
 
+/// Which Raft group an RPC is for: a node runs the coordinator group's
+/// replica and one replica of every participant shard it hosts, all over
+/// one transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RaftGroup {
+    Coordinator,
+    Shard(ShardId),
+}
+
+impl std::fmt::Display for RaftGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RaftGroup::Coordinator => f.write_str("coordinator"),
+            RaftGroup::Shard(shard) => write!(f, "{shard}"),
+        }
+    }
+}
+
 /// Node-to-node requests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// An openraft RPC, encoded by the coordinator crate.
-    Raft { kind: RaftRpcKind, payload: Vec<u8> },
+    /// An openraft RPC for `group`, encoded by the `paytx-raft` crate.
+    Raft { group: RaftGroup, kind: RaftRpcKind, payload: Vec<u8> },
     /// 2PC phase one: coordinator → participant shard.
     Prepare { txn: TxnId, shard: ShardId, ops: Vec<Operation> },
     /// 2PC phase two: coordinator → participant shard.

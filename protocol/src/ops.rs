@@ -175,8 +175,12 @@ impl Operation {
     }
 }
 
-/// Where every participant shard lives: for each entity kind, the node that
-/// hosts shard `i` is `nodes[i]`. Part of the cluster configuration; every
+/// Where every participant shard lives: for each entity kind, the
+/// *preferred* node of shard `i` (where its group's leader is placed, and
+/// with `replicas = 1` its only copy) is `nodes[i]`. With `replicas = R`
+/// the shard is a Raft group of `R` voters: its preferred node and the
+/// next `R - 1` distinct nodes of the map, in node-id order, wrapping
+/// ([`ShardMap::replicas_of`]). Part of the cluster configuration; every
 /// node must be given the same map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {
@@ -184,12 +188,60 @@ pub struct ShardMap {
     pub orders: Vec<NodeId>,
     pub channels: Vec<NodeId>,
     pub records: Vec<NodeId>,
+    /// Copies of every shard: 1 = single-copy (the shard lives on one
+    /// node's disk); 3 = a Raft group of three voters on three nodes.
+    #[serde(default = "single_copy")]
+    pub replicas: u32,
 }
 
+fn single_copy() -> u32 {
+    1
+}
+
+/// Most replicas of one shard (a Raft group larger than this gains no
+/// availability worth its write cost).
+pub const MAX_SHARD_REPLICAS: u32 = 7;
+
 impl ShardMap {
-    /// One shard of each kind per node, shard `i` on `nodes[i]`.
+    /// One shard of each kind per node, shard `i` on `nodes[i]`, single-copy.
     pub fn one_shard_per_node(nodes: &[NodeId]) -> Self {
-        ShardMap { accounts: nodes.to_vec(), orders: nodes.to_vec(), channels: nodes.to_vec(), records: nodes.to_vec() }
+        ShardMap {
+            accounts: nodes.to_vec(),
+            orders: nodes.to_vec(),
+            channels: nodes.to_vec(),
+            records: nodes.to_vec(),
+            replicas: 1,
+        }
+    }
+
+    /// The same map with `replicas` copies of every shard.
+    pub fn with_replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// `true` when every shard is a Raft group (more than one copy).
+    pub fn is_replicated(&self) -> bool {
+        self.replicas > 1
+    }
+
+    /// Every node named in the map, in id order.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let all: std::collections::BTreeSet<NodeId> =
+            EntityKind::ALL.iter().flat_map(|kind| self.nodes_of(*kind).iter().copied()).collect();
+        all.into_iter().collect()
+    }
+
+    /// The nodes holding a copy of `shard`, its preferred node first (empty
+    /// for a shard outside the map). At most as many as the map has nodes.
+    pub fn replicas_of(&self, shard: ShardId) -> Vec<NodeId> {
+        let Some(preferred) = self.node_of(shard) else {
+            return Vec::new();
+        };
+        let nodes = self.nodes();
+        let count = (self.replicas.max(1) as usize).min(nodes.len());
+        let start = nodes.iter().position(|node| *node == preferred).unwrap_or(0);
+        (0..count).map(|offset| nodes[(start + offset) % nodes.len()]).collect()
     }
 
     pub fn nodes_of(&self, kind: EntityKind) -> &[NodeId] {
@@ -220,12 +272,14 @@ impl ShardMap {
     }
 
     /// Every shard hosted on `node`.
+    /// (With replicas: every shard `node` holds a copy of.)
     pub fn shards_on(&self, node: NodeId) -> Vec<ShardId> {
         let mut shards = Vec::new();
         for kind in EntityKind::ALL {
-            for (index, owner) in self.nodes_of(kind).iter().enumerate() {
-                if *owner == node {
-                    shards.push(ShardId { kind, index: index as u32 });
+            for index in 0..self.nodes_of(kind).len() as u32 {
+                let shard = ShardId { kind, index };
+                if self.replicas_of(shard).contains(&node) {
+                    shards.push(shard);
                 }
             }
         }

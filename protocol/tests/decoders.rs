@@ -7,7 +7,7 @@
 mod damage;
 
 use paytx_protocol::frame::{decode_body, encode_frame, read_frame, FrameError, FRAME_VERSION, MAX_FRAME_LIMIT_BYTES};
-use paytx_protocol::messages::{AccountView, EntryView, RaftRpcKind, RecordPage, RecordView};
+use paytx_protocol::messages::{AccountView, EntryView, RaftGroup, RaftRpcKind, RecordPage, RecordView};
 use paytx_protocol::{
     AccountId, Currency, Envelope, Message, Money, Operation, OrderId, PeerRequest, PeerResponse, RecordExpect,
     RecordKey, Request, RequestError, Response, ShardId, TxnId, TxnRequest,
@@ -54,7 +54,11 @@ fn samples() -> Vec<Envelope> {
         Message::Response(Response::Error(RequestError::Overloaded { what: "x".into() })),
         Message::Peer(PeerRequest::Prepare { txn, shard, ops }),
         Message::Peer(PeerRequest::Decide { txn, shard, commit: true }),
-        Message::Peer(PeerRequest::Raft { kind: RaftRpcKind::AppendEntries, payload: vec![1, 2, 3, 4, 5] }),
+        Message::Peer(PeerRequest::Raft {
+            group: RaftGroup::Coordinator,
+            kind: RaftRpcKind::AppendEntries,
+            payload: vec![1, 2, 3, 4, 5],
+        }),
         Message::PeerReply(PeerResponse::Raft(Ok(vec![9; 16]))),
     ];
     messages.into_iter().enumerate().map(|(i, message)| Envelope { id: i as u64 + 1, message }).collect()

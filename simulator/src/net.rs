@@ -21,7 +21,7 @@ pub struct SimTransport {
 /// A short name of a peer request, for the trace.
 pub fn peer_label(request: &PeerRequest) -> String {
     match request {
-        PeerRequest::Raft { kind, payload } => format!("raft {kind:?} ({} bytes)", payload.len()),
+        PeerRequest::Raft { group, kind, payload } => format!("raft {group} {kind:?} ({} bytes)", payload.len()),
         PeerRequest::Prepare { txn, shard, ops } => format!("prepare {txn} on {shard} ({} ops)", ops.len()),
         PeerRequest::Decide { txn, shard, commit } => format!("decide {txn} on {shard} commit={commit}"),
         PeerRequest::QueryDecision { txn } => format!("query decision of {txn}"),

@@ -126,6 +126,9 @@ impl<E: Clone> Cache<E> {
 /// The Raft log of one node, persisted through a [`SharedDisk`].
 pub struct LogStore<C: RaftTypeConfig> {
     disk: SharedDisk,
+    /// The keyspaces of this group's log and metadata (every Raft group of
+    /// a node has its own pair on the node's one disk).
+    spaces: Arc<Spaces>,
     /// Shared with the readers openraft takes (`get_log_reader`).
     cache: Arc<Mutex<Cache<C::Entry>>>,
     _config: PhantomData<C>,
@@ -133,15 +136,31 @@ pub struct LogStore<C: RaftTypeConfig> {
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        LogStore { disk: self.disk.clone(), cache: self.cache.clone(), _config: PhantomData }
+        LogStore {
+            disk: self.disk.clone(),
+            spaces: self.spaces.clone(),
+            cache: self.cache.clone(),
+            _config: PhantomData,
+        }
     }
 }
 
 impl<C: RaftTypeConfig> LogStore<C> {
+    /// The coordinator group's log (keyspaces `raft-log`, `raft-meta`).
     pub fn new(disk: SharedDisk) -> Self {
+        Self::in_spaces(disk, Spaces { log: LOG.to_string(), meta: META.to_string() })
+    }
+
+    /// The log of the Raft group whose keyspaces start with `prefix`
+    /// (`<prefix>raft-log`, `<prefix>raft-meta`).
+    pub fn with_prefix(disk: SharedDisk, prefix: &str) -> Self {
+        Self::in_spaces(disk, Spaces { log: format!("{prefix}{LOG}"), meta: format!("{prefix}{META}") })
+    }
+
+    fn in_spaces(disk: SharedDisk, spaces: Spaces) -> Self {
         // The last entry's index is its key: no decode. An unreadable log
         // leaves the cache off; the reads that matter report the error.
-        let log_last = match disk.last(LOG) {
+        let log_last = match disk.last(&spaces.log) {
             Ok(None) => LogLast::Known(None),
             Ok(Some((key, _))) => match <[u8; 8]>::try_from(key.as_slice()) {
                 Ok(key) => LogLast::Known(Some(u64::from_be_bytes(key))),
@@ -149,13 +168,25 @@ impl<C: RaftTypeConfig> LogStore<C> {
             },
             Err(_) => LogLast::Unknown,
         };
-        LogStore { disk, cache: Arc::new(Mutex::new(Cache::new(log_last))), _config: PhantomData }
+        LogStore {
+            disk,
+            spaces: Arc::new(spaces),
+            cache: Arc::new(Mutex::new(Cache::new(log_last))),
+            _config: PhantomData,
+        }
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache<C::Entry>> {
         // A panic while holding the lock left at worst a shorter cache.
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The keyspace names of one group's log.
+#[derive(Debug)]
+struct Spaces {
+    log: String,
+    meta: String,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -178,16 +209,16 @@ where
     C::Entry: Serialize + DeserializeOwned + Clone,
 {
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, SErr<C>> {
-        match self.disk.get(META, key).map_err(read_err::<C>)? {
+        match self.disk.get(&self.spaces.meta, key).map_err(read_err::<C>)? {
             None => Ok(None),
-            Some(bytes) => open_at(META, key, &bytes).map(Some).map_err(read_err::<C>),
+            Some(bytes) => open_at(&self.spaces.meta, key, &bytes).map(Some).map_err(read_err::<C>),
         }
     }
 
     fn write_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), SErr<C>> {
         let mut batch = Batch::new();
         batch.put(key.to_vec(), seal(value));
-        self.disk.apply(META, batch).map_err(write_err::<C>)
+        self.disk.apply(&self.spaces.meta, batch).map_err(write_err::<C>)
     }
 }
 
@@ -214,8 +245,13 @@ where
             return Ok(cached);
         }
         let end_key = end.map(index_key);
-        let rows = self.disk.range(LOG, &index_key(start), end_key.as_ref().map(|k| &k[..])).map_err(read_err::<C>)?;
-        rows.iter().map(|(key, value)| open_at::<C::Entry>(LOG, key, value).map_err(read_err::<C>)).collect()
+        let rows = self
+            .disk
+            .range(&self.spaces.log, &index_key(start), end_key.as_ref().map(|k| &k[..]))
+            .map_err(read_err::<C>)?;
+        rows.iter()
+            .map(|(key, value)| open_at::<C::Entry>(&self.spaces.log, key, value).map_err(read_err::<C>))
+            .collect()
     }
 }
 
@@ -228,9 +264,9 @@ where
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, SErr<C>> {
         let last_purged_log_id: Option<LogId<C::NodeId>> = self.read_meta(KEY_PURGED)?;
-        let last_log_id = match self.disk.last(LOG).map_err(read_err::<C>)? {
+        let last_log_id = match self.disk.last(&self.spaces.log).map_err(read_err::<C>)? {
             Some((key, value)) => {
-                Some(open_at::<C::Entry>(LOG, &key, &value).map_err(read_err::<C>)?.get_log_id().clone())
+                Some(open_at::<C::Entry>(&self.spaces.log, &key, &value).map_err(read_err::<C>)?.get_log_id().clone())
             }
             None => last_purged_log_id.clone(),
         };
@@ -272,7 +308,7 @@ where
             batch.put(index_key(index).to_vec(), seal(&entry));
             appended.push((index, entry));
         }
-        self.disk.apply(LOG, batch).map_err(write_err::<C>)?;
+        self.disk.apply(&self.spaces.log, batch).map_err(write_err::<C>)?;
         // Cached once on the disk (not yet durable: neither is the log).
         self.cache().appended(appended);
         let sync = self.disk.sync();
@@ -289,12 +325,12 @@ where
         // The cache first: a failed delete below must not leave it serving
         // entries the log is losing.
         self.cache().truncated(log_id.index);
-        let rows = self.disk.range(LOG, &index_key(log_id.index), None).map_err(read_err::<C>)?;
+        let rows = self.disk.range(&self.spaces.log, &index_key(log_id.index), None).map_err(read_err::<C>)?;
         let mut batch = Batch::new();
         for (key, _) in rows {
             batch.delete(key);
         }
-        self.disk.apply(LOG, batch).map_err(write_err::<C>)
+        self.disk.apply(&self.spaces.log, batch).map_err(write_err::<C>)
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), SErr<C>> {
@@ -303,12 +339,13 @@ where
         self.write_meta(KEY_PURGED, &log_id)?;
         self.cache().purged(log_id.index);
         let end = log_id.index.checked_add(1).map(index_key);
-        let rows = self.disk.range(LOG, &index_key(0), end.as_ref().map(|k| &k[..])).map_err(read_err::<C>)?;
+        let rows =
+            self.disk.range(&self.spaces.log, &index_key(0), end.as_ref().map(|k| &k[..])).map_err(read_err::<C>)?;
         let mut batch = Batch::new();
         for (key, _) in rows {
             batch.delete(key);
         }
-        self.disk.apply(LOG, batch).map_err(write_err::<C>)
+        self.disk.apply(&self.spaces.log, batch).map_err(write_err::<C>)
     }
 }
 

@@ -1,12 +1,15 @@
 //! openraft's network (`RaftNetworkFactory`/`RaftNetwork`) over the
-//! `Transport` seam, and the receiving side ([`handle_raft_rpc`]).
+//! `Transport` seam, and the receiving side ([`handle_raft_rpc`]), for any
+//! group's type configuration.
 //!
-//! A Raft RPC travels as `PeerRequest::Raft { kind, payload }`: the payload
-//! is the bincode of openraft's request; the answer's payload is the bincode
-//! of `Result<response, RaftError>`, so a remote Raft error reaches openraft
-//! as the typed `RemoteError` it expects.
+//! A Raft RPC travels as `PeerRequest::Raft { group, kind, payload }`: the
+//! group names which of the node's Raft instances it is for (the
+//! coordinator's or one shard's); the payload is the bincode of openraft's
+//! request; the answer's payload is the bincode of
+//! `Result<response, RaftError>`, so a remote Raft error reaches openraft as
+//! the typed `RemoteError` it expects.
 
-use crate::types::{NodeId, Raft, TypeConfig};
+use crate::{NodeId, PaytxRaftConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -16,44 +19,66 @@ use openraft::raft::{
     VoteResponse,
 };
 use openraft::BasicNode;
-use paytx_protocol::messages::RaftRpcKind;
+use openraft::Raft;
+use paytx_protocol::messages::{RaftGroup, RaftRpcKind};
 use paytx_protocol::{PeerRequest, PeerResponse, Transport, TransportError};
 use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// Room left in a frame around a Raft payload (the envelope, the request
 /// id, the message tags).
 pub const RPC_FRAME_OVERHEAD_BYTES: usize = 1024;
 
-/// Creates one [`PeerClient`] per target node.
-#[derive(Clone)]
-pub struct NetworkFactory {
+/// Creates one [`PeerClient`] per target node, for one group.
+pub struct NetworkFactory<C> {
+    group: RaftGroup,
     transport: Arc<dyn Transport>,
     max_rpc_bytes: usize,
+    _config: PhantomData<fn() -> C>,
 }
 
-impl NetworkFactory {
+impl<C> Clone for NetworkFactory<C> {
+    fn clone(&self) -> Self {
+        NetworkFactory {
+            group: self.group,
+            transport: self.transport.clone(),
+            max_rpc_bytes: self.max_rpc_bytes,
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C> NetworkFactory<C> {
     /// `max_rpc_bytes`: the largest encoded Raft request that fits in one
     /// frame (the transport's `max_frame_bytes` less
     /// [`RPC_FRAME_OVERHEAD_BYTES`]).
-    pub fn new(transport: Arc<dyn Transport>, max_rpc_bytes: usize) -> Self {
-        NetworkFactory { transport, max_rpc_bytes }
+    pub fn new(group: RaftGroup, transport: Arc<dyn Transport>, max_rpc_bytes: usize) -> Self {
+        NetworkFactory { group, transport, max_rpc_bytes, _config: PhantomData }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = PeerClient;
+impl<C: PaytxRaftConfig> RaftNetworkFactory<C> for NetworkFactory<C> {
+    type Network = PeerClient<C>;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
-        PeerClient { target, transport: self.transport.clone(), max_rpc_bytes: self.max_rpc_bytes }
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient<C> {
+        PeerClient {
+            group: self.group,
+            target,
+            transport: self.transport.clone(),
+            max_rpc_bytes: self.max_rpc_bytes,
+            _config: PhantomData,
+        }
     }
 }
 
-/// Sends Raft RPCs to one node.
-pub struct PeerClient {
+/// Sends one group's Raft RPCs to one node.
+pub struct PeerClient<C> {
+    group: RaftGroup,
     target: NodeId,
     transport: Arc<dyn Transport>,
     max_rpc_bytes: usize,
+    _config: PhantomData<fn() -> C>,
 }
 
 /// How many of `entries` entries to send next when `encoded_bytes` of them
@@ -69,7 +94,7 @@ pub fn entries_hint(entries: usize, encoded_bytes: usize, max_bytes: usize) -> u
 #[error("{0}")]
 struct WireError(String);
 
-impl PeerClient {
+impl<C: PaytxRaftConfig> PeerClient<C> {
     async fn call<Req, Resp, E>(
         &self,
         kind: RaftRpcKind,
@@ -98,8 +123,9 @@ impl PeerClient {
     {
         let timeout_ms = u64::try_from(option.hard_ttl().as_millis()).unwrap_or(u64::MAX);
         let started = tokio::time::Instant::now();
-        let reply = self.transport.call(self.target, PeerRequest::Raft { kind, payload }, timeout_ms).await;
-        tracing::trace!(target = self.target, ?kind, elapsed_us = started.elapsed().as_micros() as u64, "raft rpc");
+        let request = PeerRequest::Raft { group: self.group, kind, payload };
+        let reply = self.transport.call(self.target, request, timeout_ms).await;
+        tracing::trace!(group = %self.group, target = self.target, ?kind, elapsed_us = started.elapsed().as_micros() as u64, "raft rpc");
         match reply {
             Ok(PeerResponse::Raft(Ok(bytes))) => {
                 let decoded: Result<Resp, RaftError<NodeId, E>> = paytx_protocol::decode(&bytes)
@@ -118,10 +144,10 @@ impl PeerClient {
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl<C: PaytxRaftConfig> RaftNetwork<C> for PeerClient<C> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let payload = paytx_protocol::encode(&rpc)
@@ -132,6 +158,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             // error it would retry with the same payload forever.
             let hint = entries_hint(rpc.entries.len(), payload.len(), self.max_rpc_bytes);
             tracing::debug!(
+                group = %self.group,
                 target = self.target,
                 bytes = payload.len(),
                 entries = rpc.entries.len(),
@@ -145,7 +172,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
@@ -171,10 +198,14 @@ fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
 
 /// Serves one Raft RPC received from a peer. A payload that does not decode
 /// is answered with an error string; it never panics the node.
-pub async fn handle_raft_rpc(raft: &Raft, kind: RaftRpcKind, payload: &[u8]) -> Result<Vec<u8>, String> {
+pub async fn handle_raft_rpc<C: PaytxRaftConfig>(
+    raft: &Raft<C>,
+    kind: RaftRpcKind,
+    payload: &[u8],
+) -> Result<Vec<u8>, String> {
     match kind {
         RaftRpcKind::AppendEntries => {
-            let rpc: AppendEntriesRequest<TypeConfig> = decode_request(payload)?;
+            let rpc: AppendEntriesRequest<C> = decode_request(payload)?;
             encode_result(&raft.append_entries(rpc).await)
         }
         RaftRpcKind::Vote => {
@@ -182,7 +213,7 @@ pub async fn handle_raft_rpc(raft: &Raft, kind: RaftRpcKind, payload: &[u8]) -> 
             encode_result(&raft.vote(rpc).await)
         }
         RaftRpcKind::InstallSnapshot => {
-            let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(payload)?;
+            let rpc: InstallSnapshotRequest<C> = decode_request(payload)?;
             encode_result(&raft.install_snapshot(rpc).await)
         }
     }

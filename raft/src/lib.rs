@@ -1,0 +1,47 @@
+//! The Raft plumbing every paytx group shares: the coordinator group and
+//! every replicated participant shard run openraft on the same pieces.
+//!
+//! * [`runtime`]: openraft's tokio runtime with a seeded RNG (determinism).
+//! * [`network`]: openraft's network over the `Transport` seam; an RPC names
+//!   its [`RaftGroup`], so one node serves many groups over one transport.
+//! * [`settings`]: timings and limits (`[raft]`), and openraft's `Config`
+//!   derived from them and from `max_frame_bytes`.
+//! * [`snapshot`]: a group's current snapshot, persisted on the `Disk` seam.
+//!
+//! Each group's log is a [`paytx_storage::LogStore`] in its own keyspaces of
+//! the node's one disk, so one group commit covers every group's appends.
+#![forbid(unsafe_code)]
+
+pub mod network;
+pub mod runtime;
+pub mod settings;
+pub mod snapshot;
+
+pub use paytx_protocol::messages::RaftGroup;
+pub use settings::{initialize_if_new, max_rpc_bytes, openraft_config, RaftSettings, StartError};
+
+/// Node ids of every group are the cluster's node ids.
+pub type NodeId = u64;
+
+/// What a paytx group's openraft type configuration fixes: node ids are
+/// the cluster's, nodes carry their address, entries are openraft's, and
+/// snapshots travel as one buffer.
+pub trait PaytxRaftConfig:
+    openraft::RaftTypeConfig<
+    NodeId = NodeId,
+    Node = openraft::BasicNode,
+    Entry = openraft::Entry<Self>,
+    SnapshotData = std::io::Cursor<Vec<u8>>,
+>
+{
+}
+
+impl<C> PaytxRaftConfig for C where
+    C: openraft::RaftTypeConfig<
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<C>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+    >
+{
+}

@@ -1,0 +1,121 @@
+//! Raft timings and limits (`[raft]` in the node configuration), shared by
+//! every group of a node, and openraft's `Config` derived from them.
+
+use crate::network::RPC_FRAME_OVERHEAD_BYTES;
+use crate::{NodeId, PaytxRaftConfig};
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Raft timings and limits (all in milliseconds / entries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_every_entries: u64,
+    /// Entries kept behind the snapshot; a follower further behind catches
+    /// up by snapshot.
+    pub keep_entries_after_snapshot: u64,
+    /// Most entries in one AppendEntries (also bounded in bytes: an
+    /// AppendEntries that would not fit in a frame is sent with fewer).
+    pub max_payload_entries: u64,
+    /// Most commands in one proposal (one Raft entry).
+    pub max_batch_commands: u64,
+    /// Most encoded bytes of commands in one proposal; 0 = derived from
+    /// `[limits] max_frame_bytes` (a quarter of a frame, so an entry always
+    /// fits in an AppendEntries).
+    pub max_batch_bytes: u64,
+    /// Most proposals outstanding at once; while they are, the next batch
+    /// accumulates.
+    pub max_proposals_in_flight: u64,
+    /// Idempotency keys of finished transactions kept in the table.
+    pub key_retention: u64,
+}
+
+/// Default for [`RaftSettings::key_retention`]: keys of finished
+/// transactions the coordinator's table keeps.
+pub const DEFAULT_KEY_RETENTION: u64 = 1_000_000;
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every_entries: 20_000,
+            keep_entries_after_snapshot: 5_000,
+            max_payload_entries: 512,
+            max_batch_commands: 2_048,
+            max_batch_bytes: 0,
+            max_proposals_in_flight: 2,
+            key_retention: DEFAULT_KEY_RETENTION,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid raft settings: {0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft did not start: {0}")]
+    Start(String),
+}
+
+/// openraft's configuration for a group named `cluster_name`, from
+/// `settings`.
+pub fn openraft_config(settings: &RaftSettings, cluster_name: &str) -> Result<openraft::Config, StartError> {
+    openraft::Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: settings.heartbeat_interval_ms,
+        election_timeout_min: settings.election_timeout_min_ms,
+        election_timeout_max: settings.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: settings.keep_entries_after_snapshot,
+        max_payload_entries: settings.max_payload_entries,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// The largest encoded Raft request sent in one frame of `max_frame_bytes`.
+pub fn max_rpc_bytes(max_frame_bytes: usize) -> usize {
+    max_frame_bytes.saturating_sub(RPC_FRAME_OVERHEAD_BYTES).max(1)
+}
+
+impl RaftSettings {
+    /// The byte bound of one proposal: `max_batch_bytes`, or a quarter of a
+    /// frame when 0. Never more than a frame can carry, so one entry always
+    /// fits in an AppendEntries.
+    pub fn batch_bytes(&self, max_frame_bytes: usize) -> usize {
+        let derived = max_frame_bytes / 4;
+        let configured = usize::try_from(self.max_batch_bytes).unwrap_or(usize::MAX);
+        let bytes = if configured == 0 { derived } else { configured };
+        bytes.clamp(1, max_rpc_bytes(max_frame_bytes) / 2)
+    }
+}
+
+/// Initialises the group with `members` if this replica has never been
+/// initialised. Called by one member only (the lowest-numbered), so two
+/// nodes never race to initialise with different memberships.
+pub async fn initialize_if_new<C: PaytxRaftConfig>(
+    raft: &Raft<C>,
+    members: &BTreeMap<NodeId, String>,
+) -> Result<(), StartError> {
+    let initialized = raft.is_initialized().await.map_err(|e| StartError::Start(e.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    let nodes: BTreeMap<NodeId, BasicNode> = members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+    match raft.initialize(nodes).await {
+        Ok(()) => Ok(()),
+        // Another start already initialised it: fine.
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(StartError::Start(e.to_string())),
+    }
+}
