@@ -60,6 +60,9 @@ pub struct ClusterOptions {
     pub http: Option<HttpOptions>,
     /// Serve the admin listener from every node (see [`AdminOptions`]).
     pub admin: Option<AdminOptions>,
+    /// Copies of every participant shard: 1 = single-copy; 3 = every
+    /// shard a Raft group of three voters (at most `nodes`).
+    pub shard_replicas: u32,
 }
 
 /// The admin listeners of an embedded cluster (metrics, health, admin API,
@@ -96,6 +99,7 @@ impl Default for ClusterOptions {
             link_filter: LinkFilter::default(),
             http: None,
             admin: None,
+            shard_replicas: 1,
         }
     }
 }
@@ -221,6 +225,7 @@ impl Cluster {
             config.limits = options.limits.clone();
             config.channels = options.channels.clone();
             config.seed = options.seed.map(|s| s.wrapping_add(*id));
+            config.shards.replicas = options.shard_replicas;
             if let Some(http) = &options.http {
                 let port = if http.base.port() == 0 { 0 } else { http.base.port().saturating_add(*id as u16 - 1) };
                 config.http_listen = Some(SocketAddr::new(http.base.ip(), port));

@@ -119,6 +119,9 @@ pub struct CoordinatorDriver {
     /// Every replicated step goes through here: one Raft entry carries the
     /// commands of many transactions (see `paytx_protocol::batcher`).
     batcher: Batcher<Queued>,
+    /// The last leader seen of every participant shard (a replicated
+    /// shard's leader moves): prepares and decisions go there first.
+    shard_leaders: Arc<paytx_protocol::routing::ShardLeaders>,
 }
 
 /// Ticks between two orphan sweeps.
@@ -128,7 +131,9 @@ impl CoordinatorDriver {
     pub fn new(config: DriverConfig, raft: Raft, table: SharedTable, transport: Arc<dyn Transport>) -> Self {
         let engine = Engine::new(config.node, config.shard_map.clone(), config.engine.clone());
         let batcher = Batcher::new(config.batch);
+        let shard_leaders = Arc::new(paytx_protocol::routing::ShardLeaders::new(config.shard_map.clone()));
         CoordinatorDriver {
+            shard_leaders,
             config,
             engine,
             raft,
@@ -300,13 +305,10 @@ impl CoordinatorDriver {
         shard: paytx_protocol::ShardId,
         request: PeerRequest,
     ) -> impl std::future::Future<Output = Result<PeerResponse, String>> {
-        let node = self.config.shard_map.node_of(shard);
         let transport = self.transport.clone();
+        let leaders = self.shard_leaders.clone();
         let timeout_ms = self.config.peer_timeout_ms;
-        async move {
-            let node = node.ok_or_else(|| format!("shard {shard} is not in the shard map"))?;
-            transport.call(node, request, timeout_ms).await.map_err(|e| e.to_string())
-        }
+        async move { paytx_protocol::routing::call_shard(&*transport, &leaders, shard, request, timeout_ms).await }
     }
 
     /// A safety net: a transaction of the table that the leader's engine

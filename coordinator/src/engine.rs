@@ -572,8 +572,11 @@ impl Engine {
     fn on_prepare_failed(&mut self, txn: TxnId, shard: ShardId, actions: &mut Vec<Action>) {
         let (Some(term), Some(record)) = (self.leader_term, self.txns.get(&txn)) else { return };
         let Phase::Preparing(votes) = &record.phase else { return };
-        if votes.recovering {
-            // The shard may hold a YES we cannot see: ask again later.
+        // A re-driven transaction's shard may hold a YES we cannot see; a
+        // replicated shard's group elects a new leader within a few
+        // election timeouts. Either way: ask again later (a fresh
+        // transaction still aborts at its prepare deadline).
+        if votes.recovering || self.shard_map.is_replicated() {
             actions.push(Action::SetTimer {
                 after_ms: self.config.decide_retry_ms,
                 event: Event::RetryPrepare { txn, shard, term },

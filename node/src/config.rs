@@ -261,6 +261,14 @@ impl NodeConfig {
                 }
             }
         }
+        let shard_nodes = self.shards.nodes().len();
+        let replicas = self.shards.replicas;
+        if replicas == 0 || replicas > paytx_protocol::ops::MAX_SHARD_REPLICAS || replicas as usize > shard_nodes {
+            return Err(ConfigError::Invalid(format!(
+                "[shards] replicas = {replicas}: needs 1..={} and no more than the {shard_nodes} nodes the map names",
+                paytx_protocol::ops::MAX_SHARD_REPLICAS
+            )));
+        }
         if self.raft.election_timeout_min_ms <= self.raft.heartbeat_interval_ms
             || self.raft.election_timeout_max_ms <= self.raft.election_timeout_min_ms
         {

@@ -7,9 +7,11 @@ use crate::fail_stop::{FailStop, FailStopDisk};
 use crate::free_space::FreeSpace;
 use crate::link::{LinkFilter, NodeTransport};
 use crate::service::{CoordinatorParts, NodeDecisions, NodeService};
+use crate::shards::ShardHandle;
 use actix::prelude::*;
 use paytx_coordinator::engine::EngineConfig;
 use paytx_coordinator::{CoordinatorDriver, DriverConfig};
+use paytx_participants::group::{start_group, GroupStart};
 use paytx_participants::{ParticipantActor, ParticipantConfig};
 use paytx_protocol::batcher::BatchLimits;
 use paytx_protocol::{ShardId, Transport};
@@ -78,9 +80,32 @@ impl NodeCore {
             participant_config.lock_wait_ms =
                 paytx_participants::config::DEFAULT_LOCK_WAIT_MS.min(config.coordinator.prepare_timeout_ms / 2);
             let decisions = Arc::new(NodeDecisions { service: service_slot.clone() });
-            let actor = ParticipantActor::open(participant_config, disk.clone(), decisions)
-                .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;
-            participants.insert(shard, actor.start());
+            let handle = if config.shards.is_replicated() {
+                let peers = config.peer_map();
+                let members = config
+                    .shards
+                    .replicas_of(shard)
+                    .into_iter()
+                    .map(|id| (id, peers.get(&id).map(|addr| addr.to_string()).unwrap_or_default()))
+                    .collect();
+                let start = GroupStart {
+                    node: config.node_id,
+                    participant: participant_config,
+                    members,
+                    raft: config.raft.clone(),
+                    max_frame_bytes: config.limits.max_frame_bytes as usize,
+                    preferred: config.shards.node_of(shard) == Some(config.node_id),
+                };
+                let group = start_group(start, disk.clone(), transport.clone(), decisions)
+                    .await
+                    .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;
+                ShardHandle::Replicated { front: group.front, raft: group.raft }
+            } else {
+                let actor = ParticipantActor::open(participant_config, disk.clone(), decisions)
+                    .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;
+                ShardHandle::Single(actor.start())
+            };
+            participants.insert(shard, handle);
         }
 
         // Transaction ids of this incarnation number above every earlier one.
@@ -138,6 +163,7 @@ impl NodeCore {
                 table: replica.table,
             })),
             participants,
+            shard_leaders: paytx_protocol::routing::ShardLeaders::new(config.shards.clone()),
             transport,
             request_timeout_ms: config.limits.request_timeout_ms,
             peer_timeout_ms: config.limits.peer_timeout_ms,

@@ -22,6 +22,7 @@ pub mod free_space;
 pub mod link;
 pub mod metrics;
 pub mod service;
+pub mod shards;
 pub mod timed_disk;
 
 pub use crate::core::{NodeCore, NodeError};

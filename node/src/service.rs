@@ -8,12 +8,15 @@
 
 use crate::fail_stop::FailStop;
 use crate::free_space::{below_minimum, FreeSpace};
+use crate::shards::ShardHandle;
 use actix::prelude::*;
 use paytx_coordinator::driver::{GetDriverStatus, QueryDecision, StopDriver, SubmitTxn};
 use paytx_coordinator::state_machine::{read_table, SharedTable};
 use paytx_coordinator::{CoordinatorDriver, Raft};
-use paytx_participants::{DecisionSource, ParticipantActor};
+use paytx_participants::{DecisionSource, ParticipantError, ShardRead, ShardReadAnswer};
+use paytx_protocol::messages::RaftGroup;
 use paytx_protocol::messages::{AuditChainView, NodeStatusView, RecordPage, ShardStatus};
+use paytx_protocol::routing::{call_shard, ShardLeaders};
 use paytx_protocol::{
     BoxFuture, EntityKey, EntityKind, InvalidRequest, NodeId, PeerRequest, PeerResponse, Request, RequestError,
     Response, ShardId, ShardMap, Transport, TxnId,
@@ -36,7 +39,9 @@ pub struct NodeService {
     pub(crate) peers: Vec<NodeId>,
     pub(crate) shard_map: ShardMap,
     pub(crate) coordinator: Mutex<Option<CoordinatorParts>>,
-    pub(crate) participants: BTreeMap<ShardId, Addr<ParticipantActor>>,
+    pub(crate) participants: BTreeMap<ShardId, ShardHandle>,
+    /// The last leader seen of every shard (replicated shards move).
+    pub(crate) shard_leaders: ShardLeaders,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) request_timeout_ms: u64,
     pub(crate) peer_timeout_ms: u64,
@@ -64,6 +69,15 @@ fn error(e: RequestError) -> Response {
     Response::Error(e)
 }
 
+/// What a caller hears when a hosted shard could not do what it was asked.
+fn shard_error(shard: ShardId, e: ParticipantError) -> RequestError {
+    match e {
+        ParticipantError::NotLeader { leader_hint, .. } => RequestError::NotShardLeader { shard, leader_hint },
+        ParticipantError::Stopped { .. } => RequestError::ShuttingDown,
+        other => RequestError::Internal(other.to_string()),
+    }
+}
+
 impl NodeService {
     pub fn id(&self) -> NodeId {
         self.id
@@ -72,8 +86,8 @@ impl NodeService {
     /// Stops every participant actor of this node at once, without flushing
     /// anything (a crash, or the last step of a stop).
     pub fn stop_participants(&self) {
-        for actor in self.participants.values() {
-            actor.do_send(paytx_participants::messages::Shutdown);
+        for shard in self.participants.values() {
+            shard.stop();
         }
     }
 
@@ -291,48 +305,67 @@ impl NodeService {
         error(last)
     }
 
-    /// A read of `shard`: answered here when this node hosts it, else
-    /// forwarded (once) to the node that does.
+    /// A read of `shard`: answered here when this node hosts it (and, for
+    /// a replicated shard, leads it), else forwarded (once) to the shard's
+    /// leader.
     async fn read(&self, shard: ShardId, request: Request, may_forward: bool) -> Response {
-        if let Some(actor) = self.participants.get(&shard) {
-            let answer = match request {
-                Request::GetAccount(account) => {
-                    actor.send(paytx_participants::ReadAccount(account)).await.map(Response::Account)
-                }
-                Request::GetOrder(order) => actor.send(paytx_participants::ReadOrder(order)).await.map(Response::Order),
-                Request::GetCharge { channel, order } => {
-                    actor.send(paytx_participants::ReadCharge { channel, order }).await.map(Response::Charge)
-                }
-                Request::GetRecord(key) => actor.send(paytx_participants::ReadRecord(key)).await.map(Response::Record),
-                Request::ScanRecords { ns, after, limit, .. } => {
-                    let shard_count = self.record_shard_count();
-                    let scan =
-                        paytx_participants::ScanRecords { ns, after, limit, max_bytes: self.max_scan_page_bytes };
-                    actor.send(scan).await.map(|page| {
-                        Response::Records(RecordPage { records: page.records, more: page.more, shard_count })
-                    })
-                }
-                Request::ScanRange(scan) => {
-                    let shard_count = self.record_shard_count();
-                    let scan = paytx_participants::ScanRange { scan, max_bytes: self.max_scan_page_bytes };
-                    actor.send(scan).await.map(|page| {
-                        Response::Records(RecordPage { records: page.records, more: page.more, shard_count })
-                    })
-                }
-                _ => return error(RequestError::Internal("not a read".into())),
+        if let Some(handle) = self.participants.get(&shard) {
+            let Some(read) = self.shard_read(&request) else {
+                return error(RequestError::Internal("not a read".into()));
             };
-            return answer.unwrap_or_else(|_| error(RequestError::ShuttingDown));
-        }
-        let Some(owner) = self.shard_map.node_of(shard).filter(|owner| *owner != self.id && may_forward) else {
+            match handle.read(shard, read).await {
+                Ok(answer) => return self.read_response(answer),
+                Err(ParticipantError::NotLeader { leader_hint, .. }) => {
+                    if !may_forward {
+                        return error(RequestError::NotShardLeader { shard, leader_hint });
+                    }
+                    if let Some(leader) = leader_hint {
+                        self.shard_leaders.learned(shard, leader);
+                    }
+                }
+                Err(e) => return error(shard_error(shard, e)),
+            }
+        } else if !may_forward {
             return error(RequestError::ShardUnavailable { shard });
-        };
-        match self.transport.call(owner, PeerRequest::Forward(request), self.request_timeout_ms).await {
+        }
+        let forward = PeerRequest::Forward(request);
+        match call_shard(&*self.transport, &self.shard_leaders, shard, forward, self.request_timeout_ms).await {
             Ok(PeerResponse::Forwarded(response)) => response,
-            Ok(other) => error(RequestError::Internal(format!("node {owner} answered a read with {other:?}"))),
+            Ok(other) => error(RequestError::Internal(format!("a replica of {shard} answered a read with {other:?}"))),
             Err(e) => {
                 tracing::debug!(error = %e, %shard, "read forward failed");
                 error(RequestError::ShardUnavailable { shard })
             }
+        }
+    }
+
+    /// The shard read a client read asks for.
+    fn shard_read(&self, request: &Request) -> Option<ShardRead> {
+        let max_bytes = self.max_scan_page_bytes;
+        Some(match *request {
+            Request::GetAccount(account) => ShardRead::Account(account),
+            Request::GetOrder(order) => ShardRead::Order(order),
+            Request::GetCharge { channel, order } => ShardRead::Charge { channel, order },
+            Request::GetRecord(key) => ShardRead::Record(key),
+            Request::ScanRecords { ns, after, limit, .. } => {
+                ShardRead::Scan(paytx_participants::ScanRecords { ns, after, limit, max_bytes })
+            }
+            Request::ScanRange(scan) => ShardRead::Range(paytx_participants::ScanRange { scan, max_bytes }),
+            _ => return None,
+        })
+    }
+
+    fn read_response(&self, answer: ShardReadAnswer) -> Response {
+        match answer {
+            ShardReadAnswer::Account(view) => Response::Account(view),
+            ShardReadAnswer::Order(view) => Response::Order(view),
+            ShardReadAnswer::Charge(view) => Response::Charge(view),
+            ShardReadAnswer::Record(view) => Response::Record(view),
+            ShardReadAnswer::Page(page) => Response::Records(RecordPage {
+                records: page.records,
+                more: page.more,
+                shard_count: self.record_shard_count(),
+            }),
         }
     }
 
@@ -342,36 +375,42 @@ impl NodeService {
             return PeerResponse::Error(RequestError::ShuttingDown);
         }
         match request {
-            PeerRequest::Raft { group: _, kind, payload } => match self.coordinator() {
+            PeerRequest::Raft { group: RaftGroup::Coordinator, kind, payload } => match self.coordinator() {
                 Some(parts) => {
                     PeerResponse::Raft(paytx_coordinator::network::handle_raft_rpc(&parts.raft, kind, &payload).await)
                 }
                 None => PeerResponse::Raft(Err(format!("the coordinator replica of node {} is shut down", self.id))),
             },
+            PeerRequest::Raft { group: RaftGroup::Shard(shard), kind, payload } => {
+                match self.participants.get(&shard).and_then(ShardHandle::raft) {
+                    Some(raft) => {
+                        PeerResponse::Raft(paytx_coordinator::network::handle_raft_rpc(raft, kind, &payload).await)
+                    }
+                    None => PeerResponse::Raft(Err(format!("node {} holds no replica of shard {shard}", self.id))),
+                }
+            }
             PeerRequest::Prepare { txn, shard, ops } => match self.participants.get(&shard) {
                 // The shard refuses new work on a nearly full disk, but not
                 // a re-sent prepare of what it already promised.
-                Some(actor) => {
+                Some(handle) => {
                     let disk_low = self.disk_full().map(|(free_bytes, _)| free_bytes);
-                    match actor.send(paytx_participants::Prepare { txn, ops, disk_low }).await {
-                        Ok(Ok(vote)) => {
+                    match handle.prepare(shard, paytx_participants::Prepare { txn, ops, disk_low }).await {
+                        Ok(vote) => {
                             self.metrics.observe_prepare(shard, vote == paytx_protocol::messages::Vote::Yes);
                             PeerResponse::Vote { txn, shard, vote }
                         }
-                        Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
-                        Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
+                        Err(e) => PeerResponse::Error(shard_error(shard, e)),
                     }
                 }
                 None => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
             },
             PeerRequest::Decide { txn, shard, commit } => match self.participants.get(&shard) {
-                Some(actor) => match actor.send(paytx_participants::Decide { txn, commit }).await {
-                    Ok(Ok(())) => {
+                Some(handle) => match handle.decide(shard, paytx_participants::Decide { txn, commit }).await {
+                    Ok(()) => {
                         self.metrics.observe_decision(shard, commit);
                         PeerResponse::DecisionApplied { txn, shard }
                     }
-                    Ok(Err(e)) => PeerResponse::Error(RequestError::Internal(e.to_string())),
-                    Err(_) => PeerResponse::Error(RequestError::ShuttingDown),
+                    Err(e) => PeerResponse::Error(shard_error(shard, e)),
                 },
                 None => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
             },
@@ -417,8 +456,8 @@ impl NodeService {
 
     pub async fn status(&self) -> NodeStatusView {
         let mut shards: Vec<ShardStatus> = Vec::new();
-        for actor in self.participants.values() {
-            if let Ok(status) = actor.send(paytx_participants::GetStatus).await {
+        for handle in self.participants.values() {
+            if let Some(status) = handle.status().await {
                 shards.push(status);
             }
         }

@@ -272,6 +272,11 @@ impl AccountsState {
         }
     }
 
+    /// Every committed account, in id order (a snapshot of the shard).
+    pub(crate) fn committed(&self) -> impl Iterator<Item = (AccountId, &Account)> + '_ {
+        self.accounts.iter().map(|(id, account)| (*id, account))
+    }
+
     /// Loads a committed account (recovery).
     pub(crate) fn restore(&mut self, id: AccountId, account: Account) -> Result<(), String> {
         if account.balance_minor < 0 {

@@ -39,7 +39,7 @@
 
 use crate::config::ParticipantConfig;
 use crate::decision::DecisionSource;
-use crate::engine::{Engine, Prepared, Touch};
+use crate::engine::{Admission, Engine, Prepared, Touch};
 use crate::error::ParticipantError;
 use crate::journal::Journal;
 use crate::messages::{
@@ -337,25 +337,10 @@ impl ParticipantActor {
         if let Err(e) = self.check_running() {
             return Box::pin(ready(Err(e)));
         }
-        let fresh = !self.engine.is_prepared(txn) && !self.engine.is_committed(txn);
-        if fresh {
-            if let Some(free_bytes) = disk_low {
-                // New work on a nearly full disk: NO, nothing reserved.
-                let shard = self.config.shard;
-                return Box::pin(ready(Ok(Vote::No(AbortReason::DiskFull { shard, free_bytes }))));
-            }
-            if let Some(channel) = declined {
-                tracing::debug!(shard = %self.config.shard, %txn, %channel, "channel declined the charge");
-                return Box::pin(ready(Ok(Vote::No(AbortReason::ChannelDeclined { channel }))));
-            }
-            if self.engine.prepared_count() >= self.config.max_prepared {
-                let entity = format!(
-                    "shard {} ({} transactions in doubt, the configured max_prepared)",
-                    self.config.shard, self.config.max_prepared
-                );
-                tracing::warn!(shard = %self.config.shard, %txn, "prepared table full; voting no");
-                return Box::pin(ready(Ok(Vote::No(AbortReason::Conflict { entity }))));
-            }
+        let admission = Admission { declined, disk_low };
+        if let Some(reason) = self.engine.refusal(txn, admission, self.config.max_prepared) {
+            tracing::debug!(shard = %self.config.shard, %txn, code = reason.code(), "refused before validation");
+            return Box::pin(ready(Ok(Vote::No(reason))));
         }
         match self.engine.prepare(txn, &ops) {
             Err(reason) => {

@@ -254,6 +254,11 @@ impl ChannelsState {
         assert_eq!(owner, Some(txn), "{}/{} was locked by {txn} until its decision", key.0, key.1);
     }
 
+    /// Every committed charge, in key order (a snapshot of the shard).
+    pub(crate) fn committed(&self) -> impl Iterator<Item = (ChargeKey, &Charge)> + '_ {
+        self.charges.iter().map(|(key, charge)| (*key, charge))
+    }
+
     /// Loads a committed charge (recovery). A charge on a channel that is no
     /// longer configured is kept: it happened, and stays readable.
     pub(crate) fn restore(&mut self, key: ChargeKey, charge: Charge) -> Result<(), String> {

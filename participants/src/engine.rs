@@ -37,6 +37,7 @@ use paytx_protocol::planted::Bug;
 use paytx_protocol::{
     AbortReason, AccountId, ChannelId, EntityKind, Operation, OrderId, RecordKey, RecordNs, ShardId, TxnId,
 };
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Default for how many committed txn ids a shard remembers.
@@ -132,6 +133,33 @@ pub struct Committed {
     pub forgotten: Vec<TxnId>,
     /// The new `forgotten_through`, when it moved.
     pub forgotten_through: Option<TxnId>,
+}
+
+/// What the node found out before a prepare reached the engine — the
+/// inputs that are not functions of the shard's state. A replicated shard's
+/// leader resolves them once and writes them into the prepare's log entry,
+/// so every replica votes the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    /// The channel model declined a charge of the prepare on this channel.
+    pub declined: Option<ChannelId>,
+    /// `Some(free_bytes)`: the node's disk was below its free-space minimum.
+    pub disk_low: Option<u64>,
+}
+
+/// The whole state of a shard as a Raft snapshot carries it (and as a
+/// replica restores it): committed entities, prepared transactions (their
+/// holds and locks come back by reserving them again), the remembered
+/// commits and aborts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    pub entities: Vec<EntityRecord>,
+    pub prepared: Vec<PreparedRecord>,
+    pub committed: Vec<TxnId>,
+    pub forgotten_through: Option<TxnId>,
+    /// Recent aborts, oldest first: part of the replicated state, so every
+    /// replica refuses the same late prepares.
+    pub aborted: Vec<TxnId>,
 }
 
 /// A journal that replays into an impossible state. Names the record.
@@ -248,6 +276,90 @@ impl Engine {
         }
         engine.check_invariants().map_err(|reason| RecoveryError { key: "(whole shard)".to_string(), reason })?;
         Ok(engine)
+    }
+
+    /// The shard's whole state, for a snapshot (O(entities)).
+    pub fn export(&self) -> EngineSnapshot {
+        let entities = match &self.state {
+            KindState::Accounts(state) => {
+                state.committed().map(|(id, account)| EntityRecord::Account { id, account: account.clone() }).collect()
+            }
+            KindState::Orders(state) => {
+                state.committed().map(|(id, order)| EntityRecord::Order { id, order: *order }).collect()
+            }
+            KindState::Channels(state) => state
+                .committed()
+                .map(|((channel, order), charge)| EntityRecord::Charge { channel, order, charge: *charge })
+                .collect(),
+            KindState::Records(state) => {
+                state.committed().map(|(key, record)| EntityRecord::Record { key, record: record.clone() }).collect()
+            }
+        };
+        EngineSnapshot {
+            entities,
+            prepared: self
+                .prepared
+                .iter()
+                .map(|(txn, prepared)| PreparedRecord { txn: *txn, ops: prepared.ops.clone() })
+                .collect(),
+            committed: self.committed.iter().copied().collect(),
+            forgotten_through: self.forgotten_through,
+            aborted: self.aborted_order.iter().copied().collect(),
+        }
+    }
+
+    /// Rebuilds a shard from [`Engine::export`]'s snapshot, exactly as it
+    /// was: prepared transactions are reserved again with the capacity
+    /// limits waived (their YES was promised under the limits of then).
+    pub fn from_snapshot(
+        shard: ShardId,
+        channels: &[ChannelConfig],
+        remembered_commits: usize,
+        snapshot: EngineSnapshot,
+    ) -> Result<Self, RecoveryError> {
+        let contents = JournalContents {
+            entities: snapshot
+                .entities
+                .into_iter()
+                .enumerate()
+                .map(|(at, record)| (format!("snapshot entity #{at}"), record))
+                .collect(),
+            prepared: snapshot
+                .prepared
+                .into_iter()
+                .map(|record| (format!("snapshot prepared {}", record.txn), record))
+                .collect(),
+            committed: snapshot.committed,
+            forgotten_through: snapshot.forgotten_through,
+        };
+        let mut engine = Engine::recover(shard, channels, remembered_commits, contents)?;
+        for txn in snapshot.aborted {
+            engine.remember_abort(txn);
+        }
+        Ok(engine)
+    }
+
+    /// Why a prepare is refused before the engine looks at its operations
+    /// (nothing is reserved): it is new work and the disk is nearly full,
+    /// the channel declined, or `max_prepared` transactions are in doubt
+    /// here. `None` for a re-sent prepare of a transaction prepared or
+    /// committed here: its YES was promised.
+    pub fn refusal(&self, txn: TxnId, admission: Admission, max_prepared: usize) -> Option<AbortReason> {
+        if self.is_prepared(txn) || self.is_committed(txn) {
+            return None;
+        }
+        if let Some(free_bytes) = admission.disk_low {
+            return Some(AbortReason::DiskFull { shard: self.shard, free_bytes });
+        }
+        if let Some(channel) = admission.declined {
+            return Some(AbortReason::ChannelDeclined { channel });
+        }
+        if self.prepared_count() >= max_prepared {
+            let entity =
+                format!("shard {} ({} transactions in doubt, the configured max_prepared)", self.shard, max_prepared);
+            return Some(AbortReason::Conflict { entity });
+        }
+        None
     }
 
     fn restore_entity(&mut self, record: EntityRecord) -> Result<(), String> {

@@ -27,6 +27,14 @@ pub enum ParticipantError {
     /// The configuration cannot work (e.g. a zero check interval).
     #[error("invalid participant configuration for shard {shard}: {reason}")]
     InvalidConfig { shard: ShardId, reason: String },
+    /// This replica of a replicated shard is not its group's leader: the
+    /// request goes to `leader_hint` (when known) instead.
+    #[error("this replica does not lead shard {shard} (leader hint: {leader_hint:?})")]
+    NotLeader { shard: ShardId, leader_hint: Option<u64> },
+    /// The shard's Raft group could not replicate the step (no quorum in
+    /// time, shutting down): nothing was promised; the caller retries.
+    #[error("shard {shard}: replication failed: {reason}")]
+    Replication { shard: ShardId, reason: String },
     /// The shard stopped after an earlier failure and answers nothing any
     /// more; the node must restart it from its journal.
     #[error("shard {shard} has stopped after an earlier failure ({reason}); restart the node")]

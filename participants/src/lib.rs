@@ -10,7 +10,10 @@
 //!   channel and order) or [`record_store`] (versioned opaque records). No I/O, clock, RNG or threads.
 //! * [`journal`] — the shard's records on the `Disk` seam, one atomic batch
 //!   per step, checksummed, replayed at start-up ([`records`] has the layout).
-//! * [`actor`] — fsync before every YES and every commit acknowledgement
+//! * [`group`] — a replicated shard: the engine as the state machine of a
+//!   Raft group, and the front actor that proposes prepares and decisions
+//!   on the group's leader (the shard map's `replicas > 1`).
+//! * [`actor`] — (single-copy shards) fsync before every YES and every commit acknowledgement
 //!   (group-committed), the channel failure model, in-doubt resolution
 //!   through a [`DecisionSource`].
 //!
@@ -27,6 +30,7 @@ pub mod config;
 pub mod decision;
 pub mod engine;
 pub mod error;
+pub mod group;
 pub mod journal;
 pub mod messages;
 pub mod orders;
@@ -45,6 +49,6 @@ pub use error::ParticipantError;
 pub use journal::Journal;
 pub use messages::{
     Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, ReadRecord, ScanRange, ScanRecords,
-    Shutdown,
+    ShardRead, ShardReadAnswer, Shutdown,
 };
 pub use record_store::{ScanPage, StoredRecord};

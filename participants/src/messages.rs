@@ -96,3 +96,27 @@ pub struct ListInDoubt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// A read of a replicated shard, answered by its group's leader only,
+/// after a read-index round (linearizable: never older than a state a
+/// client was told committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "Result<ShardReadAnswer, ParticipantError>")]
+pub enum ShardRead {
+    Account(AccountId),
+    Order(OrderId),
+    Charge { channel: ChannelId, order: OrderId },
+    Record(RecordKey),
+    Scan(ScanRecords),
+    Range(ScanRange),
+}
+
+/// The answer to a [`ShardRead`], of the read's kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardReadAnswer {
+    Account(Option<AccountView>),
+    Order(Option<OrderView>),
+    Charge(Option<ChargeView>),
+    Record(Option<RecordView>),
+    Page(ScanPage),
+}

@@ -173,6 +173,11 @@ impl OrdersState {
         assert_eq!(owner, Some(txn), "{id} was locked by {txn} until its decision");
     }
 
+    /// Every committed order, in id order (a snapshot of the shard).
+    pub(crate) fn committed(&self) -> impl Iterator<Item = (OrderId, &Order)> + '_ {
+        self.orders.iter().map(|(id, order)| (*id, order))
+    }
+
     /// Loads a committed order (recovery).
     pub(crate) fn restore(&mut self, id: OrderId, order: Order) -> Result<(), String> {
         check_order(id, &order)?;

@@ -217,6 +217,11 @@ impl RecordsState {
         assert_eq!(owner, Some(txn), "{key} was locked by {txn} until its decision");
     }
 
+    /// Every committed record, in key order (a snapshot of the shard).
+    pub(crate) fn committed(&self) -> impl Iterator<Item = (RecordKey, &StoredRecord)> + '_ {
+        self.records.iter().map(|(key, record)| (*key, record))
+    }
+
     /// Loads a committed record (recovery).
     pub(crate) fn restore(&mut self, key: RecordKey, record: StoredRecord) -> Result<(), String> {
         check_record(key, &record)?;

@@ -191,6 +191,30 @@ fn a_no_vote_aborts_with_its_reason() {
 }
 
 #[test]
+fn a_replicated_shard_without_a_leader_is_asked_again_until_the_prepare_deadline() {
+    let mut engine = Engine::new(1, shard_map().with_replicas(3), EngineConfig::default());
+    assert!(engine.handle(Event::BecameLeader { term: TERM, live: Vec::new() }).is_empty());
+    let (txn, shards) = submit_and_begin(&mut engine, 1, "k1");
+    yes_from(&mut engine, txn, shards[0]);
+    // The shard's leader died; its group has not elected another yet.
+    let actions = engine.handle(Event::PrepareFailed { txn, shard: shards[1] });
+    let retry = match actions.as_slice() {
+        [Action::SetTimer { event: retry @ Event::RetryPrepare { shard, .. }, .. }] if *shard == shards[1] => {
+            retry.clone()
+        }
+        other => panic!("expected a retry of the prepare, not an abort: {other:?}"),
+    };
+    let actions = engine.handle(retry);
+    assert!(
+        matches!(actions.as_slice(), [Action::SendPrepare { shard, .. }] if *shard == shards[1]),
+        "the prepare is sent again: {actions:?}"
+    );
+    // The new leader votes YES: the payment commits, nothing was aborted.
+    let actions = engine.handle(Event::VoteReceived { txn, shard: shards[1], vote: Vote::Yes });
+    assert_eq!(decision_of(&actions), Outcome::Committed);
+}
+
+#[test]
 fn an_abort_waits_for_no_shard_and_a_dead_shard_is_retried_with_a_growing_back_off() {
     let mut engine = engine();
     let (txn, shards) = submit_and_begin(&mut engine, 1, "k1");

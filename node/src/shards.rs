@@ -1,0 +1,99 @@
+//! [`ShardHandle`]: how the node reaches one participant shard it hosts —
+//! a single-copy shard's actor, or this node's replica of a replicated
+//! shard (its Raft group and the front actor that proposes on it).
+
+use actix::Addr;
+use paytx_participants::group::front::ShardFront;
+use paytx_participants::group::types::ShardRaft;
+use paytx_participants::{
+    Decide, GetStatus, ParticipantActor, ParticipantError, Prepare, ShardRead, ShardReadAnswer, Shutdown,
+};
+use paytx_protocol::messages::ShardStatus;
+use paytx_protocol::{ShardId, Vote};
+
+/// One hosted shard.
+#[derive(Clone)]
+pub enum ShardHandle {
+    /// The shard's only copy, on this node's disk.
+    Single(Addr<ParticipantActor>),
+    /// This node's replica of a replicated shard.
+    Replicated { front: Addr<ShardFront>, raft: ShardRaft },
+}
+
+fn stopped(shard: ShardId) -> ParticipantError {
+    ParticipantError::Stopped { shard, reason: "the shard's actor is gone".to_string() }
+}
+
+impl ShardHandle {
+    pub async fn prepare(&self, shard: ShardId, prepare: Prepare) -> Result<Vote, ParticipantError> {
+        let answer = match self {
+            ShardHandle::Single(actor) => actor.send(prepare).await,
+            ShardHandle::Replicated { front, .. } => front.send(prepare).await,
+        };
+        answer.unwrap_or_else(|_| Err(stopped(shard)))
+    }
+
+    pub async fn decide(&self, shard: ShardId, decide: Decide) -> Result<(), ParticipantError> {
+        let answer = match self {
+            ShardHandle::Single(actor) => actor.send(decide).await,
+            ShardHandle::Replicated { front, .. } => front.send(decide).await,
+        };
+        answer.unwrap_or_else(|_| Err(stopped(shard)))
+    }
+
+    /// A read; a replicated shard answers only on its leader.
+    pub async fn read(&self, shard: ShardId, read: ShardRead) -> Result<ShardReadAnswer, ParticipantError> {
+        let actor = match self {
+            ShardHandle::Replicated { front, .. } => {
+                return front.send(read).await.unwrap_or_else(|_| Err(stopped(shard)))
+            }
+            ShardHandle::Single(actor) => actor,
+        };
+        let answer = match read {
+            ShardRead::Account(id) => {
+                actor.send(paytx_participants::ReadAccount(id)).await.map(ShardReadAnswer::Account)
+            }
+            ShardRead::Order(id) => actor.send(paytx_participants::ReadOrder(id)).await.map(ShardReadAnswer::Order),
+            ShardRead::Charge { channel, order } => {
+                actor.send(paytx_participants::ReadCharge { channel, order }).await.map(ShardReadAnswer::Charge)
+            }
+            ShardRead::Record(key) => {
+                actor.send(paytx_participants::ReadRecord(key)).await.map(ShardReadAnswer::Record)
+            }
+            ShardRead::Scan(scan) => actor.send(scan).await.map(ShardReadAnswer::Page),
+            ShardRead::Range(range) => actor.send(range).await.map(ShardReadAnswer::Page),
+        };
+        answer.map_err(|_| stopped(shard))
+    }
+
+    pub async fn status(&self) -> Option<ShardStatus> {
+        match self {
+            ShardHandle::Single(actor) => actor.send(GetStatus).await.ok(),
+            ShardHandle::Replicated { front, .. } => front.send(GetStatus).await.ok(),
+        }
+    }
+
+    /// The Raft group of a replicated shard's replica.
+    pub fn raft(&self) -> Option<&ShardRaft> {
+        match self {
+            ShardHandle::Single(_) => None,
+            ShardHandle::Replicated { raft, .. } => Some(raft),
+        }
+    }
+
+    /// Stops the shard's actor at once (and a replica's Raft group).
+    pub fn stop(&self) {
+        match self {
+            ShardHandle::Single(actor) => actor.do_send(Shutdown),
+            ShardHandle::Replicated { front, raft } => {
+                front.do_send(Shutdown);
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = raft.shutdown().await {
+                        tracing::debug!(error = %e, "shard raft shutdown reported an error");
+                    }
+                });
+            }
+        }
+    }
+}

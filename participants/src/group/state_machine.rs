@@ -1,0 +1,207 @@
+//! The openraft state machine of a replicated shard: the participant
+//! [`Engine`], with what openraft needs (last applied log id, membership),
+//! and snapshots persisted in the group's own keyspace.
+//!
+//! The engine lives in memory. After a restart it is rebuilt from the
+//! group's last persisted snapshot, then openraft re-applies the log from
+//! there: the log is the durable truth (a prepare is YES only once its
+//! entry is committed on a majority of the group), the snapshot a shortcut.
+
+// The error type is openraft's `StorageError`, fixed by its traits.
+#![allow(clippy::result_large_err)]
+
+use crate::config::ParticipantConfig;
+use crate::engine::{Engine, EngineSnapshot};
+use crate::group::apply::apply_proposal;
+use crate::group::types::{ShardApplied, ShardTypeConfig};
+use crate::ChannelConfig;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use paytx_protocol::ShardId;
+use paytx_raft::snapshot::StoredSnapshot;
+use paytx_raft::NodeId;
+use paytx_storage::SharedDisk;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The replicated state of one shard on this replica.
+#[derive(Debug)]
+pub struct ShardState {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub engine: Engine,
+}
+
+/// Shared between the state machine (the only writer) and the shard's
+/// front (reads, and what a decision will release).
+pub type SharedShardState = Arc<Mutex<ShardState>>;
+
+/// Locks the shard's state, tolerating a poisoned lock (the engine is only
+/// changed by whole-command application, never left half-updated).
+pub fn lock_state(state: &SharedShardState) -> MutexGuard<'_, ShardState> {
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How the engine is rebuilt from a snapshot (the configuration every
+/// replica of the group shares).
+#[derive(Debug, Clone)]
+struct EngineRecipe {
+    shard: ShardId,
+    channels: Vec<ChannelConfig>,
+    remembered_commits: usize,
+    max_records: usize,
+    max_prepared: usize,
+}
+
+impl EngineRecipe {
+    fn empty(&self) -> Engine {
+        Engine::new(self.shard, &self.channels)
+            .with_remembered_commits(self.remembered_commits)
+            .with_max_records(self.max_records)
+    }
+
+    fn restore(&self, data: &[u8]) -> Result<Engine, String> {
+        let snapshot: EngineSnapshot = paytx_protocol::decode_local(data).map_err(|e| e.to_string())?;
+        Engine::from_snapshot(self.shard, &self.channels, self.remembered_commits, snapshot)
+            .map(|engine| engine.with_max_records(self.max_records))
+            .map_err(|e| format!("{}: {}", e.key, e.reason))
+    }
+}
+
+pub struct ShardStateMachine {
+    state: SharedShardState,
+    recipe: EngineRecipe,
+    disk: SharedDisk,
+    snapshot_space: String,
+    snapshot_seq: u64,
+}
+
+fn snap_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+
+impl ShardStateMachine {
+    /// Opens the state machine of `config.shard`, restoring the group's
+    /// last persisted snapshot from `snapshot_space`.
+    pub fn open(
+        config: &ParticipantConfig,
+        disk: SharedDisk,
+        snapshot_space: String,
+    ) -> Result<Self, StorageError<NodeId>> {
+        let recipe = EngineRecipe {
+            shard: config.shard,
+            channels: config.channels.clone(),
+            remembered_commits: config.remembered_commits,
+            max_records: config.max_records,
+            max_prepared: config.max_prepared,
+        };
+        let mut state =
+            ShardState { last_applied: None, membership: StoredMembership::default(), engine: recipe.empty() };
+        if let Some(stored) = paytx_raft::snapshot::load(&disk, &snapshot_space)? {
+            state.engine =
+                recipe.restore(&stored.data).map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
+            state.last_applied = stored.meta.last_log_id;
+            state.membership = stored.meta.last_membership.clone();
+        }
+        Ok(ShardStateMachine { state: Arc::new(Mutex::new(state)), recipe, disk, snapshot_space, snapshot_seq: 0 })
+    }
+
+    pub fn shared(&self) -> SharedShardState {
+        self.state.clone()
+    }
+}
+
+/// Builds a snapshot from an export of the engine taken under the lock.
+pub struct ShardSnapshotBuilder {
+    data: Result<Vec<u8>, String>,
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    disk: SharedDisk,
+    snapshot_space: String,
+}
+
+impl RaftSnapshotBuilder<ShardTypeConfig> for ShardSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<ShardTypeConfig>, StorageError<NodeId>> {
+        let data = std::mem::replace(&mut self.data, Err("snapshot built twice".to_string()))
+            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &std::io::Error::other(e))))?;
+        let stored = StoredSnapshot { meta: self.meta.clone(), data };
+        paytx_raft::snapshot::persist(&self.disk, &self.snapshot_space, &stored).await?;
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}
+
+impl RaftStateMachine<ShardTypeConfig> for ShardStateMachine {
+    type SnapshotBuilder = ShardSnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>), StorageError<NodeId>> {
+        let state = lock_state(&self.state);
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ShardApplied>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = openraft::Entry<ShardTypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut state = lock_state(&self.state);
+        let mut results = Vec::new();
+        for entry in entries {
+            state.last_applied = Some(entry.log_id);
+            let applied = match entry.payload {
+                EntryPayload::Blank => ShardApplied::default(),
+                EntryPayload::Normal(proposal) => {
+                    ShardApplied { results: apply_proposal(&mut state.engine, &proposal, self.recipe.max_prepared) }
+                }
+                EntryPayload::Membership(membership) => {
+                    state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    ShardApplied::default()
+                }
+            };
+            results.push(applied);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let state = lock_state(&self.state);
+        let snapshot_id = match state.last_applied {
+            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshot_seq),
+            None => format!("empty-{}", self.snapshot_seq),
+        };
+        let meta =
+            SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
+        let data = paytx_protocol::encode(&state.engine.export()).map_err(|e| e.to_string());
+        ShardSnapshotBuilder { data, meta, disk: self.disk.clone(), snapshot_space: self.snapshot_space.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let engine = self.recipe.restore(&data).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e)))
+        })?;
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        paytx_raft::snapshot::persist(&self.disk, &self.snapshot_space, &stored).await?;
+        let mut state = lock_state(&self.state);
+        state.engine = engine;
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<ShardTypeConfig>>, StorageError<NodeId>> {
+        Ok(paytx_raft::snapshot::load(&self.disk, &self.snapshot_space)?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
