@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// charge record, as in the peers' workload it is compared with.
     #[arg(long)]
     pub channel_latency: bool,
+    /// Embedded cluster: copies of every participant shard (1: single-copy;
+    /// 3: every shard a Raft group of three voters).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
     /// Print each level's result as one line of JSON.
     #[arg(long)]
     pub json: bool,
@@ -130,8 +134,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 channel.authorize_latency_ms = 0;
             }
         }
-        let options =
-            ClusterOptions { fsync: !args.no_fsync, seed: Some(args.seed), channels, ..ClusterOptions::default() };
+        let options = ClusterOptions {
+            fsync: !args.no_fsync,
+            seed: Some(args.seed),
+            channels,
+            shard_replicas: args.replicas,
+            ..ClusterOptions::default()
+        };
         let cluster = Cluster::start(options).await.context("starting the embedded cluster")?;
         let addrs = cluster.addrs();
         (Some(cluster), addrs)

@@ -40,6 +40,10 @@ pub struct SimArgs {
     /// Width of one timeline interval, in virtual ms.
     #[arg(long, default_value_t = 500)]
     pub timeline_interval_ms: u64,
+    /// Copies of every participant shard: 1 = single-copy, 3 = every shard
+    /// a Raft group on the three nodes.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
     /// Worker threads for a campaign (default: one per core).
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -73,6 +77,8 @@ fn config(args: &SimArgs, seed: u64) -> anyhow::Result<SimConfig> {
         faults,
         bug,
         keep_trace: args.trace.is_some() || args.timeline.is_some(),
+        // The replicated path's bugs need replicated shards to show.
+        replicas: if bug.is_some_and(|b| b.needs_replicated_shards()) { args.replicas.max(3) } else { args.replicas },
     })
 }
 
@@ -85,6 +91,9 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
     command.push_str(&format!(" -- sim --seed {seed} --steps {} --faults {}", args.steps, args.faults));
     if let Some(secs) = args.virtual_secs {
         command.push_str(&format!(" --virtual-secs {secs}"));
+    }
+    if args.replicas != 1 {
+        command.push_str(&format!(" --replicas {}", args.replicas));
     }
     if let Some(bug) = &args.bug {
         command.push_str(&format!(" --bug {bug}"));

@@ -99,7 +99,7 @@ impl NodeCore {
                 let group = start_group(start, disk.clone(), transport.clone(), decisions)
                     .await
                     .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;
-                ShardHandle::Replicated { front: group.front, raft: group.raft }
+                ShardHandle::Replicated { front: group.front, raft: group.raft, state: group.state }
             } else {
                 let actor = ParticipantActor::open(participant_config, disk.clone(), decisions)
                     .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;

@@ -116,6 +116,12 @@ impl NodeService {
         &self.peers
     }
 
+    /// This node's replica of replicated shard `shard`: what it applied and
+    /// a digest of its state (`None`: no replica here, or single-copy).
+    pub fn shard_replica_state(&self, shard: ShardId) -> Option<crate::shards::ReplicaState> {
+        self.participants.get(&shard).and_then(ShardHandle::replica_state)
+    }
+
     /// The participant shards this node hosts.
     pub fn shard_ids(&self) -> Vec<ShardId> {
         self.participants.keys().copied().collect()

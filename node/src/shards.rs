@@ -4,6 +4,7 @@
 
 use actix::Addr;
 use paytx_participants::group::front::ShardFront;
+use paytx_participants::group::state_machine::{lock_state, SharedShardState};
 use paytx_participants::group::types::ShardRaft;
 use paytx_participants::{
     Decide, GetStatus, ParticipantActor, ParticipantError, Prepare, ShardRead, ShardReadAnswer, Shutdown,
@@ -17,7 +18,20 @@ pub enum ShardHandle {
     /// The shard's only copy, on this node's disk.
     Single(Addr<ParticipantActor>),
     /// This node's replica of a replicated shard.
-    Replicated { front: Addr<ShardFront>, raft: ShardRaft },
+    Replicated { front: Addr<ShardFront>, raft: ShardRaft, state: SharedShardState },
+}
+
+/// What a replica has applied of its shard's log, and a digest of the
+/// state it holds (replicas that applied the same entries must agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub applied_index: Option<u64>,
+    /// FNV-1a of the encoded engine export.
+    pub digest: u64,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn stopped(shard: ShardId) -> ParticipantError {
@@ -73,6 +87,17 @@ impl ShardHandle {
         }
     }
 
+    /// A replicated shard's replica: what it applied and a digest of its
+    /// state (`None` for a single-copy shard). O(entities): for checks.
+    pub fn replica_state(&self) -> Option<ReplicaState> {
+        let ShardHandle::Replicated { state, .. } = self else {
+            return None;
+        };
+        let state = lock_state(state);
+        let encoded = paytx_protocol::encode(&state.engine.export()).ok()?;
+        Some(ReplicaState { applied_index: state.last_applied.map(|id| id.index), digest: fnv1a(&encoded) })
+    }
+
     /// The Raft group of a replicated shard's replica.
     pub fn raft(&self) -> Option<&ShardRaft> {
         match self {
@@ -85,7 +110,7 @@ impl ShardHandle {
     pub fn stop(&self) {
         match self {
             ShardHandle::Single(actor) => actor.do_send(Shutdown),
-            ShardHandle::Replicated { front, raft } => {
+            ShardHandle::Replicated { front, raft, .. } => {
                 front.do_send(Shutdown);
                 let raft = raft.clone();
                 tokio::spawn(async move {

@@ -47,10 +47,20 @@ pub enum Bug {
     /// own consistency check too (as in an adapter that never tracked it),
     /// so only the simulator's model can notice.
     ChannelRefundUnbounded,
+    /// A replicated shard's leader votes YES on a prepare before its log
+    /// entry is committed and applied: the vote promises a reservation the
+    /// group may never make (the entry is lost with the leader, or applying
+    /// it refuses).
+    VoteBeforeReplicated,
+    /// A replicated shard's followers apply a prepare without reserving
+    /// anything (a vote computed from node-local facts, not the replicated
+    /// state): after a failover the new leader holds no hold for what its
+    /// predecessor promised.
+    FollowerSkipsReservation,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 13] = [
         Bug::VoteBeforeSync,
         Bug::CommitWithoutAllVotes,
         Bug::NoRedriveOnNewLeader,
@@ -62,6 +72,8 @@ impl Bug {
         Bug::SyncBeforeStagedApply,
         Bug::ClosePaidOrder,
         Bug::ChannelRefundUnbounded,
+        Bug::VoteBeforeReplicated,
+        Bug::FollowerSkipsReservation,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -78,7 +90,15 @@ impl Bug {
             Bug::SyncBeforeStagedApply => "sync-before-staged-apply",
             Bug::ClosePaidOrder => "close-paid-order",
             Bug::ChannelRefundUnbounded => "channel-refund-unbounded",
+            Bug::VoteBeforeReplicated => "vote-before-replicated",
+            Bug::FollowerSkipsReservation => "follower-skips-reservation",
         }
+    }
+
+    /// Bugs of the replicated-shard path: a run plants them on a cluster
+    /// whose shards are Raft groups (they cannot show on single copies).
+    pub fn needs_replicated_shards(self) -> bool {
+        matches!(self, Bug::VoteBeforeReplicated | Bug::FollowerSkipsReservation)
     }
 
     pub fn parse(name: &str) -> Option<Bug> {

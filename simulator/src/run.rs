@@ -32,11 +32,22 @@ pub struct SimConfig {
     pub bug: Option<Bug>,
     /// Keep every event (for `--trace FILE`).
     pub keep_trace: bool,
+    /// Copies of every participant shard (1: single-copy; 3: every shard
+    /// a Raft group on the three nodes).
+    pub replicas: u32,
 }
 
 impl SimConfig {
     pub fn new(seed: u64) -> Self {
-        SimConfig { seed, operations: 300, virtual_secs: None, faults: FaultProfile::All, bug: None, keep_trace: false }
+        SimConfig {
+            seed,
+            operations: 300,
+            virtual_secs: None,
+            faults: FaultProfile::All,
+            bug: None,
+            keep_trace: false,
+            replicas: 1,
+        }
     }
 }
 
@@ -125,7 +136,7 @@ pub fn run(config: &SimConfig) -> RunReport {
     }
 }
 
-fn node_configs(seed: u64, rng: &mut ChaCha8Rng) -> BTreeMap<NodeId, NodeConfig> {
+fn node_configs(seed: u64, replicas: u32, rng: &mut ChaCha8Rng) -> BTreeMap<NodeId, NodeConfig> {
     let addrs: BTreeMap<NodeId, SocketAddr> =
         (1..=3u64).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16)))).collect();
     // Channels with seeded latency and failure models (slow prepares,
@@ -146,6 +157,7 @@ fn node_configs(seed: u64, rng: &mut ChaCha8Rng) -> BTreeMap<NodeId, NodeConfig>
                 NodeConfig::local(*id, &addrs, format!("sim/node-{id}").into(), "simulated-cluster-secret");
             config.seed = Some(sub_seed(seed, 100 + id));
             config.channels = channels.clone();
+            config.shards.replicas = replicas;
             config.raft.heartbeat_interval_ms = 50;
             config.raft.election_timeout_min_ms = 300;
             config.raft.election_timeout_max_ms = 600;
@@ -166,9 +178,64 @@ fn node_configs(seed: u64, rng: &mut ChaCha8Rng) -> BTreeMap<NodeId, NodeConfig>
 /// network has been healed by then).
 async fn read(cluster: &SimCluster, entity: EntityKey, request: Request) -> Option<Response> {
     let config = cluster.configs.values().next()?;
-    let owner = config.shards.node_of(config.shards.shard_of(entity))?;
-    let service = cluster.service(owner)?;
-    Some(service.handle_request(request, false).await)
+    read_shard(cluster, config.shards.shard_of(entity), request).await
+}
+
+/// Waits (at most 30 s of virtual time) until every live replica of every
+/// shard has applied the same log index, then compares their states.
+/// `Err` names a shard whose replicas hold different states at the same
+/// index, or that did not converge.
+async fn replicas_agree(world: &World, cluster: &SimCluster) -> Result<(), String> {
+    let Some(config) = cluster.configs.values().next() else { return Ok(()) };
+    let shards: Vec<ShardId> = EntityKind::ALL
+        .iter()
+        .flat_map(|kind| (0..config.shards.nodes_of(*kind).len() as u32).map(|index| ShardId { kind: *kind, index }))
+        .collect();
+    let deadline = world.now_ms() + 30_000;
+    loop {
+        let mut lagging = None;
+        for shard in &shards {
+            let states: Vec<(NodeId, paytx_node::shards::ReplicaState)> = config
+                .shards
+                .replicas_of(*shard)
+                .into_iter()
+                .filter_map(|node| Some((node, cluster.service(node)?.shard_replica_state(*shard)?)))
+                .collect();
+            let Some((_, first)) = states.first() else { continue };
+            if states.iter().any(|(_, state)| state.applied_index != first.applied_index) {
+                lagging = Some(format!("{shard}: applied {states:?}"));
+                continue;
+            }
+            if let Some((node, differs)) = states.iter().find(|(_, state)| state.digest != first.digest) {
+                return Err(format!(
+                    "{shard}: replicas applied through {:?} hold different states (node {node}: {differs:?}, all: {states:?})",
+                    first.applied_index
+                ));
+            }
+        }
+        match lagging {
+            None => return Ok(()),
+            Some(detail) if world.now_ms() >= deadline => return Err(format!("not converged after 30 s: {detail}")),
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Reads from the replica of `shard` that answers: the only copy, or the
+/// group's leader (every other replica says it does not lead).
+async fn read_shard(cluster: &SimCluster, shard: ShardId, request: Request) -> Option<Response> {
+    let config = cluster.configs.values().next()?;
+    let mut answer = None;
+    for node in config.shards.replicas_of(shard) {
+        let Some(service) = cluster.service(node) else { continue };
+        let response = service.handle_request(request.clone(), false).await;
+        let refused = matches!(response, Response::Error(paytx_protocol::RequestError::NotShardLeader { .. }));
+        answer = Some(response);
+        if !refused {
+            break;
+        }
+    }
+    answer
 }
 
 /// The whole name index (one partition), page by page on the node owning
@@ -221,13 +288,11 @@ async fn scan_all(cluster: &SimCluster, ns: paytx_protocol::RecordNs) -> Result<
     let mut keys = Vec::new();
     for index in 0..config.shards.records.len() as u32 {
         let shard = ShardId { kind: EntityKind::Record, index };
-        let owner = config.shards.node_of(shard).ok_or(format!("{shard} unmapped"))?;
-        let service = cluster.service(owner).ok_or(format!("node {owner} is down"))?;
         let mut after = None;
         // Bounded: the pools hold far fewer keys than this many pages.
         for _ in 0..1_000 {
             let request = Request::ScanRecords { shard: index, ns, after, limit: 16 };
-            let Response::Records(page) = service.clone().handle_request(request, false).await else {
+            let Some(Response::Records(page)) = read_shard(cluster, shard, request).await else {
                 return Err(format!("{shard} did not answer a scan"));
             };
             if page.records.iter().any(|r| r.key.ns != ns || after.is_some_and(|a| r.key <= a)) {
@@ -329,7 +394,7 @@ impl Monitor {
 async fn simulate(config: SimConfig) -> RunReport {
     let seed = config.seed;
     let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(seed, 2));
-    let configs = node_configs(seed, &mut rng);
+    let configs = node_configs(seed, config.replicas, &mut rng);
     let nodes: Vec<NodeId> = configs.keys().copied().collect();
     let world = World::new(ChaCha8Rng::seed_from_u64(sub_seed(seed, 3)), config.keep_trace, NetFaults::none());
     let mut cluster = SimCluster::new(world.clone(), configs, sub_seed(seed, 6));
@@ -572,6 +637,14 @@ async fn simulate(config: SimConfig) -> RunReport {
     }
     if after != before {
         monitor.flag(&world, Violation { invariant: "idempotency", detail: "a replay changed balances".into() });
+    }
+
+    // Replicated shards: once every live replica has applied the same
+    // entries, they hold the same state.
+    if config.replicas > 1 {
+        if let Err(detail) = replicas_agree(&world, &cluster).await {
+            monitor.flag(&world, Violation { invariant: "replicas-agree", detail });
+        }
     }
 
     // What batching carried, from the replica that applied the most.

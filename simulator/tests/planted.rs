@@ -8,16 +8,20 @@ use paytx_simulator::{run, SimConfig};
 
 /// The first failing seed of a campaign over 0..200, if any.
 fn first_failing_seed(bug: Bug) -> Option<u64> {
-    (0..200u64)
-        .find(|seed| run(&SimConfig { operations: 100, bug: Some(bug), ..SimConfig::new(*seed) }).failure.is_some())
+    (0..200u64).find(|seed| run(&config(bug, *seed)).failure.is_some())
+}
+
+/// A short run with `bug` planted (on replicated shards for the bugs of
+/// that path).
+fn config(bug: Bug, seed: u64) -> SimConfig {
+    let replicas = if bug.needs_replicated_shards() { 3 } else { 1 };
+    SimConfig { operations: 100, bug: Some(bug), replicas, ..SimConfig::new(seed) }
 }
 
 /// The new checks must each catch their bug alone: the first failing run
 /// breaks `invariant` and nothing else (without that check the bug passes).
 fn assert_caught_only_by(bug: Bug, invariant: &str) {
-    let failure = (0..200u64).find_map(|seed| {
-        run(&SimConfig { operations: 100, bug: Some(bug), ..SimConfig::new(seed) }).failure.map(|f| (seed, f))
-    });
+    let failure = (0..200u64).find_map(|seed| run(&config(bug, seed)).failure.map(|f| (seed, f)));
     let Some((seed, failure)) = failure else { panic!("planted bug {bug} survived 200 seeds") };
     let names: Vec<&str> = failure.violations.iter().map(|v| v.invariant).collect();
     eprintln!("{bug}: first caught at seed {seed} by {names:?}");
@@ -27,6 +31,7 @@ fn assert_caught_only_by(bug: Bug, invariant: &str) {
 fn assert_caught(bug: Bug) {
     let seed = first_failing_seed(bug);
     assert!(seed.is_some(), "planted bug {bug} survived 200 seeds");
+    eprintln!("{bug}: first caught at seed {seed:?}");
 }
 
 #[test]
@@ -77,4 +82,14 @@ fn close_paid_order_is_caught_only_by_the_close_rule() {
 #[test]
 fn channel_refund_unbounded_is_caught_only_by_the_charge_bound() {
     assert_caught_only_by(Bug::ChannelRefundUnbounded, "channel-refund-within-charged");
+}
+
+#[test]
+fn vote_before_replicated_is_caught() {
+    assert_caught(Bug::VoteBeforeReplicated);
+}
+
+#[test]
+fn follower_skips_reservation_is_caught() {
+    assert_caught(Bug::FollowerSkipsReservation);
 }

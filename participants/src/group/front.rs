@@ -35,6 +35,7 @@ use crate::MAX_DECLINE_PER_MILLION;
 use actix::fut::{ready, wrap_future, ActorFutureExt};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, ResponseActFuture};
 use paytx_protocol::batcher::{BatchLimits, Batcher};
+use paytx_protocol::planted::Bug;
 use paytx_protocol::{AbortReason, EntityKey, EntityKind, Operation, TxnId, Vote};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -253,8 +254,18 @@ impl ShardFront {
     ) {
         let result = self.submit(ShardCommand::Prepare { txn, ops: ops.clone(), admission }, ctx);
         let shard = self.config.shard;
+        // PLANTED BUG (simulator only): vote YES before the prepare's entry is committed and applied.
+        let (reply, early) = if paytx_protocol::planted::active(Bug::VoteBeforeReplicated) {
+            let _ = reply.send(Ok(Vote::Yes));
+            (oneshot::channel().0, true)
+        } else {
+            (reply, false)
+        };
         ctx.spawn(wrap_future(result).map(move |result, act: &mut Self, ctx| {
             let result = result.unwrap_or_else(|_| Err(dropped(shard)));
+            if early {
+                return;
+            }
             match result {
                 Ok(StepResult::Voted { vote: Vote::Yes, .. }) => {
                     act.prepared_at.insert(txn, Instant::now());

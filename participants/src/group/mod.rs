@@ -102,7 +102,7 @@ pub async fn start_group(
     let config = paytx_raft::openraft_config(&election_bias(&settings, preferred), &format!("paytx-{shard}"))
         .map_err(|e| failed(e.to_string()))?;
     let log_store = ShardLogStore::with_prefix(disk.clone(), &prefix);
-    let state_machine = ShardStateMachine::open(&participant, disk, format!("{prefix}raft-snapshot"))
+    let state_machine = ShardStateMachine::open(&participant, disk, format!("{prefix}raft-snapshot"), preferred)
         .map_err(|e| failed(format!("cannot restore the shard's snapshot: {e}")))?;
     let state = state_machine.shared();
     let network = NetworkFactory::new(RaftGroup::Shard(shard), transport, max_rpc_bytes(max_frame_bytes));

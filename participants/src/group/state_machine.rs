@@ -12,14 +12,15 @@
 
 use crate::config::ParticipantConfig;
 use crate::engine::{Engine, EngineSnapshot};
-use crate::group::apply::apply_proposal;
-use crate::group::types::{ShardApplied, ShardTypeConfig};
+use crate::group::apply::{apply_command, apply_proposal};
+use crate::group::types::{ShardApplied, ShardCommand, ShardTypeConfig, StepResult};
 use crate::ChannelConfig;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use paytx_protocol::ShardId;
+use paytx_protocol::planted::Bug;
+use paytx_protocol::{ShardId, Vote};
 use paytx_raft::snapshot::StoredSnapshot;
 use paytx_raft::NodeId;
 use paytx_storage::SharedDisk;
@@ -72,6 +73,9 @@ impl EngineRecipe {
 
 pub struct ShardStateMachine {
     state: SharedShardState,
+    /// This replica is on the shard's preferred node (used only by a
+    /// planted bug: replicated state must never depend on it).
+    preferred: bool,
     recipe: EngineRecipe,
     disk: SharedDisk,
     snapshot_space: String,
@@ -89,6 +93,7 @@ impl ShardStateMachine {
         config: &ParticipantConfig,
         disk: SharedDisk,
         snapshot_space: String,
+        preferred: bool,
     ) -> Result<Self, StorageError<NodeId>> {
         let recipe = EngineRecipe {
             shard: config.shard,
@@ -105,7 +110,14 @@ impl ShardStateMachine {
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
         }
-        Ok(ShardStateMachine { state: Arc::new(Mutex::new(state)), recipe, disk, snapshot_space, snapshot_seq: 0 })
+        Ok(ShardStateMachine {
+            state: Arc::new(Mutex::new(state)),
+            preferred,
+            recipe,
+            disk,
+            snapshot_space,
+            snapshot_seq: 0,
+        })
     }
 
     pub fn shared(&self) -> SharedShardState {
@@ -152,6 +164,20 @@ impl RaftStateMachine<ShardTypeConfig> for ShardStateMachine {
             state.last_applied = Some(entry.log_id);
             let applied = match entry.payload {
                 EntryPayload::Blank => ShardApplied::default(),
+                // PLANTED BUG (simulator only): a follower votes YES on every prepare and reserves nothing.
+                EntryPayload::Normal(proposal)
+                    if !self.preferred && paytx_protocol::planted::active(Bug::FollowerSkipsReservation) =>
+                {
+                    let results = proposal
+                        .commands
+                        .iter()
+                        .map(|command| match command {
+                            ShardCommand::Prepare { .. } => StepResult::Voted { vote: Vote::Yes, blocked: false },
+                            decide => apply_command(&mut state.engine, decide, self.recipe.max_prepared),
+                        })
+                        .collect();
+                    ShardApplied { results }
+                }
                 EntryPayload::Normal(proposal) => {
                     ShardApplied { results: apply_proposal(&mut state.engine, &proposal, self.recipe.max_prepared) }
                 }
