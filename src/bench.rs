@@ -42,9 +42,9 @@ pub struct BenchArgs {
     /// charge record, as in the peers' workload it is compared with.
     #[arg(long)]
     pub channel_latency: bool,
-    /// Embedded cluster: copies of every participant shard (1: single-copy;
-    /// 3: every shard a Raft group of three voters).
-    #[arg(long, default_value_t = 1)]
+    /// Embedded cluster: copies of every participant shard (3: every shard
+    /// a Raft group of three voters; 1: single-copy).
+    #[arg(long, default_value_t = paytx::protocol::ops::DEFAULT_SHARD_REPLICAS)]
     pub replicas: u32,
     /// Print each level's result as one line of JSON.
     #[arg(long)]

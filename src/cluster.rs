@@ -60,8 +60,8 @@ pub struct ClusterOptions {
     pub http: Option<HttpOptions>,
     /// Serve the admin listener from every node (see [`AdminOptions`]).
     pub admin: Option<AdminOptions>,
-    /// Copies of every participant shard: 1 = single-copy; 3 = every
-    /// shard a Raft group of three voters (at most `nodes`).
+    /// Copies of every participant shard, at most one per node: 3 (the
+    /// default) = every shard a Raft group of three voters; 1 = single-copy.
     pub shard_replicas: u32,
 }
 
@@ -99,7 +99,7 @@ impl Default for ClusterOptions {
             link_filter: LinkFilter::default(),
             http: None,
             admin: None,
-            shard_replicas: 1,
+            shard_replicas: paytx_protocol::ops::DEFAULT_SHARD_REPLICAS,
         }
     }
 }

@@ -40,9 +40,9 @@ pub struct SimArgs {
     /// Width of one timeline interval, in virtual ms.
     #[arg(long, default_value_t = 500)]
     pub timeline_interval_ms: u64,
-    /// Copies of every participant shard: 1 = single-copy, 3 = every shard
-    /// a Raft group on the three nodes.
-    #[arg(long, default_value_t = 1)]
+    /// Copies of every participant shard: 3 = every shard a Raft group on
+    /// the three nodes, 1 = single-copy.
+    #[arg(long, default_value_t = paytx::protocol::ops::DEFAULT_SHARD_REPLICAS)]
     pub replicas: u32,
     /// Worker threads for a campaign (default: one per core).
     #[arg(long)]
@@ -77,8 +77,8 @@ fn config(args: &SimArgs, seed: u64) -> anyhow::Result<SimConfig> {
         faults,
         bug,
         keep_trace: args.trace.is_some() || args.timeline.is_some(),
-        // The replicated path's bugs need replicated shards to show.
-        replicas: if bug.is_some_and(|b| b.needs_replicated_shards()) { args.replicas.max(3) } else { args.replicas },
+        // A bug of one path runs on the shard copies of that path.
+        replicas: bug.and_then(Bug::shard_replicas).unwrap_or(args.replicas),
     })
 }
 
@@ -92,7 +92,7 @@ fn replay_command(args: &SimArgs, seed: u64) -> String {
     if let Some(secs) = args.virtual_secs {
         command.push_str(&format!(" --virtual-secs {secs}"));
     }
-    if args.replicas != 1 {
+    if args.replicas != paytx::protocol::ops::DEFAULT_SHARD_REPLICAS {
         command.push_str(&format!(" --replicas {}", args.replicas));
     }
     if let Some(bug) = &args.bug {

@@ -153,9 +153,9 @@ async fn resubmitting_a_key_after_a_leader_change_returns_the_first_outcome_and_
     cluster.shutdown().await;
 }
 
-/// One node down (coordinator replica and shards): transactions touching
-/// its shards abort, and however many of them there are, payments that do
-/// not touch it keep committing. Before, every such abort waited for the
+/// Single-copy shards (`replicas = 1`), one node down (coordinator replica
+/// and shards): transactions touching its shards abort, and however many
+/// of them there are, payments that do not touch it keep committing. Before, every such abort waited for the
 /// dead shard's acknowledgement and counted against `max_in_flight_txns`,
 /// so the leader soon answered `Overloaded` to everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +163,7 @@ async fn a_dead_node_stops_only_the_transactions_that_touch_it() {
     const MAX_IN_FLIGHT: usize = 8;
     let mut options = test_options();
     options.coordinator.max_in_flight_txns = MAX_IN_FLIGHT;
+    options.shard_replicas = 1;
     let (cluster, client) = start(options).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
     let victim = cluster.node_ids().into_iter().find(|n| *n != leader).expect("three nodes");

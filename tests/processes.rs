@@ -482,14 +482,10 @@ fn real_node_processes_pay_survive_kill_9_and_stop_on_sigint() {
     cluster.kill_9(victim);
 
     assert_eq!(cluster.leader(), Some(leader), "the leader keeps leading with one follower down");
-    if live.contains(&cluster.owner(EntityKey::Account(AccountId(1)))) {
-        assert_eq!(cluster.balance(1)["balance_minor"], 7500);
-    } else {
-        // Account 1's shard lived on the killed node: reads fail cleanly.
-        let unavailable = cluster.client(&["balance", "--account", "1"]);
-        assert!(!unavailable.status.success(), "read of a dead shard: {}", unavailable.stdout);
-        assert!(unavailable.stderr.contains("unreachable"), "typed error: {}", unavailable.stderr);
-    }
+    // Every shard is a Raft group on the three nodes: whichever node
+    // account 1's shard preferred, it stays readable (its group elects a
+    // new leader if the victim led it).
+    assert_eq!(cluster.balance(1)["balance_minor"], 7500, "a shard survives the loss of one replica");
 
     // A payment whose every shard is on a live node commits.
     let payer = cluster.pick(100, &live, true, |id| EntityKey::Account(AccountId(id)));
@@ -525,7 +521,8 @@ fn real_node_processes_pay_survive_kill_9_and_stop_on_sigint() {
     ]);
     assert!(committed(&pay), "a payment avoiding the dead node commits: {pay}");
 
-    // A payment that needs the dead node's shard aborts, applying nothing.
+    // A payment from an account whose shard preferred the dead node
+    // commits too: the shard's other two replicas elected a leader.
     let order_2 = cluster.pick(order + 1, &live, true, |id| EntityKey::Order(OrderId(id)));
     let order_2_s = order_2.to_string();
     let create_2 = cluster.client_json(&[
@@ -540,23 +537,18 @@ fn real_node_processes_pay_survive_kill_9_and_stop_on_sigint() {
     assert!(committed(&create_2), "{create_2}");
     let stranded_s = stranded.to_string();
     let args = ["pay", "--order", &order_2_s, "--payer", &stranded_s, "--channel", &channel_s, "--key", "pay-dead"];
-    let blocked = cluster.client_json(&args);
-    let reason = abort_reason(&blocked);
-    assert!(
-        matches!(reason.as_deref(), Some("ShardUnavailable" | "PrepareTimeout")),
-        "a payment touching a dead shard aborts: {blocked}"
-    );
-    eprintln!("payment touching the dead node {victim}: {reason:?} after {:?}", started.elapsed());
-    assert_eq!(cluster.order_status(order_2), "CREATED", "the aborted payment left the order alone");
+    let failed_over = cluster.client_json(&args);
+    assert!(committed(&failed_over), "a payment on the dead node's shards commits on their new leaders: {failed_over}");
+    assert_eq!(cluster.order_status(order_2), "PAID");
 
     // ----- Restart the killed node on its data: nothing was lost. -----
     let accounts = [1, 2, stranded, payer, merchant];
     let expected = BTreeMap::from([
         (1, (7500, 0)),
         (2, (2500, 0)),
-        (stranded, (1000, 0)),
+        (stranded, (700, 0)),
         (payer, (3800, 0)),
-        (merchant, (1200, 0)),
+        (merchant, (1500, 0)),
     ]);
     cluster.spawn(victim);
     assert_eq!(cluster.wait_for_leader(), leader, "the restarted follower rejoins the same leader");
@@ -564,25 +556,7 @@ fn real_node_processes_pay_survive_kill_9_and_stop_on_sigint() {
     assert_eq!(cluster.balances(&accounts), expected, "balances after kill -9 and restart");
     assert_eq!(cluster.order_status(7), "PAID");
     assert_eq!(cluster.order_status(order), "PAID");
-    assert_eq!(cluster.order_status(order_2), "CREATED");
-    // The restarted node takes part in 2PC again: the blocked payment goes
-    // through under a new key.
-    let retry = cluster.client_json(&[
-        "pay",
-        "--order",
-        &order_2_s,
-        "--payer",
-        &stranded_s,
-        "--channel",
-        &channel_s,
-        "--key",
-        "pay-dead-2",
-    ]);
-    assert!(committed(&retry), "{retry}");
-    let mut expected = expected;
-    expected.insert(stranded, (700, 0));
-    expected.insert(merchant, (1500, 0));
-    assert_eq!(cluster.balances(&accounts), expected);
+    assert_eq!(cluster.order_status(order_2), "PAID");
 
     // ----- Ctrl-C every node, restart the whole cluster: all still there. -----
     cluster.wait_quiet(Duration::from_secs(10));
@@ -593,7 +567,7 @@ fn real_node_processes_pay_survive_kill_9_and_stop_on_sigint() {
     cluster.wait_for_leader();
     assert_eq!(cluster.balances(&accounts), expected, "balances after a clean restart of every node");
     assert_eq!(cluster.txn_state("pay-7"), serde_json::json!({ "Decided": "Committed" }));
-    assert!(abort_reason(&serde_json::json!({ "outcome": cluster.txn_state("pay-dead")["Decided"] })).is_some());
+    assert_eq!(cluster.txn_state("pay-dead"), serde_json::json!({ "Decided": "Committed" }));
     let replay = cluster.client_json(&["pay", "--order", "7", "--payer", "1", "--channel", "2", "--key", "pay-7"]);
     assert!(committed(&replay) && replay["replayed"] == true, "idempotency survives restarts: {replay}");
     assert_eq!(cluster.balance(1)["balance_minor"], 7500);

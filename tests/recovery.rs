@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use paytx::protocol::error::OrderStatus;
+use paytx::protocol::messages::RaftGroup;
 use paytx::protocol::{AccountId, EntityKey, IdempotencyKey, NodeId, OrderId, PeerRequest, TxnRequest};
 use paytx::{Cluster, ClusterOptions};
 use std::time::Duration;
@@ -119,9 +120,11 @@ async fn a_follower_that_fell_behind_catches_up_by_snapshot() {
     let lagging = cluster.node_ids().into_iter().find(|n| *n != leader).expect("a follower");
     let lagging_addr = cluster.addr(lagging).expect("addr");
 
-    // Cut the follower's Raft traffic (its participants keep working).
+    // Cut the follower's coordinator Raft traffic (its shard replicas
+    // keep working).
     cluster.link_filter().set(move |from, to, message| {
-        !matches!(message, PeerRequest::Raft { .. }) || (from != lagging && to != lagging)
+        !matches!(message, PeerRequest::Raft { group: RaftGroup::Coordinator, .. })
+            || (from != lagging && to != lagging)
     });
     let snapshot_before = client.node_status_of(lagging_addr).await.expect("status").snapshot_index;
     for i in 0..80u64 {
@@ -173,7 +176,8 @@ async fn a_follower_that_lags_across_large_entries_catches_up_in_frames_that_fit
     let lagging = cluster.node_ids().into_iter().find(|n| *n != leader).expect("a follower");
     let lagging_addr = cluster.addr(lagging).expect("addr");
     cluster.link_filter().set(move |from, to, message| {
-        !matches!(message, PeerRequest::Raft { .. }) || (from != lagging && to != lagging)
+        !matches!(message, PeerRequest::Raft { group: RaftGroup::Coordinator, .. })
+            || (from != lagging && to != lagging)
     });
     for i in 0..30u8 {
         let ops = vec![Operation::PutRecord {

@@ -261,11 +261,10 @@ impl NodeConfig {
                 }
             }
         }
-        let shard_nodes = self.shards.nodes().len();
         let replicas = self.shards.replicas;
-        if replicas == 0 || replicas > paytx_protocol::ops::MAX_SHARD_REPLICAS || replicas as usize > shard_nodes {
+        if !(1..=paytx_protocol::ops::MAX_SHARD_REPLICAS).contains(&replicas) {
             return Err(ConfigError::Invalid(format!(
-                "[shards] replicas = {replicas}: needs 1..={} and no more than the {shard_nodes} nodes the map names",
+                "[shards] replicas = {replicas}: needs 1..={}",
                 paytx_protocol::ops::MAX_SHARD_REPLICAS
             )));
         }
@@ -339,7 +338,7 @@ impl NodeConfig {
             data_dir,
             fsync: true,
             peers: addrs.iter().map(|(id, addr)| Peer { id: *id, addr: *addr }).collect(),
-            shards: ShardMap::one_shard_per_node(&ids),
+            shards: ShardMap::one_shard_per_node(&ids).with_replicas(paytx_protocol::ops::DEFAULT_SHARD_REPLICAS),
             channels: paytx_participants::default_channels(),
             raft: RaftSettings::default(),
             coordinator: CoordinatorSettings::default(),

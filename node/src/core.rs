@@ -39,6 +39,27 @@ pub struct NodeCore {
     service: Arc<NodeService>,
 }
 
+/// Refuses a data directory whose shard was written in the other layout:
+/// a single-copy journal under a replicated configuration would be ignored
+/// (its money silently absent), and a replica's Raft log under a
+/// single-copy one likewise. Changing `replicas` on an existing cluster is
+/// not supported (README, "Configuration").
+fn check_shard_layout(disk: &SharedDisk, shard: ShardId, replicated: bool) -> Result<(), NodeError> {
+    let unreadable = |e: paytx_storage::DiskError| NodeError::Participant { shard, reason: e.to_string() };
+    let journal = disk.last(&paytx_participants::Journal::space_name(shard)).map_err(unreadable)?.is_some();
+    let group_log = format!("{}raft-log", paytx_participants::group::keyspace_prefix(shard));
+    let replica = disk.last(&group_log).map_err(unreadable)?.is_some();
+    let (found, wanted) = match (replicated, journal, replica) {
+        (true, true, _) => ("a single-copy journal", "replicas > 1"),
+        (false, _, true) => ("a replica's Raft log", "replicas = 1"),
+        _ => return Ok(()),
+    };
+    Err(NodeError::Config(format!(
+        "the data directory holds {found} of shard {shard}, but [shards] says {wanted}: \
+         a cluster keeps the shard layout it was created with"
+    )))
+}
+
 impl NodeCore {
     /// Starts the node of `config` on `disk`, talking to other nodes through
     /// `remote` (calls to itself never leave the process).
@@ -69,6 +90,7 @@ impl NodeCore {
         let seed_base = config.seed.unwrap_or_else(rand::random);
         let mut participants = BTreeMap::new();
         for shard in config.shards.shards_on(config.node_id) {
+            check_shard_layout(&disk, shard, config.shards.is_replicated())?;
             let mut participant_config = ParticipantConfig::new(shard);
             participant_config.channels = config.channels.clone();
             participant_config.rng_seed = seed_base ^ (u64::from(shard.kind.tag()) << 32 | u64::from(shard.index));

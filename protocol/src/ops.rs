@@ -188,14 +188,19 @@ pub struct ShardMap {
     pub orders: Vec<NodeId>,
     pub channels: Vec<NodeId>,
     pub records: Vec<NodeId>,
-    /// Copies of every shard: 1 = single-copy (the shard lives on one
-    /// node's disk); 3 = a Raft group of three voters on three nodes.
-    #[serde(default = "single_copy")]
+    /// Copies of every shard, at most one per node (a map of fewer nodes
+    /// keeps one on each): 3 (the default) = a Raft group of three voters
+    /// on three nodes; 1 = single-copy (the shard lives on one node's disk).
+    #[serde(default = "default_replicas")]
     pub replicas: u32,
 }
 
-fn single_copy() -> u32 {
-    1
+/// Copies of every shard unless configured: three voters, so any one node
+/// may be lost.
+pub const DEFAULT_SHARD_REPLICAS: u32 = 3;
+
+fn default_replicas() -> u32 {
+    DEFAULT_SHARD_REPLICAS
 }
 
 /// Most replicas of one shard (a Raft group larger than this gains no
@@ -220,9 +225,15 @@ impl ShardMap {
         self
     }
 
+    /// Copies of every shard there are: `replicas`, but at most one per
+    /// node of the map.
+    pub fn replica_count(&self) -> usize {
+        (self.replicas.max(1) as usize).min(self.nodes().len())
+    }
+
     /// `true` when every shard is a Raft group (more than one copy).
     pub fn is_replicated(&self) -> bool {
-        self.replicas > 1
+        self.replica_count() > 1
     }
 
     /// Every node named in the map, in id order.
@@ -239,7 +250,7 @@ impl ShardMap {
             return Vec::new();
         };
         let nodes = self.nodes();
-        let count = (self.replicas.max(1) as usize).min(nodes.len());
+        let count = self.replica_count();
         let start = nodes.iter().position(|node| *node == preferred).unwrap_or(0);
         (0..count).map(|offset| nodes[(start + offset) % nodes.len()]).collect()
     }

@@ -95,10 +95,15 @@ impl Bug {
         }
     }
 
-    /// Bugs of the replicated-shard path: a run plants them on a cluster
-    /// whose shards are Raft groups (they cannot show on single copies).
-    pub fn needs_replicated_shards(self) -> bool {
-        matches!(self, Bug::VoteBeforeReplicated | Bug::FollowerSkipsReservation)
+    /// The shard copies a run needs for this bug to be on its path: 3 for
+    /// the replicated path's bugs, 1 for the single-copy participant's
+    /// journal and fsync rounds, `None` when either runs it.
+    pub fn shard_replicas(self) -> Option<u32> {
+        match self {
+            Bug::VoteBeforeReplicated | Bug::FollowerSkipsReservation => Some(3),
+            Bug::VoteBeforeSync | Bug::SyncBeforeStagedApply | Bug::DropHoldsOnRestart => Some(1),
+            _ => None,
+        }
     }
 
     pub fn parse(name: &str) -> Option<Bug> {

@@ -46,7 +46,7 @@ impl SimConfig {
             faults: FaultProfile::All,
             bug: None,
             keep_trace: false,
-            replicas: 1,
+            replicas: paytx_protocol::ops::DEFAULT_SHARD_REPLICAS,
         }
     }
 }

@@ -11,11 +11,11 @@ fn first_failing_seed(bug: Bug) -> Option<u64> {
     (0..200u64).find(|seed| run(&config(bug, *seed)).failure.is_some())
 }
 
-/// A short run with `bug` planted (on replicated shards for the bugs of
-/// that path).
+/// A short run with `bug` planted, on the shard copies its path needs.
 fn config(bug: Bug, seed: u64) -> SimConfig {
-    let replicas = if bug.needs_replicated_shards() { 3 } else { 1 };
-    SimConfig { operations: 100, bug: Some(bug), replicas, ..SimConfig::new(seed) }
+    let defaults = SimConfig::new(seed);
+    let replicas = bug.shard_replicas().unwrap_or(defaults.replicas);
+    SimConfig { operations: 100, bug: Some(bug), replicas, ..defaults }
 }
 
 /// The new checks must each catch their bug alone: the first failing run
