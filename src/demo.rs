@@ -1,16 +1,20 @@
 //! `paytx demo`: an embedded 3-node cluster processing real payments, with
-//! the coordinator leader shut down half-way, then an invariant check.
+//! the coordinator leader's whole node stopped half-way (and restarted at
+//! three quarters), then an invariant check.
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use paytx::protocol::error::OrderStatus;
-use paytx::protocol::{AccountId, ChannelId, Currency, Money, Operation, OrderId, Outcome, TxnRequest};
+use paytx::protocol::{
+    AccountId, ChannelId, Currency, Money, NodeId, Operation, OrderId, Outcome, ShardId, TxnRequest,
+};
 use paytx::report::{latency_histogram, record_us, summarize};
 use paytx::workload::{open_accounts, payment_ops};
 use paytx::{Client, Cluster, ClusterOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +37,8 @@ pub struct DemoArgs {
     /// Keep the data here instead of a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Skip the leader shutdown half-way.
+    /// Skip the node failure half-way (the coordinator leader's whole node
+    /// stopped, restarted at three quarters).
     #[arg(long)]
     pub no_failover: bool,
 }
@@ -193,12 +198,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 
     let pay_started = Instant::now();
     let half = total / 2;
-    let failover_done = Arc::new(AtomicBool::new(args.no_failover));
+    // Half-way, the coordinator leader's whole node goes down (its
+    // coordinator replica and its replica of every shard), payments go on,
+    // and at three quarters it comes back.
+    let failure = (!args.no_failover).then(|| {
+        let (cluster, client, done) = (cluster.clone(), client.clone(), done.clone());
+        let progress = progress.clone();
+        tokio::spawn(async move { fail_a_node(&cluster, &client, &done, half, total * 3 / 4, &progress).await })
+    });
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
         let (client, queue, tally, histogram, done, progress) =
             (client.clone(), queue.clone(), tally.clone(), histogram.clone(), done.clone(), progress.clone());
-        let (cluster, failover_done) = (cluster.clone(), failover_done.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -235,17 +246,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                         }
                     }
                 }
-                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                done.fetch_add(1, Ordering::Relaxed);
                 progress.inc(1);
-                if finished >= half && !failover_done.swap(true, Ordering::SeqCst) {
-                    if let Some(leader) = cluster.leader().await {
-                        progress.set_message(format!("shutting down coordinator leader node {leader}"));
-                        if let Err(e) = cluster.shutdown_coordinator(leader).await {
-                            tracing::warn!(error = %e, "leader shutdown failed");
-                        }
-                        progress.set_message(format!("coordinator on node {leader} is down"));
-                    }
-                }
             }
         }));
     }
@@ -253,6 +255,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         worker.await.context("a payment worker panicked")?;
     }
     let pay_elapsed = pay_started.elapsed();
+    let failure = match failure {
+        Some(task) => Some(task.await.context("the node-failure task panicked")?),
+        None => None,
+    };
     progress.finish_with_message("done");
     stop_watch.store(true, Ordering::Relaxed);
     let _ = watcher.await;
@@ -280,7 +286,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         }
     }
 
-    let checks = check_invariants(&client, &accounts, deposited, &orders, &tally, settled).await?;
+    let mut checks = check_invariants(&client, &accounts, deposited, &orders, &tally, settled).await?;
+    if let Some(failure) = &failure {
+        checks.push((
+            "every shard had a leader again after the node failure",
+            failure.leaderless.is_empty(),
+            if failure.leaderless.is_empty() {
+                String::new()
+            } else {
+                format!("no leader for {:?}", failure.leaderless)
+            },
+        ));
+    }
     let latency = summarize(&histogram.lock().unwrap_or_else(|p| p.into_inner()));
     let leaders = leaders_seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
 
@@ -311,6 +328,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         leaders.len().saturating_sub(1),
         if leaders.len() == 2 { "" } else { "s" }
     );
+    if let Some(failure) = &failure {
+        failure.print();
+    }
     println!("  invariants");
     let mut all_ok = true;
     for (name, ok, detail) in &checks {
@@ -457,4 +477,104 @@ async fn check_invariants(
             },
         ),
     ])
+}
+
+/// What the demo's node failure showed.
+struct NodeFailure {
+    victim: NodeId,
+    stopped_at_payment: u64,
+    restarted_at_payment: Option<u64>,
+    /// Shards the victim led: the new leader and how long after the stop
+    /// a live node first reported it.
+    failovers: Vec<(ShardId, NodeId, Duration)>,
+    /// Shards the victim led that had no live leader within the wait.
+    leaderless: Vec<ShardId>,
+}
+
+impl NodeFailure {
+    fn print(&self) {
+        let restarted = match self.restarted_at_payment {
+            Some(at) => format!("restarted at payment {at}"),
+            None => "not restarted (it did not start)".to_string(),
+        };
+        println!(
+            "  node failure         node {} stopped whole at payment {} (coordinator leader and a replica of every shard), {restarted}",
+            self.victim, self.stopped_at_payment
+        );
+        for (shard, leader, after) in &self.failovers {
+            println!(
+                "    shard {:<14} led by node {leader} after {:.0} ms",
+                shard.to_string(),
+                after.as_secs_f64() * 1e3
+            );
+        }
+        for shard in &self.leaderless {
+            println!("    shard {:<14} NO LEADER within the wait", shard.to_string());
+        }
+    }
+}
+
+/// Once `start_at` payments are done, stops the coordinator leader's whole
+/// node, measures how long each shard it led took to get a leader on a live
+/// node, and restarts it once `restart_at` payments are done.
+async fn fail_a_node(
+    cluster: &Cluster,
+    client: &Client,
+    done: &AtomicU64,
+    start_at: u64,
+    restart_at: u64,
+    progress: &ProgressBar,
+) -> NodeFailure {
+    while done.load(Ordering::Relaxed) < start_at {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let victim = cluster.leader().await.unwrap_or(1);
+    let led: Vec<ShardId> = match cluster.addr(victim) {
+        Some(addr) => match client.node_status_of(addr).await {
+            Ok(status) => status.shards.iter().filter(|s| s.leader == Some(victim)).map(|s| s.shard).collect(),
+            Err(_) => Vec::new(),
+        },
+        None => Vec::new(),
+    };
+    let stopped_at_payment = done.load(Ordering::Relaxed);
+    progress.set_message(format!("node {victim} stopped"));
+    let stopped = Instant::now();
+    if let Err(e) = cluster.stop_node(victim).await {
+        tracing::warn!(error = %e, "stopping the node failed");
+    }
+    // Poll the live nodes until every shard the victim led has a live leader.
+    let live: Vec<SocketAddr> =
+        cluster.node_ids().into_iter().filter(|n| *n != victim).filter_map(|n| cluster.addr(n)).collect();
+    let mut failovers: Vec<(ShardId, NodeId, Duration)> = Vec::new();
+    let deadline = stopped + Duration::from_secs(15);
+    while failovers.len() < led.len() && Instant::now() < deadline {
+        for addr in &live {
+            let Ok(status) = client.node_status_of(*addr).await else { continue };
+            for shard in &status.shards {
+                let new_leader = shard.leader.filter(|leader| *leader != victim);
+                if let Some(leader) = new_leader {
+                    if led.contains(&shard.shard) && !failovers.iter().any(|(s, _, _)| *s == shard.shard) {
+                        failovers.push((shard.shard, leader, stopped.elapsed()));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    failovers.sort_by_key(|(shard, _, _)| *shard);
+    let leaderless = led.iter().copied().filter(|s| !failovers.iter().any(|(f, _, _)| f == s)).collect();
+    while done.load(Ordering::Relaxed) < restart_at {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let restarted_at_payment = match cluster.restart_node(victim).await {
+        Ok(()) => {
+            progress.set_message(format!("node {victim} restarted"));
+            Some(done.load(Ordering::Relaxed))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "restarting the node failed");
+            None
+        }
+    };
+    NodeFailure { victim, stopped_at_payment, restarted_at_payment, failovers, leaderless }
 }

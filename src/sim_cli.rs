@@ -224,6 +224,7 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
         for (name, count) in [
             ("crashes", c.crashes),
             ("leader crashes", c.leader_crashes),
+            ("nodes lost for good", c.nodes_lost),
             ("restarts", c.restarts),
             ("partitions", c.partitions),
             ("pauses", c.pauses),

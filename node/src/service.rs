@@ -463,7 +463,7 @@ impl NodeService {
     pub async fn status(&self) -> NodeStatusView {
         let mut shards: Vec<ShardStatus> = Vec::new();
         for handle in self.participants.values() {
-            if let Some(status) = handle.status().await {
+            if let Some(status) = handle.status(self.id).await {
                 shards.push(status);
             }
         }

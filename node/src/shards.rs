@@ -80,10 +80,16 @@ impl ShardHandle {
         answer.map_err(|_| stopped(shard))
     }
 
-    pub async fn status(&self) -> Option<ShardStatus> {
+    /// The shard's status; `node` is this node (a single copy's leader).
+    pub async fn status(&self, node: u64) -> Option<ShardStatus> {
         match self {
-            ShardHandle::Single(actor) => actor.send(GetStatus).await.ok(),
-            ShardHandle::Replicated { front, .. } => front.send(GetStatus).await.ok(),
+            ShardHandle::Single(actor) => {
+                actor.send(GetStatus).await.ok().map(|status| ShardStatus { leader: Some(node), ..status })
+            }
+            ShardHandle::Replicated { front, raft, .. } => {
+                let leader = raft.metrics().borrow().current_leader;
+                front.send(GetStatus).await.ok().map(|status| ShardStatus { leader, ..status })
+            }
         }
     }
 

@@ -609,7 +609,7 @@ impl Engine {
             KindState::Channels(state) => state.entity_count(),
             KindState::Records(state) => state.entity_count(),
         };
-        ShardStatus { shard: self.shard, entities: entities as u64, in_doubt: self.prepared.len() as u64 }
+        ShardStatus { shard: self.shard, entities: entities as u64, in_doubt: self.prepared.len() as u64, leader: None }
     }
 
     /// Checks every invariant of the shard (O(entities): for tests and

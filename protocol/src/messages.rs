@@ -178,6 +178,9 @@ pub struct ShardStatus {
     pub entities: u64,
     /// Transactions prepared (voted YES) and not yet decided here.
     pub in_doubt: u64,
+    /// The node leading the shard's Raft group as this replica knows it
+    /// (a single-copy shard: its node).
+    pub leader: Option<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -80,11 +80,32 @@ pub struct Nemesis {
     failing_sync: Option<(NodeId, u64)>,
     /// A flapping link: the node, toggles left, and when the next one is due.
     flapping: Option<(NodeId, u32, u64)>,
+    /// Shards are Raft groups: a node may be lost for good.
+    replicated: bool,
+    /// The node lost permanently (crashed, never restarted, not even by
+    /// `heal`): at most one, so a majority of every group stays.
+    lost: Option<NodeId>,
 }
 
 impl Nemesis {
-    pub fn new(profile: FaultProfile, rng: ChaCha8Rng) -> Self {
-        Nemesis { profile, rng, restart_at: BTreeMap::new(), heal_at: None, failing_sync: None, flapping: None }
+    /// `replicated`: every shard is a Raft group of three, so the loss of
+    /// one node for good is survivable (and injected).
+    pub fn new(profile: FaultProfile, rng: ChaCha8Rng, replicated: bool) -> Self {
+        Nemesis {
+            profile,
+            rng,
+            restart_at: BTreeMap::new(),
+            heal_at: None,
+            failing_sync: None,
+            flapping: None,
+            replicated,
+            lost: None,
+        }
+    }
+
+    /// The node lost for good, if any.
+    pub fn lost(&self) -> Option<NodeId> {
+        self.lost
     }
 
     async fn leader(cluster: &SimCluster) -> Option<NodeId> {
@@ -151,8 +172,12 @@ impl Nemesis {
         }
         let ids = cluster.ids();
         let anyone = ids[self.rng.gen_range(0..ids.len())];
-        let nobody_down = self.restart_at.is_empty() && self.failing_sync.is_none();
-        match self.rng.gen_range(0..7u32) {
+        // With a node lost for good, no other node crashes: that would
+        // leave the groups without a majority.
+        let nobody_down = self.restart_at.is_empty() && self.failing_sync.is_none() && self.lost.is_none();
+        // Single-copy runs keep their schedule of seven kinds of fault.
+        let kinds = if self.replicated { 8 } else { 7 };
+        match self.rng.gen_range(0..kinds) {
             0 | 1 if self.profile.crashes() && nobody_down => {
                 // Crash a random node, or the leader.
                 let victim = if self.rng.gen_bool(0.5) {
@@ -217,11 +242,22 @@ impl Nemesis {
                 self.flapping = Some((anyone, toggles, now));
                 world.lock().counters.partitions += 1;
             }
+            7 if self.profile.crashes() && nobody_down && self.rng.gen_bool(0.3) => {
+                // A node lost for good (its disk with it): its shard groups
+                // and the coordinator go on with the other two.
+                cluster.crash(anyone).await;
+                self.lost = Some(anyone);
+                let mut state = world.lock();
+                state.counters.nodes_lost += 1;
+                let at = state.now_ms();
+                state.trace.record(at, || format!("node {anyone} lost for good"), &[7, anyone as u8]);
+            }
             _ => {}
         }
     }
 
-    /// Heals everything: links, message faults, disks, crashed nodes.
+    /// Heals everything: links, message faults, disks, crashed nodes — all
+    /// but a node lost for good.
     pub async fn heal(&mut self, cluster: &mut SimCluster) {
         {
             let mut state = cluster.world.lock();
@@ -237,7 +273,7 @@ impl Nemesis {
         self.restart_at.clear();
         self.heal_at = None;
         self.flapping = None;
-        for id in cluster.down() {
+        for id in cluster.down().into_iter().filter(|id| Some(*id) != self.lost) {
             if cluster.start(id).await.is_ok() {
                 cluster.world.lock().counters.restarts += 1;
             }

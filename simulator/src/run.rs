@@ -324,10 +324,36 @@ async fn wait_for_leader(cluster: &SimCluster, timeout_ms: u64) -> Option<NodeId
 }
 
 /// `true` once nothing is undecided, unacknowledged or in doubt anywhere.
+/// Submits one fresh transaction (a new, empty account: no money moves)
+/// to the nodes that are up, retrying, and waits for it to commit; `Err`
+/// when it has not committed within 10 virtual seconds.
+async fn probe_commit(world: &World, nodes: &[NodeId], seed: u64) -> Result<(), String> {
+    let account = AccountId(900_000_000 + seed % 1_000);
+    let op = Operation::OpenAccount { account, currency: paytx_protocol::Currency::CNY, initial_minor: 0 };
+    let request = paytx_protocol::TxnRequest::new(format!("liveness-probe-{seed}"), vec![op]);
+    let deadline = world.now_ms() + 10_000;
+    let mut last = String::from("no node is up");
+    for attempt in 0usize.. {
+        if world.now_ms() >= deadline {
+            break;
+        }
+        let Some(node) = nodes.get(attempt % nodes.len().max(1)).copied() else { break };
+        match client_call(world, CLIENT_ID_BASE - 3, node, Request::Submit(request.clone()), 2_000).await {
+            Some(Response::Submitted(receipt)) if receipt.outcome.is_committed() => return Ok(()),
+            Some(Response::Submitted(receipt)) => return Err(format!("the probe aborted: {:?}", receipt.outcome)),
+            Some(other) => last = format!("node {node}: {other:?}"),
+            None => last = format!("node {node} did not answer"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("a new transaction did not commit within 10 s after healing: {last}"))
+}
+
 async fn quiet(cluster: &SimCluster) -> bool {
     let mut leader_seen = false;
     for id in cluster.ids() {
-        let Some(service) = cluster.service(id) else { return false };
+        // A node lost for good is not waited for.
+        let Some(service) = cluster.service(id) else { continue };
         let status = service.status().await;
         if status.shards.iter().any(|s| s.in_doubt > 0) {
             return false;
@@ -459,7 +485,7 @@ async fn simulate(config: SimConfig) -> RunReport {
         handles.push(tokio::spawn(client.run(per_client)));
     }
     let hot: Vec<AccountId> = (1..=workload_config.hot_accounts).map(AccountId).collect();
-    let mut nemesis = Nemesis::new(config.faults, ChaCha8Rng::seed_from_u64(sub_seed(seed, 5)));
+    let mut nemesis = Nemesis::new(config.faults, ChaCha8Rng::seed_from_u64(sub_seed(seed, 5)), config.replicas > 1);
     let stop_at_ms = config.virtual_secs.map(|s| s * 1_000);
     loop {
         if handles.iter().all(|h| h.is_finished()) {
@@ -493,6 +519,15 @@ async fn simulate(config: SimConfig) -> RunReport {
     if !settled {
         monitor
             .flag(&world, Violation { invariant: "nothing-in-doubt", detail: "not quiet 60 s after healing".into() });
+    }
+    // From here on only the nodes that are up answer (all but one lost for
+    // good, if any).
+    let nodes: Vec<NodeId> = nodes.iter().copied().filter(|id| cluster.is_running(*id)).collect();
+    // Liveness: with every fault healed (one node perhaps lost for good,
+    // so a majority of every group up), a new transaction commits within
+    // 10 virtual seconds.
+    if let Err(detail) = probe_commit(&world, &nodes, seed).await {
+        monitor.flag(&world, Violation { invariant: "liveness", detail });
     }
 
     // Final outcomes: what the clients were told must be what the table

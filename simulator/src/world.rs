@@ -52,6 +52,8 @@ pub struct Counters {
     pub pauses: u64,
     pub fsync_failures: u64,
     pub leader_crashes: u64,
+    /// Nodes lost for good (replicated shards only).
+    pub nodes_lost: u64,
     /// What the coordinator's batched log carried (the most advanced
     /// replica's `BatchStats` at the end of the run).
     pub batch: paytx_coordinator::table::BatchStats,
