@@ -39,6 +39,10 @@ pub struct DriverConfig {
     /// Bounds of the proposal batcher: commands and encoded bytes per Raft
     /// entry, proposals in flight, commands queued.
     pub batch: BatchLimits,
+    /// The group's longest election timeout: after that (plus a seeded
+    /// random extra) without a known leader, this replica starts an
+    /// election itself (`paytx_raft::kick`).
+    pub election_timeout_max_ms: u64,
 }
 
 /// Run a transaction; answered with its outcome.
@@ -122,6 +126,8 @@ pub struct CoordinatorDriver {
     /// The last leader seen of every participant shard (a replicated
     /// shard's leader moves): prepares and decisions go there first.
     shard_leaders: Arc<paytx_protocol::routing::ShardLeaders>,
+    /// Breaks a livelocked election (see `paytx_raft::kick`).
+    election_kick: paytx_raft::kick::ElectionKick,
 }
 
 /// Ticks between two orphan sweeps.
@@ -132,8 +138,11 @@ impl CoordinatorDriver {
         let engine = Engine::new(config.node, config.shard_map.clone(), config.engine.clone());
         let batcher = Batcher::new(config.batch);
         let shard_leaders = Arc::new(paytx_protocol::routing::ShardLeaders::new(config.shard_map.clone()));
+        let election_kick =
+            paytx_raft::kick::ElectionKick::new(config.node ^ 0x6b69_636b, config.election_timeout_max_ms);
         CoordinatorDriver {
             shard_leaders,
+            election_kick,
             config,
             engine,
             raft,
@@ -430,6 +439,14 @@ impl Actor for CoordinatorDriver {
             }
             if act.ticks % SWEEP_EVERY_TICKS == 0 {
                 act.sweep_orphans(ctx);
+            }
+            let now_ms = act.ticks.saturating_mul(act.config.tick_ms.max(1));
+            if act.election_kick.poll(now_ms, act.leadership.leader.is_some()) {
+                tracing::info!(node = act.config.node, "no coordinator leader for long; starting an election");
+                let raft = act.raft.clone();
+                actix::spawn(async move {
+                    let _ = raft.trigger().elect().await;
+                });
             }
         });
         let mut metrics = self.raft.metrics();

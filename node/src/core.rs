@@ -170,6 +170,7 @@ impl NodeCore {
                 // plus Forgets and in-doubt queries.
                 max_queued: max_in_flight_txns.saturating_mul(2).saturating_add(1_024),
             },
+            election_timeout_max_ms: config.raft.election_timeout_max_ms,
         };
         let driver =
             CoordinatorDriver::new(driver_config, replica.raft.clone(), replica.table.clone(), transport.clone())

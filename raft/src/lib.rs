@@ -7,11 +7,14 @@
 //! * [`settings`]: timings and limits (`[raft]`), and openraft's `Config`
 //!   derived from them and from `max_frame_bytes`.
 //! * [`snapshot`]: a group's current snapshot, persisted on the `Disk` seam.
+//! * [`kick`]: starting an election when two survivors livelock (openraft
+//!   0.9 draws each replica's election timeout once).
 //!
 //! Each group's log is a [`paytx_storage::LogStore`] in its own keyspaces of
 //! the node's one disk, so one group commit covers every group's appends.
 #![forbid(unsafe_code)]
 
+pub mod kick;
 pub mod network;
 pub mod runtime;
 pub mod settings;

@@ -222,18 +222,26 @@ async fn replicas_agree(world: &World, cluster: &SimCluster) -> Result<(), Strin
 }
 
 /// Reads from the replica of `shard` that answers: the only copy, or the
-/// group's leader (every other replica says it does not lead).
+/// group's leader. While the group elects, every replica refuses (not the
+/// leader, or a leader that cannot confirm it still leads): asked again for
+/// up to 10 virtual seconds.
 async fn read_shard(cluster: &SimCluster, shard: ShardId, request: Request) -> Option<Response> {
     let config = cluster.configs.values().next()?;
+    let replicated = config.shards.is_replicated();
     let mut answer = None;
-    for node in config.shards.replicas_of(shard) {
-        let Some(service) = cluster.service(node) else { continue };
-        let response = service.handle_request(request.clone(), false).await;
-        let refused = matches!(response, Response::Error(paytx_protocol::RequestError::NotShardLeader { .. }));
-        answer = Some(response);
-        if !refused {
-            break;
+    for _ in 0..100 {
+        for node in config.shards.replicas_of(shard) {
+            let Some(service) = cluster.service(node) else { continue };
+            let response = service.handle_request(request.clone(), false).await;
+            // A single copy's error is its answer; a replica's may only
+            // mean another replica leads.
+            let refused = replicated && matches!(response, Response::Error(_));
+            answer = Some(response);
+            if !refused {
+                return answer;
+            }
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     answer
 }
@@ -324,29 +332,32 @@ async fn wait_for_leader(cluster: &SimCluster, timeout_ms: u64) -> Option<NodeId
 }
 
 /// `true` once nothing is undecided, unacknowledged or in doubt anywhere.
-/// Submits one fresh transaction (a new, empty account: no money moves)
-/// to the nodes that are up, retrying, and waits for it to commit; `Err`
-/// when it has not committed within 10 virtual seconds.
+/// Submits fresh transactions (each opens a new, empty account: no money
+/// moves) to the nodes that are up until one commits; `Err` when none has
+/// within 10 virtual seconds. Each attempt has its own key and account, so
+/// an earlier attempt still in doubt (its answer lost) cannot refuse the
+/// next: a client that sees an abort tries again, and liveness is that one
+/// of them gets through.
 async fn probe_commit(world: &World, nodes: &[NodeId], seed: u64) -> Result<(), String> {
-    let account = AccountId(900_000_000 + seed % 1_000);
-    let op = Operation::OpenAccount { account, currency: paytx_protocol::Currency::CNY, initial_minor: 0 };
-    let request = paytx_protocol::TxnRequest::new(format!("liveness-probe-{seed}"), vec![op]);
     let deadline = world.now_ms() + 10_000;
     let mut last = String::from("no node is up");
-    for attempt in 0usize.. {
+    for attempt in 0u64..1_000 {
         if world.now_ms() >= deadline {
             break;
         }
-        let Some(node) = nodes.get(attempt % nodes.len().max(1)).copied() else { break };
-        match client_call(world, CLIENT_ID_BASE - 3, node, Request::Submit(request.clone()), 2_000).await {
+        let Some(node) = nodes.get(attempt as usize % nodes.len().max(1)).copied() else { break };
+        let account = AccountId(900_000_000 + (seed % 1_000) * 1_000 + attempt);
+        let op = Operation::OpenAccount { account, currency: paytx_protocol::Currency::CNY, initial_minor: 0 };
+        let request = paytx_protocol::TxnRequest::new(format!("liveness-probe-{seed}-{attempt}"), vec![op]);
+        match client_call(world, CLIENT_ID_BASE - 3, node, Request::Submit(request), 2_000).await {
             Some(Response::Submitted(receipt)) if receipt.outcome.is_committed() => return Ok(()),
-            Some(Response::Submitted(receipt)) => return Err(format!("the probe aborted: {:?}", receipt.outcome)),
+            Some(Response::Submitted(receipt)) => last = format!("node {node}: aborted {:?}", receipt.outcome),
             Some(other) => last = format!("node {node}: {other:?}"),
             None => last = format!("node {node} did not answer"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(format!("a new transaction did not commit within 10 s after healing: {last}"))
+    Err(format!("no new transaction committed within 10 s after healing; the last attempt: {last}"))
 }
 
 async fn quiet(cluster: &SimCluster) -> bool {

@@ -406,3 +406,20 @@ fn a_prepare_after_its_abort_is_refused() {
     assert!(!engine.abort(txn(2)));
     assert!(matches!(engine.prepare(txn(1), &[debit(1, 5), credit(2, 5)]), Ok(Prepared::New(_))));
 }
+
+#[test]
+fn a_snapshot_restores_the_shard_exactly_as_it_was() {
+    let mut engine = Engine::new(ORDERS, &[]);
+    assert!(matches!(engine.prepare(txn(1), &[create_order(1, 500)]), Ok(Prepared::New(_))));
+    engine.commit(txn(1)).expect("prepared");
+    assert!(matches!(engine.prepare(txn(2), &[create_order(2, 700)]), Ok(Prepared::New(_))));
+    engine.abort(txn(3));
+    let snapshot = engine.export();
+    let restored = Engine::from_snapshot(ORDERS, &[], DEFAULT_REMEMBERED_COMMITS, snapshot.clone()).expect("restores");
+    assert_eq!(restored.export(), snapshot, "the same state, exported again");
+    assert!(restored.order(OrderId(1)).is_some(), "the committed order");
+    assert!(restored.is_prepared(txn(2)), "the prepared one, with its lock");
+    assert!(restored.blocked_by_prepared(txn(4), &[mark_paid(2, 700)]));
+    let mut restored = restored;
+    assert!(restored.prepare(txn(3), &[create_order(3, 1)]).is_err(), "the remembered abort refuses a late prepare");
+}

@@ -37,6 +37,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, 
 use paytx_protocol::batcher::{BatchLimits, Batcher};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{AbortReason, EntityKey, EntityKind, Operation, TxnId, Vote};
+use paytx_raft::kick::ElectionKick;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -91,7 +92,13 @@ pub struct ShardFront {
     parked: VecDeque<Parked>,
     read_waits: Vec<ReadWait>,
     next_wait_id: u64,
+    /// Breaks a livelocked election of the group (`paytx_raft::kick`).
+    election_kick: ElectionKick,
+    started: Instant,
 }
+
+/// How often a replica checks whether its group has a leader.
+const KICK_CHECK_MS: u64 = 100;
 
 impl std::fmt::Debug for ShardFront {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,8 +119,11 @@ impl ShardFront {
         state: SharedShardState,
         decisions: Arc<dyn DecisionSource>,
         batch: BatchLimits,
+        election_timeout_max_ms: u64,
     ) -> Self {
         ShardFront {
+            election_kick: ElectionKick::new(config.rng_seed ^ 0x6b69_636b, election_timeout_max_ms),
+            started: Instant::now(),
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             config,
             node,
@@ -476,6 +486,17 @@ impl Actor for ShardFront {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let interval = Duration::from_millis(self.config.in_doubt_check_interval_ms);
         ctx.run_interval(interval, |act, ctx| act.query_in_doubt(ctx));
+        ctx.run_interval(Duration::from_millis(KICK_CHECK_MS), |act, _ctx| {
+            let now_ms = u64::try_from(act.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let leader_known = act.raft.metrics().borrow().current_leader.is_some();
+            if act.election_kick.poll(now_ms, leader_known) {
+                tracing::info!(shard = %act.config.shard, node = act.node, "no leader for long; starting an election");
+                let raft = act.raft.clone();
+                actix::spawn(async move {
+                    let _ = raft.trigger().elect().await;
+                });
+            }
+        });
     }
 }
 

@@ -120,7 +120,16 @@ pub async fn start_group(
         // A prepare or decision per transaction in doubt here, plus waiters.
         max_queued: participant.max_prepared.saturating_mul(2).saturating_add(participant.max_waiting),
     };
-    let front = ShardFront::new(participant, node, raft.clone(), state.clone(), decisions, batch).start();
+    let front = ShardFront::new(
+        participant,
+        node,
+        raft.clone(),
+        state.clone(),
+        decisions,
+        batch,
+        settings.election_timeout_max_ms,
+    )
+    .start();
     Ok(ShardGroup { raft, state, front })
 }
 
