@@ -33,7 +33,9 @@ fn faults_are_injected_and_every_invariant_holds() {
     let mut partitions_or_pauses = 0;
     let mut dropped = 0;
     let (mut syncs, mut flushes, mut joined, mut in_flight, mut torn, mut kept) = (0, 0, 0, 0, 0, 0);
-    for seed in 100..106u64 {
+    // Six short runs on the default (replicated) shards; seeds whose
+    // schedules crash nodes, tear tails and partition.
+    for seed in 106..112u64 {
         let report = run(&SimConfig { operations: 80, faults: FaultProfile::All, ..SimConfig::new(seed) });
         assert!(report.failure.is_none(), "seed {seed}: {:#?}", report.failure);
         assert!(report.committed > 0, "seed {seed} commits something");
