@@ -23,6 +23,22 @@ const WIDTH: u32 = 4;
 
 type IntentRecord = (String, Vec<(Vec<u8>, Option<Vec<u8>>)>);
 
+/// Opens the directory with `SledDisk` once the raw handle of a previous
+/// step has let go of sled's file lock: dropping a `sled::Db` releases it
+/// only when sled's background flusher thread ends, a moment later (a
+/// loaded CI machine saw `WouldBlock`). Any other error is returned at once.
+fn open_after_raw(dir: &Path) -> Result<SledDisk, paytx_storage::DiskError> {
+    for _ in 0..100 {
+        match SledDisk::open(dir, true) {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+    SledDisk::open(dir, true)
+}
+
 fn raw_sled(dir: &Path) -> sled::Db {
     sled::Config::new().path(dir).flush_every_ms(None).open().expect("sled opens")
 }
@@ -51,7 +67,7 @@ async fn a_batch_interrupted_by_a_crash_is_completed_at_open() {
         db.open_tree(SPACE).unwrap().insert(b"a", b"1".to_vec()).unwrap();
         db.flush().unwrap();
     }
-    let disk = SledDisk::open(dir.path(), true).unwrap();
+    let disk = open_after_raw(dir.path()).unwrap();
     assert_eq!(disk.get(SPACE, b"a").unwrap(), Some(b"1".to_vec()));
     assert_eq!(disk.get(SPACE, b"b").unwrap(), None, "the delete of the batch is replayed");
     assert_eq!(disk.get(SPACE, b"c").unwrap(), Some(b"3".to_vec()), "the write the crash cut off is replayed");
@@ -68,7 +84,7 @@ async fn a_damaged_intent_record_refuses_the_open() {
         db.open_tree(BATCHES_TREE).unwrap().insert(1u64.to_be_bytes(), vec![0xff; 3]).unwrap();
         db.flush().unwrap();
     }
-    match SledDisk::open(dir.path(), true) {
+    match open_after_raw(dir.path()) {
         Err(DiskError::Corrupt { space, .. }) => assert_eq!(space, BATCHES_TREE),
         other => panic!("expected Corrupt, got {other:?}"),
     }
