@@ -285,16 +285,14 @@ impl ShardMap {
     /// Every shard hosted on `node`.
     /// (With replicas: every shard `node` holds a copy of.)
     pub fn shards_on(&self, node: NodeId) -> Vec<ShardId> {
-        let mut shards = Vec::new();
-        for kind in EntityKind::ALL {
-            for index in 0..self.nodes_of(kind).len() as u32 {
-                let shard = ShardId { kind, index };
-                if self.replicas_of(shard).contains(&node) {
-                    shards.push(shard);
-                }
-            }
-        }
-        shards
+        self.shards().filter(|shard| self.replicas_of(*shard).contains(&node)).collect()
+    }
+
+    /// Every shard of the map, kind by kind, in index order.
+    pub fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+        EntityKind::ALL
+            .into_iter()
+            .flat_map(move |kind| (0..self.nodes_of(kind).len() as u32).map(move |index| ShardId { kind, index }))
     }
 
     /// Splits a transaction's operations by shard, keeping their order within

@@ -18,13 +18,20 @@ use std::sync::Mutex;
 /// The last leader seen of every shard.
 #[derive(Debug)]
 pub struct ShardLeaders {
-    map: ShardMap,
+    /// Every shard's replicas, computed once from the map: asked on every
+    /// prepare, decision and forwarded read.
+    replicas: BTreeMap<ShardId, Vec<NodeId>>,
     known: Mutex<BTreeMap<ShardId, NodeId>>,
 }
 
 impl ShardLeaders {
     pub fn new(map: ShardMap) -> Self {
-        ShardLeaders { map, known: Mutex::new(BTreeMap::new()) }
+        let replicas = map.shards().map(|shard| (shard, map.replicas_of(shard))).collect();
+        ShardLeaders { replicas, known: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn replicas_of(&self, shard: ShardId) -> &[NodeId] {
+        self.replicas.get(&shard).map(Vec::as_slice).unwrap_or(&[])
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardId, NodeId>> {
@@ -34,14 +41,14 @@ impl ShardLeaders {
     /// The nodes to try for `shard`, in order: the last leader seen, then
     /// every replica (the preferred node first).
     pub fn candidates(&self, shard: ShardId) -> Vec<NodeId> {
-        let replicas = self.map.replicas_of(shard);
+        let replicas = self.replicas_of(shard);
         let leader = self.known().get(&shard).copied().filter(|l| replicas.contains(l));
-        leader.into_iter().chain(replicas.into_iter().filter(|node| Some(*node) != leader)).collect()
+        leader.into_iter().chain(replicas.iter().copied().filter(|node| Some(*node) != leader)).collect()
     }
 
     /// `leader` answered for `shard` (or was named as its leader).
     pub fn learned(&self, shard: ShardId, leader: NodeId) {
-        if self.map.replicas_of(shard).contains(&leader) {
+        if self.replicas_of(shard).contains(&leader) {
             self.known().insert(shard, leader);
         }
     }
@@ -52,10 +59,6 @@ impl ShardLeaders {
         if known.get(&shard) == Some(&node) {
             known.remove(&shard);
         }
-    }
-
-    pub fn map(&self) -> &ShardMap {
-        &self.map
     }
 }
 

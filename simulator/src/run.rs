@@ -187,10 +187,7 @@ async fn read(cluster: &SimCluster, entity: EntityKey, request: Request) -> Opti
 /// index, or that did not converge.
 async fn replicas_agree(world: &World, cluster: &SimCluster) -> Result<(), String> {
     let Some(config) = cluster.configs.values().next() else { return Ok(()) };
-    let shards: Vec<ShardId> = EntityKind::ALL
-        .iter()
-        .flat_map(|kind| (0..config.shards.nodes_of(*kind).len() as u32).map(|index| ShardId { kind: *kind, index }))
-        .collect();
+    let shards: Vec<ShardId> = config.shards.shards().collect();
     let deadline = world.now_ms() + 30_000;
     loop {
         let mut lagging = None;
