@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use paytx::protocol::{AccountId, TxnRequest};
+use paytx::protocol::{AbortReason, AccountId, Outcome, TxnRequest};
 use paytx::ClusterOptions;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,10 +26,20 @@ async fn pay_until(
     deadline: tokio::time::Instant,
 ) -> bool {
     create_order(client, order, merchant, amount_minor).await;
+    let mut attempt = 0;
     loop {
-        let request = TxnRequest::new(format!("pay-{order}"), pay_ops(payer, merchant, order, amount_minor));
+        let key = format!("pay-{order}-{attempt}");
+        let request = TxnRequest::new(key, pay_ops(payer, merchant, order, amount_minor));
         match client.submit(request).await {
             Ok(receipt) if receipt.outcome.is_committed() => return true,
+            // A shard still electing when the prepare deadline passed: the
+            // payment aborted whole (nothing applied); pay again.
+            Ok(receipt)
+                if matches!(receipt.outcome, Outcome::Aborted(AbortReason::PrepareTimeout { .. }))
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                attempt += 1;
+            }
             Ok(receipt) => panic!("payment {order} aborted: {:?}", receipt.outcome),
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
