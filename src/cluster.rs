@@ -403,6 +403,16 @@ impl Cluster {
         }
     }
 
+    /// Stops `node`, deletes its data directory and starts it again: a disk
+    /// lost. The node comes back empty and rejoins every group under a new
+    /// replica id, catching up from its peers (`paytx node --rebuild`).
+    pub async fn rebuild_node(&self, node: NodeId) -> Result<(), ClusterError> {
+        let config = self.configs.get(&node).cloned().ok_or(ClusterError::UnknownNode(node))?;
+        self.stop_node(node).await?;
+        crate::node::wipe_data_dir(&config.data_dir).map_err(|reason| ClusterError::NodeStart { node, reason })?;
+        self.restart_node(node).await
+    }
+
     /// Stops every node and waits for them.
     pub async fn shutdown(self) {
         let ids = self.node_ids();

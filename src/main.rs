@@ -34,6 +34,13 @@ enum Command {
     Node {
         #[arg(long)]
         config: PathBuf,
+        /// Delete the data directory first and rejoin the cluster from
+        /// nothing: the way back for a node refused for lost synced writes
+        /// (the durable-watermark check), or whose disk was replaced. The
+        /// node rejoins every group under a new replica id and catches up
+        /// from its peers; every peer must be reachable.
+        #[arg(long)]
+        rebuild: bool,
         /// `text` (default) or `json`: one JSON object per line.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -151,9 +158,9 @@ fn main() -> std::process::ExitCode {
             init_tracing(QUIET_LOGS);
             on_tokio(demo::run(args)).map(|ok| if ok { 0 } else { 1 })
         }
-        Command::Node { config, log_format } => {
+        Command::Node { config, log_format, rebuild } => {
             init_tracing_as("info,openraft=warn,sled=warn", log_format);
-            run_node(config).map(|_| 0)
+            run_node(config, rebuild).map(|_| 0)
         }
         Command::Bench(args) => {
             init_tracing(QUIET_LOGS);
@@ -213,8 +220,16 @@ async fn run_chaos(args: paytx::chaos::ChaosArgs) -> anyhow::Result<bool> {
     }
 }
 
-fn run_node(config_path: PathBuf) -> anyhow::Result<()> {
+fn run_node(config_path: PathBuf, rebuild: bool) -> anyhow::Result<()> {
     let config = NodeConfig::load(&config_path)?;
+    if rebuild {
+        paytx::node::wipe_data_dir(&config.data_dir).map_err(|e| anyhow::anyhow!(e))?;
+        eprintln!(
+            "paytx node {}: deleted {}; rejoining the cluster under a new replica id",
+            config.node_id,
+            config.data_dir.display()
+        );
+    }
     on_actix(async move {
         let node = Node::start(config, NodeOptions::default()).await?;
         eprintln!("paytx node {} listening on {}", node.id(), node.addr());

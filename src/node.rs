@@ -3,23 +3,29 @@
 //! actix system (one thread).
 
 use crate::net::{serve, Handler, PeerCredentials, ServerLimits, TcpTransport, TransportLimits};
-use paytx_node::{FailStop, FreeSpace, LinkFilter, NodeConfig, NodeCore, NodeError, NodeService};
+use paytx_node::{
+    FailStop, FreeSpace, LinkFilter, NodeConfig, NodeCore, NodeError, NodeService, PeerEndpoint, ReplicaBook,
+};
 use paytx_protocol::{BoxFuture, NodeId, PeerRequest, PeerResponse, Request, Response, Transport};
 use paytx_storage::{Disk as _, SharedDisk, SledDisk};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// The server-facing handle on a [`NodeService`].
-struct ServiceHandler(Arc<NodeService>);
+/// The server-facing handle on a node: its [`PeerEndpoint`], which
+/// answers the identity question while the node starts and hands
+/// everything to the `NodeService` once it runs.
+struct EndpointHandler(Arc<PeerEndpoint>);
 
-impl Handler for ServiceHandler {
+impl Handler for EndpointHandler {
     fn request(&self, req: Request) -> BoxFuture<Response> {
-        Box::pin(self.0.clone().handle_request(req, true))
+        let endpoint = self.0.clone();
+        Box::pin(async move { endpoint.handle_request(req, true).await })
     }
 
     fn peer(&self, req: PeerRequest) -> BoxFuture<PeerResponse> {
-        Box::pin(self.0.clone().handle_peer(req))
+        let endpoint = self.0.clone();
+        Box::pin(async move { endpoint.handle_peer(req).await })
     }
 }
 
@@ -67,6 +73,27 @@ impl FreeSpace for DirFreeSpace {
     }
 }
 
+/// Deletes a node's data directory, for `paytx node --rebuild`: the node
+/// then starts empty and, since its peers saw it before, rejoins every
+/// group under a new replica id (`paytx_node::identity`). Refuses a
+/// directory that does not look like a paytx data directory (no sled
+/// database, no durable watermark), so a mistyped path deletes nothing.
+pub fn wipe_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let looks_like_ours = ["conf", "db", paytx_storage::watermark::WATERMARK_FILE].iter().any(|f| dir.join(f).exists());
+    let empty = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?.next().is_none();
+    if !looks_like_ours && !empty {
+        return Err(format!(
+            "{} holds no sled database or durable watermark: not a paytx data directory, so not deleting it",
+            dir.display()
+        ));
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| format!("cannot delete {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot recreate {}: {e}", dir.display()))
+}
+
 /// A running node. Must be started and used inside an actix system.
 pub struct Node {
     core: NodeCore,
@@ -111,11 +138,12 @@ impl Node {
             ..TransportLimits::default()
         };
         let remote: Arc<dyn Transport> = Arc::new(TcpTransport::new(config.peer_map(), transport_limits));
-        let core = NodeCore::start(&config, disk, remote, options.link_filter.clone()).await?;
-        let free_space =
-            options.free_space.clone().unwrap_or_else(|| Arc::new(DirFreeSpace::new(config.data_dir.clone())));
-        core.set_free_space(free_space);
+        let book = ReplicaBook::open(disk.clone()).map_err(|e| storage_error(e.to_string()))?;
+        let endpoint = PeerEndpoint::new(book);
 
+        // Serve before the core starts: a node on an empty data directory
+        // asks every peer whether it ran before, and the peers may be
+        // starting too (see `paytx_node::identity`).
         let (shutdown, shutdown_rx) = watch::channel(false);
         let limits = ServerLimits {
             max_frame_bytes: config.limits.max_frame_bytes,
@@ -129,7 +157,19 @@ impl Node {
             counters: crate::net::ServerCounters::default(),
         };
         let server_counters = limits.counters.clone();
-        let server = tokio::spawn(serve(listener, Arc::new(ServiceHandler(core.service())), limits, shutdown_rx));
+        let server = tokio::spawn(serve(listener, Arc::new(EndpointHandler(endpoint.clone())), limits, shutdown_rx));
+        let core = match NodeCore::start(&config, disk, remote, options.link_filter.clone(), endpoint).await {
+            Ok(core) => core,
+            Err(e) => {
+                let _ = shutdown.send(true);
+                let _ = server.await;
+                return Err(e);
+            }
+        };
+        let free_space =
+            options.free_space.clone().unwrap_or_else(|| Arc::new(DirFreeSpace::new(config.data_dir.clone())));
+        core.set_free_space(free_space);
+
         let gateway = match config.http_listen {
             Some(http) => match crate::gateway::start(&config, core.service(), http).await {
                 Ok(gateway) => Some(gateway),

@@ -225,6 +225,7 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
             ("crashes", c.crashes),
             ("leader crashes", c.leader_crashes),
             ("nodes lost for good", c.nodes_lost),
+            ("disks wiped", c.disks_wiped),
             ("restarts", c.restarts),
             ("partitions", c.partitions),
             ("pauses", c.pauses),

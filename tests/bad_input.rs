@@ -793,6 +793,7 @@ async fn two_phase_commit_messages_from_a_client_connection_change_nothing() {
     let mut stream = connect_raw(owner).await;
     let forged = PeerRequest::Raft {
         group: paytx::protocol::messages::RaftGroup::Coordinator,
+        to: 1,
         kind: paytx::protocol::messages::RaftRpcKind::AppendEntries,
         payload: vec![0; 16],
     };

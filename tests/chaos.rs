@@ -31,13 +31,15 @@ fn a_short_chaos_run_injects_every_kind_of_fault_and_passes() {
     let timeline_arg = timeline.display().to_string();
     let (code, summary, stderr) = chaos(&[
         "--duration-secs",
-        "40",
+        "50",
         "--seed",
         "7",
         "--min-kills",
         "2",
         "--min-partitions",
         "2",
+        "--min-wipes",
+        "1",
         "--timeline",
         &timeline_arg,
     ]);
@@ -60,6 +62,9 @@ fn a_short_chaos_run_injects_every_kind_of_fault_and_passes() {
     assert_eq!(summary["seed"], 7);
     assert!(count(&summary, "kills") >= 2, "{summary:#}");
     assert!(count(&summary, "partitions") >= 2, "{summary:#}");
+    // A node killed, its data directory deleted, restarted empty: it
+    // rejoined, and the checks below found nothing acknowledged lost.
+    assert_eq!(count(&summary, "wipes"), 1, "{summary:#}");
     let kinds = &summary["faults_by_kind"];
     for kind in ["pause", "slow_links"] {
         assert!(kinds[kind].as_u64().unwrap_or(0) >= 1, "no {kind} injected: {kinds}");

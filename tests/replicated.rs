@@ -113,3 +113,94 @@ async fn a_whole_node_down_stops_no_payment_and_loses_nothing() {
     drop(client);
     cluster.shutdown().await;
 }
+
+/// One payment from every payer (to the merchants in turn), each retried
+/// through elections until it commits (bounded).
+async fn pay_round(
+    client: &paytx::Client,
+    payers: &[AccountId],
+    merchants: &[AccountId],
+    next_order: &mut u64,
+    expected: &mut BTreeMap<AccountId, i64>,
+    label: &str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (i, payer) in payers.iter().enumerate() {
+        *next_order += 1;
+        let merchant = merchants[i % merchants.len()];
+        assert!(pay_until(client, *payer, merchant, *next_order, 100, deadline).await, "{label}: {next_order}");
+        *expected.get_mut(payer).expect("payer") -= 100;
+        *expected.get_mut(&merchant).expect("merchant") += 100;
+    }
+}
+
+/// Polls `node`'s status until `done` holds for it (bounded by `timeout`).
+async fn wait_for_status(
+    cluster: &paytx::Cluster,
+    client: &paytx::Client,
+    node: u64,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&paytx::protocol::messages::NodeStatusView) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let addr = cluster.addr(node).expect("the node has an address");
+    loop {
+        let status = client.node_status_of(addr).await.ok();
+        if status.as_ref().is_some_and(&done) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {node}: {what} not reached in {timeout:?}: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_rejoins_under_a_new_replica_id_and_carries_a_quorum() {
+    use paytx::protocol::replica::replica_id;
+    let (cluster, client) = start(replicated_options()).await;
+    let payers = open(&client, "open-payers", 1..=12, 10_000).await;
+    let merchants = open(&client, "open-merchants", 101..=103, 0).await;
+    let mut expected: BTreeMap<AccountId, i64> = payers.iter().map(|a| (*a, 10_000)).collect();
+    expected.extend(merchants.iter().map(|m| (*m, 0)));
+    let mut next_order = 0u64;
+    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, "before the wipe").await;
+
+    // Node 2's disk is lost: stopped, its data directory deleted, started
+    // again. Its peers saw incarnation 0, so it comes back as incarnation 1
+    // and joins every group under replica id (2, 1).
+    cluster.rebuild_node(2).await.expect("rebuild node 2");
+    let rebuilt = replica_id(2, 1);
+    let swapped = |status: &paytx::protocol::messages::NodeStatusView| {
+        !status.shards.is_empty()
+            && status.shards.iter().all(|s| s.voters.contains(&rebuilt) && !s.voters.contains(&replica_id(2, 0)))
+    };
+    wait_for_status(&cluster, &client, 2, Duration::from_secs(60), "incarnation 1, a voter of every shard", |s| {
+        s.local.incarnation == 1 && swapped(s)
+    })
+    .await;
+    // The old identity is gone from every group as the other nodes see it.
+    wait_for_status(&cluster, &client, 1, Duration::from_secs(30), "node 2's old replica id removed", swapped).await;
+
+    // With node 3 down, every group's quorum needs the rebuilt replica:
+    // payments commit only if it is a caught-up voter.
+    cluster.stop_node(3).await.expect("stop node 3");
+    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, "node 3 down, node 2 rebuilt").await;
+    let mut all = payers.clone();
+    all.extend(&merchants);
+    let actual = balances(&client, &all).await;
+    for (account, view) in &actual {
+        assert_eq!(view.balance_minor, expected[account], "{account}: every acknowledged payment, none lost");
+    }
+
+    cluster.restart_node(3).await.expect("restart node 3");
+    wait_quiet(&cluster, &client, Duration::from_secs(30)).await;
+    let actual = balances(&client, &all).await;
+    assert_eq!(total(&actual), 12 * 10_000, "money conserved");
+    for (account, view) in &actual {
+        assert_eq!(view.held_minor, 0, "no hold left on {account}");
+        assert_eq!(view.balance_minor, expected[account], "{account}");
+    }
+    drop(client);
+    cluster.shutdown().await;
+}

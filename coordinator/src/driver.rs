@@ -459,7 +459,8 @@ impl Actor for CoordinatorDriver {
                     Leadership {
                         is_leader: m.state == ServerState::Leader && m.current_leader == Some(m.id),
                         term: m.current_term,
-                        leader: m.current_leader,
+                        // Hints name nodes; Raft ids are replica ids.
+                        leader: m.current_leader.map(paytx_protocol::replica::node_of),
                     }
                 };
                 if last != Some(seen) {

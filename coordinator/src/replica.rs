@@ -5,7 +5,7 @@ use crate::state_machine::{SharedTable, StateMachineStore};
 use crate::types::{LogStore, NodeId, Raft};
 use paytx_protocol::messages::RaftGroup;
 use paytx_protocol::Transport;
-use paytx_raft::network::NetworkFactory;
+use paytx_raft::network::{NetworkFactory, ReplicaRecorder};
 pub use paytx_raft::settings::{initialize_if_new, max_rpc_bytes, RaftSettings, StartError as ReplicaError};
 use paytx_storage::SharedDisk;
 use std::sync::Arc;
@@ -16,11 +16,13 @@ pub struct Replica {
     pub table: SharedTable,
 }
 
-/// Starts the replica of `node` (restoring whatever the disk holds).
+/// Starts the replica `replica` (the node's replica id: its id and
+/// incarnation), restoring whatever the disk holds.
 pub async fn start_replica(
-    node: NodeId,
+    replica: NodeId,
     disk: SharedDisk,
     transport: Arc<dyn Transport>,
+    recorder: Arc<dyn ReplicaRecorder>,
     settings: &RaftSettings,
     max_frame_bytes: usize,
 ) -> Result<Replica, ReplicaError> {
@@ -30,9 +32,9 @@ pub async fn start_replica(
         StateMachineStore::open(disk, settings.key_retention).map_err(|e| ReplicaError::Storage(e.to_string()))?;
     let table = state_machine.shared();
     let raft = Raft::new(
-        node,
+        replica,
         Arc::new(config),
-        NetworkFactory::new(RaftGroup::Coordinator, transport, max_rpc_bytes(max_frame_bytes)),
+        NetworkFactory::new(RaftGroup::Coordinator, transport, recorder, max_rpc_bytes(max_frame_bytes)),
         log_store,
         state_machine,
     )

@@ -246,6 +246,12 @@ impl NodeConfig {
         if !peers.contains_key(&self.node_id) {
             return Err(ConfigError::Invalid(format!("node_id {} is not listed in [[peers]]", self.node_id)));
         }
+        if let Some(id) = peers.keys().find(|id| **id > paytx_protocol::replica::MAX_NODE_ID) {
+            return Err(ConfigError::Invalid(format!(
+                "node id {id} is above {} (a Raft replica id carries the node id in 32 bits)",
+                paytx_protocol::replica::MAX_NODE_ID
+            )));
+        }
         if !self.shards.is_valid() {
             return Err(ConfigError::Invalid(
                 "[shards] needs at least one node for accounts, orders, channels and records".into(),

@@ -3,6 +3,7 @@
 //! between them — on a given `Disk` and remote `Transport`.
 
 use crate::config::NodeConfig;
+use crate::endpoint::PeerEndpoint;
 use crate::fail_stop::{FailStop, FailStopDisk};
 use crate::free_space::FreeSpace;
 use crate::link::{LinkFilter, NodeTransport};
@@ -14,9 +15,11 @@ use paytx_coordinator::{CoordinatorDriver, DriverConfig};
 use paytx_participants::group::{start_group, GroupStart};
 use paytx_participants::{ParticipantActor, ParticipantConfig};
 use paytx_protocol::batcher::BatchLimits;
+use paytx_protocol::messages::RaftGroup;
 use paytx_protocol::{ShardId, Transport};
+use paytx_raft::network::ReplicaRecorder;
 use paytx_storage::SharedDisk;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,8 @@ pub enum NodeError {
     Coordinator(String),
     #[error("participant shard {shard}: {reason}")]
     Participant { shard: ShardId, reason: String },
+    #[error("cannot settle which incarnation of the node this data directory is: {0}")]
+    Identity(String),
 }
 
 /// A started node, minus its sockets. Must be started inside an actix
@@ -62,14 +67,26 @@ fn check_shard_layout(disk: &SharedDisk, shard: ShardId, replicated: bool) -> Re
 
 impl NodeCore {
     /// Starts the node of `config` on `disk`, talking to other nodes through
-    /// `remote` (calls to itself never leave the process).
+    /// `remote` (calls to itself never leave the process). `endpoint` is
+    /// already answering peers (it must, for the identity question below)
+    /// and serves the node's `NodeService` once this returns.
     pub async fn start(
         config: &NodeConfig,
         disk: SharedDisk,
         remote: Arc<dyn Transport>,
         link_filter: LinkFilter,
+        endpoint: Arc<PeerEndpoint>,
     ) -> Result<NodeCore, NodeError> {
         config.validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        // First of all: which incarnation of this node the disk is. An empty
+        // directory of a node that ran before must not vote as its old self.
+        let peer_ids: Vec<u64> = config.peer_map().keys().copied().collect();
+        let identity =
+            crate::identity::resolve(&disk, config.node_id, &peer_ids, &remote, config.limits.peer_timeout_ms)
+                .await
+                .map_err(|e| NodeError::Identity(e.to_string()))?;
+        let me = identity.replica();
+        let recorder: Arc<dyn ReplicaRecorder> = Arc::new(endpoint.book().clone());
         // Every component writes through this wrapper, so the first write or
         // fsync error anywhere stops the whole node (see `fail_stop`).
         let fail_stop = FailStop::new();
@@ -111,14 +128,15 @@ impl NodeCore {
                     .map(|id| (id, peers.get(&id).map(|addr| addr.to_string()).unwrap_or_default()))
                     .collect();
                 let start = GroupStart {
-                    node: config.node_id,
+                    replica: me,
+                    rebuilt: identity.rebuilt(),
                     participant: participant_config,
                     members,
                     raft: config.raft.clone(),
                     max_frame_bytes: config.limits.max_frame_bytes as usize,
                     preferred: config.shards.node_of(shard) == Some(config.node_id),
                 };
-                let group = start_group(start, disk.clone(), transport.clone(), decisions)
+                let group = start_group(start, disk.clone(), transport.clone(), recorder.clone(), decisions)
                     .await
                     .map_err(|e| NodeError::Participant { shard, reason: e.to_string() })?;
                 ShardHandle::Replicated { front: group.front, raft: group.raft, state: group.state }
@@ -136,9 +154,10 @@ impl NodeCore {
             .map_err(|e| NodeError::Coordinator(format!("cannot bump the coordinator epoch: {e}")))?;
         let max_frame_bytes = config.limits.max_frame_bytes as usize;
         let replica = paytx_coordinator::start_replica(
-            config.node_id,
+            me,
             disk.clone(),
             transport.clone(),
+            recorder.clone(),
             &config.raft,
             max_frame_bytes,
         )
@@ -198,9 +217,13 @@ impl NodeCore {
             disk: disk.clone(),
             metrics,
             audit_chain: Mutex::new(None),
+            book: endpoint.book().clone(),
+            incarnation: identity.incarnation,
+            admissions: Mutex::new(BTreeSet::new()),
         });
         // Infallible: the slot is fresh and set exactly once, here.
         let _ = service_slot.set(Arc::downgrade(&service));
+        endpoint.set_service(service.clone());
 
         // Fail-stop: once the latch trips, stop the replica and every shard.
         let watched = Arc::downgrade(&service);
@@ -214,10 +237,40 @@ impl NodeCore {
             }
         });
 
+        // A rebuilt node joins every group it belongs to under its new
+        // replica id (learner, caught up, then voter in place of its old id).
+        if identity.rebuilt() {
+            let addr = config.listen.to_string();
+            let timeout_ms = config.limits.peer_timeout_ms;
+            tokio::spawn(paytx_raft::admit::join(
+                replica.raft.clone(),
+                RaftGroup::Coordinator,
+                me,
+                addr.clone(),
+                peer_ids.clone(),
+                service.transport.clone(),
+                timeout_ms,
+            ));
+            for (shard, handle) in &service.participants {
+                if let Some(raft) = handle.raft() {
+                    tokio::spawn(paytx_raft::admit::join(
+                        raft.clone(),
+                        RaftGroup::Shard(*shard),
+                        me,
+                        addr.clone(),
+                        config.shards.replicas_of(*shard),
+                        service.transport.clone(),
+                        timeout_ms,
+                    ));
+                }
+            }
+        }
+
         // The lowest-numbered node initialises a brand-new group; every other
-        // node waits to be contacted by the leader.
+        // node waits to be contacted by the leader. A rebuilt node never
+        // initialises: the group exists.
         let lowest = config.peer_map().keys().next().copied();
-        if lowest == Some(config.node_id) {
+        if lowest == Some(config.node_id) && !identity.rebuilt() {
             let members = config.peer_map().into_iter().map(|(id, a)| (id, a.to_string())).collect();
             paytx_coordinator::initialize_if_new(&replica.raft, &members)
                 .await

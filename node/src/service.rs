@@ -8,20 +8,22 @@
 
 use crate::fail_stop::FailStop;
 use crate::free_space::{below_minimum, FreeSpace};
+use crate::identity::ReplicaBook;
 use crate::shards::ShardHandle;
 use actix::prelude::*;
 use paytx_coordinator::driver::{GetDriverStatus, QueryDecision, StopDriver, SubmitTxn};
 use paytx_coordinator::state_machine::{read_table, SharedTable};
 use paytx_coordinator::{CoordinatorDriver, Raft};
 use paytx_participants::{DecisionSource, ParticipantError, ShardRead, ShardReadAnswer};
-use paytx_protocol::messages::RaftGroup;
+use paytx_protocol::messages::{Admission, RaftGroup};
 use paytx_protocol::messages::{AuditChainView, NodeStatusView, RecordPage, ShardStatus};
+use paytx_protocol::replica::{node_of, ReplicaId};
 use paytx_protocol::routing::{call_shard, ShardLeaders};
 use paytx_protocol::{
     BoxFuture, EntityKey, EntityKind, InvalidRequest, NodeId, PeerRequest, PeerResponse, Request, RequestError,
     Response, ShardId, ShardMap, Transport, TxnId,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -59,7 +61,18 @@ pub struct NodeService {
     pub(crate) metrics: crate::metrics::NodeMetrics,
     /// The state of this node's gateway audit chain (unset: no gateway).
     pub(crate) audit_chain: Mutex<Option<AuditChainSource>>,
+    /// The replicas this node has exchanged Raft messages with (answers
+    /// `ReplicasSeen`; every group records through it).
+    pub(crate) book: ReplicaBook,
+    /// Which incarnation of this node's disk runs (`identity`).
+    pub(crate) incarnation: u32,
+    /// Admissions of rebuilt replicas this node is running as a leader.
+    pub(crate) admissions: Mutex<BTreeSet<(RaftGroup, ReplicaId)>>,
 }
+
+/// Most admissions of rebuilt replicas one node runs at once (a rebuilt
+/// node asks once per group it belongs to).
+pub const MAX_ADMISSIONS: usize = 64;
 
 /// Where the node status reads its gateway's audit-chain state.
 /// `None` once the gateway has stopped.
@@ -199,7 +212,7 @@ impl NodeService {
                         // The leader checks its own disk: its Raft log is
                         // what a new transaction grows first (participants
                         // check theirs at prepare). A follower just forwards.
-                        let leading = parts.raft.metrics().borrow().current_leader == Some(self.id);
+                        let leading = parts.raft.metrics().borrow().current_leader.map(node_of) == Some(self.id);
                         if let Some((free_bytes, min_free_bytes)) = self.disk_full().filter(|_| leading) {
                             return error(RequestError::DiskFull { node: self.id, free_bytes, min_free_bytes });
                         }
@@ -375,23 +388,29 @@ impl NodeService {
         }
     }
 
+    /// Which incarnation of this node's disk runs (0: the disk the cluster
+    /// was created with; one more at every rebuild).
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+
     /// A node-to-node request.
     pub async fn handle_peer(self: Arc<Self>, request: PeerRequest) -> PeerResponse {
         if self.fail_stop.reason().is_some() {
             return PeerResponse::Error(RequestError::ShuttingDown);
         }
         match request {
-            PeerRequest::Raft { group: RaftGroup::Coordinator, kind, payload } => match self.coordinator() {
-                Some(parts) => {
-                    PeerResponse::Raft(paytx_coordinator::network::handle_raft_rpc(&parts.raft, kind, &payload).await)
-                }
+            PeerRequest::Raft { group: RaftGroup::Coordinator, to, kind, payload } => match self.coordinator() {
+                Some(parts) => PeerResponse::Raft(
+                    paytx_coordinator::network::handle_raft_rpc(&parts.raft, &self.book, to, kind, &payload).await,
+                ),
                 None => PeerResponse::Raft(Err(format!("the coordinator replica of node {} is shut down", self.id))),
             },
-            PeerRequest::Raft { group: RaftGroup::Shard(shard), kind, payload } => {
+            PeerRequest::Raft { group: RaftGroup::Shard(shard), to, kind, payload } => {
                 match self.participants.get(&shard).and_then(ShardHandle::raft) {
-                    Some(raft) => {
-                        PeerResponse::Raft(paytx_coordinator::network::handle_raft_rpc(raft, kind, &payload).await)
-                    }
+                    Some(raft) => PeerResponse::Raft(
+                        paytx_coordinator::network::handle_raft_rpc(raft, &self.book, to, kind, &payload).await,
+                    ),
                     None => PeerResponse::Raft(Err(format!("node {} holds no replica of shard {shard}", self.id))),
                 }
             }
@@ -430,7 +449,72 @@ impl NodeService {
             PeerRequest::AuthHello { .. } | PeerRequest::AuthProof { .. } => {
                 PeerResponse::Error(RequestError::Unauthorized { reason: "handshake outside a connection".into() })
             }
+            PeerRequest::ReplicasSeen { node } => self.book.answer(node),
+            PeerRequest::AdmitReplica { group, replica, addr } => self.admit_replica(group, replica, addr),
         }
+    }
+
+    /// A rebuilt node asks this node, as `group`'s leader, to admit its new
+    /// replica id (see `paytx_raft::admit`). Answers at once; the admission
+    /// runs in the background, and the asker polls.
+    fn admit_replica(self: &Arc<Self>, group: RaftGroup, replica: ReplicaId, addr: String) -> PeerResponse {
+        let node = node_of(replica);
+        let member = match group {
+            RaftGroup::Coordinator => self.peers.contains(&node),
+            RaftGroup::Shard(shard) => self.shard_map.replicas_of(shard).contains(&node),
+        };
+        if !member || node == self.id {
+            return PeerResponse::Error(RequestError::Invalid(InvalidRequest::Malformed(format!(
+                "node {node} holds no replica of {group} that node {} could admit",
+                self.id
+            ))));
+        }
+        match group {
+            RaftGroup::Coordinator => match self.coordinator() {
+                Some(parts) => self.run_admission(group, parts.raft.clone(), replica, addr),
+                None => PeerResponse::Admission(Admission::NotLeader { leader_hint: None }),
+            },
+            RaftGroup::Shard(shard) => match self.participants.get(&shard).and_then(ShardHandle::raft) {
+                Some(raft) => self.run_admission(group, raft.clone(), replica, addr),
+                None => PeerResponse::Admission(Admission::NotLeader { leader_hint: None }),
+            },
+        }
+    }
+
+    fn run_admission<C: paytx_raft::PaytxRaftConfig>(
+        self: &Arc<Self>,
+        group: RaftGroup,
+        raft: openraft::Raft<C>,
+        replica: ReplicaId,
+        addr: String,
+    ) -> PeerResponse {
+        let metrics = raft.metrics().borrow().clone();
+        if let Some(answer) = paytx_raft::admit::admission_state(&metrics, replica) {
+            return PeerResponse::Admission(answer);
+        }
+        {
+            let mut running = self.admissions.lock().unwrap_or_else(|p| p.into_inner());
+            if running.contains(&(group, replica)) {
+                return PeerResponse::Admission(Admission::InProgress);
+            }
+            if running.len() >= MAX_ADMISSIONS {
+                return PeerResponse::Error(RequestError::Overloaded {
+                    what: format!("{MAX_ADMISSIONS} admissions of rebuilt replicas are running"),
+                });
+            }
+            running.insert((group, replica));
+        }
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            match paytx_raft::admit::admit(&raft, replica, addr).await {
+                Ok(()) => tracing::info!(%group, replica, "rebuilt replica admitted"),
+                Err(reason) => tracing::warn!(%group, replica, %reason, "admission of a rebuilt replica stopped"),
+            }
+            if let Some(service) = service.upgrade() {
+                service.admissions.lock().unwrap_or_else(|p| p.into_inner()).remove(&(group, replica));
+            }
+        });
+        PeerResponse::Admission(Admission::InProgress)
     }
 
     async fn local_decision(&self, txn: TxnId) -> Result<bool, RequestError> {
@@ -487,13 +571,15 @@ impl NodeService {
         view.local.disk_free_bytes = free_space.and_then(|source| source.available_bytes().ok());
         let audit_chain = self.audit_chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
         view.local.audit_chain = audit_chain.and_then(|source| source());
+        view.local.incarnation = self.incarnation;
         let counters = self.disk.sync_counters();
         view.disk_syncs = counters.syncs;
         view.disk_flushes = counters.flushes;
         if let Some(parts) = self.coordinator() {
             let metrics = parts.raft.metrics().borrow().clone();
             view.raft_term = Some(metrics.current_term);
-            view.leader = metrics.current_leader;
+            view.leader = metrics.current_leader.map(node_of);
+            view.local.coordinator_voters = metrics.membership_config.membership().voter_ids().collect();
             view.last_applied_index = metrics.last_applied.map(|l| l.index);
             view.snapshot_index = metrics.snapshot.map(|l| l.index);
             let (undecided, unacked) = read_table(&parts.table).table.counts();

@@ -87,8 +87,12 @@ impl ShardHandle {
                 actor.send(GetStatus).await.ok().map(|status| ShardStatus { leader: Some(node), ..status })
             }
             ShardHandle::Replicated { front, raft, .. } => {
-                let leader = raft.metrics().borrow().current_leader;
-                front.send(GetStatus).await.ok().map(|status| ShardStatus { leader, ..status })
+                let (leader, voters) = {
+                    let metrics = raft.metrics().borrow().clone();
+                    let voters = metrics.membership_config.membership().voter_ids().collect();
+                    (metrics.current_leader.map(paytx_protocol::replica::node_of), voters)
+                };
+                front.send(GetStatus).await.ok().map(|status| ShardStatus { leader, voters, ..status })
             }
         }
     }

@@ -5,7 +5,7 @@
 //! durable: after a crash (unsynced writes lost) and a restart, the state is
 //! exactly what clients were told.
 
-use paytx_node::{FixedFreeSpace, LinkFilter, NodeConfig, NodeCore};
+use paytx_node::{FixedFreeSpace, LinkFilter, NodeConfig, NodeCore, PeerEndpoint, ReplicaBook};
 use paytx_protocol::messages::AccountView;
 use paytx_protocol::{
     AbortReason, AccountId, BoxFuture, Currency, Money, NodeId, Operation, Outcome, PeerRequest, PeerResponse, Request,
@@ -38,9 +38,9 @@ fn config() -> NodeConfig {
 }
 
 async fn start(disk: &MemDisk) -> NodeCore {
-    NodeCore::start(&config(), Arc::new(disk.clone()), Arc::new(NoPeers), LinkFilter::default())
-        .await
-        .expect("the node starts")
+    let disk: paytx_storage::SharedDisk = Arc::new(disk.clone());
+    let endpoint = PeerEndpoint::new(ReplicaBook::open(disk.clone()).expect("the book opens"));
+    NodeCore::start(&config(), disk, Arc::new(NoPeers), LinkFilter::default(), endpoint).await.expect("the node starts")
 }
 
 /// Submits until the node has elected itself (bounded).

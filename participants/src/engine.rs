@@ -609,7 +609,13 @@ impl Engine {
             KindState::Channels(state) => state.entity_count(),
             KindState::Records(state) => state.entity_count(),
         };
-        ShardStatus { shard: self.shard, entities: entities as u64, in_doubt: self.prepared.len() as u64, leader: None }
+        ShardStatus {
+            shard: self.shard,
+            entities: entities as u64,
+            in_doubt: self.prepared.len() as u64,
+            leader: None,
+            voters: Vec::new(),
+        }
     }
 
     /// Checks every invariant of the shard (O(entities): for tests and

@@ -20,6 +20,7 @@ pub mod messages;
 pub mod money;
 pub mod ops;
 pub mod planted;
+pub mod replica;
 pub mod routing;
 pub mod transport;
 pub mod txn;

@@ -181,6 +181,11 @@ pub struct ShardStatus {
     /// The node leading the shard's Raft group as this replica knows it
     /// (a single-copy shard: its node).
     pub leader: Option<NodeId>,
+    /// The group's voters as this replica knows them, as replica ids
+    /// (`crate::replica`; a rebuilt node's differs from its node id).
+    /// Empty for a single-copy shard.
+    #[serde(default)]
+    pub voters: Vec<crate::replica::ReplicaId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +229,14 @@ pub struct NodeLocalView {
     /// This node's gateway audit chain as its last check found it (`None`
     /// when the node serves no HTTP API, so keeps no audit log).
     pub audit_chain: Option<AuditChainView>,
+    /// Which incarnation of this node's disk runs: 0 for the disk the
+    /// cluster was created with, one more at every rebuild.
+    #[serde(default)]
+    pub incarnation: u32,
+    /// The coordinator group's voters as this node's replica knows them,
+    /// as replica ids (`crate::replica`).
+    #[serde(default)]
+    pub coordinator_voters: Vec<crate::replica::ReplicaId>,
 }
 
 /// A node's hash-chained gateway audit log, as its last check found it.
@@ -278,8 +291,10 @@ impl std::fmt::Display for RaftGroup {
 /// Node-to-node requests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// An openraft RPC for `group`, encoded by the `paytx-raft` crate.
-    Raft { group: RaftGroup, kind: RaftRpcKind, payload: Vec<u8> },
+    /// An openraft RPC for replica `to` of `group`, encoded by the
+    /// `paytx-raft` crate. `to` is checked on arrival: a node rebuilt under
+    /// a new replica id must not answer for its old one.
+    Raft { group: RaftGroup, to: crate::replica::ReplicaId, kind: RaftRpcKind, payload: Vec<u8> },
     /// 2PC phase one: coordinator → participant shard.
     Prepare { txn: TxnId, shard: ShardId, ops: Vec<Operation> },
     /// 2PC phase two: coordinator → participant shard.
@@ -292,6 +307,27 @@ pub enum PeerRequest {
     AuthHello { node: NodeId, nonce: crate::auth::Nonce, config: crate::auth::ConfigDigest },
     /// Peer authentication, step 3.
     AuthProof { proof: crate::auth::Proof },
+    /// A node starting on an empty data directory asks every peer which of
+    /// its incarnations the peer has exchanged Raft messages with. Answered
+    /// before the peer's own groups run (a cluster's nodes all start empty).
+    ReplicasSeen { node: NodeId },
+    /// A rebuilt node asks `group`'s leader to make `replica` a voter in
+    /// place of the node's older replica id (learner first, until caught
+    /// up). `addr` is where the node listens.
+    AdmitReplica { group: RaftGroup, replica: crate::replica::ReplicaId, addr: String },
+}
+
+/// Where a [`PeerRequest::AdmitReplica`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Admission {
+    /// The replica is a voter of the group.
+    Voter,
+    /// The leader is catching the replica up as a learner, or changing the
+    /// membership; ask again later.
+    InProgress,
+    /// This node does not lead the group; `leader_hint` is the node that
+    /// last did, if known.
+    NotLeader { leader_hint: Option<NodeId> },
 }
 
 /// Node-to-node answers.
@@ -324,5 +360,11 @@ pub enum PeerResponse {
         nonce: crate::auth::Nonce,
         proof: crate::auth::Proof,
     },
+    /// The incarnations of the asked-about node this node has exchanged
+    /// Raft messages with, ascending.
+    ReplicasSeen {
+        incarnations: Vec<u32>,
+    },
+    Admission(Admission),
     Error(RequestError),
 }

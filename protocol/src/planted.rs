@@ -57,10 +57,15 @@ pub enum Bug {
     /// state): after a failover the new leader holds no hold for what its
     /// predecessor promised.
     FollowerSkipsReservation,
+    /// A node that starts on an empty data directory comes back under its
+    /// old replica ids (incarnation 0) without asking its peers whether it
+    /// ran before: Raft's amnesia, a replica that lost its votes and its
+    /// acknowledged entries voting as if it had them.
+    RebuildUnderOldIdentity,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::VoteBeforeSync,
         Bug::CommitWithoutAllVotes,
         Bug::NoRedriveOnNewLeader,
@@ -74,6 +79,7 @@ impl Bug {
         Bug::ChannelRefundUnbounded,
         Bug::VoteBeforeReplicated,
         Bug::FollowerSkipsReservation,
+        Bug::RebuildUnderOldIdentity,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -92,6 +98,7 @@ impl Bug {
             Bug::ChannelRefundUnbounded => "channel-refund-unbounded",
             Bug::VoteBeforeReplicated => "vote-before-replicated",
             Bug::FollowerSkipsReservation => "follower-skips-reservation",
+            Bug::RebuildUnderOldIdentity => "rebuild-under-old-identity",
         }
     }
 
@@ -100,7 +107,7 @@ impl Bug {
     /// journal and fsync rounds, `None` when either runs it.
     pub fn shard_replicas(self) -> Option<u32> {
         match self {
-            Bug::VoteBeforeReplicated | Bug::FollowerSkipsReservation => Some(3),
+            Bug::VoteBeforeReplicated | Bug::FollowerSkipsReservation | Bug::RebuildUnderOldIdentity => Some(3),
             Bug::VoteBeforeSync | Bug::SyncBeforeStagedApply | Bug::DropHoldsOnRestart => Some(1),
             _ => None,
         }

@@ -56,6 +56,7 @@ fn samples() -> Vec<Envelope> {
         Message::Peer(PeerRequest::Decide { txn, shard, commit: true }),
         Message::Peer(PeerRequest::Raft {
             group: RaftGroup::Coordinator,
+            to: 2,
             kind: RaftRpcKind::AppendEntries,
             payload: vec![1, 2, 3, 4, 5],
         }),

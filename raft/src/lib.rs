@@ -7,6 +7,8 @@
 //! * [`settings`]: timings and limits (`[raft]`), and openraft's `Config`
 //!   derived from them and from `max_frame_bytes`.
 //! * [`snapshot`]: a group's current snapshot, persisted on the `Disk` seam.
+//! * [`admit`]: a rebuilt node's new replica id joining a group (learner,
+//!   catch-up, voter swap).
 //! * [`kick`]: starting an election when two survivors livelock (openraft
 //!   0.9 draws each replica's election timeout once).
 //!
@@ -14,6 +16,7 @@
 //! the node's one disk, so one group commit covers every group's appends.
 #![forbid(unsafe_code)]
 
+pub mod admit;
 pub mod kick;
 pub mod network;
 pub mod runtime;
@@ -23,18 +26,21 @@ pub mod snapshot;
 pub use paytx_protocol::messages::RaftGroup;
 pub use settings::{initialize_if_new, max_rpc_bytes, openraft_config, RaftSettings, StartError};
 
-/// Node ids of every group are the cluster's node ids.
-pub type NodeId = u64;
+/// A group member's Raft id: a replica id (`paytx_protocol::replica`),
+/// the node id for a node's first incarnation.
+pub type NodeId = paytx_protocol::replica::ReplicaId;
 
 /// What a paytx group's openraft type configuration fixes: node ids are
 /// the cluster's, nodes carry their address, entries are openraft's, and
-/// snapshots travel as one buffer.
+/// snapshots travel as one buffer, and writes answer on a oneshot channel
+/// (which membership changes need).
 pub trait PaytxRaftConfig:
     openraft::RaftTypeConfig<
     NodeId = NodeId,
     Node = openraft::BasicNode,
     Entry = openraft::Entry<Self>,
     SnapshotData = std::io::Cursor<Vec<u8>>,
+    Responder = openraft::impls::OneshotResponder<Self>,
 >
 {
 }
@@ -45,6 +51,7 @@ impl<C> PaytxRaftConfig for C where
         Node = openraft::BasicNode,
         Entry = openraft::Entry<C>,
         SnapshotData = std::io::Cursor<Vec<u8>>,
+        Responder = openraft::impls::OneshotResponder<C>,
     >
 {
 }

@@ -2,7 +2,7 @@
 //! `Transport` seam, and the receiving side ([`handle_raft_rpc`]), for any
 //! group's type configuration.
 //!
-//! A Raft RPC travels as `PeerRequest::Raft { group, kind, payload }`: the
+//! A Raft RPC travels as `PeerRequest::Raft { group, to, kind, payload }`: the
 //! group names which of the node's Raft instances it is for (the
 //! coordinator's or one shard's); the payload is the bincode of openraft's
 //! request; the answer's payload is the bincode of
@@ -21,7 +21,8 @@ use openraft::raft::{
 use openraft::BasicNode;
 use openraft::Raft;
 use paytx_protocol::messages::{RaftGroup, RaftRpcKind};
-use paytx_protocol::{PeerRequest, PeerResponse, Transport, TransportError};
+use paytx_protocol::replica::{node_of, ReplicaId};
+use paytx_protocol::{BoxFuture, PeerRequest, PeerResponse, Transport, TransportError};
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -30,10 +31,35 @@ use std::sync::Arc;
 /// id, the message tags).
 pub const RPC_FRAME_OVERHEAD_BYTES: usize = 1024;
 
-/// Creates one [`PeerClient`] per target node, for one group.
+/// Remembers, durably, every replica this node has exchanged Raft messages
+/// with, before the message takes effect.
+///
+/// That memory is how a node that restarts on an empty disk learns whether
+/// an earlier incarnation of it ever took part in a group (voted, answered
+/// an append, or led): if one did, a peer recorded it, and the node must
+/// come back under a new replica id (see `paytx_protocol::replica`). So a
+/// response is handed to openraft, and a request is processed, only once
+/// [`ReplicaRecorder::record`] has made the sender durable. Recording is
+/// once per replica id, so the cost is one synced write per peer per
+/// incarnation, not one per message.
+pub trait ReplicaRecorder: Send + Sync {
+    fn record(&self, replica: ReplicaId) -> BoxFuture<Result<(), String>>;
+}
+
+/// A recorder that remembers nothing: for tests of one group alone.
+pub struct NoRecorder;
+
+impl ReplicaRecorder for NoRecorder {
+    fn record(&self, _replica: ReplicaId) -> BoxFuture<Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Creates one [`PeerClient`] per target replica, for one group.
 pub struct NetworkFactory<C> {
     group: RaftGroup,
     transport: Arc<dyn Transport>,
+    recorder: Arc<dyn ReplicaRecorder>,
     max_rpc_bytes: usize,
     _config: PhantomData<fn() -> C>,
 }
@@ -43,6 +69,7 @@ impl<C> Clone for NetworkFactory<C> {
         NetworkFactory {
             group: self.group,
             transport: self.transport.clone(),
+            recorder: self.recorder.clone(),
             max_rpc_bytes: self.max_rpc_bytes,
             _config: PhantomData,
         }
@@ -53,8 +80,13 @@ impl<C> NetworkFactory<C> {
     /// `max_rpc_bytes`: the largest encoded Raft request that fits in one
     /// frame (the transport's `max_frame_bytes` less
     /// [`RPC_FRAME_OVERHEAD_BYTES`]).
-    pub fn new(group: RaftGroup, transport: Arc<dyn Transport>, max_rpc_bytes: usize) -> Self {
-        NetworkFactory { group, transport, max_rpc_bytes, _config: PhantomData }
+    pub fn new(
+        group: RaftGroup,
+        transport: Arc<dyn Transport>,
+        recorder: Arc<dyn ReplicaRecorder>,
+        max_rpc_bytes: usize,
+    ) -> Self {
+        NetworkFactory { group, transport, recorder, max_rpc_bytes, _config: PhantomData }
     }
 }
 
@@ -66,17 +98,20 @@ impl<C: PaytxRaftConfig> RaftNetworkFactory<C> for NetworkFactory<C> {
             group: self.group,
             target,
             transport: self.transport.clone(),
+            recorder: self.recorder.clone(),
             max_rpc_bytes: self.max_rpc_bytes,
             _config: PhantomData,
         }
     }
 }
 
-/// Sends one group's Raft RPCs to one node.
+/// Sends one group's Raft RPCs to one replica (at its node).
 pub struct PeerClient<C> {
     group: RaftGroup,
+    /// The replica id; messages go to `node_of(target)`.
     target: NodeId,
     transport: Arc<dyn Transport>,
+    recorder: Arc<dyn ReplicaRecorder>,
     max_rpc_bytes: usize,
     _config: PhantomData<fn() -> C>,
 }
@@ -123,14 +158,21 @@ impl<C: PaytxRaftConfig> PeerClient<C> {
     {
         let timeout_ms = u64::try_from(option.hard_ttl().as_millis()).unwrap_or(u64::MAX);
         let started = tokio::time::Instant::now();
-        let request = PeerRequest::Raft { group: self.group, kind, payload };
-        let reply = self.transport.call(self.target, request, timeout_ms).await;
+        let request = PeerRequest::Raft { group: self.group, to: self.target, kind, payload };
+        let reply = self.transport.call(node_of(self.target), request, timeout_ms).await;
         tracing::trace!(group = %self.group, target = self.target, ?kind, elapsed_us = started.elapsed().as_micros() as u64, "raft rpc");
         match reply {
             Ok(PeerResponse::Raft(Ok(bytes))) => {
                 let decoded: Result<Resp, RaftError<NodeId, E>> = paytx_protocol::decode(&bytes)
                     .map_err(|e| RPCError::Network(NetworkError::new(&WireError(e.to_string()))))?;
-                decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+                let response = decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
+                // The target took part: durable before openraft counts its
+                // answer (see `ReplicaRecorder`).
+                self.recorder
+                    .record(self.target)
+                    .await
+                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&WireError(e))))?;
+                Ok(response)
             }
             // The peer is up but its replica is not (shut down, starting):
             // unreachable, so openraft backs off instead of retrying hot.
@@ -196,24 +238,47 @@ fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
     paytx_protocol::decode(payload).map_err(|e| format!("undecodable raft rpc: {e}"))
 }
 
-/// Serves one Raft RPC received from a peer. A payload that does not decode
-/// is answered with an error string; it never panics the node.
+/// Records the replica a request comes from: the leader or candidate its
+/// vote names (every append, vote and snapshot request names one).
+async fn record_sender(recorder: &dyn ReplicaRecorder, vote: &openraft::Vote<NodeId>) -> Result<(), String> {
+    match vote.leader_id().voted_for() {
+        Some(sender) => recorder.record(sender).await,
+        None => Ok(()),
+    }
+}
+
+/// Serves one Raft RPC received from a peer for replica `to`. A payload
+/// that does not decode is answered with an error string; it never panics
+/// the node. An RPC for another replica id than the local one (the old id
+/// of a rebuilt node) is refused: answering it with the new replica's
+/// empty log would look, to the leader, like that replica's log going
+/// backwards — the amnesia the new id exists to rule out. The sender is
+/// recorded (durably, once) before the request is processed.
 pub async fn handle_raft_rpc<C: PaytxRaftConfig>(
     raft: &Raft<C>,
+    recorder: &dyn ReplicaRecorder,
+    to: ReplicaId,
     kind: RaftRpcKind,
     payload: &[u8],
 ) -> Result<Vec<u8>, String> {
+    let here = raft.metrics().borrow().id;
+    if to != here {
+        return Err(format!("replica {to} is not on this node, which runs replica {here}"));
+    }
     match kind {
         RaftRpcKind::AppendEntries => {
             let rpc: AppendEntriesRequest<C> = decode_request(payload)?;
+            record_sender(recorder, &rpc.vote).await?;
             encode_result(&raft.append_entries(rpc).await)
         }
         RaftRpcKind::Vote => {
             let rpc: VoteRequest<NodeId> = decode_request(payload)?;
+            record_sender(recorder, &rpc.vote).await?;
             encode_result(&raft.vote(rpc).await)
         }
         RaftRpcKind::InstallSnapshot => {
             let rpc: InstallSnapshotRequest<C> = decode_request(payload)?;
+            record_sender(recorder, &rpc.vote).await?;
             encode_result(&raft.install_snapshot(rpc).await)
         }
     }

@@ -4,12 +4,12 @@
 use crate::disk::FencedDisk;
 use crate::net::SimTransport;
 use crate::world::World;
-use paytx_node::{LinkFilter, NodeConfig, NodeCore, NodeService};
+use paytx_node::{LinkFilter, NodeConfig, NodeCore, NodeService, PeerEndpoint, ReplicaBook};
 use paytx_protocol::NodeId;
 use paytx_storage::{MemDisk, SharedDisk};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -18,33 +18,62 @@ struct Running {
     alive: Arc<AtomicBool>,
 }
 
+/// A node about to start (see [`SimCluster::start_many`]).
+struct Prepared {
+    id: NodeId,
+    config: NodeConfig,
+    disk: SharedDisk,
+    endpoint: Arc<PeerEndpoint>,
+    transport: Arc<dyn paytx_protocol::Transport>,
+    alive: Arc<AtomicBool>,
+    incarnation: u64,
+}
+
 pub struct SimCluster {
     pub world: World,
     pub configs: BTreeMap<NodeId, NodeConfig>,
     pub disks: BTreeMap<NodeId, MemDisk>,
     running: BTreeMap<NodeId, Running>,
+    disk_seed: u64,
+    /// Per node, per disk it has had (oldest first): the incarnations that
+    /// ran on it. A wiped disk's incarnations must never run again.
+    identities: BTreeMap<NodeId, Vec<BTreeSet<u32>>>,
+    /// Starts that reused an identity of a lost disk (amnesia).
+    pub identity_reuses: Vec<String>,
+    /// Nodes whose disk was wiped, with the incarnation each came back as.
+    pub rebuilt: BTreeMap<NodeId, u32>,
+}
+
+/// A node's simulated device: its flush latency, seeded per node.
+fn new_disk(world: &World, disk_seed: u64, id: NodeId) -> MemDisk {
+    let disk = MemDisk::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(disk_seed);
+    rng.set_stream(id);
+    disk.set_sync_delay(Some(crate::disk::device(world.clone(), id, rng)));
+    disk
 }
 
 impl SimCluster {
     /// `disk_seed` seeds each node's simulated device (its flush latency).
     pub fn new(world: World, configs: BTreeMap<NodeId, NodeConfig>, disk_seed: u64) -> Self {
-        let disks = configs
-            .keys()
-            .map(|id| {
-                let disk = MemDisk::new();
-                let mut rng = ChaCha8Rng::seed_from_u64(disk_seed);
-                rng.set_stream(*id);
-                disk.set_sync_delay(Some(crate::disk::device(world.clone(), *id, rng)));
-                (*id, disk)
-            })
-            .collect();
+        let disks = configs.keys().map(|id| (*id, new_disk(&world, disk_seed, *id))).collect();
         {
             let mut state = world.lock();
             for id in configs.keys() {
                 state.nodes.insert(*id, Default::default());
             }
         }
-        SimCluster { world, configs, disks, running: BTreeMap::new() }
+        let identities = configs.keys().map(|id| (*id, vec![BTreeSet::new()])).collect();
+        SimCluster {
+            world,
+            configs,
+            disks,
+            running: BTreeMap::new(),
+            disk_seed,
+            identities,
+            identity_reuses: Vec::new(),
+            rebuilt: BTreeMap::new(),
+        }
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -65,32 +94,96 @@ impl SimCluster {
 
     /// Starts (or restarts) `id` on what its disk kept.
     pub async fn start(&mut self, id: NodeId) -> Result<(), String> {
-        if self.is_running(id) {
-            return Ok(());
+        self.start_many(&[id]).await.remove(&id).unwrap_or(Ok(()))
+    }
+
+    /// Starts the nodes of `ids` that are down, all at once: a node on an
+    /// empty disk waits, before anything else, for every peer to say whether
+    /// it ran before, so a new cluster's nodes must start together.
+    pub async fn start_many(&mut self, ids: &[NodeId]) -> BTreeMap<NodeId, Result<(), String>> {
+        let mut results = BTreeMap::new();
+        let mut starting = Vec::new();
+        let down: Vec<NodeId> = ids.iter().copied().filter(|id| !self.is_running(*id)).collect();
+        for id in down {
+            match self.prepare(id) {
+                Ok(prepared) => starting.push(prepared),
+                Err(e) => {
+                    results.insert(id, Err(e));
+                }
+            }
         }
+        let cores = futures::future::join_all(starting.into_iter().map(|p| async move {
+            let core = NodeCore::start(&p.config, p.disk, p.transport, LinkFilter::default(), p.endpoint).await;
+            (p.id, p.incarnation, p.alive, core)
+        }))
+        .await;
+        for (id, incarnation, alive, core) in cores {
+            match core {
+                Ok(core) => {
+                    self.note_identity(id, core.service().incarnation());
+                    self.world.record(|| format!("node {id} started (incarnation {incarnation})"), &[1, id as u8]);
+                    self.running.insert(id, Running { core, alive });
+                    results.insert(id, Ok(()));
+                }
+                Err(e) => {
+                    // Not started: nothing answers for it.
+                    alive.store(false, Ordering::SeqCst);
+                    if let Some(slot) = self.world.lock().nodes.get_mut(&id) {
+                        slot.endpoint = None;
+                    }
+                    results.insert(id, Err(e.to_string()));
+                }
+            }
+        }
+        results
+    }
+
+    /// Checks and remembers which incarnation of `id` started on its
+    /// current disk: one that ran on an earlier (wiped) disk is amnesia.
+    fn note_identity(&mut self, id: NodeId, incarnation: u32) {
+        let disks = self.identities.entry(id).or_insert_with(|| vec![BTreeSet::new()]);
+        let (current, earlier) = disks.split_last_mut().expect("every node has a current disk");
+        if earlier.iter().any(|lost| lost.contains(&incarnation)) {
+            self.identity_reuses
+                .push(format!("node {id} started as incarnation {incarnation}, which had run on a disk since wiped"));
+        }
+        current.insert(incarnation);
+        if !earlier.is_empty() {
+            self.rebuilt.insert(id, incarnation);
+        }
+    }
+
+    /// Crashes `id` and replaces its disk with an empty one: a disk lost,
+    /// or `paytx node --rebuild`. The node is started again by the caller.
+    pub async fn wipe(&mut self, id: NodeId) {
+        self.crash(id).await;
+        self.disks.insert(id, new_disk(&self.world, self.disk_seed ^ 0x77697065, id));
+        self.identities.entry(id).or_default().push(BTreeSet::new());
+        self.world.lock().counters.disks_wiped += 1;
+        self.world.record(|| format!("node {id}'s disk wiped"), &[9, id as u8]);
+    }
+
+    /// Readies `id` to start: its fenced disk, its replica book and the
+    /// endpoint that answers its peers from now on (the core's first step
+    /// asks them whether this node ran before).
+    fn prepare(&mut self, id: NodeId) -> Result<Prepared, String> {
         let config = self.configs.get(&id).cloned().ok_or_else(|| format!("no node {id}"))?;
         let memory = self.disks.get(&id).cloned().ok_or_else(|| format!("no disk for node {id}"))?;
         let alive = Arc::new(AtomicBool::new(true));
+        let disk: SharedDisk =
+            Arc::new(FencedDisk { node: id, inner: memory, alive: alive.clone(), world: self.world.clone() });
+        let book = ReplicaBook::open(disk.clone()).map_err(|e| e.to_string())?;
+        let endpoint = PeerEndpoint::new(book);
         let incarnation = {
             let mut state = self.world.lock();
             let slot = state.nodes.entry(id).or_default();
             slot.incarnation += 1;
-            slot.service = None;
+            slot.endpoint = Some(endpoint.clone());
             slot.incarnation
         };
-        let disk: SharedDisk =
-            Arc::new(FencedDisk { node: id, inner: memory, alive: alive.clone(), world: self.world.clone() });
-        let transport = Arc::new(SimTransport { from: id, incarnation, world: self.world.clone() });
-        let core = NodeCore::start(&config, disk, transport, LinkFilter::default()).await.map_err(|e| e.to_string())?;
-        {
-            let mut state = self.world.lock();
-            if let Some(slot) = state.nodes.get_mut(&id) {
-                slot.service = Some(core.service());
-            }
-        }
-        self.world.record(|| format!("node {id} started (incarnation {incarnation})"), &[1, id as u8]);
-        self.running.insert(id, Running { core, alive });
-        Ok(())
+        let transport: Arc<dyn paytx_protocol::Transport> =
+            Arc::new(SimTransport { from: id, incarnation, world: self.world.clone() });
+        Ok(Prepared { id, config, disk, endpoint, transport, alive, incarnation })
     }
 
     /// Crashes `id`: its memory is gone, its disk keeps what was synced and,
@@ -105,7 +198,7 @@ impl SimCluster {
             let mut state = self.world.lock();
             if let Some(slot) = state.nodes.get_mut(&id) {
                 slot.incarnation += 1;
-                slot.service = None;
+                slot.endpoint = None;
             }
             state.counters.crashes += 1;
         }
@@ -134,7 +227,7 @@ impl SimCluster {
         for id in self.ids() {
             if let Some(running) = self.running.remove(&id) {
                 running.alive.store(false, Ordering::SeqCst);
-                self.world.lock().nodes.entry(id).or_default().service = None;
+                self.world.lock().nodes.entry(id).or_default().endpoint = None;
                 running.core.stop().await;
             }
         }

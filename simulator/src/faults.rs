@@ -85,6 +85,10 @@ pub struct Nemesis {
     /// The node lost permanently (crashed, never restarted, not even by
     /// `heal`): at most one, so a majority of every group stays.
     lost: Option<NodeId>,
+    /// The node whose disk was wiped (restarted empty, rebuilding): at most
+    /// one per run, and never with a node lost for good — until it is a
+    /// voter again, its groups have only two voters that can answer.
+    wiped: Option<NodeId>,
 }
 
 impl Nemesis {
@@ -100,6 +104,7 @@ impl Nemesis {
             flapping: None,
             replicated,
             lost: None,
+            wiped: None,
         }
     }
 
@@ -176,7 +181,7 @@ impl Nemesis {
         // leave the groups without a majority.
         let nobody_down = self.restart_at.is_empty() && self.failing_sync.is_none() && self.lost.is_none();
         // Single-copy runs keep their schedule of seven kinds of fault.
-        let kinds = if self.replicated { 8 } else { 7 };
+        let kinds = if self.replicated { 9 } else { 7 };
         match self.rng.gen_range(0..kinds) {
             0 | 1 if self.profile.crashes() && nobody_down => {
                 // Crash a random node, or the leader.
@@ -242,7 +247,7 @@ impl Nemesis {
                 self.flapping = Some((anyone, toggles, now));
                 world.lock().counters.partitions += 1;
             }
-            7 if self.profile.crashes() && nobody_down && self.rng.gen_bool(0.3) => {
+            7 if self.profile.crashes() && nobody_down && self.wiped.is_none() && self.rng.gen_bool(0.3) => {
                 // A node lost for good (its disk with it): its shard groups
                 // and the coordinator go on with the other two.
                 cluster.crash(anyone).await;
@@ -251,6 +256,14 @@ impl Nemesis {
                 state.counters.nodes_lost += 1;
                 let at = state.now_ms();
                 state.trace.record(at, || format!("node {anyone} lost for good"), &[7, anyone as u8]);
+            }
+            8 if self.profile.crashes() && nobody_down && self.wiped.is_none() && self.rng.gen_bool(0.5) => {
+                // A node's disk lost (replaced, or deleted for a rebuild):
+                // it restarts empty and must rejoin under a new replica id,
+                // catching up from the other two.
+                cluster.wipe(anyone).await;
+                self.wiped = Some(anyone);
+                self.restart_at.insert(anyone, now + self.rng.gen_range(200..2_000));
             }
             _ => {}
         }

@@ -21,13 +21,17 @@ pub struct SimTransport {
 /// A short name of a peer request, for the trace.
 pub fn peer_label(request: &PeerRequest) -> String {
     match request {
-        PeerRequest::Raft { group, kind, payload } => format!("raft {group} {kind:?} ({} bytes)", payload.len()),
+        PeerRequest::Raft { group, to, kind, payload } => {
+            format!("raft {group} to {to} {kind:?} ({} bytes)", payload.len())
+        }
         PeerRequest::Prepare { txn, shard, ops } => format!("prepare {txn} on {shard} ({} ops)", ops.len()),
         PeerRequest::Decide { txn, shard, commit } => format!("decide {txn} on {shard} commit={commit}"),
         PeerRequest::QueryDecision { txn } => format!("query decision of {txn}"),
         PeerRequest::Forward(request) => format!("forward {}", crate::workload::request_label(request)),
         PeerRequest::AuthHello { node, .. } => format!("auth hello from {node}"),
         PeerRequest::AuthProof { .. } => "auth proof".to_string(),
+        PeerRequest::ReplicasSeen { node } => format!("which incarnations of {node} were seen"),
+        PeerRequest::AdmitReplica { group, replica, .. } => format!("admit replica {replica} to {group}"),
     }
 }
 
@@ -48,7 +52,7 @@ impl Transport for SimTransport {
                 if !state.is_up(from, incarnation) {
                     return Err(TransportError::Unreachable { node: to, reason: "sender crashed".into() });
                 }
-                let target = state.nodes.get(&to).map(|slot| (slot.incarnation, slot.service.clone()));
+                let target = state.nodes.get(&to).map(|slot| (slot.incarnation, slot.endpoint.clone()));
                 match target {
                     None => return Err(TransportError::UnknownNode(to)),
                     Some((_, None)) => None, // down: connection refused after a delay

@@ -181,6 +181,37 @@ async fn read(cluster: &SimCluster, entity: EntityKey, request: Request) -> Opti
     read_shard(cluster, config.shards.shard_of(entity), request).await
 }
 
+/// Waits (up to `timeout_ms` of virtual time) until every rebuilt node
+/// that is running is a voter of the coordinator group and of every shard
+/// group it holds under its new replica id, and no group lists its old one.
+async fn rebuilt_nodes_rejoined(cluster: &SimCluster, timeout_ms: u64) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let mut missing = Vec::new();
+        for (node, incarnation) in &cluster.rebuilt {
+            let Some(service) = cluster.service(*node) else { continue };
+            let me = paytx_protocol::replica::replica_id(*node, *incarnation);
+            let is_alone = |voters: &[u64]| {
+                voters.contains(&me) && voters.iter().all(|v| paytx_protocol::replica::node_of(*v) != *node || *v == me)
+            };
+            let status = service.status().await;
+            if !is_alone(&status.local.coordinator_voters) {
+                missing.push(format!("node {node}: coordinator voters {:?}", status.local.coordinator_voters));
+            }
+            for shard in status.shards.iter().filter(|s| !is_alone(&s.voters)) {
+                missing.push(format!("node {node}: {} voters {:?}", shard.shard, shard.voters));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("rebuilt replicas not voters after {timeout_ms} ms: {}", missing.join("; ")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits (at most 30 s of virtual time) until every live replica of every
 /// shard has applied the same log index, then compares their states.
 /// `Err` names a shard whose replicas hold different states at the same
@@ -445,8 +476,8 @@ async fn simulate(config: SimConfig) -> RunReport {
     };
     let history: SharedHistory = Arc::new(Mutex::new(History::default()));
 
-    for id in cluster.ids() {
-        if let Err(e) = cluster.start(id).await {
+    for (id, started) in cluster.start_many(&cluster.ids()).await {
+        if let Err(e) = started {
             monitor.flag(&world, Violation { invariant: "node-starts", detail: format!("node {id}: {e}") });
         }
     }
@@ -536,6 +567,17 @@ async fn simulate(config: SimConfig) -> RunReport {
     // 10 virtual seconds.
     if let Err(detail) = probe_commit(&world, &nodes, seed).await {
         monitor.flag(&world, Violation { invariant: "liveness", detail });
+    }
+
+    // Amnesia: a node whose disk was wiped never ran under an identity
+    // (replica id) that had voted or acknowledged from the lost disk.
+    for detail in cluster.identity_reuses.clone() {
+        monitor.flag(&world, Violation { invariant: "no-identity-reused-after-wipe", detail });
+    }
+    // And it rejoined: a voter of every group it belongs to, under its new
+    // replica id, with its old one gone (bounded virtual time).
+    if let Err(detail) = rebuilt_nodes_rejoined(&cluster, 30_000).await {
+        monitor.flag(&world, Violation { invariant: "rebuilt-node-rejoins", detail });
     }
 
     // Final outcomes: what the clients were told must be what the table

@@ -136,7 +136,7 @@ pub async fn client_call(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let plan = {
         let mut state = world.lock();
-        let service = state.nodes.get(&node).and_then(|slot| slot.service.clone().map(|s| (slot.incarnation, s)));
+        let service = state.nodes.get(&node).and_then(|slot| slot.endpoint.clone().map(|s| (slot.incarnation, s)));
         let p = state.faults.drop_per_million;
         let dropped = state.chance(p);
         let (delay, back) = (state.delay_ms(), state.delay_ms());

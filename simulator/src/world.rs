@@ -6,7 +6,7 @@
 //! `Send + Sync`; the whole run is on one thread, so it is never contended).
 
 use crate::trace::Trace;
-use paytx_node::NodeService;
+use paytx_node::PeerEndpoint;
 use paytx_protocol::NodeId;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -54,6 +54,8 @@ pub struct Counters {
     pub leader_crashes: u64,
     /// Nodes lost for good (replicated shards only).
     pub nodes_lost: u64,
+    /// Disks wiped (the node restarted empty and rebuilt; replicated only).
+    pub disks_wiped: u64,
     /// What the coordinator's batched log carried (the most advanced
     /// replica's `BatchStats` at the end of the run).
     pub batch: paytx_coordinator::table::BatchStats,
@@ -64,7 +66,9 @@ pub struct Counters {
 pub struct NodeSlot {
     /// Bumped at every crash: messages of an older incarnation are dropped.
     pub incarnation: u64,
-    pub service: Option<Arc<NodeService>>,
+    /// What answers the node's peers: set when the node starts (before
+    /// its core, which asks its peers who it is), cleared when it crashes.
+    pub endpoint: Option<Arc<PeerEndpoint>>,
 }
 
 pub struct WorldState {
@@ -133,7 +137,7 @@ impl WorldState {
     }
 
     pub fn is_up(&self, node: NodeId, incarnation: u64) -> bool {
-        self.nodes.get(&node).is_some_and(|slot| slot.incarnation == incarnation && slot.service.is_some())
+        self.nodes.get(&node).is_some_and(|slot| slot.incarnation == incarnation && slot.endpoint.is_some())
     }
 
     pub fn link_open(&self, from: NodeId, to: NodeId) -> bool {

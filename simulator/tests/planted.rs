@@ -93,3 +93,16 @@ fn vote_before_replicated_is_caught() {
 fn follower_skips_reservation_is_caught() {
     assert_caught(Bug::FollowerSkipsReservation);
 }
+
+/// Amnesia is caught where it starts: the wiped node running under an
+/// identity its lost disk had voted with (what that vote then breaks
+/// depends on timing, and may also show).
+#[test]
+fn rebuild_under_old_identity_is_caught_by_the_identity_check() {
+    let bug = Bug::RebuildUnderOldIdentity;
+    let failure = (0..200u64).find_map(|seed| run(&config(bug, seed)).failure.map(|f| (seed, f)));
+    let Some((seed, failure)) = failure else { panic!("planted bug {bug} survived 200 seeds") };
+    let names: Vec<&str> = failure.violations.iter().map(|v| v.invariant).collect();
+    eprintln!("{bug}: first caught at seed {seed} by {names:?}");
+    assert!(names.contains(&"no-identity-reused-after-wipe"), "{bug} was caught by {names:?}");
+}

@@ -28,8 +28,12 @@ fn state_of(record: &TxnRecord) -> &'static str {
 pub async fn cluster_status(state: &AdminState) -> ClusterStatus {
     let me = state.service.id();
     let raft = state.service.raft_metrics();
-    let leader = raft.as_ref().and_then(|m| m.current_leader);
-    let replication = raft.as_ref().and_then(|m| m.replication.clone());
+    let leader = raft.as_ref().and_then(|m| m.current_leader).map(paytx_protocol::replica::node_of);
+    // Keyed by node: a rebuilt node's replica id differs from its node id.
+    let replication: Option<std::collections::BTreeMap<u64, _>> =
+        raft.as_ref().and_then(|m| m.replication.clone()).map(|r| {
+            r.into_iter().map(|(replica, matched)| (paytx_protocol::replica::node_of(replica), matched)).collect()
+        });
     let last_log = raft.as_ref().and_then(|m| m.last_log_index).unwrap_or(0);
     let asks = state.config.peers.iter().map(|peer| {
         let (id, addr) = (peer.id, peer.addr);

@@ -34,8 +34,9 @@ pub async fn readiness(state: &AdminState) -> Readiness {
     match service.raft_metrics() {
         None => reasons.push("the coordinator replica is shut down".into()),
         Some(metrics) => {
-            leader = metrics.current_leader;
-            match metrics.current_leader {
+            // Raft ids are replica ids; readiness speaks of nodes.
+            leader = metrics.current_leader.map(paytx_protocol::replica::node_of);
+            match leader {
                 None => reasons.push("no coordinator leader known".into()),
                 Some(id) if id == service.id() => {
                     let bound_ms = quorum_ack_bound_ms(state);

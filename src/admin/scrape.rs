@@ -72,13 +72,13 @@ pub async fn render(state: &AdminState) -> String {
             &extra,
             "paytx_raft_leader_id",
             "The coordinator leader this node knows (0: none).",
-            metrics.current_leader.map(to_i64).unwrap_or(0),
+            metrics.current_leader.map(paytx_protocol::replica::node_of).map(to_i64).unwrap_or(0),
         );
         gauge(
             &extra,
             "paytx_raft_is_leader",
             "1 when this node is the coordinator leader.",
-            i64::from(metrics.current_leader == Some(service.id())),
+            i64::from(metrics.current_leader.map(paytx_protocol::replica::node_of) == Some(service.id())),
         );
         gauge(
             &extra,

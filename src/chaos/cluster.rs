@@ -30,6 +30,8 @@ pub struct ChaosCluster {
     proxies: BTreeMap<(NodeId, NodeId), LinkProxy>,
     pub procs: NodeProcs,
     status_client: Option<Client>,
+    /// Each node's data directory (a wipe deletes it).
+    data_dirs: BTreeMap<NodeId, PathBuf>,
 }
 
 impl ChaosCluster {
@@ -54,6 +56,7 @@ impl ChaosCluster {
         }
         let secret = NodeConfig::random_secret();
         let mut configs = BTreeMap::new();
+        let mut data_dirs = BTreeMap::new();
         for id in addrs.keys() {
             let mut config = NodeConfig::local(*id, &addrs, dir.join(format!("node-{id}")), &secret);
             for peer in &mut config.peers {
@@ -67,9 +70,19 @@ impl ChaosCluster {
             let path = dir.join(format!("node-{id}.toml"));
             std::fs::write(&path, config.to_toml()?).with_context(|| format!("writing {}", path.display()))?;
             configs.insert(*id, path);
+            data_dirs.insert(*id, config.data_dir.clone());
         }
         let procs = NodeProcs::new(program, configs, log_filter);
-        Ok(ChaosCluster { addrs, proxies, procs, status_client: None })
+        Ok(ChaosCluster { addrs, proxies, procs, status_client: None, data_dirs })
+    }
+
+    /// Deletes `id`'s data directory (the node must be killed first): the
+    /// node restarts empty and rebuilds.
+    pub fn wipe_data(&self, id: NodeId) -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(!self.procs.is_running(id), "node {id} is running; kill it before wiping its data");
+        let dir = self.data_dirs.get(&id).cloned().with_context(|| format!("no data directory for node {id}"))?;
+        crate::node::wipe_data_dir(&dir).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(dir)
     }
 
     pub fn ids(&self) -> Vec<NodeId> {

@@ -68,6 +68,11 @@ pub struct ChaosArgs {
     /// Fail unless at least this many partitions were injected.
     #[arg(long, default_value_t = 0)]
     pub min_partitions: u64,
+    /// Wipe faults to inject (and fail unless they were): SIGKILL a node,
+    /// delete its data directory, restart it empty. It must rejoin and lose
+    /// nothing acknowledged.
+    #[arg(long, default_value_t = 0)]
+    pub min_wipes: u64,
     /// Keep node data and logs here (must be empty or absent). Default: a
     /// temporary directory, removed on success, kept and printed on failure.
     #[arg(long)]
@@ -93,11 +98,12 @@ impl ChaosArgs {
     fn rerun(&self, seed: u64) -> String {
         format!(
             "paytx chaos --seed {seed} --nodes {} --duration-secs {} --min-kills {} --min-partitions {} \
-             --concurrency {} --accounts {} --hot-accounts {}",
+             --min-wipes {} --concurrency {} --accounts {} --hot-accounts {}",
             self.nodes,
             self.duration_secs,
             self.min_kills,
             self.min_partitions,
+            self.min_wipes,
             self.concurrency,
             self.accounts,
             self.hot_accounts
@@ -134,6 +140,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         duration_ms: args.duration_secs.saturating_mul(1_000),
         min_kills: args.min_kills,
         min_partitions: args.min_partitions,
+        min_wipes: args.min_wipes,
         election_timeout_max_ms: raft.election_timeout_max_ms,
     };
     let schedule = Schedule::generate(&spec)?;
@@ -288,7 +295,8 @@ async fn campaign(
     }
     let kills = fault_log.iter().filter(|r| r.kind.starts_with("kill")).count() as u64;
     let partitions = fault_log.iter().filter(|r| r.kind.starts_with("partition")).count() as u64;
-    let minimums_met = kills >= args.min_kills && partitions >= args.min_partitions;
+    let wipes = fault_log.iter().filter(|r| r.kind == "wipe").count() as u64;
+    let minimums_met = kills >= args.min_kills && partitions >= args.min_partitions && wipes >= args.min_wipes;
     let invariants = findings.results();
     let (longest_no_commit_ms, longest_no_commit_from_ms) =
         summary::longest_gap(&history.commit_times_ms, faults_end_ms);
@@ -302,9 +310,11 @@ async fn campaign(
         faults_by_kind,
         kills,
         partitions,
+        wipes,
         faults_hitting_leader: fault_log.iter().filter(|r| r.hit_leader).count() as u64,
         min_kills: args.min_kills,
         min_partitions: args.min_partitions,
+        min_wipes: args.min_wipes,
         minimums_met,
         transactions: outcomes,
         longest_no_commit_ms,

@@ -111,6 +111,15 @@ async fn inject(
             cluster.procs.kill(id)?;
             (format!("SIGKILL node {id}{}, restart after the hold", role(id)), Some(id) == leader)
         }
+        Fault::Wipe { target } => {
+            let id = resolve(*target, leader, &ids, rng);
+            cluster.procs.kill(id)?;
+            let dir = cluster.wipe_data(id)?;
+            (
+                format!("SIGKILL node {id}{}, delete {}, restart empty after the hold", role(id), dir.display()),
+                Some(id) == leader,
+            )
+        }
         Fault::Pause { target } => {
             let id = resolve(*target, leader, &ids, rng);
             cluster.procs.pause(id)?;

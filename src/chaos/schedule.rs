@@ -41,6 +41,10 @@ pub enum Fault {
     OneWay { from: Target, to: Vec<NodeId> },
     /// Every link of `target` (both ways) delays each chunk by `delay_ms`.
     SlowLinks { target: Target, delay_ms: u64 },
+    /// SIGKILL, the node's data directory deleted, then a restart after
+    /// `hold_ms`: a disk lost. The node rejoins every group under a new
+    /// replica id and catches up from the others.
+    Wipe { target: Target },
 }
 
 impl Fault {
@@ -54,11 +58,16 @@ impl Fault {
             Fault::Split { .. } => "partition_split",
             Fault::OneWay { .. } => "partition_one_way",
             Fault::SlowLinks { .. } => "slow_links",
+            Fault::Wipe { .. } => "wipe",
         }
     }
 
     pub fn is_kill(&self) -> bool {
         matches!(self, Fault::Kill { .. })
+    }
+
+    pub fn is_wipe(&self) -> bool {
+        matches!(self, Fault::Wipe { .. })
     }
 
     pub fn is_partition(&self) -> bool {
@@ -86,6 +95,7 @@ pub struct ScheduleSpec {
     pub duration_ms: u64,
     pub min_kills: u64,
     pub min_partitions: u64,
+    pub min_wipes: u64,
     /// The nodes' `election_timeout_max_ms`: pauses and partitions last longer.
     pub election_timeout_max_ms: u64,
 }
@@ -110,7 +120,8 @@ pub struct Schedule {
 
 impl Schedule {
     /// Fills `duration_ms` with faults: at least `min_kills` kills (about
-    /// half aimed at the leader), `min_partitions` partitions, one pause and
+    /// half aimed at the leader), `min_partitions` partitions, `min_wipes`
+    /// wipes (no more: a wipe is never drawn by weight), one pause and
     /// one slow link, the rest drawn by weight; then shuffled.
     pub fn generate(spec: &ScheduleSpec) -> Result<Schedule, ScheduleError> {
         if spec.nodes != 3 && spec.nodes != 5 {
@@ -120,6 +131,8 @@ impl Schedule {
         let mut kinds: Vec<Kind> = Vec::new();
         kinds.extend(std::iter::repeat_n(Kind::Kill, spec.min_kills as usize));
         kinds.extend(std::iter::repeat_n(Kind::Partition, spec.min_partitions as usize));
+        // Wipes only where asked for: each costs a full catch-up.
+        kinds.extend(std::iter::repeat_n(Kind::Wipe, spec.min_wipes as usize));
         kinds.push(Kind::Pause);
         kinds.push(Kind::Slow);
         if spec.min_kills == 0 {
@@ -163,7 +176,7 @@ impl Schedule {
             .map(|kind| {
                 let fault = kind.concrete(&mut rng, &ids);
                 let hold_ms = match &fault {
-                    Fault::Kill { .. } => rng.gen_range(300..3_000),
+                    Fault::Kill { .. } | Fault::Wipe { .. } => rng.gen_range(300..3_000),
                     Fault::Pause { .. } => rng.gen_range(min_hold_ms..min_hold_ms * 3),
                     Fault::SlowLinks { .. } => rng.gen_range(2_000..6_000),
                     _ => rng.gen_range(min_hold_ms.max(1_500)..min_hold_ms.max(1_500) * 4),
@@ -188,6 +201,10 @@ impl Schedule {
         self.faults.iter().filter(|p| p.fault.is_kill()).count()
     }
 
+    pub fn wipes(&self) -> usize {
+        self.faults.iter().filter(|p| p.fault.is_wipe()).count()
+    }
+
     pub fn partitions(&self) -> usize {
         self.faults.iter().filter(|p| p.fault.is_partition()).count()
     }
@@ -199,6 +216,7 @@ enum Kind {
     Partition,
     Pause,
     Slow,
+    Wipe,
 }
 
 impl Kind {
@@ -209,6 +227,8 @@ impl Kind {
             Kind::Partition => 7_000,
             Kind::Pause => 5_500,
             Kind::Slow => 6_500,
+            // The restart waits for every peer, then catches up by snapshot.
+            Kind::Wipe => 8_000,
         }
     }
 
@@ -223,6 +243,7 @@ impl Kind {
         let style = |rng: &mut ChaCha8Rng| if rng.gen_bool(0.5) { DropStyle::Hold } else { DropStyle::Close };
         match self {
             Kind::Kill => Fault::Kill { target: target(rng) },
+            Kind::Wipe => Fault::Wipe { target: target(rng) },
             Kind::Pause => Fault::Pause { target: target(rng) },
             Kind::Slow => Fault::SlowLinks { target: target(rng), delay_ms: rng.gen_range(30..400) },
             Kind::Partition => match rng.gen_range(0..3u32) {
@@ -259,6 +280,7 @@ mod tests {
             duration_ms: 150_000,
             min_kills: 10,
             min_partitions: 5,
+            min_wipes: 1,
             election_timeout_max_ms: 800,
         }
     }
@@ -278,6 +300,7 @@ mod tests {
             let schedule = Schedule::generate(&spec(seed)).expect("fits");
             assert!(schedule.kills() >= 10, "seed {seed}: {} kills", schedule.kills());
             assert!(schedule.partitions() >= 5, "seed {seed}: {} partitions", schedule.partitions());
+            assert_eq!(schedule.wipes(), 1, "seed {seed}: wipes only where asked for");
             for kind in ["pause", "slow_links"] {
                 assert!(schedule.faults.iter().any(|p| p.fault.kind() == kind), "seed {seed}: no {kind}");
             }

@@ -34,9 +34,12 @@ pub struct Summary {
     pub faults_by_kind: BTreeMap<&'static str, u64>,
     pub kills: u64,
     pub partitions: u64,
+    /// Nodes killed with their data directory deleted, then restarted empty.
+    pub wipes: u64,
     pub faults_hitting_leader: u64,
     pub min_kills: u64,
     pub min_partitions: u64,
+    pub min_wipes: u64,
     pub minimums_met: bool,
     pub transactions: Outcomes,
     /// Longest stretch of the fault phase without an acknowledged commit.
@@ -135,12 +138,15 @@ impl Summary {
         let total: u64 = self.faults_by_kind.values().sum();
         let _ = writeln!(
             out,
-            "  faults injected      {total} ({} kills, {} partitions, {} hit the leader; minimums {} kills, {} partitions: {})",
+            "  faults injected      {total} ({} kills, {} partitions, {} wipes, {} hit the leader; \
+             minimums {} kills, {} partitions, {} wipes: {})",
             self.kills,
             self.partitions,
+            self.wipes,
             self.faults_hitting_leader,
             self.min_kills,
             self.min_partitions,
+            self.min_wipes,
             if self.minimums_met { "met" } else { "NOT MET" }
         );
         for (kind, count) in &self.faults_by_kind {

@@ -25,7 +25,7 @@ pub enum DiskError {
     /// The store came back from a restart without writes it had made
     /// durable (or its durability record is damaged): starting would
     /// silently drop committed data.
-    #[error("{file}: {reason}; refusing to start (restore this node's data directory from a replica or backup)")]
+    #[error("{file}: {reason}; refusing to start (rebuild this node from its replicas with `paytx node --rebuild`, or restore its data directory from a backup)")]
     LostWrites { file: String, reason: String },
 }
 

@@ -123,7 +123,10 @@ fn commit_moves_money_and_returns_after_images() {
             EntityRecord::Account { id: AccountId(2), account: account_with_entries(35, &[(1, 30, 35), (0, 5, 5)]) },
         ]
     );
-    assert_eq!(engine.status(), ShardStatus { shard: ACCOUNTS, entities: 2, in_doubt: 0, leader: None });
+    assert_eq!(
+        engine.status(),
+        ShardStatus { shard: ACCOUNTS, entities: 2, in_doubt: 0, leader: None, voters: Vec::new() }
+    );
 }
 
 #[test]

@@ -36,6 +36,7 @@ use actix::fut::{ready, wrap_future, ActorFutureExt};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, ResponseActFuture};
 use paytx_protocol::batcher::{BatchLimits, Batcher};
 use paytx_protocol::planted::Bug;
+use paytx_protocol::replica::{node_of, ReplicaId};
 use paytx_protocol::{AbortReason, EntityKey, EntityKind, Operation, TxnId, Vote};
 use paytx_raft::kick::ElectionKick;
 use rand::{Rng, SeedableRng};
@@ -75,7 +76,8 @@ struct ReadWait {
 /// The front of one replica of a replicated shard (see the module doc).
 pub struct ShardFront {
     config: ParticipantConfig,
-    node: u64,
+    /// This replica's Raft id (node id and incarnation).
+    replica: ReplicaId,
     raft: ShardRaft,
     state: SharedShardState,
     decisions: Arc<dyn DecisionSource>,
@@ -102,7 +104,7 @@ const KICK_CHECK_MS: u64 = 100;
 
 impl std::fmt::Debug for ShardFront {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardFront").field("shard", &self.config.shard).field("node", &self.node).finish()
+        f.debug_struct("ShardFront").field("shard", &self.config.shard).field("replica", &self.replica).finish()
     }
 }
 
@@ -114,7 +116,7 @@ fn command_bytes(command: &ShardCommand) -> usize {
 impl ShardFront {
     pub fn new(
         config: ParticipantConfig,
-        node: u64,
+        replica: ReplicaId,
         raft: ShardRaft,
         state: SharedShardState,
         decisions: Arc<dyn DecisionSource>,
@@ -126,7 +128,7 @@ impl ShardFront {
             started: Instant::now(),
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             config,
-            node,
+            replica,
             raft,
             state,
             decisions,
@@ -143,10 +145,10 @@ impl ShardFront {
     /// `Err(NotLeader)` unless this replica leads the group now.
     fn check_leader(&self) -> Result<(), ParticipantError> {
         let leader = self.raft.metrics().borrow().current_leader;
-        if leader == Some(self.node) {
+        if leader == Some(self.replica) {
             Ok(())
         } else {
-            Err(ParticipantError::NotLeader { shard: self.config.shard, leader_hint: leader })
+            Err(ParticipantError::NotLeader { shard: self.config.shard, leader_hint: leader.map(node_of) })
         }
     }
 
@@ -156,7 +158,10 @@ impl ShardFront {
         forward: Option<Option<u64>>,
     ) -> ParticipantError {
         match forward {
-            Some(leader_hint) => ParticipantError::NotLeader { shard: self.config.shard, leader_hint },
+            // openraft names the leader's replica id; routing wants its node.
+            Some(leader_hint) => {
+                ParticipantError::NotLeader { shard: self.config.shard, leader_hint: leader_hint.map(node_of) }
+            }
             None => ParticipantError::Replication { shard: self.config.shard, reason: error.to_string() },
         }
     }
@@ -490,7 +495,7 @@ impl Actor for ShardFront {
             let now_ms = u64::try_from(act.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let leader_known = act.raft.metrics().borrow().current_leader.is_some();
             if act.election_kick.poll(now_ms, leader_known) {
-                tracing::info!(shard = %act.config.shard, node = act.node, "no leader for long; starting an election");
+                tracing::info!(shard = %act.config.shard, replica = act.replica, "no leader for long; starting an election");
                 let raft = act.raft.clone();
                 actix::spawn(async move {
                     let _ = raft.trigger().elect().await;

@@ -31,8 +31,9 @@ use actix::{Actor, Addr};
 use front::ShardFront;
 use paytx_protocol::batcher::BatchLimits;
 use paytx_protocol::messages::RaftGroup;
+use paytx_protocol::replica::ReplicaId;
 use paytx_protocol::{ShardId, Transport};
-use paytx_raft::network::NetworkFactory;
+use paytx_raft::network::{NetworkFactory, ReplicaRecorder};
 use paytx_raft::{max_rpc_bytes, RaftSettings};
 use paytx_storage::SharedDisk;
 use state_machine::{ShardStateMachine, SharedShardState};
@@ -54,7 +55,12 @@ pub struct ShardGroup {
 
 /// How to start one replica.
 pub struct GroupStart {
-    pub node: u64,
+    /// This replica's Raft id: the node id and its incarnation
+    /// (`paytx_protocol::replica`).
+    pub replica: ReplicaId,
+    /// A node rebuilt on an empty disk never initialises a group: the group
+    /// exists, and the node joins it (`paytx_raft::admit::join`).
+    pub rebuilt: bool,
     pub participant: ParticipantConfig,
     /// Every voter of the group, with its address.
     pub members: BTreeMap<u64, String>,
@@ -92,9 +98,10 @@ pub async fn start_group(
     start: GroupStart,
     disk: SharedDisk,
     transport: Arc<dyn Transport>,
+    recorder: Arc<dyn ReplicaRecorder>,
     decisions: Arc<dyn DecisionSource>,
 ) -> Result<ShardGroup, ParticipantError> {
-    let GroupStart { node, participant, members, raft: settings, max_frame_bytes, preferred } = start;
+    let GroupStart { replica, rebuilt, participant, members, raft: settings, max_frame_bytes, preferred } = start;
     participant.validate()?;
     let shard = participant.shard;
     let failed = |reason: String| ParticipantError::Replication { shard, reason };
@@ -105,11 +112,11 @@ pub async fn start_group(
     let state_machine = ShardStateMachine::open(&participant, disk, format!("{prefix}raft-snapshot"), preferred)
         .map_err(|e| failed(format!("cannot restore the shard's snapshot: {e}")))?;
     let state = state_machine.shared();
-    let network = NetworkFactory::new(RaftGroup::Shard(shard), transport, max_rpc_bytes(max_frame_bytes));
-    let raft = ShardRaft::new(node, Arc::new(config), network, log_store, state_machine)
+    let network = NetworkFactory::new(RaftGroup::Shard(shard), transport, recorder, max_rpc_bytes(max_frame_bytes));
+    let raft = ShardRaft::new(replica, Arc::new(config), network, log_store, state_machine)
         .await
         .map_err(|e| failed(format!("raft did not start: {e}")))?;
-    if preferred {
+    if preferred && !rebuilt {
         paytx_raft::initialize_if_new(&raft, &members).await.map_err(|e| failed(e.to_string()))?;
     }
     let batch_bytes = settings.batch_bytes(max_frame_bytes);
@@ -122,7 +129,7 @@ pub async fn start_group(
     };
     let front = ShardFront::new(
         participant,
-        node,
+        replica,
         raft.clone(),
         state.clone(),
         decisions,
