@@ -85,9 +85,49 @@ pub fn sub_seed(seed: u64, stream: u64) -> u64 {
     rng.gen()
 }
 
+thread_local! {
+    /// The first panic seen on this thread during the current run.
+    static PANICKED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that remembers, per thread, the
+/// first panic of the run on that thread, then does what the previous hook
+/// did.
+///
+/// Why not tokio's `UnhandledPanic::ShutdownRuntime`: when a task panics it
+/// drops the task's future inside the scheduler, and an openraft core's
+/// future wakes another task as it drops (its channels close); the wake
+/// borrows the scheduler's core, already borrowed, and that second panic
+/// during unwinding aborts the whole process — a campaign of many seeds
+/// lost to one. With the hook the panicked task just ends (tokio's default),
+/// the run goes on degraded, and the panic is reported as `no-panic`.
+fn install_panic_hook() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.with(|first| {
+                if let Ok(mut first) = first.try_borrow_mut() {
+                    if first.is_none() {
+                        *first = Some(info.to_string());
+                    }
+                }
+            });
+            previous(info);
+        }));
+    });
+}
+
+/// Whether a task of this thread's run has panicked.
+fn panicked() -> bool {
+    PANICKED.with(|first| first.try_borrow().map(|f| f.is_some()).unwrap_or(true))
+}
+
 /// Runs one simulation on this thread: a paused tokio runtime whose
 /// scheduler is seeded, an actix system on it, every RNG from the seed.
 pub fn run(config: &SimConfig) -> RunReport {
+    install_panic_hook();
+    PANICKED.with(|first| first.borrow_mut().take());
     let runtime = tokio::runtime::Builder::new_current_thread()
         // Timers only: a simulated node does no I/O, and with the I/O (and
         // process/signal) driver on, every advance of the paused clock
@@ -96,8 +136,8 @@ pub fn run(config: &SimConfig) -> RunReport {
         .start_paused(true)
         .rng_seed(tokio::runtime::RngSeed::from_bytes(&config.seed.to_le_bytes()))
         // A panic in any task (an actor, an openraft task, a message in
-        // flight) ends the run and is reported, instead of being swallowed.
-        .unhandled_panic(tokio::runtime::UnhandledPanic::ShutdownRuntime)
+        // flight) is remembered by the panic hook and reported as
+        // `no-panic` (see `install_panic_hook` for why not ShutdownRuntime).
         .build()
         .expect("a current-thread runtime can always be built");
     paytx_coordinator::runtime::seed_raft_rng(sub_seed(config.seed, 1));
@@ -106,8 +146,21 @@ pub fn run(config: &SimConfig) -> RunReport {
     let config = config.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| system.block_on(simulate(config.clone()))));
     paytx_protocol::planted::plant(None);
+    let task_panic = PANICKED.with(|first| first.borrow_mut().take());
     match outcome {
-        Ok(report) => report,
+        Ok(mut report) => {
+            if let Some(message) = task_panic {
+                let violation = Violation { invariant: "no-panic", detail: message };
+                match &mut report.failure {
+                    Some(failure) => failure.violations.insert(0, violation),
+                    None => {
+                        report.failure =
+                            Some(Failure { violations: vec![violation], at_ms: report.virtual_ms, recent: Vec::new() })
+                    }
+                }
+            }
+            report
+        }
         Err(panic) => {
             let message = panic
                 .downcast_ref::<String>()
@@ -530,7 +583,8 @@ async fn simulate(config: SimConfig) -> RunReport {
         if handles.iter().all(|h| h.is_finished()) {
             break;
         }
-        if stop_at_ms.is_some_and(|stop| world.now_ms() >= stop) {
+        // A task panicked (reported at the end): stop the workload early.
+        if stop_at_ms.is_some_and(|stop| world.now_ms() >= stop) || panicked() {
             for handle in &handles {
                 handle.abort();
             }
