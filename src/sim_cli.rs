@@ -226,6 +226,8 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
             ("leader crashes", c.leader_crashes),
             ("nodes lost for good", c.nodes_lost),
             ("disks wiped", c.disks_wiped),
+            ("replicas lagging far behind", c.replicas_lagging),
+            ("shard snapshots installed", c.shard_snapshots_installed),
             ("restarts", c.restarts),
             ("partitions", c.partitions),
             ("pauses", c.pauses),

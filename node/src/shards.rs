@@ -28,6 +28,8 @@ pub struct ReplicaState {
     pub applied_index: Option<u64>,
     /// FNV-1a of the encoded engine export.
     pub digest: u64,
+    /// Snapshots this replica installed from its leader since it started.
+    pub snapshots_installed: u64,
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -105,7 +107,11 @@ impl ShardHandle {
         };
         let state = lock_state(state);
         let encoded = paytx_protocol::encode(&state.engine.export()).ok()?;
-        Some(ReplicaState { applied_index: state.last_applied.map(|id| id.index), digest: fnv1a(&encoded) })
+        Some(ReplicaState {
+            applied_index: state.last_applied.map(|id| id.index),
+            digest: fnv1a(&encoded),
+            snapshots_installed: state.snapshots_installed,
+        })
     }
 
     /// The Raft group of a replicated shard's replica.

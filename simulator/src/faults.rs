@@ -89,6 +89,8 @@ pub struct Nemesis {
     /// one per run, and never with a node lost for good — until it is a
     /// voter again, its groups have only two voters that can answer.
     wiped: Option<NodeId>,
+    /// The wiped node, until its first start on the empty disk.
+    rebuild_pending: Option<NodeId>,
 }
 
 impl Nemesis {
@@ -105,6 +107,7 @@ impl Nemesis {
             replicated,
             lost: None,
             wiped: None,
+            rebuild_pending: None,
         }
     }
 
@@ -132,9 +135,20 @@ impl Nemesis {
         let now = world.now_ms();
         let due: Vec<NodeId> = self.restart_at.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
         for id in due {
+            // A wiped node's start waits until every peer has answered
+            // whether it ran before, and this loop is what heals a cut
+            // link: starting it across a partition would wait forever.
+            // It starts once the links are whole (the wait is real: so
+            // does a rebuilt `paytx node` across a partition).
+            if self.rebuild_pending == Some(id) && !world.lock().cut.is_empty() {
+                continue;
+            }
             self.restart_at.remove(&id);
             if cluster.start(id).await.is_ok() {
                 world.lock().counters.restarts += 1;
+                if self.rebuild_pending == Some(id) {
+                    self.rebuild_pending = None;
+                }
             }
         }
         if self.heal_at.is_some_and(|at| at <= now) {
@@ -181,7 +195,7 @@ impl Nemesis {
         // leave the groups without a majority.
         let nobody_down = self.restart_at.is_empty() && self.failing_sync.is_none() && self.lost.is_none();
         // Single-copy runs keep their schedule of seven kinds of fault.
-        let kinds = if self.replicated { 9 } else { 7 };
+        let kinds = if self.replicated { 10 } else { 7 };
         match self.rng.gen_range(0..kinds) {
             0 | 1 if self.profile.crashes() && nobody_down => {
                 // Crash a random node, or the leader.
@@ -263,7 +277,24 @@ impl Nemesis {
                 // catching up from the other two.
                 cluster.wipe(anyone).await;
                 self.wiped = Some(anyone);
+                self.rebuild_pending = Some(anyone);
                 self.restart_at.insert(anyone, now + self.rng.gen_range(200..2_000));
+            }
+            9 if self.profile.network() && self.heal_at.is_none() && self.flapping.is_none() => {
+                // One replica lagging far behind: a node cut off both ways
+                // for long enough, under load, that its groups' leaders
+                // snapshot and purge past it; on healing it catches up by
+                // snapshot install (counted at the end of the run).
+                let mut state = world.lock();
+                for other in ids.iter().copied().filter(|o| *o != anyone) {
+                    state.cut.insert((anyone, other));
+                    state.cut.insert((other, anyone));
+                }
+                state.counters.replicas_lagging += 1;
+                let at = state.now_ms();
+                state.trace.record(at, || format!("node {anyone} cut off to lag behind"), &[10, anyone as u8]);
+                drop(state);
+                self.heal_at = Some(now + self.rng.gen_range(4_000..8_000));
             }
             _ => {}
         }
@@ -286,10 +317,10 @@ impl Nemesis {
         self.restart_at.clear();
         self.heal_at = None;
         self.flapping = None;
-        for id in cluster.down().into_iter().filter(|id| Some(*id) != self.lost) {
-            if cluster.start(id).await.is_ok() {
-                cluster.world.lock().counters.restarts += 1;
-            }
-        }
+        // Together: a wiped node's start waits for every peer to answer.
+        let down: Vec<NodeId> = cluster.down().into_iter().filter(|id| Some(*id) != self.lost).collect();
+        let started = cluster.start_many(&down).await.values().filter(|result| result.is_ok()).count();
+        cluster.world.lock().counters.restarts += started as u64;
+        self.rebuild_pending = None;
     }
 }

@@ -214,9 +214,12 @@ fn node_configs(seed: u64, replicas: u32, rng: &mut ChaCha8Rng) -> BTreeMap<Node
             config.raft.heartbeat_interval_ms = 50;
             config.raft.election_timeout_min_ms = 300;
             config.raft.election_timeout_max_ms = 600;
-            // Small, so snapshots and snapshot installs happen in most runs.
-            config.raft.snapshot_every_entries = 300;
-            config.raft.keep_entries_after_snapshot = 50;
+            // Small, so snapshots and snapshot installs happen in most runs,
+            // in the shard groups too (each gets a fraction of the entries
+            // the coordinator does): a replica cut off for a few seconds, or
+            // rebuilt from nothing, then catches up by snapshot.
+            config.raft.snapshot_every_entries = 20;
+            config.raft.keep_entries_after_snapshot = 5;
             config.coordinator.prepare_timeout_ms = 1_000;
             config.coordinator.decide_retry_ms = 100;
             config.coordinator.in_doubt_after_ms = 500;
@@ -795,8 +798,23 @@ async fn simulate(config: SimConfig) -> RunReport {
     if let Some(batch) = batch {
         world.lock().counters.batch = batch;
     }
+    let snapshots_installed: u64 = cluster
+        .configs
+        .values()
+        .next()
+        .map(|config| {
+            config
+                .shards
+                .shards()
+                .flat_map(|shard| cluster.ids().into_iter().map(move |node| (node, shard)))
+                .filter_map(|(node, shard)| cluster.service(node)?.shard_replica_state(shard))
+                .map(|state| state.snapshots_installed)
+                .sum()
+        })
+        .unwrap_or(0);
     {
         let mut state = world.lock();
+        state.counters.shard_snapshots_installed = snapshots_installed;
         for disk in cluster.disks.values() {
             let group = disk.group_commit_stats();
             state.counters.disk_syncs_joined += group.joined;

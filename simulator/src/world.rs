@@ -56,6 +56,12 @@ pub struct Counters {
     pub nodes_lost: u64,
     /// Disks wiped (the node restarted empty and rebuilt; replicated only).
     pub disks_wiped: u64,
+    /// Nodes cut off for 4–8 s under load, so their replicas fall behind
+    /// the leaders' purge point (replicated only).
+    pub replicas_lagging: u64,
+    /// Shard snapshots installed by the replicas up at the end of the run
+    /// (each replica counts since it last started).
+    pub shard_snapshots_installed: u64,
     /// What the coordinator's batched log carried (the most advanced
     /// replica's `BatchStats` at the end of the run).
     pub batch: paytx_coordinator::table::BatchStats,

@@ -33,6 +33,9 @@ pub struct ShardState {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, openraft::BasicNode>,
     pub engine: Engine,
+    /// Snapshots installed from the leader since this replica started (a
+    /// follower that fell behind the leader's purge point): for checks.
+    pub snapshots_installed: u64,
 }
 
 /// Shared between the state machine (the only writer) and the shard's
@@ -102,8 +105,12 @@ impl ShardStateMachine {
             max_records: config.max_records,
             max_prepared: config.max_prepared,
         };
-        let mut state =
-            ShardState { last_applied: None, membership: StoredMembership::default(), engine: recipe.empty() };
+        let mut state = ShardState {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            engine: recipe.empty(),
+            snapshots_installed: 0,
+        };
         if let Some(stored) = paytx_raft::snapshot::load(&disk, &snapshot_space)? {
             state.engine =
                 recipe.restore(&stored.data).map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
@@ -223,6 +230,7 @@ impl RaftStateMachine<ShardTypeConfig> for ShardStateMachine {
         state.engine = engine;
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
+        state.snapshots_installed = state.snapshots_installed.saturating_add(1);
         Ok(())
     }
 
