@@ -53,48 +53,30 @@ async fn pay_until(
 async fn a_whole_node_down_stops_no_payment_and_loses_nothing() {
     let (cluster, client) = start(replicated_options()).await;
     // Twelve payers: every accounts shard holds some.
-    let payers = open(&client, "open-payers", 1..=12, 10_000).await;
-    let merchants = open(&client, "open-merchants", 101..=103, 0).await;
-    let mut expected: BTreeMap<AccountId, i64> = payers.iter().map(|a| (*a, 10_000)).collect();
-    expected.extend(merchants.iter().map(|m| (*m, 0)));
+    let (payers, merchants, mut expected) = open_payers_and_merchants(&client).await;
     let mut next_order = 0u64;
-    // One payment from every payer, to the merchants in turn.
-    let mut pay_round = || -> Vec<(AccountId, AccountId, u64)> {
-        (payers.iter().enumerate())
-            .map(|(i, payer)| {
-                next_order += 1;
-                (*payer, merchants[i % merchants.len()], next_order)
-            })
-            .collect()
-    };
 
     // Everything commits with all three nodes up.
-    for (payer, merchant, order) in pay_round() {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        assert!(pay_until(&client, payer, merchant, order, 100, deadline).await);
-        *expected.get_mut(&payer).expect("payer") -= 100;
-        *expected.get_mut(&merchant).expect("merchant") += 100;
-    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "all nodes up").await;
 
     // Node 2 goes down whole: its coordinator replica and its replica of
-    // every shard — it is the preferred leader of a third of them.
+    // every shard — it is the preferred leader of a third of them. Each
+    // shard that lost its leader elects another within a few election
+    // timeouts; until then the client is told to retry.
     cluster.stop_node(2).await.expect("stop node 2");
     let stopped_at = tokio::time::Instant::now();
-    for (payer, merchant, order) in pay_round() {
-        // Each shard that lost its leader elects another within a few
-        // election timeouts; until then the client is told to retry.
-        let deadline = stopped_at + Duration::from_secs(10);
-        assert!(pay_until(&client, payer, merchant, order, 100, deadline).await, "payment {order} with node 2 down");
-        *expected.get_mut(&payer).expect("payer") -= 100;
-        *expected.get_mut(&merchant).expect("merchant") += 100;
-    }
+    let deadline = stopped_at + Duration::from_secs(10);
+    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "node 2 down").await;
     let failover = stopped_at.elapsed();
     // Once every shard has a leader again, nothing fails any more.
-    for (payer, merchant, order) in pay_round() {
+    for (i, payer) in payers.iter().enumerate() {
+        next_order += 1;
+        let (merchant, order) = (merchants[i % merchants.len()], next_order);
         create_order(&client, order, merchant, 100).await;
-        let receipt = submit(&client, &format!("pay-{order}"), pay_ops(payer, merchant, order, 100)).await;
+        let receipt = submit(&client, &format!("pay-{order}"), pay_ops(*payer, merchant, order, 100)).await;
         assert!(receipt.outcome.is_committed(), "payment {order} after failover: {receipt:?}");
-        *expected.get_mut(&payer).expect("payer") -= 100;
+        *expected.get_mut(payer).expect("payer") -= 100;
         *expected.get_mut(&merchant).expect("merchant") += 100;
     }
 
@@ -114,17 +96,29 @@ async fn a_whole_node_down_stops_no_payment_and_loses_nothing() {
     cluster.shutdown().await;
 }
 
-/// One payment from every payer (to the merchants in turn), each retried
-/// through elections until it commits (bounded).
+/// Twelve payers with 10,000 each (every accounts shard holds some) and
+/// three merchants with nothing, and the balances expected of them.
+async fn open_payers_and_merchants(
+    client: &paytx::Client,
+) -> (Vec<AccountId>, Vec<AccountId>, BTreeMap<AccountId, i64>) {
+    let payers = open(client, "open-payers", 1..=12, 10_000).await;
+    let merchants = open(client, "open-merchants", 101..=103, 0).await;
+    let mut expected: BTreeMap<AccountId, i64> = payers.iter().map(|a| (*a, 10_000)).collect();
+    expected.extend(merchants.iter().map(|m| (*m, 0)));
+    (payers, merchants, expected)
+}
+
+/// One payment of 100 from every payer (to the merchants in turn), each
+/// retried through elections until it commits, all by `deadline`.
 async fn pay_round(
     client: &paytx::Client,
     payers: &[AccountId],
     merchants: &[AccountId],
     next_order: &mut u64,
     expected: &mut BTreeMap<AccountId, i64>,
+    deadline: tokio::time::Instant,
     label: &str,
 ) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for (i, payer) in payers.iter().enumerate() {
         *next_order += 1;
         let merchant = merchants[i % merchants.len()];
@@ -159,12 +153,10 @@ async fn wait_for_status(
 async fn a_wiped_node_rejoins_under_a_new_replica_id_and_carries_a_quorum() {
     use paytx::protocol::replica::replica_id;
     let (cluster, client) = start(replicated_options()).await;
-    let payers = open(&client, "open-payers", 1..=12, 10_000).await;
-    let merchants = open(&client, "open-merchants", 101..=103, 0).await;
-    let mut expected: BTreeMap<AccountId, i64> = payers.iter().map(|a| (*a, 10_000)).collect();
-    expected.extend(merchants.iter().map(|m| (*m, 0)));
+    let (payers, merchants, mut expected) = open_payers_and_merchants(&client).await;
     let mut next_order = 0u64;
-    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, "before the wipe").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "before the wipe").await;
 
     // Node 2's disk is lost: stopped, its data directory deleted, started
     // again. Its peers saw incarnation 0, so it comes back as incarnation 1
@@ -185,7 +177,9 @@ async fn a_wiped_node_rejoins_under_a_new_replica_id_and_carries_a_quorum() {
     // With node 3 down, every group's quorum needs the rebuilt replica:
     // payments commit only if it is a caught-up voter.
     cluster.stop_node(3).await.expect("stop node 3");
-    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, "node 3 down, node 2 rebuilt").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "node 3 down, node 2 rebuilt")
+        .await;
     let mut all = payers.clone();
     all.extend(&merchants);
     let actual = balances(&client, &all).await;

@@ -133,11 +133,11 @@ impl ReplicaBook {
 }
 
 impl ReplicaRecorder for ReplicaBook {
-    fn record(&self, replica: ReplicaId) -> BoxFuture<Result<(), String>> {
+    fn record(&self, replica: ReplicaId) -> Option<BoxFuture<Result<(), String>>> {
         if self.seen().contains(&replica) {
-            return Box::pin(async { Ok(()) });
+            return None;
         }
-        Box::pin(self.clone().record_durably(replica))
+        Some(Box::pin(self.clone().record_durably(replica)))
     }
 }
 
@@ -208,33 +208,30 @@ async fn ask_every_peer(
     timeout_ms: u64,
 ) -> BTreeMap<NodeId, Vec<u32>> {
     let mut answers: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+    let mut waiting: Vec<NodeId> = peers.iter().copied().filter(|p| *p != node).collect();
     let mut rounds: u64 = 0;
-    loop {
-        let waiting: Vec<NodeId> = peers.iter().copied().filter(|p| *p != node && !answers.contains_key(p)).collect();
-        if waiting.is_empty() {
-            return answers;
-        }
-        for peer in &waiting {
-            if let Ok(PeerResponse::ReplicasSeen { incarnations }) =
-                remote.call(*peer, PeerRequest::ReplicasSeen { node }, timeout_ms).await
-            {
-                answers.insert(*peer, incarnations);
-            }
-        }
-        rounds += 1;
-        if answers.len() < peers.iter().filter(|p| **p != node).count() {
+    while !waiting.is_empty() {
+        if rounds > 0 {
             if rounds % RESOLVE_LOG_EVERY == 1 {
-                let still: Vec<NodeId> =
-                    peers.iter().copied().filter(|p| *p != node && !answers.contains_key(p)).collect();
                 tracing::warn!(
                     node,
-                    waiting_for = ?still,
+                    waiting_for = ?waiting,
                     "empty data directory: waiting for every peer to say whether this node ran before"
                 );
             }
             tokio::time::sleep(Duration::from_millis(RESOLVE_RETRY_MS)).await;
         }
+        for peer in std::mem::take(&mut waiting) {
+            match remote.call(peer, PeerRequest::ReplicasSeen { node }, timeout_ms).await {
+                Ok(PeerResponse::ReplicasSeen { incarnations }) => {
+                    answers.insert(peer, incarnations);
+                }
+                _ => waiting.push(peer),
+            }
+        }
+        rounds += 1;
     }
+    answers
 }
 
 #[cfg(test)]
@@ -283,9 +280,10 @@ mod tests {
     async fn a_recorded_replica_survives_a_crash() {
         let memory = MemDisk::new();
         let book = ReplicaBook::open(Arc::new(memory.clone())).unwrap();
-        book.record(replica_id(2, 0)).await.unwrap();
-        book.record(replica_id(2, 3)).await.unwrap();
-        book.record(replica_id(3, 0)).await.unwrap();
+        for replica in [replica_id(2, 0), replica_id(2, 3), replica_id(3, 0)] {
+            book.record(replica).expect("a first record writes").await.unwrap();
+            assert!(book.record(replica).is_none(), "a second one is already durable");
+        }
         memory.crash();
         let reopened = ReplicaBook::open(Arc::new(memory)).unwrap();
         assert_eq!(reopened.incarnations_of(2), vec![0, 3]);

@@ -43,15 +43,17 @@ pub const RPC_FRAME_OVERHEAD_BYTES: usize = 1024;
 /// once per replica id, so the cost is one synced write per peer per
 /// incarnation, not one per message.
 pub trait ReplicaRecorder: Send + Sync {
-    fn record(&self, replica: ReplicaId) -> BoxFuture<Result<(), String>>;
+    /// `None` when `replica` is already durable (every message but a
+    /// replica's first: no future, no allocation on the RPC path);
+    /// otherwise the write to wait for.
+    fn record(&self, replica: ReplicaId) -> Option<BoxFuture<Result<(), String>>>;
 }
 
-/// A recorder that remembers nothing: for tests of one group alone.
-pub struct NoRecorder;
-
-impl ReplicaRecorder for NoRecorder {
-    fn record(&self, _replica: ReplicaId) -> BoxFuture<Result<(), String>> {
-        Box::pin(async { Ok(()) })
+/// Waits until `replica` is durable in `recorder` (at once when it is).
+async fn ensure_recorded(recorder: &dyn ReplicaRecorder, replica: ReplicaId) -> Result<(), String> {
+    match recorder.record(replica) {
+        Some(write) => write.await,
+        None => Ok(()),
     }
 }
 
@@ -168,8 +170,7 @@ impl<C: PaytxRaftConfig> PeerClient<C> {
                 let response = decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
                 // The target took part: durable before openraft counts its
                 // answer (see `ReplicaRecorder`).
-                self.recorder
-                    .record(self.target)
+                ensure_recorded(self.recorder.as_ref(), self.target)
                     .await
                     .map_err(|e| RPCError::Unreachable(Unreachable::new(&WireError(e))))?;
                 Ok(response)
@@ -242,7 +243,7 @@ fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
 /// vote names (every append, vote and snapshot request names one).
 async fn record_sender(recorder: &dyn ReplicaRecorder, vote: &openraft::Vote<NodeId>) -> Result<(), String> {
     match vote.leader_id().voted_for() {
-        Some(sender) => recorder.record(sender).await,
+        Some(sender) => ensure_recorded(recorder, sender).await,
         None => Ok(()),
     }
 }

@@ -2,7 +2,7 @@
 //! pauses and fsync failures, each chosen from the seed.
 
 use crate::cluster::SimCluster;
-use crate::world::NetFaults;
+use crate::world::{NetFaults, WorldState};
 use paytx_protocol::NodeId;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -91,6 +91,14 @@ pub struct Nemesis {
     wiped: Option<NodeId>,
     /// The wiped node, until its first start on the empty disk.
     rebuild_pending: Option<NodeId>,
+}
+
+/// Cuts every link of `node`, both ways (healed by clearing `cut`).
+fn cut_off(state: &mut WorldState, node: NodeId, ids: &[NodeId]) {
+    for other in ids.iter().copied().filter(|o| *o != node) {
+        state.cut.insert((node, other));
+        state.cut.insert((other, node));
+    }
 }
 
 impl Nemesis {
@@ -244,10 +252,7 @@ impl Nemesis {
                 // A pause longer than the election timeout: the node hears
                 // nothing and says nothing, then resumes where it was.
                 let mut state = world.lock();
-                for other in ids.iter().copied().filter(|o| *o != anyone) {
-                    state.cut.insert((anyone, other));
-                    state.cut.insert((other, anyone));
-                }
+                cut_off(&mut state, anyone, &ids);
                 state.counters.pauses += 1;
                 let at = state.now_ms();
                 state.trace.record(at, || format!("node {anyone} paused"), &[5, anyone as u8]);
@@ -286,10 +291,7 @@ impl Nemesis {
                 // snapshot and purge past it; on healing it catches up by
                 // snapshot install (counted at the end of the run).
                 let mut state = world.lock();
-                for other in ids.iter().copied().filter(|o| *o != anyone) {
-                    state.cut.insert((anyone, other));
-                    state.cut.insert((other, anyone));
-                }
+                cut_off(&mut state, anyone, &ids);
                 state.counters.replicas_lagging += 1;
                 let at = state.now_ms();
                 state.trace.record(at, || format!("node {anyone} cut off to lag behind"), &[10, anyone as u8]);
