@@ -64,6 +64,16 @@ pub fn decode_body(body: &[u8]) -> Result<Envelope, FrameError> {
     crate::decode(body).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
+/// Bytes each connection's reader buffers (a `tokio::io::BufReader`
+/// around the socket). Unbuffered, reading a frame cost three `recv` calls
+/// (length, version, body) and the server's wait for the next frame a
+/// fourth (`peek`): at ~25 frames per payment that was one of the larger
+/// syscall costs of a `paytx bench` profile. Buffered, the frames that
+/// arrived together are read with one call. Small, because a node holds
+/// up to `max_connections` of them (a frame larger than the buffer is read
+/// straight into its own allocation, bypassing it).
+pub const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// Reads one frame. `Ok(None)` on a clean end of stream between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,

@@ -17,7 +17,7 @@
 //! Time comes from `tokio::time` only: it is the clock seam, virtual under the
 //! simulator.
 
-use paytx_protocol::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME_BYTES};
+use paytx_protocol::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME_BYTES, READ_BUFFER_BYTES};
 use paytx_protocol::messages::CONNECTION_ERROR_ID;
 use paytx_protocol::{Envelope, Message, PeerResponse, RequestError, Response};
 use std::collections::BTreeMap;
@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -361,12 +361,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 async fn read_loop(
-    mut read_half: OwnedReadHalf,
+    read_half: OwnedReadHalf,
     shared: Arc<Shared>,
     max_frame_bytes: u32,
     mut stop: watch::Receiver<bool>,
 ) {
     let addr = shared.peer;
+    // Replies that arrived together are read with one syscall.
+    let mut read_half = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     let error = loop {
         let frame = tokio::select! {
             _ = stopped(&mut stop) => return,

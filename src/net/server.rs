@@ -15,7 +15,7 @@
 
 use futures::FutureExt;
 use paytx_protocol::auth::{self, Nonce};
-use paytx_protocol::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME_BYTES};
+use paytx_protocol::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME_BYTES, READ_BUFFER_BYTES};
 use paytx_protocol::messages::CONNECTION_ERROR_ID;
 use paytx_protocol::NodeId;
 use paytx_protocol::{
@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -344,7 +344,9 @@ async fn serve_connection(
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let frame_timeout = Duration::from_millis(limits.frame_read_timeout_ms);
     let max_in_flight = limits.max_in_flight_per_connection;
-    let (mut read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = stream.into_split();
+    // Frames that arrived together are read with one syscall.
+    let mut read_half = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     // Every in-flight request sends one reply; the slack covers the
     // `Overloaded` and connection-error replies the reader sends itself. When
     // the queue is full the reader waits, and stops reading: TCP backpressure.
@@ -506,16 +508,17 @@ enum Read {
 /// whole frame must follow within `frame_timeout`: a peer cannot pin a
 /// connection with half a frame.
 async fn read_next(
-    read_half: &mut OwnedReadHalf,
+    read_half: &mut BufReader<OwnedReadHalf>,
     max_frame_bytes: u32,
     idle: Duration,
     frame_timeout: Duration,
 ) -> Result<Read, FrameError> {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(idle, read_half.peek(&mut first)).await {
+    // Waits for at least one byte without consuming it (the buffer's fill:
+    // no syscall when the next frame is already buffered).
+    match tokio::time::timeout(idle, read_half.fill_buf()).await {
         Err(_) => return Ok(Read::Idle),
-        Ok(peeked) => {
-            if peeked? == 0 {
+        Ok(buffered) => {
+            if buffered?.is_empty() {
                 return Ok(Read::Closed);
             }
         }
@@ -534,7 +537,12 @@ async fn read_next(
 /// Waits (bounded) for the writer to flush what is queued and half-close,
 /// then, if `linger`, discards input until the peer closes (bounded) so the
 /// close is a clean FIN rather than a reset that could destroy our last reply.
-async fn finish(writer: tokio::task::JoinHandle<()>, read_half: &mut OwnedReadHalf, peer: SocketAddr, linger: bool) {
+async fn finish<R: tokio::io::AsyncRead + Unpin>(
+    writer: tokio::task::JoinHandle<()>,
+    read_half: &mut R,
+    peer: SocketAddr,
+    linger: bool,
+) {
     let abort = writer.abort_handle();
     if tokio::time::timeout(Duration::from_millis(CLOSE_FLUSH_MS), writer).await.is_err() {
         tracing::debug!(%peer, "replies not flushed within {CLOSE_FLUSH_MS} ms; dropping them");
