@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// a Raft group of three voters; 1: single-copy).
     #[arg(long, default_value_t = paytx::protocol::ops::DEFAULT_SHARD_REPLICAS)]
     pub replicas: u32,
+    /// Embedded cluster: shards of each participant kind (default: one of
+    /// each kind per node). 1 suits three nodes with three replicas: every
+    /// node holds every shard either way, and fewer Raft groups batch more.
+    #[arg(long)]
+    pub shards_per_kind: Option<usize>,
     /// Print each level's result as one line of JSON.
     #[arg(long)]
     pub json: bool,
@@ -139,6 +144,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             seed: Some(args.seed),
             channels,
             shard_replicas: args.replicas,
+            shards_per_kind: args.shards_per_kind,
             ..ClusterOptions::default()
         };
         let cluster = Cluster::start(options).await.context("starting the embedded cluster")?;
@@ -264,7 +270,11 @@ async fn run_level(
         _ => None,
     };
     Ok(BenchReport {
-        target: if args.addrs.is_empty() { "embedded 3-node cluster".into() } else { format!("{:?}", args.addrs) },
+        target: match (args.addrs.is_empty(), args.shards_per_kind) {
+            (true, None) => "embedded 3-node cluster".into(),
+            (true, Some(per_kind)) => format!("embedded 3-node cluster, {per_kind} shard(s) per kind"),
+            (false, _) => format!("{:?}", args.addrs),
+        },
         fsync: args.addrs.is_empty() && !args.no_fsync,
         channel_latency: args.channel_latency,
         concurrency,

@@ -63,6 +63,9 @@ pub struct ClusterOptions {
     /// Copies of every participant shard, at most one per node: 3 (the
     /// default) = every shard a Raft group of three voters; 1 = single-copy.
     pub shard_replicas: u32,
+    /// Shards of each participant kind (`ShardMap::shards_per_kind`).
+    /// `None` (the default): one of each kind per node.
+    pub shards_per_kind: Option<usize>,
 }
 
 /// The admin listeners of an embedded cluster (metrics, health, admin API,
@@ -100,6 +103,7 @@ impl Default for ClusterOptions {
             http: None,
             admin: None,
             shard_replicas: paytx_protocol::ops::DEFAULT_SHARD_REPLICAS,
+            shards_per_kind: None,
         }
     }
 }
@@ -225,6 +229,10 @@ impl Cluster {
             config.limits = options.limits.clone();
             config.channels = options.channels.clone();
             config.seed = options.seed.map(|s| s.wrapping_add(*id));
+            if let Some(per_kind) = options.shards_per_kind {
+                let ids: Vec<NodeId> = addrs.keys().copied().collect();
+                config.shards = paytx_protocol::ops::ShardMap::shards_per_kind(&ids, per_kind);
+            }
             config.shards.replicas = options.shard_replicas;
             if let Some(http) = &options.http {
                 let port = if http.base.port() == 0 { 0 } else { http.base.port().saturating_add(*id as u16 - 1) };

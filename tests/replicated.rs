@@ -96,6 +96,39 @@ async fn a_whole_node_down_stops_no_payment_and_loses_nothing() {
     cluster.shutdown().await;
 }
 
+/// One shard of each kind (`ClusterOptions::shards_per_kind`, the layout
+/// `paytx bench --shards-per-kind 1` measures): four shard groups, each of
+/// three voters, their leaders staggered over the nodes. Node 2, the
+/// preferred leader of the accounts and records shards, goes down and
+/// comes back; every payment commits and every balance is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shard_per_kind_survives_the_loss_of_its_accounts_leader() {
+    let (cluster, client) = start(ClusterOptions { shards_per_kind: Some(1), ..replicated_options() }).await;
+    let status = client.node_status_of(cluster.addr(1).expect("node 1")).await.expect("status of node 1");
+    assert_eq!(status.shards.len(), 4, "one shard of each kind on every node: {:?}", status.shards);
+    let (payers, merchants, mut expected) = open_payers_and_merchants(&client).await;
+    let mut next_order = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "all nodes up").await;
+
+    cluster.stop_node(2).await.expect("stop node 2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "node 2 down").await;
+
+    cluster.restart_node(2).await.expect("restart node 2");
+    wait_quiet(&cluster, &client, Duration::from_secs(20)).await;
+    let mut all = payers.clone();
+    all.extend(&merchants);
+    let actual = balances(&client, &all).await;
+    for (account, view) in &actual {
+        assert_eq!(view.held_minor, 0, "no hold left on {account}");
+        assert_eq!(view.balance_minor, expected[account], "{account}: exactly the acknowledged payments");
+    }
+    assert_eq!(total(&actual), 12 * 10_000, "money conserved");
+    drop(client);
+    cluster.shutdown().await;
+}
+
 /// Twelve payers with 10,000 each (every accounts shard holds some) and
 /// three merchants with nothing, and the balances expected of them.
 async fn open_payers_and_merchants(

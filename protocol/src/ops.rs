@@ -219,6 +219,28 @@ impl ShardMap {
         }
     }
 
+    /// `per_kind` shards of each kind over `nodes` (single-copy; set
+    /// [`ShardMap::with_replicas`]). `per_kind >= nodes.len()` is
+    /// [`ShardMap::one_shard_per_node`]. Fewer shards suit a replicated
+    /// cluster: with three nodes and three replicas every node holds every
+    /// shard anyway, so more shards add no capacity or fault isolation, only
+    /// more Raft groups (smaller batches, more messages) and more
+    /// participants per payment (payer and merchant in different accounts
+    /// shards). The kinds' preferred nodes are staggered (accounts start at
+    /// the second node, orders at the third, channels at the first, records
+    /// at the second, wrapping), so their leaders spread over the nodes
+    /// and the busiest, accounts, is not on the first node, which usually
+    /// leads the coordinator (it initialises the group).
+    pub fn shards_per_kind(nodes: &[NodeId], per_kind: usize) -> Self {
+        if nodes.is_empty() || per_kind >= nodes.len() {
+            return Self::one_shard_per_node(nodes);
+        }
+        let per_kind = per_kind.max(1);
+        let spread =
+            |offset: usize| -> Vec<NodeId> { (0..per_kind).map(|i| nodes[(offset + i) % nodes.len()]).collect() };
+        ShardMap { accounts: spread(1), orders: spread(2), channels: spread(0), records: spread(1), replicas: 1 }
+    }
+
     /// The same map with `replicas` copies of every shard.
     pub fn with_replicas(mut self, replicas: u32) -> Self {
         self.replicas = replicas;
@@ -337,6 +359,25 @@ mod tests {
         assert!(shards.len() > 1, "partitions spread over the shards");
         assert_eq!(Partition::new(FIRST_ORDERED_NS - 1, b"x"), None, "hashed namespaces have no partitions");
         assert_eq!(RecordKey::new(7, b"x").partition(), None);
+    }
+
+    #[test]
+    fn fewer_shards_per_kind_stagger_their_preferred_nodes() {
+        let map = ShardMap::shards_per_kind(&[1, 2, 3], 1).with_replicas(3);
+        assert_eq!(
+            (map.accounts.clone(), map.orders.clone(), map.channels.clone(), map.records.clone()),
+            (vec![2], vec![3], vec![1], vec![2])
+        );
+        assert!(map.is_valid());
+        // Every shard still has three replicas on three distinct nodes.
+        let shard = ShardId { kind: EntityKind::Account, index: 0 };
+        assert_eq!(map.replicas_of(shard), vec![2, 3, 1]);
+        let two = ShardMap::shards_per_kind(&[1, 2, 3, 4, 5], 2);
+        assert_eq!(two.accounts, vec![2, 3]);
+        assert_eq!(two.channels, vec![1, 2]);
+        // As many as nodes (or more): one shard of each kind per node.
+        assert_eq!(ShardMap::shards_per_kind(&[1, 2, 3], 3), ShardMap::one_shard_per_node(&[1, 2, 3]));
+        assert_eq!(ShardMap::shards_per_kind(&[1, 2, 3], 9), ShardMap::one_shard_per_node(&[1, 2, 3]));
     }
 
     #[test]
