@@ -50,7 +50,7 @@ pub struct BenchArgs {
     /// each kind per node). 1 suits three nodes with three replicas: every
     /// node holds every shard either way, and fewer Raft groups batch more.
     #[arg(long)]
-    pub shards_per_kind: Option<usize>,
+    pub shards_per_kind: Option<std::num::NonZeroUsize>,
     /// Print each level's result as one line of JSON.
     #[arg(long)]
     pub json: bool,

@@ -65,7 +65,7 @@ pub struct ClusterOptions {
     pub shard_replicas: u32,
     /// Shards of each participant kind (`ShardMap::shards_per_kind`).
     /// `None` (the default): one of each kind per node.
-    pub shards_per_kind: Option<usize>,
+    pub shards_per_kind: Option<std::num::NonZeroUsize>,
 }
 
 /// The admin listeners of an embedded cluster (metrics, health, admin API,
@@ -221,6 +221,9 @@ impl Cluster {
         // A fresh secret per start: it lives in the configs, not the data.
         let secret = NodeConfig::random_secret();
         let mut configs = BTreeMap::new();
+        let ids: Vec<NodeId> = addrs.keys().copied().collect();
+        let shards =
+            options.shards_per_kind.map(|per_kind| paytx_protocol::ops::ShardMap::shards_per_kind(&ids, per_kind));
         for id in addrs.keys() {
             let mut config = NodeConfig::local(*id, &addrs, data_dir.join(format!("node-{id}")), &secret);
             config.fsync = options.fsync;
@@ -229,9 +232,8 @@ impl Cluster {
             config.limits = options.limits.clone();
             config.channels = options.channels.clone();
             config.seed = options.seed.map(|s| s.wrapping_add(*id));
-            if let Some(per_kind) = options.shards_per_kind {
-                let ids: Vec<NodeId> = addrs.keys().copied().collect();
-                config.shards = paytx_protocol::ops::ShardMap::shards_per_kind(&ids, per_kind);
+            if let Some(shards) = &shards {
+                config.shards = shards.clone();
             }
             config.shards.replicas = options.shard_replicas;
             if let Some(http) = &options.http {

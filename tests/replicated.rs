@@ -8,6 +8,7 @@ use common::*;
 use paytx::protocol::{AbortReason, AccountId, Outcome, TxnRequest};
 use paytx::ClusterOptions;
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 fn replicated_options() -> ClusterOptions {
@@ -51,7 +52,28 @@ async fn pay_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_node_down_stops_no_payment_and_loses_nothing() {
-    let (cluster, client) = start(replicated_options()).await;
+    // One shard of each kind per node: twelve shard groups, all on every node.
+    node_2_down_and_back(replicated_options(), 12).await;
+}
+
+/// One shard of each kind (`ClusterOptions::shards_per_kind`, the layout
+/// `paytx bench --shards-per-kind 1` measures): four shard groups, each of
+/// three voters, their leaders staggered over the nodes. Node 2 is the
+/// preferred leader of the accounts and records shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shard_per_kind_survives_the_loss_of_its_accounts_leader() {
+    let options = ClusterOptions { shards_per_kind: NonZeroUsize::new(1), ..replicated_options() };
+    node_2_down_and_back(options, 4).await;
+}
+
+/// Node 2 goes down whole while every payer pays, and comes back: every
+/// payment commits (the first ones after the stop retried while a group
+/// elects), and every balance is exactly the acknowledged payments.
+/// `shard_groups`: the shard replicas every node holds.
+async fn node_2_down_and_back(options: ClusterOptions, shard_groups: usize) {
+    let (cluster, client) = start(options).await;
+    let status = client.node_status_of(cluster.addr(1).expect("node 1")).await.expect("status of node 1");
+    assert_eq!(status.shards.len(), shard_groups, "shard replicas on node 1: {:?}", status.shards);
     // Twelve payers: every accounts shard holds some.
     let (payers, merchants, mut expected) = open_payers_and_merchants(&client).await;
     let mut next_order = 0u64;
@@ -61,9 +83,9 @@ async fn a_whole_node_down_stops_no_payment_and_loses_nothing() {
     pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "all nodes up").await;
 
     // Node 2 goes down whole: its coordinator replica and its replica of
-    // every shard — it is the preferred leader of a third of them. Each
-    // shard that lost its leader elects another within a few election
-    // timeouts; until then the client is told to retry.
+    // every shard, of some of which it is the preferred leader. Each shard
+    // that lost its leader elects another within a few election timeouts;
+    // until then the client is told to retry.
     cluster.stop_node(2).await.expect("stop node 2");
     let stopped_at = tokio::time::Instant::now();
     let deadline = stopped_at + Duration::from_secs(10);
@@ -83,50 +105,22 @@ async fn a_whole_node_down_stops_no_payment_and_loses_nothing() {
     // Node 2 comes back and catches up; every acknowledged payment is there.
     cluster.restart_node(2).await.expect("restart node 2");
     wait_quiet(&cluster, &client, Duration::from_secs(20)).await;
-    let mut all = payers.clone();
-    all.extend(&merchants);
-    let actual = balances(&client, &all).await;
-    for (account, view) in &actual {
-        assert_eq!(view.held_minor, 0, "no hold left on {account}");
-        assert_eq!(view.balance_minor, expected[account], "{account}: exactly the acknowledged payments");
-    }
-    assert_eq!(total(&actual), 12 * 10_000, "money conserved");
+    assert_settled_exactly(&client, &expected).await;
     eprintln!("every shard served again {failover:?} after node 2 stopped");
     drop(client);
     cluster.shutdown().await;
 }
 
-/// One shard of each kind (`ClusterOptions::shards_per_kind`, the layout
-/// `paytx bench --shards-per-kind 1` measures): four shard groups, each of
-/// three voters, their leaders staggered over the nodes. Node 2, the
-/// preferred leader of the accounts and records shards, goes down and
-/// comes back; every payment commits and every balance is exact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_shard_per_kind_survives_the_loss_of_its_accounts_leader() {
-    let (cluster, client) = start(ClusterOptions { shards_per_kind: Some(1), ..replicated_options() }).await;
-    let status = client.node_status_of(cluster.addr(1).expect("node 1")).await.expect("status of node 1");
-    assert_eq!(status.shards.len(), 4, "one shard of each kind on every node: {:?}", status.shards);
-    let (payers, merchants, mut expected) = open_payers_and_merchants(&client).await;
-    let mut next_order = 0u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "all nodes up").await;
-
-    cluster.stop_node(2).await.expect("stop node 2");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "node 2 down").await;
-
-    cluster.restart_node(2).await.expect("restart node 2");
-    wait_quiet(&cluster, &client, Duration::from_secs(20)).await;
-    let mut all = payers.clone();
-    all.extend(&merchants);
-    let actual = balances(&client, &all).await;
+/// Every account of `expected` holds exactly its expected balance and no
+/// hold, and the total is the 12 × 10,000 the payers were opened with.
+async fn assert_settled_exactly(client: &paytx::Client, expected: &BTreeMap<AccountId, i64>) {
+    let all: Vec<AccountId> = expected.keys().copied().collect();
+    let actual = balances(client, &all).await;
     for (account, view) in &actual {
         assert_eq!(view.held_minor, 0, "no hold left on {account}");
         assert_eq!(view.balance_minor, expected[account], "{account}: exactly the acknowledged payments");
     }
     assert_eq!(total(&actual), 12 * 10_000, "money conserved");
-    drop(client);
-    cluster.shutdown().await;
 }
 
 /// Twelve payers with 10,000 each (every accounts shard holds some) and
@@ -222,12 +216,7 @@ async fn a_wiped_node_rejoins_under_a_new_replica_id_and_carries_a_quorum() {
 
     cluster.restart_node(3).await.expect("restart node 3");
     wait_quiet(&cluster, &client, Duration::from_secs(30)).await;
-    let actual = balances(&client, &all).await;
-    assert_eq!(total(&actual), 12 * 10_000, "money conserved");
-    for (account, view) in &actual {
-        assert_eq!(view.held_minor, 0, "no hold left on {account}");
-        assert_eq!(view.balance_minor, expected[account], "{account}");
-    }
+    assert_settled_exactly(&client, &expected).await;
     drop(client);
     cluster.shutdown().await;
 }

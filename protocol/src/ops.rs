@@ -231,11 +231,11 @@ impl ShardMap {
     /// at the second, wrapping), so their leaders spread over the nodes
     /// and the busiest, accounts, is not on the first node, which usually
     /// leads the coordinator (it initialises the group).
-    pub fn shards_per_kind(nodes: &[NodeId], per_kind: usize) -> Self {
+    pub fn shards_per_kind(nodes: &[NodeId], per_kind: std::num::NonZeroUsize) -> Self {
+        let per_kind = per_kind.get();
         if nodes.is_empty() || per_kind >= nodes.len() {
             return Self::one_shard_per_node(nodes);
         }
-        let per_kind = per_kind.max(1);
         let spread =
             |offset: usize| -> Vec<NodeId> { (0..per_kind).map(|i| nodes[(offset + i) % nodes.len()]).collect() };
         ShardMap { accounts: spread(1), orders: spread(2), channels: spread(0), records: spread(1), replicas: 1 }
@@ -363,7 +363,8 @@ mod tests {
 
     #[test]
     fn fewer_shards_per_kind_stagger_their_preferred_nodes() {
-        let map = ShardMap::shards_per_kind(&[1, 2, 3], 1).with_replicas(3);
+        let per_kind = |k| std::num::NonZeroUsize::new(k).expect("a positive count");
+        let map = ShardMap::shards_per_kind(&[1, 2, 3], per_kind(1)).with_replicas(3);
         assert_eq!(
             (map.accounts.clone(), map.orders.clone(), map.channels.clone(), map.records.clone()),
             (vec![2], vec![3], vec![1], vec![2])
@@ -372,12 +373,12 @@ mod tests {
         // Every shard still has three replicas on three distinct nodes.
         let shard = ShardId { kind: EntityKind::Account, index: 0 };
         assert_eq!(map.replicas_of(shard), vec![2, 3, 1]);
-        let two = ShardMap::shards_per_kind(&[1, 2, 3, 4, 5], 2);
+        let two = ShardMap::shards_per_kind(&[1, 2, 3, 4, 5], per_kind(2));
         assert_eq!(two.accounts, vec![2, 3]);
         assert_eq!(two.channels, vec![1, 2]);
         // As many as nodes (or more): one shard of each kind per node.
-        assert_eq!(ShardMap::shards_per_kind(&[1, 2, 3], 3), ShardMap::one_shard_per_node(&[1, 2, 3]));
-        assert_eq!(ShardMap::shards_per_kind(&[1, 2, 3], 9), ShardMap::one_shard_per_node(&[1, 2, 3]));
+        assert_eq!(ShardMap::shards_per_kind(&[1, 2, 3], per_kind(3)), ShardMap::one_shard_per_node(&[1, 2, 3]));
+        assert_eq!(ShardMap::shards_per_kind(&[1, 2, 3], per_kind(9)), ShardMap::one_shard_per_node(&[1, 2, 3]));
     }
 
     #[test]
