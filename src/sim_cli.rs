@@ -228,6 +228,8 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
             ("disks wiped", c.disks_wiped),
             ("replicas lagging far behind", c.replicas_lagging),
             ("shard snapshots installed", c.shard_snapshots_installed),
+            ("leaderships handed back", c.leaders_handed_over),
+            ("hand-overs stopped short", c.hand_overs_stopped),
             ("restarts", c.restarts),
             ("partitions", c.partitions),
             ("pauses", c.pauses),

@@ -102,11 +102,35 @@ async fn node_2_down_and_back(options: ClusterOptions, shard_groups: usize) {
         *expected.get_mut(&merchant).expect("merchant") += 100;
     }
 
-    // Node 2 comes back and catches up; every acknowledged payment is there.
+    // Node 2 comes back and catches up; once it has kept up for `[raft]
+    // leader_settle_ms`, the groups it is the preferred node of are handed
+    // back to it one at a time (`paytx_raft::handover`), while payments go
+    // on committing.
     cluster.restart_node(2).await.expect("restart node 2");
+    let restarted_at = tokio::time::Instant::now();
+    let shard_map = cluster.config(2).expect("node 2's configuration").shards.clone();
+    let node_2 = cluster.addr(2).expect("node 2");
+    let deadline = restarted_at + Duration::from_secs(40);
+    let led_back = loop {
+        pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, deadline, "node 2 back").await;
+        let status = client.node_status_of(node_2).await.expect("status of node 2");
+        let preferred: Vec<_> = status
+            .shards
+            .iter()
+            .filter(|s| shard_map.node_of(s.shard) == Some(2))
+            .map(|s| (s.shard, s.leader))
+            .collect();
+        assert!(!preferred.is_empty(), "node 2 is the preferred node of some shards");
+        if preferred.iter().all(|(_, leader)| *leader == Some(2)) {
+            break restarted_at.elapsed();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node 2 leads its preferred shards again: {preferred:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Every acknowledged payment is there.
     wait_quiet(&cluster, &client, Duration::from_secs(20)).await;
     assert_settled_exactly(&client, &expected).await;
-    eprintln!("every shard served again {failover:?} after node 2 stopped");
+    eprintln!("every shard served again {failover:?} after node 2 stopped; its leaderships back {led_back:?} after it restarted");
     drop(client);
     cluster.shutdown().await;
 }

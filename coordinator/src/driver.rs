@@ -128,6 +128,9 @@ pub struct CoordinatorDriver {
     shard_leaders: Arc<paytx_protocol::routing::ShardLeaders>,
     /// Breaks a livelocked election (see `paytx_raft::kick`).
     election_kick: paytx_raft::kick::ElectionKick,
+    /// Proposals held while this leader hands the group over
+    /// (`paytx_raft::handover`).
+    hold: paytx_raft::handover::Hold,
 }
 
 /// Ticks between two orphan sweeps.
@@ -155,6 +158,7 @@ impl CoordinatorDriver {
             timers: BTreeMap::new(),
             orphans: std::collections::BTreeSet::new(),
             batcher,
+            hold: paytx_raft::handover::Hold::default(),
         }
     }
 
@@ -171,6 +175,9 @@ impl CoordinatorDriver {
 
     /// Sends every batch the batcher lets go now.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.hold.is_held() {
+            return; // a hand-over: the log must stop growing
+        }
         while let Some(batch) = self.batcher.next_batch() {
             let (commands, proposers): (Vec<Command>, Vec<Proposer>) =
                 batch.into_iter().map(|queued| (queued.command, queued.proposer)).unzip();
@@ -179,6 +186,7 @@ impl CoordinatorDriver {
             let proposal = async move { raft.client_write(Proposal { commands }).await };
             ctx.spawn(proposal.into_actor(self).map(move |result, act, ctx| {
                 act.batcher.finished();
+                act.hold.on_finished(act.batcher.in_flight());
                 match result {
                     Ok(response) => act.deliver(proposers, response.data, ctx),
                     Err(e) => {
@@ -591,6 +599,45 @@ impl Handler<GetDriverStatus> for CoordinatorDriver {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopDriver;
+
+/// Stop proposing for at most `max_hold_ms` (a hand-over of the
+/// coordinator group's leadership); answers `true` once no proposal is in
+/// flight.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct HoldProposals {
+    pub max_hold_ms: u64,
+}
+
+/// Propose again what queued during a [`HoldProposals`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReleaseProposals;
+
+impl Handler<HoldProposals> for CoordinatorDriver {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: HoldProposals, ctx: &mut Context<Self>) -> ResponseFuture<bool> {
+        let (generation, drained) = self.hold.begin(self.batcher.in_flight());
+        // Bounded whatever the hand-over does: the hold ends on its own.
+        ctx.run_later(Duration::from_millis(msg.max_hold_ms), move |act, ctx| {
+            if act.hold.end(Some(generation)) {
+                act.pump(ctx);
+            }
+        });
+        Box::pin(async move { drained.await.unwrap_or(false) })
+    }
+}
+
+impl Handler<ReleaseProposals> for CoordinatorDriver {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ReleaseProposals, ctx: &mut Context<Self>) {
+        if self.hold.end(None) {
+            self.pump(ctx);
+        }
+    }
+}
 
 impl Handler<StopDriver> for CoordinatorDriver {
     type Result = ();

@@ -266,10 +266,20 @@ impl NodeCore {
             }
         }
 
+        // Leaders go back to their preferred nodes once those keep up.
+        let lowest = config.peer_map().keys().next().copied();
+        if let Some(coordinator_preferred) = lowest {
+            tokio::spawn(crate::balance::run(
+                Arc::downgrade(&service),
+                config.raft.clone(),
+                coordinator_preferred,
+                config.limits.peer_timeout_ms,
+            ));
+        }
+
         // The lowest-numbered node initialises a brand-new group; every other
         // node waits to be contacted by the leader. A rebuilt node never
         // initialises: the group exists.
-        let lowest = config.peer_map().keys().next().copied();
         if lowest == Some(config.node_id) && !identity.rebuilt() {
             let members = config.peer_map().into_iter().map(|(id, a)| (id, a.to_string())).collect();
             paytx_coordinator::initialize_if_new(&replica.raft, &members)

@@ -5,6 +5,8 @@
 //!   coordinator replica and 2PC driver on a given `Disk` and `Transport`.
 //! * [`endpoint`]: what answers peers from before the core exists.
 //! * [`service`]: [`NodeService`] handles and routes every message.
+//! * [`balance`]: hands each group this node leads back to its preferred
+//!   replica once that one keeps up (leaders spread again after a return).
 //! * [`fail_stop`]: a disk write or fsync error stops the whole node.
 //! * [`identity`]: which incarnation of the node's disk runs (new or
 //!   rebuilt), and the replicas it has exchanged Raft messages with.
@@ -18,6 +20,7 @@
 //! links and memory.
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod config;
 pub mod core;
 pub mod endpoint;

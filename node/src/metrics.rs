@@ -45,6 +45,10 @@ pub struct NodeMetrics {
     commit_latency: Histogram,
     disk_sync_latency: Histogram,
     shards: BTreeMap<ShardId, ShardCounters>,
+    /// Leaderships this node handed to a group's preferred replica
+    /// (`crate::balance`), and hand-overs that stopped short.
+    handed_over: IntCounter,
+    hand_overs_stopped: IntCounter,
 }
 
 /// A metric definition that cannot fail to register (unique names, valid
@@ -116,6 +120,15 @@ impl NodeMetrics {
             &["shard", "decision"],
         ));
         must(registry.register(Box::new(decides.clone())));
+        let hand_overs = must(IntCounterVec::new(
+            Opts::new(
+                "paytx_leader_handovers_total",
+                "Group leaderships this node handed to the group's preferred replica, by result \
+                 (handed_over, or stopped: Raft settled who leads).",
+            ),
+            &["result"],
+        ));
+        must(registry.register(Box::new(hand_overs.clone())));
         let shards = shards
             .into_iter()
             .map(|shard| {
@@ -139,6 +152,8 @@ impl NodeMetrics {
             commit_latency,
             disk_sync_latency,
             shards,
+            handed_over: hand_overs.with_label_values(&["handed_over"]),
+            hand_overs_stopped: hand_overs.with_label_values(&["stopped"]),
         }
     }
 
@@ -211,6 +226,18 @@ impl NodeMetrics {
         }
     }
 
+    /// A hand-over of a group's leadership ended: `true` when the target
+    /// leads now.
+    pub fn observe_hand_over(&self, handed_over: bool) {
+        if handed_over { &self.handed_over } else { &self.hand_overs_stopped }.inc();
+    }
+
+    /// (hand-overs that succeeded, hand-overs that stopped short) since
+    /// this node started.
+    pub fn hand_overs(&self) -> (u64, u64) {
+        (self.handed_over.get(), self.hand_overs_stopped.get())
+    }
+
     /// A decision acknowledged by `shard`.
     pub fn observe_decision(&self, shard: ShardId, commit: bool) {
         if let Some(counters) = self.shards.get(&shard) {
@@ -264,6 +291,10 @@ mod tests {
         metrics.observe_prepare(shard, true);
         metrics.observe_decision(shard, false);
         metrics.observe_refusal(&RequestError::ShuttingDown);
+        metrics.observe_hand_over(true);
+        metrics.observe_hand_over(false);
+        metrics.observe_hand_over(false);
+        assert_eq!(metrics.hand_overs(), (1, 2));
         let families = metrics.registry().gather();
         let value = |name: &str| -> f64 {
             families
@@ -279,6 +310,7 @@ mod tests {
         assert_eq!(value("paytx_txns_aborted_total"), 1.0);
         assert_eq!(value("paytx_shard_prepares_total"), 1.0);
         assert_eq!(value("paytx_shard_decisions_total"), 1.0);
+        assert_eq!(value("paytx_leader_handovers_total"), 3.0);
         let latency = families.iter().find(|f| f.name() == "paytx_txn_commit_latency_seconds").expect("registered");
         assert_eq!(latency.get_metric()[0].get_histogram().get_sample_count(), 1, "replays are not latencies");
     }

@@ -178,7 +178,7 @@ impl NodeService {
         below_minimum(source.as_deref(), self.min_free_disk_bytes)
     }
 
-    fn coordinator(&self) -> Option<CoordinatorParts> {
+    pub(crate) fn coordinator(&self) -> Option<CoordinatorParts> {
         self.coordinator.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -451,6 +451,28 @@ impl NodeService {
             }
             PeerRequest::ReplicasSeen { node } => self.book.answer(node),
             PeerRequest::AdmitReplica { group, replica, addr } => self.admit_replica(group, replica, addr),
+            PeerRequest::Campaign { group, replica, last_log_index } => {
+                self.campaign(group, replica, last_log_index).await
+            }
+        }
+    }
+
+    /// `group`'s leader hands this node's replica the leadership
+    /// (`paytx_raft::handover`): start an election, if the replica can win.
+    async fn campaign(&self, group: RaftGroup, replica: ReplicaId, last_log_index: u64) -> PeerResponse {
+        let answered = match group {
+            RaftGroup::Coordinator => match self.coordinator() {
+                Some(parts) => paytx_raft::handover::answer_campaign(&parts.raft, replica, last_log_index).await,
+                None => Err("no coordinator replica runs on this node".to_string()),
+            },
+            RaftGroup::Shard(shard) => match self.participants.get(&shard).and_then(ShardHandle::raft) {
+                Some(raft) => paytx_raft::handover::answer_campaign(raft, replica, last_log_index).await,
+                None => Err(format!("no replica of {shard} runs on this node")),
+            },
+        };
+        match answered {
+            Ok(()) => PeerResponse::Acked,
+            Err(reason) => PeerResponse::CampaignRefused { reason },
         }
     }
 

@@ -315,6 +315,12 @@ pub enum PeerRequest {
     /// place of the node's older replica id (learner first, until caught
     /// up). `addr` is where the node listens.
     AdmitReplica { group: RaftGroup, replica: crate::replica::ReplicaId, addr: String },
+    /// `group`'s leader hands leadership to `replica` (see
+    /// `paytx_raft::handover`): the replica starts an election now, if its
+    /// log reaches `last_log_index` (the leader's, with its proposals held),
+    /// so that it can win. An election is always safe in Raft; this only
+    /// chooses when, and who stands.
+    Campaign { group: RaftGroup, replica: crate::replica::ReplicaId, last_log_index: u64 },
 }
 
 /// Where a [`PeerRequest::AdmitReplica`] stands.
@@ -366,5 +372,10 @@ pub enum PeerResponse {
         incarnations: Vec<u32>,
     },
     Admission(Admission),
+    /// A [`PeerRequest::Campaign`] not acted on: the replica named is not
+    /// this node's, or its log is shorter than the leader's.
+    CampaignRefused {
+        reason: String,
+    },
     Error(RequestError),
 }

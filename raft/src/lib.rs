@@ -9,6 +9,8 @@
 //! * [`snapshot`]: a group's current snapshot, persisted on the `Disk` seam.
 //! * [`admit`]: a rebuilt node's new replica id joining a group (learner,
 //!   catch-up, voter swap).
+//! * [`handover`]: giving a group's leadership back to its preferred
+//!   replica (openraft 0.9 has no leader transfer).
 //! * [`kick`]: starting an election when two survivors livelock (openraft
 //!   0.9 draws each replica's election timeout once).
 //!
@@ -17,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
+pub mod handover;
 pub mod kick;
 pub mod network;
 pub mod runtime;

@@ -33,6 +33,10 @@ pub struct RaftSettings {
     pub max_proposals_in_flight: u64,
     /// Idempotency keys of finished transactions kept in the table.
     pub key_retention: u64,
+    /// A group's leader hands the leadership to the group's preferred
+    /// replica once that replica has kept up for this long (a node that
+    /// returned gets its leaderships back: `handover`); 0 = never.
+    pub leader_settle_ms: u64,
 }
 
 /// Default for [`RaftSettings::key_retention`]: keys of finished
@@ -52,6 +56,7 @@ impl Default for RaftSettings {
             max_batch_bytes: 0,
             max_proposals_in_flight: 2,
             key_retention: DEFAULT_KEY_RETENTION,
+            leader_settle_ms: 3_000,
         }
     }
 }
@@ -88,7 +93,33 @@ pub fn max_rpc_bytes(max_frame_bytes: usize) -> usize {
     max_frame_bytes.saturating_sub(RPC_FRAME_OVERHEAD_BYTES).max(1)
 }
 
+/// Least time between two hand-overs of one group: a target that keeps
+/// losing (a partition that lets heartbeats through one way) costs a pause
+/// of proposals this rarely at most.
+pub const LEADER_RETRY_MS: u64 = 10_000;
+/// Most entries a preferred replica may lag and still be handed its group.
+pub const LEADER_MAX_LAG_ENTRIES: u64 = 64;
+
 impl RaftSettings {
+    /// When a leader hands its group to the preferred replica.
+    pub fn balance(&self) -> crate::handover::BalanceSettings {
+        crate::handover::BalanceSettings {
+            settle_ms: self.leader_settle_ms,
+            retry_ms: LEADER_RETRY_MS.max(self.leader_settle_ms),
+            max_lag_entries: LEADER_MAX_LAG_ENTRIES,
+        }
+    }
+
+    /// Bounds of one hand-over: every step within the shortest election
+    /// timeout, proposals held at most twice the longest.
+    pub fn hand_over_timing(&self, peer_timeout_ms: u64) -> crate::handover::HandOverTiming {
+        crate::handover::HandOverTiming {
+            max_hold_ms: self.election_timeout_max_ms.saturating_mul(2),
+            step_ms: self.election_timeout_min_ms,
+            peer_timeout_ms: peer_timeout_ms.min(self.election_timeout_min_ms),
+        }
+    }
+
     /// The byte bound of one proposal: `max_batch_bytes`, or a quarter of a
     /// frame when 0. Never more than a frame can carry, so one entry always
     /// fits in an AppendEntries.

@@ -32,6 +32,7 @@ pub fn peer_label(request: &PeerRequest) -> String {
         PeerRequest::AuthProof { .. } => "auth proof".to_string(),
         PeerRequest::ReplicasSeen { node } => format!("which incarnations of {node} were seen"),
         PeerRequest::AdmitReplica { group, replica, .. } => format!("admit replica {replica} to {group}"),
+        PeerRequest::Campaign { group, replica, .. } => format!("replica {replica} of {group}: campaign"),
     }
 }
 

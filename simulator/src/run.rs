@@ -815,6 +815,13 @@ async fn simulate(config: SimConfig) -> RunReport {
     {
         let mut state = world.lock();
         state.counters.shard_snapshots_installed = snapshots_installed;
+        for id in cluster.ids() {
+            if let Some(service) = cluster.service(id) {
+                let (handed_over, stopped) = service.metrics().hand_overs();
+                state.counters.leaders_handed_over += handed_over;
+                state.counters.hand_overs_stopped += stopped;
+            }
+        }
         for disk in cluster.disks.values() {
             let group = disk.group_commit_stats();
             state.counters.disk_syncs_joined += group.joined;

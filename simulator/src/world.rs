@@ -62,6 +62,11 @@ pub struct Counters {
     /// Shard snapshots installed by the replicas up at the end of the run
     /// (each replica counts since it last started).
     pub shard_snapshots_installed: u64,
+    /// Group leaderships handed back to their preferred replicas, and
+    /// hand-overs that stopped short, by the nodes up at the end of the
+    /// run (each node counts since it last started).
+    pub leaders_handed_over: u64,
+    pub hand_overs_stopped: u64,
     /// What the coordinator's batched log carried (the most advanced
     /// replica's `BatchStats` at the end of the run).
     pub batch: paytx_coordinator::table::BatchStats,

@@ -33,11 +33,14 @@ use crate::group::types::{ShardCommand, ShardProposal, ShardRaft, StepResult};
 use crate::messages::{Decide, GetStatus, ListInDoubt, Prepare, ShardRead, ShardReadAnswer, Shutdown};
 use crate::MAX_DECLINE_PER_MILLION;
 use actix::fut::{ready, wrap_future, ActorFutureExt};
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, ResponseActFuture};
+use actix::{
+    Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, ResponseActFuture, ResponseFuture,
+};
 use paytx_protocol::batcher::{BatchLimits, Batcher};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::replica::{node_of, ReplicaId};
 use paytx_protocol::{AbortReason, EntityKey, EntityKind, Operation, TxnId, Vote};
+use paytx_raft::handover::Hold;
 use paytx_raft::kick::ElectionKick;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -97,6 +100,9 @@ pub struct ShardFront {
     /// Breaks a livelocked election of the group (`paytx_raft::kick`).
     election_kick: ElectionKick,
     started: Instant,
+    /// Proposals held while this leader hands the group over
+    /// (`paytx_raft::handover`).
+    hold: Hold,
 }
 
 /// How often a replica checks whether its group has a leader.
@@ -139,6 +145,7 @@ impl ShardFront {
             parked: VecDeque::new(),
             read_waits: Vec::new(),
             next_wait_id: 0,
+            hold: Hold::default(),
         }
     }
 
@@ -185,6 +192,9 @@ impl ShardFront {
 
     /// Proposes every batch the batcher lets go now.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.hold.is_held() {
+            return; // a hand-over: the log must stop growing
+        }
         while let Some(batch) = self.batcher.next_batch() {
             let (commands, replies): (Vec<ShardCommand>, Vec<StepReply>) =
                 batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
@@ -192,6 +202,7 @@ impl ShardFront {
             let write = async move { raft.client_write(ShardProposal { commands }).await };
             ctx.spawn(wrap_future(write).map(move |result, act: &mut Self, ctx| {
                 act.batcher.finished();
+                act.hold.on_finished(act.batcher.in_flight());
                 match result {
                     Ok(response) if response.data.results.len() == replies.len() => {
                         for (reply, step) in replies.into_iter().zip(response.data.results) {
@@ -587,6 +598,44 @@ impl Handler<ListInDoubt> for ShardFront {
 
     fn handle(&mut self, _msg: ListInDoubt, _ctx: &mut Context<Self>) -> Vec<TxnId> {
         lock_state(&self.state).engine.prepared_txns()
+    }
+}
+
+/// Stop proposing for at most `max_hold_ms` (a hand-over of the group's
+/// leadership); answers `true` once no proposal is in flight.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct HoldProposals {
+    pub max_hold_ms: u64,
+}
+
+/// Propose again what queued during a [`HoldProposals`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReleaseProposals;
+
+impl Handler<HoldProposals> for ShardFront {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: HoldProposals, ctx: &mut Context<Self>) -> ResponseFuture<bool> {
+        let (generation, drained) = self.hold.begin(self.batcher.in_flight());
+        // Bounded whatever the hand-over does: the hold ends on its own.
+        ctx.run_later(Duration::from_millis(msg.max_hold_ms), move |act, ctx| {
+            if act.hold.end(Some(generation)) {
+                act.pump(ctx);
+            }
+        });
+        Box::pin(async move { drained.await.unwrap_or(false) })
+    }
+}
+
+impl Handler<ReleaseProposals> for ShardFront {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ReleaseProposals, ctx: &mut Context<Self>) {
+        if self.hold.end(None) {
+            self.pump(ctx);
+        }
     }
 }
 
