@@ -47,8 +47,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = paytx::protocol::ops::DEFAULT_SHARD_REPLICAS)]
     pub replicas: u32,
     /// Embedded cluster: shards of each participant kind (default: one of
-    /// each kind per node). 1 suits three nodes with three replicas: every
-    /// node holds every shard either way, and fewer Raft groups batch more.
+    /// each kind with three replicas, as every node holds every shard either
+    /// way and fewer Raft groups batch more; one of each kind per node
+    /// single-copy). 3 with three replicas: the twelve-group layout.
     #[arg(long)]
     pub shards_per_kind: Option<std::num::NonZeroUsize>,
     /// Print each level's result as one line of JSON.

@@ -64,7 +64,9 @@ pub struct ClusterOptions {
     /// default) = every shard a Raft group of three voters; 1 = single-copy.
     pub shard_replicas: u32,
     /// Shards of each participant kind (`ShardMap::shards_per_kind`).
-    /// `None` (the default): one of each kind per node.
+    /// `None` (the default): `ShardMap::for_replicas` — with three nodes
+    /// and three replicas one of each kind, single-copy one of each kind
+    /// per node.
     pub shards_per_kind: Option<std::num::NonZeroUsize>,
 }
 
@@ -222,8 +224,12 @@ impl Cluster {
         let secret = NodeConfig::random_secret();
         let mut configs = BTreeMap::new();
         let ids: Vec<NodeId> = addrs.keys().copied().collect();
-        let shards =
-            options.shards_per_kind.map(|per_kind| paytx_protocol::ops::ShardMap::shards_per_kind(&ids, per_kind));
+        let shards = match options.shards_per_kind {
+            Some(per_kind) => {
+                paytx_protocol::ops::ShardMap::shards_per_kind(&ids, per_kind).with_replicas(options.shard_replicas)
+            }
+            None => paytx_protocol::ops::ShardMap::for_replicas(&ids, options.shard_replicas),
+        };
         for id in addrs.keys() {
             let mut config = NodeConfig::local(*id, &addrs, data_dir.join(format!("node-{id}")), &secret);
             config.fsync = options.fsync;
@@ -232,10 +238,7 @@ impl Cluster {
             config.limits = options.limits.clone();
             config.channels = options.channels.clone();
             config.seed = options.seed.map(|s| s.wrapping_add(*id));
-            if let Some(shards) = &shards {
-                config.shards = shards.clone();
-            }
-            config.shards.replicas = options.shard_replicas;
+            config.shards = shards.clone();
             if let Some(http) = &options.http {
                 let port = if http.base.port() == 0 { 0 } else { http.base.port().saturating_add(*id as u16 - 1) };
                 config.http_listen = Some(SocketAddr::new(http.base.ip(), port));

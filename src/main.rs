@@ -93,6 +93,10 @@ enum Command {
         /// (`admin_listen`; metrics, health, admin API, console).
         #[arg(long)]
         admin_base_port: Option<u16>,
+        /// Shards of each participant kind (default: `ShardMap::for_replicas`,
+        /// with three nodes one of each kind).
+        #[arg(long)]
+        shards_per_kind: Option<std::num::NonZeroUsize>,
     },
 }
 
@@ -207,9 +211,9 @@ fn main() -> std::process::ExitCode {
             init_tracing("warn");
             up::audit_verify(&data_dir).map(|ok| if ok { 0 } else { 1 })
         }
-        Command::GenConfigs { nodes, dir, data_dir, base_port, admin_base_port } => {
+        Command::GenConfigs { nodes, dir, data_dir, base_port, admin_base_port, shards_per_kind } => {
             init_tracing("warn");
-            gen_configs(nodes, &dir, data_dir, base_port, admin_base_port).map(|_| 0)
+            gen_configs(nodes, &dir, data_dir, base_port, admin_base_port, shards_per_kind).map(|_| 0)
         }
     };
     match result {
@@ -266,6 +270,7 @@ fn gen_configs(
     data_dir: Option<PathBuf>,
     base_port: u16,
     admin_base_port: Option<u16>,
+    shards_per_kind: Option<std::num::NonZeroUsize>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -287,6 +292,11 @@ fn gen_configs(
     let secret = NodeConfig::random_secret();
     for id in 1..=nodes {
         let mut config = NodeConfig::local(id, &addrs, data_dir.join(format!("node-{id}")), &secret);
+        if let Some(per_kind) = shards_per_kind {
+            let ids: Vec<u64> = addrs.keys().copied().collect();
+            config.shards =
+                paytx::protocol::ops::ShardMap::shards_per_kind(&ids, per_kind).with_replicas(config.shards.replicas);
+        }
         config.admin_listen = admin_base_port.map(|port| SocketAddr::from(([127, 0, 0, 1], port + id as u16 - 1)));
         let path = dir.join(format!("node-{id}.toml"));
         std::fs::write(&path, config.to_toml()?).with_context(|| format!("writing {}", path.display()))?;

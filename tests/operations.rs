@@ -683,7 +683,10 @@ async fn console_in_headless_chromium() {
 async fn a_stuck_acknowledgement_shows_in_the_list_and_the_lookup() {
     use paytx::protocol::{EntityKey, PeerRequest};
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cluster, client) = start(with_admin(dir.path())).await;
+    // Three accounts shards (the default has one with three replicas), so
+    // that payer and payee are on different shards.
+    let options = ClusterOptions { shards_per_kind: std::num::NonZeroUsize::new(3), ..with_admin(dir.path()) };
+    let (cluster, client) = start(options).await;
     let admins = admin_addrs(&cluster);
     let shard_map = cluster.config(1).expect("node 1").shards.clone();
     // Two accounts on different shards.

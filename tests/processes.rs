@@ -121,7 +121,10 @@ impl ProcessCluster {
             }
             let dir = tempfile::Builder::new().prefix("paytx-processes-").tempdir().expect("temporary directory");
             let generated = Command::new(PAYTX)
-                .args(["gen-configs", "--nodes", &NODES.to_string(), "--base-port", &base.to_string(), "--dir"])
+                // Three shards of each kind, so that each node is the
+                // preferred node of some accounts (the kill below picks by it).
+                .args(["gen-configs", "--nodes", &NODES.to_string(), "--shards-per-kind", "3"])
+                .args(["--base-port", &base.to_string(), "--dir"])
                 .arg(dir.path())
                 .output()
                 .expect("run paytx gen-configs");

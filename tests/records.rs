@@ -95,7 +95,13 @@ async fn claims_cas_and_money_commit_together_or_not_at_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_scans_cover_every_shard_and_records_survive_a_whole_cluster_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = ClusterOptions { data_dir: Some(dir.path().to_path_buf()), ..test_options() };
+    // Three records shards (the default has one with three replicas), so
+    // that a scan spans several.
+    let options = ClusterOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        shards_per_kind: std::num::NonZeroUsize::new(3),
+        ..test_options()
+    };
     let (cluster, client) = start(options.clone()).await;
     let shards = cluster.config(1).expect("node 1").shards.clone();
     assert_eq!(shards.records.len(), 3);

@@ -52,18 +52,19 @@ async fn pay_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_node_down_stops_no_payment_and_loses_nothing() {
-    // One shard of each kind per node: twelve shard groups, all on every node.
-    node_2_down_and_back(replicated_options(), 12).await;
+    // Three shards of each kind: twelve shard groups, all on every node,
+    // each node the preferred one of four.
+    let options = ClusterOptions { shards_per_kind: NonZeroUsize::new(3), ..replicated_options() };
+    node_2_down_and_back(options, 12).await;
 }
 
-/// One shard of each kind (`ClusterOptions::shards_per_kind`, the layout
-/// `paytx bench --shards-per-kind 1` measures): four shard groups, each of
+/// The default layout with three replicas on three nodes
+/// (`ShardMap::for_replicas`): one shard of each kind, four shard groups of
 /// three voters, their leaders staggered over the nodes. Node 2 is the
 /// preferred leader of the accounts and records shards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shard_per_kind_survives_the_loss_of_its_accounts_leader() {
-    let options = ClusterOptions { shards_per_kind: NonZeroUsize::new(1), ..replicated_options() };
-    node_2_down_and_back(options, 4).await;
+    node_2_down_and_back(replicated_options(), 4).await;
 }
 
 /// Node 2 goes down whole while every payer pays, and comes back: every

@@ -183,18 +183,28 @@ impl CoordinatorDriver {
                 batch.into_iter().map(|queued| (queued.command, queued.proposer)).unzip();
             tracing::trace!(commands = commands.len(), "propose batch");
             let raft = self.raft.clone();
-            let proposal = async move { raft.client_write(Proposal { commands }).await };
+            let timeout_ms = paytx_raft::proposal_timeout_ms(self.config.election_timeout_max_ms);
+            let write = async move { raft.client_write(Proposal { commands }).await };
+            // Bounded: see `paytx_raft::proposal_timeout_ms` for the write
+            // that would otherwise never return.
+            let proposal = tokio::time::timeout(Duration::from_millis(timeout_ms), write);
             ctx.spawn(proposal.into_actor(self).map(move |result, act, ctx| {
                 act.batcher.finished();
                 act.hold.on_finished(act.batcher.in_flight());
-                match result {
-                    Ok(response) => act.deliver(proposers, response.data, ctx),
-                    Err(e) => {
-                        let error = raft_error(&e);
-                        for proposer in proposers {
-                            act.deliver_failure(proposer, error.clone(), ctx);
-                        }
+                let error = match result {
+                    Ok(Ok(response)) => {
+                        act.deliver(proposers, response.data, ctx);
+                        act.pump(ctx);
+                        return;
                     }
+                    Ok(Err(e)) => raft_error(&e),
+                    Err(_elapsed) => {
+                        tracing::warn!(timeout_ms, "a proposal was not answered in time; failing it");
+                        RequestError::Timeout { timeout_ms }
+                    }
+                };
+                for proposer in proposers {
+                    act.deliver_failure(proposer, error.clone(), ctx);
                 }
                 act.pump(ctx);
             }));

@@ -344,7 +344,7 @@ impl NodeConfig {
             data_dir,
             fsync: true,
             peers: addrs.iter().map(|(id, addr)| Peer { id: *id, addr: *addr }).collect(),
-            shards: ShardMap::one_shard_per_node(&ids).with_replicas(paytx_protocol::ops::DEFAULT_SHARD_REPLICAS),
+            shards: ShardMap::for_replicas(&ids, paytx_protocol::ops::DEFAULT_SHARD_REPLICAS),
             channels: paytx_participants::default_channels(),
             raft: RaftSettings::default(),
             coordinator: CoordinatorSettings::default(),

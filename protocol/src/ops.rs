@@ -241,6 +241,24 @@ impl ShardMap {
         ShardMap { accounts: spread(1), orders: spread(2), channels: spread(0), records: spread(1), replicas: 1 }
     }
 
+    /// The default layout for `replicas` copies of every shard over
+    /// `nodes`: single-copy, one shard of each kind per node (the node
+    /// count is the shard count, each shard one node's load); replicated,
+    /// `ceil(nodes / replicas)` shards of each kind, so that each node is a
+    /// replica of about one shard of each kind — with three nodes and three
+    /// replicas, one shard of each kind: four Raft groups instead of twelve
+    /// that would all live on every node anyway (README, Performance, and
+    /// ARCHITECTURE, "How many shards of each kind").
+    pub fn for_replicas(nodes: &[NodeId], replicas: u32) -> Self {
+        let copies = (replicas.max(1) as usize).min(nodes.len().max(1));
+        if copies <= 1 {
+            return Self::one_shard_per_node(nodes).with_replicas(replicas);
+        }
+        let per_kind = nodes.len().div_ceil(copies);
+        let per_kind = std::num::NonZeroUsize::new(per_kind).expect("at least two nodes, so at least one shard");
+        Self::shards_per_kind(nodes, per_kind).with_replicas(replicas)
+    }
+
     /// The same map with `replicas` copies of every shard.
     pub fn with_replicas(mut self, replicas: u32) -> Self {
         self.replicas = replicas;
@@ -359,6 +377,21 @@ mod tests {
         assert!(shards.len() > 1, "partitions spread over the shards");
         assert_eq!(Partition::new(FIRST_ORDERED_NS - 1, b"x"), None, "hashed namespaces have no partitions");
         assert_eq!(RecordKey::new(7, b"x").partition(), None);
+    }
+
+    #[test]
+    fn the_default_layout_has_about_one_shard_of_each_kind_per_replica_set() {
+        let three = ShardMap::for_replicas(&[1, 2, 3], 3);
+        let one = std::num::NonZeroUsize::new(1).expect("one");
+        assert_eq!(three, ShardMap::shards_per_kind(&[1, 2, 3], one).with_replicas(3));
+        assert_eq!(three.accounts.len(), 1);
+        let five = ShardMap::for_replicas(&[1, 2, 3, 4, 5], 3);
+        assert_eq!((five.accounts.len(), five.replicas), (2, 3), "ceil(5 / 3)");
+        // Single-copy: every node carries one shard of each kind.
+        assert_eq!(ShardMap::for_replicas(&[1, 2, 3], 1), ShardMap::one_shard_per_node(&[1, 2, 3]));
+        // More replicas than nodes: every node holds every shard.
+        assert_eq!(ShardMap::for_replicas(&[1, 2], 3).accounts.len(), 1);
+        assert_eq!(ShardMap::for_replicas(&[1], 3).accounts, vec![1]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod settings;
 pub mod snapshot;
 
 pub use paytx_protocol::messages::RaftGroup;
-pub use settings::{initialize_if_new, max_rpc_bytes, openraft_config, RaftSettings, StartError};
+pub use settings::{initialize_if_new, max_rpc_bytes, openraft_config, proposal_timeout_ms, RaftSettings, StartError};
 
 /// A group member's Raft id: a replica id (`paytx_protocol::replica`),
 /// the node id for a node's first incarnation.

@@ -93,6 +93,24 @@ pub fn max_rpc_bytes(max_frame_bytes: usize) -> usize {
     max_frame_bytes.saturating_sub(RPC_FRAME_OVERHEAD_BYTES).max(1)
 }
 
+/// How long a proposer waits for a `client_write` before it gives the
+/// proposal up as failed: ten of the longest election timeouts (at least a
+/// second). Not a tuning knob but a bound openraft 0.9.25 lacks: a replica
+/// that proposed entries as leader and later installs a snapshot covering
+/// them (`FollowingHandler::install_full_snapshot`: no truncation when the
+/// local entry matches, none when it is absent) never applies those entries
+/// one by one, so their responders stay in `RaftCore::client_resp_channels`
+/// and the `client_write` never returns. Without a bound, a batcher whose
+/// slots all hold such writes proposes nothing again, and the group stalls
+/// the next time that replica leads (the simulator found it once leaders
+/// were handed back). A proposal given up is failed to its proposers the
+/// way a lost leadership fails it (the entry may still be committed; every
+/// command is idempotent and the coordinator re-drives what it stopped
+/// driving).
+pub fn proposal_timeout_ms(election_timeout_max_ms: u64) -> u64 {
+    election_timeout_max_ms.saturating_mul(10).max(1_000)
+}
+
 /// Least time between two hand-overs of one group: a target that keeps
 /// losing (a partition that lets heartbeats through one way) costs a pause
 /// of proposals this rarely at most.

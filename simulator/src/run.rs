@@ -201,6 +201,17 @@ fn node_configs(seed: u64, replicas: u32, rng: &mut ChaCha8Rng) -> BTreeMap<Node
         channel.authorize_latency_ms = if rng.gen_bool(0.1) { rng.gen_range(800..1_500) } else { rng.gen_range(0..40) };
         channel.decline_per_million = if rng.gen_bool(0.5) { rng.gen_range(0..50_000) } else { 0 };
     }
+    // The layout: replicated runs take the default (one shard of each kind
+    // on three nodes) or, every other seed or so, three of each kind, so
+    // that payer and merchant are often in different accounts shards and a
+    // node is the preferred leader of several groups; single-copy runs
+    // have one of each kind per node.
+    let ids: Vec<NodeId> = addrs.keys().copied().collect();
+    let shards = if replicas > 1 && rng.gen_bool(0.5) {
+        paytx_protocol::ShardMap::one_shard_per_node(&ids).with_replicas(replicas)
+    } else {
+        paytx_protocol::ShardMap::for_replicas(&ids, replicas)
+    };
     addrs
         .keys()
         .map(|id| {
@@ -210,7 +221,7 @@ fn node_configs(seed: u64, replicas: u32, rng: &mut ChaCha8Rng) -> BTreeMap<Node
                 NodeConfig::local(*id, &addrs, format!("sim/node-{id}").into(), "simulated-cluster-secret");
             config.seed = Some(sub_seed(seed, 100 + id));
             config.channels = channels.clone();
-            config.shards.replicas = replicas;
+            config.shards = shards.clone();
             config.raft.heartbeat_interval_ms = 50;
             config.raft.election_timeout_min_ms = 300;
             config.raft.election_timeout_max_ms = 600;

@@ -100,6 +100,9 @@ pub struct ShardFront {
     /// Breaks a livelocked election of the group (`paytx_raft::kick`).
     election_kick: ElectionKick,
     started: Instant,
+    /// How long a proposal may wait for its `client_write`
+    /// (`paytx_raft::proposal_timeout_ms`).
+    proposal_timeout_ms: u64,
     /// Proposals held while this leader hands the group over
     /// (`paytx_raft::handover`).
     hold: Hold,
@@ -132,6 +135,7 @@ impl ShardFront {
         ShardFront {
             election_kick: ElectionKick::new(config.rng_seed ^ 0x6b69_636b, election_timeout_max_ms),
             started: Instant::now(),
+            proposal_timeout_ms: paytx_raft::proposal_timeout_ms(election_timeout_max_ms),
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             config,
             replica,
@@ -199,10 +203,23 @@ impl ShardFront {
             let (commands, replies): (Vec<ShardCommand>, Vec<StepReply>) =
                 batch.into_iter().map(|pending| (pending.command, pending.reply)).unzip();
             let raft = self.raft.clone();
+            let timeout_ms = self.proposal_timeout_ms;
             let write = async move { raft.client_write(ShardProposal { commands }).await };
+            // Bounded: see `paytx_raft::proposal_timeout_ms` for the write
+            // that would otherwise never return.
+            let write = tokio::time::timeout(Duration::from_millis(timeout_ms), write);
             ctx.spawn(wrap_future(write).map(move |result, act: &mut Self, ctx| {
                 act.batcher.finished();
                 act.hold.on_finished(act.batcher.in_flight());
+                let Ok(result) = result else {
+                    tracing::warn!(shard = %act.config.shard, timeout_ms, "a proposal was not answered in time; failing it");
+                    let reason = format!("the shard's proposal was not answered within {timeout_ms} ms");
+                    for reply in replies {
+                        let _ = reply.send(Err(ParticipantError::Replication { shard: act.config.shard, reason: reason.clone() }));
+                    }
+                    act.pump(ctx);
+                    return;
+                };
                 match result {
                     Ok(response) if response.data.results.len() == replies.len() => {
                         for (reply, step) in replies.into_iter().zip(response.data.results) {
