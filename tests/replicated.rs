@@ -103,6 +103,27 @@ async fn node_2_down_and_back(options: ClusterOptions, shard_groups: usize) {
         *expected.get_mut(&merchant).expect("merchant") += 100;
     }
 
+    // With node 2 down its groups went to nodes 1 and 3 by election,
+    // possibly all to one; the leaders hand groups over until neither
+    // leads two more than the other (`paytx_raft::handover::spread_target`).
+    let node_1 = cluster.addr(1).expect("node 1");
+    let spread_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let spread = loop {
+        pay_round(&client, &payers, &merchants, &mut next_order, &mut expected, spread_deadline, "spreading").await;
+        let status = client.node_status_of(node_1).await.expect("status of node 1");
+        let mut led: BTreeMap<u64, usize> = BTreeMap::from([(1, 0), (3, 0)]);
+        for leader in status.shards.iter().map(|s| s.leader).chain(std::iter::once(status.leader)).flatten() {
+            *led.entry(leader).or_default() += 1;
+        }
+        assert!(!led.contains_key(&2) || led[&2] == 0, "node 2 is down and leads nothing: {led:?}");
+        if led.values().sum::<usize>() == shard_groups + 1 && led[&1].abs_diff(led[&3]) <= 1 {
+            break led;
+        }
+        assert!(tokio::time::Instant::now() < spread_deadline, "leaderships spread over nodes 1 and 3: {led:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("with node 2 down, groups led per node: {spread:?}");
+
     // Node 2 comes back and catches up; once it has kept up for `[raft]
     // leader_settle_ms`, the groups it is the preferred node of are handed
     // back to it one at a time (`paytx_raft::handover`), while payments go

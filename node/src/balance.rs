@@ -1,9 +1,12 @@
-//! Leaders back where they were placed: every `BALANCE_CHECK_MS`, for each
-//! group this node leads, ask [`LeaderBalance`] whether the group's
-//! preferred replica has kept up long enough, and if so hand the group to
-//! it (`paytx_raft::handover`). One hand-over at a time per node, so a
-//! returning node takes its leaderships back one group after another, and
-//! a proposal pause never covers two groups of one node at once.
+//! Leaders back where they were placed, and spread while a node is away:
+//! every `BALANCE_CHECK_MS`, for each group this node leads, the target is
+//! the group's preferred replica if it keeps up (`hand_over_target`), else
+//! the least loaded live voter if this node leads two groups more than its
+//! node (`spread_target`, counting the leaders this node's replicas see);
+//! [`LeaderBalance`] hands the group over once that target has kept up
+//! long enough (`paytx_raft::handover`). One hand-over at a time per node,
+//! so a returning node takes its leaderships back one group after another,
+//! and a proposal pause never covers two groups of one node at once.
 
 use crate::service::NodeService;
 use crate::shards::ShardHandle;
@@ -13,8 +16,9 @@ use paytx_coordinator::CoordinatorDriver;
 use paytx_participants::group::front::{HoldProposals, ReleaseProposals, ShardFront};
 use paytx_protocol::messages::RaftGroup;
 use paytx_protocol::{BoxFuture, NodeId};
-use paytx_raft::handover::{hand_over, hand_over_target, LeaderBalance, ProposalGate};
+use paytx_raft::handover::{hand_over, hand_over_target, spread_target, LeaderBalance, ProposalGate};
 use paytx_raft::RaftSettings;
+use std::collections::BTreeMap;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -52,6 +56,20 @@ impl ProposalGate for DriverGate {
 enum Candidate {
     Coordinator { raft: paytx_coordinator::Raft, driver: Addr<CoordinatorDriver> },
     Shard { raft: paytx_participants::group::types::ShardRaft, front: Addr<ShardFront> },
+}
+
+impl Candidate {
+    fn with_metrics<T>(&self, f: impl FnOnce(&openraft::RaftMetrics<u64, openraft::BasicNode>) -> T) -> T {
+        match self {
+            Candidate::Coordinator { raft, .. } => f(&raft.metrics().borrow()),
+            Candidate::Shard { raft, .. } => f(&raft.metrics().borrow()),
+        }
+    }
+
+    /// The group's leader as this replica knows it (a replica id).
+    fn leader(&self) -> Option<u64> {
+        self.with_metrics(|m| m.current_leader)
+    }
 }
 
 /// Runs until the node's service is gone. `coordinator_preferred` is the
@@ -94,15 +112,20 @@ pub(crate) async fn run(
         let transport = node.transport.clone();
         let metrics = node.metrics().clone();
         drop(node); // a hand-over must not keep a stopping node alive
+                    // Groups led per node, as this node's replicas see them.
+        let mut leaders: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (_, _, candidate) in &groups {
+            if let Some(leader) = candidate.leader() {
+                *leaders.entry(paytx_protocol::replica::node_of(leader)).or_default() += 1;
+            }
+        }
         for (group, preferred, candidate) in groups {
-            let target = match &candidate {
-                Candidate::Coordinator { raft, .. } => {
-                    hand_over_target(&raft.metrics().borrow(), preferred, balance.max_lag_entries)
-                }
-                Candidate::Shard { raft, .. } => {
-                    hand_over_target(&raft.metrics().borrow(), preferred, balance.max_lag_entries)
-                }
-            };
+            // The preferred replica first; if it cannot take the group, the
+            // least loaded live voter (`spread_target`).
+            let target = candidate.with_metrics(|m| {
+                hand_over_target(m, preferred, balance.max_lag_entries)
+                    .or_else(|| spread_target(m, preferred, &leaders, balance.max_lag_entries))
+            });
             let Some(target) = policy.poll(group, now_ms, target) else {
                 continue;
             };

@@ -36,6 +36,12 @@
 //! an election at any time, by any replica, is safe in Raft; this only
 //! chooses when and who stands, so that the winner is the target.
 //!
+//! Who: the preferred replica ([`hand_over_target`]); while it cannot take
+//! the group (down, lagging), the least loaded live voter, if the leader's
+//! node leads two groups more than that voter's ([`spread_target`]), so
+//! that a node lost for a while does not leave its groups piled on one of
+//! the others.
+//!
 //! When to try is [`LeaderBalance`]'s decision (pure: the caller gives the
 //! time and what the metrics show): the target must be a voter that has
 //! kept within `max_lag_entries` of the leader for `settle_ms` (a node that
@@ -153,6 +159,49 @@ pub fn hand_over_target(
     let matched = metrics.replication.as_ref()?.get(&target)?.as_ref()?.index;
     let last = metrics.last_log_index.unwrap_or(0);
     (last.saturating_sub(matched) <= max_lag_entries).then_some(target)
+}
+
+/// Where a leader whose group's preferred replica cannot take the group
+/// (down, behind, or this node) may still hand it, so that leaderships
+/// spread over the live nodes: the voter, keeping up, on the node leading
+/// the fewest groups by `leaders` (groups led per node, as this node's
+/// replicas see them), if this node leads at least two more than it. A
+/// group stays on its preferred node (`None` when this node is it), and
+/// the difference of two makes every hand-over lower the spread, so the
+/// nodes never pass groups back and forth.
+pub fn spread_target(
+    metrics: &RaftMetrics<NodeId, BasicNode>,
+    preferred: paytx_protocol::NodeId,
+    leaders: &BTreeMap<paytx_protocol::NodeId, usize>,
+    max_lag_entries: u64,
+) -> Option<ReplicaId> {
+    let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(metrics.id);
+    let me = node_of(metrics.id);
+    if !leading || me == preferred {
+        return None;
+    }
+    let configs = metrics.membership_config.membership().get_joint_config();
+    if configs.len() != 1 {
+        return None;
+    }
+    let replication = metrics.replication.as_ref()?;
+    let last = metrics.last_log_index.unwrap_or(0);
+    let keeps_up = |voter: &ReplicaId| {
+        replication
+            .get(voter)
+            .and_then(|matched| matched.as_ref())
+            .is_some_and(|matched| last.saturating_sub(matched.index) <= max_lag_entries)
+    };
+    let mine = leaders.get(&me).copied().unwrap_or(0);
+    let led_by = |voter: &ReplicaId| leaders.get(&node_of(*voter)).copied().unwrap_or(0);
+    configs[0]
+        .iter()
+        .filter(|voter| node_of(**voter) != me && keeps_up(voter))
+        // Fewest groups first; the lower node id breaks ties (the same
+        // choice on every node that sees the same counts).
+        .min_by_key(|voter| (led_by(voter), node_of(**voter)))
+        .filter(|voter| mine >= led_by(voter).saturating_add(2))
+        .copied()
 }
 
 /// Decides when to hand each group to its preferred replica (see the
@@ -420,6 +469,29 @@ mod tests {
         let reborn = replica_id(2, 1);
         let metrics = leader_metrics(1, &[1, reborn, 3], 100, &[(reborn, 100), (3, 100)]);
         assert_eq!(hand_over_target(&metrics, 2, 0), Some(reborn));
+    }
+
+    #[test]
+    fn a_group_spreads_to_the_least_loaded_live_voter_only_when_it_lowers_the_spread() {
+        // Node 2, the preferred node of the group, is down: no replication
+        // entry keeps up for it.
+        let metrics = leader_metrics(1, &[1, 2, 3], 100, &[(3, 99)]);
+        let leaders = |counts: &[(u64, usize)]| counts.iter().copied().collect::<BTreeMap<_, _>>();
+        assert_eq!(spread_target(&metrics, 2, &leaders(&[(1, 3), (3, 1)]), 8), Some(3), "3 against 1");
+        assert_eq!(spread_target(&metrics, 2, &leaders(&[(1, 2), (3, 1)]), 8), None, "2 against 1: moving only swaps");
+        assert_eq!(spread_target(&metrics, 2, &leaders(&[(1, 3)]), 8), Some(3), "node 3 leads nothing");
+        // The least loaded voter must keep up.
+        let behind = leader_metrics(1, &[1, 2, 3], 100, &[(3, 50)]);
+        assert_eq!(spread_target(&behind, 2, &leaders(&[(1, 4), (3, 0)]), 8), None);
+        // A group on its preferred node stays there, however loaded.
+        assert_eq!(spread_target(&metrics, 1, &leaders(&[(1, 5), (3, 0)]), 8), None);
+        // Only the leader hands over.
+        let mut follower = metrics.clone();
+        follower.state = ServerState::Follower;
+        assert_eq!(spread_target(&follower, 2, &leaders(&[(1, 5), (3, 0)]), 8), None);
+        // Ties go to the lower node id.
+        let five = leader_metrics(1, &[1, 3, 4, 5], 100, &[(3, 100), (4, 100), (5, 100)]);
+        assert_eq!(spread_target(&five, 2, &leaders(&[(1, 4), (3, 1), (4, 1), (5, 2)]), 8), Some(3));
     }
 
     #[test]
