@@ -147,18 +147,34 @@ pub fn hand_over_target(
     preferred: paytx_protocol::NodeId,
     max_lag_entries: u64,
 ) -> Option<ReplicaId> {
+    let voters = voters_to_hand_to(metrics, preferred)?;
+    let target = voters.iter().copied().find(|voter| node_of(*voter) == preferred)?;
+    keeps_up(metrics, target, max_lag_entries).then_some(target)
+}
+
+/// The voters of the group this replica leads, when it may hand the group
+/// over at all: it leads, its node is not `preferred` (a group stays on its
+/// preferred node), and no membership change (a rebuild) is under way.
+fn voters_to_hand_to(
+    metrics: &RaftMetrics<NodeId, BasicNode>,
+    preferred: paytx_protocol::NodeId,
+) -> Option<&std::collections::BTreeSet<ReplicaId>> {
     let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(metrics.id);
     if !leading || node_of(metrics.id) == preferred {
         return None;
     }
-    let configs = metrics.membership_config.membership().get_joint_config();
-    if configs.len() != 1 {
-        return None; // a membership change (a rebuild) is under way
+    match metrics.membership_config.membership().get_joint_config().as_slice() {
+        [voters] => Some(voters),
+        _ => None,
     }
-    let target = configs[0].iter().copied().find(|voter| node_of(*voter) == preferred)?;
-    let matched = metrics.replication.as_ref()?.get(&target)?.as_ref()?.index;
+}
+
+/// `voter`'s matched index is within `max_lag_entries` of the leader's last
+/// log index.
+fn keeps_up(metrics: &RaftMetrics<NodeId, BasicNode>, voter: ReplicaId, max_lag_entries: u64) -> bool {
     let last = metrics.last_log_index.unwrap_or(0);
-    (last.saturating_sub(matched) <= max_lag_entries).then_some(target)
+    let matched = metrics.replication.as_ref().and_then(|r| r.get(&voter)).and_then(|m| m.as_ref());
+    matched.is_some_and(|matched| last.saturating_sub(matched.index) <= max_lag_entries)
 }
 
 /// Where a leader whose group's preferred replica cannot take the group
@@ -175,28 +191,13 @@ pub fn spread_target(
     leaders: &BTreeMap<paytx_protocol::NodeId, usize>,
     max_lag_entries: u64,
 ) -> Option<ReplicaId> {
-    let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(metrics.id);
+    let voters = voters_to_hand_to(metrics, preferred)?;
     let me = node_of(metrics.id);
-    if !leading || me == preferred {
-        return None;
-    }
-    let configs = metrics.membership_config.membership().get_joint_config();
-    if configs.len() != 1 {
-        return None;
-    }
-    let replication = metrics.replication.as_ref()?;
-    let last = metrics.last_log_index.unwrap_or(0);
-    let keeps_up = |voter: &ReplicaId| {
-        replication
-            .get(voter)
-            .and_then(|matched| matched.as_ref())
-            .is_some_and(|matched| last.saturating_sub(matched.index) <= max_lag_entries)
-    };
     let mine = leaders.get(&me).copied().unwrap_or(0);
     let led_by = |voter: &ReplicaId| leaders.get(&node_of(*voter)).copied().unwrap_or(0);
-    configs[0]
+    voters
         .iter()
-        .filter(|voter| node_of(**voter) != me && keeps_up(voter))
+        .filter(|voter| node_of(**voter) != me && keeps_up(metrics, **voter, max_lag_entries))
         // Fewest groups first; the lower node id breaks ties (the same
         // choice on every node that sees the same counts).
         .min_by_key(|voter| (led_by(voter), node_of(**voter)))
