@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use paytx::protocol::{AbortReason, AccountId, Outcome, TxnRequest};
+use paytx::protocol::{AbortReason, AccountId, Operation, OrderId, Outcome, TxnRequest};
 use paytx::ClusterOptions;
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -15,9 +15,9 @@ fn replicated_options() -> ClusterOptions {
     ClusterOptions { shard_replicas: 3, ..test_options() }
 }
 
-/// Pays `order` from `payer` to `merchant`, retrying a transient failure
-/// (the client is told to retry with the same key) until `deadline`.
-/// `true` when it committed.
+/// Pays `order` from `payer` to `merchant`, creating the order first; each
+/// step retried through elections and hand-overs until `deadline`. `true`
+/// when the payment committed.
 async fn pay_until(
     client: &paytx::Client,
     payer: AccountId,
@@ -26,26 +26,33 @@ async fn pay_until(
     amount_minor: i64,
     deadline: tokio::time::Instant,
 ) -> bool {
-    create_order(client, order, merchant, amount_minor).await;
+    let create = vec![Operation::CreateOrder { order: OrderId(order), merchant, amount: cny(amount_minor) }];
+    submit_until(client, &format!("create-{order}"), create, deadline).await
+        && submit_until(client, &format!("pay-{order}"), pay_ops(payer, merchant, order, amount_minor), deadline).await
+}
+
+/// Submits `ops` until they commit or `deadline` passes. A shard still
+/// electing when the prepare deadline passed aborts the transaction whole
+/// (nothing applied), so it is submitted again under a fresh key; a
+/// transient error (the client is told to retry with the same key) is
+/// retried with the same key. Any other outcome fails the test.
+async fn submit_until(client: &paytx::Client, key: &str, ops: Vec<Operation>, deadline: tokio::time::Instant) -> bool {
     let mut attempt = 0;
     loop {
-        let key = format!("pay-{order}-{attempt}");
-        let request = TxnRequest::new(key, pay_ops(payer, merchant, order, amount_minor));
+        let request = TxnRequest::new(format!("{key}-{attempt}"), ops.clone());
         match client.submit(request).await {
             Ok(receipt) if receipt.outcome.is_committed() => return true,
-            // A shard still electing when the prepare deadline passed: the
-            // payment aborted whole (nothing applied); pay again.
             Ok(receipt)
                 if matches!(receipt.outcome, Outcome::Aborted(AbortReason::PrepareTimeout { .. }))
                     && tokio::time::Instant::now() < deadline =>
             {
                 attempt += 1;
             }
-            Ok(receipt) => panic!("payment {order} aborted: {:?}", receipt.outcome),
+            Ok(receipt) => panic!("{key} aborted: {:?}", receipt.outcome),
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("payment {order} failed: {e}"),
+            Err(e) => panic!("{key} failed: {e}"),
         }
     }
 }
