@@ -1,6 +1,7 @@
 //! `paytx client ...`: one-shot requests against running nodes.
 
 use anyhow::{bail, Context};
+use paytx::protocol::messages::KeyStatus;
 use paytx::protocol::{
     AccountId, ChannelId, Currency, IdempotencyKey, Money, Operation, OrderId, RecordExpect, RecordKey, RecordNs,
     TxnRequest,
@@ -186,8 +187,12 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
             submit(&client, TxnRequest::new(key.unwrap_or_else(|| format!("pay-{order}-{payer}")), ops)).await?;
         }
         ClientCommand::TxnStatus { key } => match client.txn_status(IdempotencyKey::new(key.clone())).await? {
-            Some(view) => emit_json(&view)?,
-            None => bail!("no transaction was submitted with key {key:?}"),
+            KeyStatus::Known(view) => emit_json(&view)?,
+            KeyStatus::NotRegistered => bail!("no transaction was submitted with key {key:?}"),
+            KeyStatus::Unknown { evicted_keys } => bail!(
+                "key {key:?} is not held, but {evicted_keys} keys were evicted by retention: its transaction may \
+                 have committed long ago; a submit under it now runs as a new transaction"
+            ),
         },
         ClientCommand::PutRecord { ns, key, value, delete, expect, txn_key } => {
             let value = if delete { None } else { value.map(String::into_bytes) };

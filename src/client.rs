@@ -36,9 +36,7 @@
 //! ```
 
 use crate::net::connection::{Connection, ConnectionError, ConnectionLimits};
-use paytx_protocol::messages::{
-    AccountView, ChargeView, NodeStatusView, OrderView, RecordPage, RecordView, TxnStatusView,
-};
+use paytx_protocol::messages::{AccountView, ChargeView, KeyStatus, NodeStatusView, OrderView, RecordPage, RecordView};
 use paytx_protocol::ops::MAX_SCAN_RECORDS;
 use paytx_protocol::{
     AccountId, ChannelId, IdempotencyKey, Message, OrderId, RecordKey, RecordNs, Request, RequestError, Response,
@@ -331,11 +329,15 @@ impl Client {
         Ok(records)
     }
 
-    /// What became of the transaction submitted with `key`; `None` when the
-    /// cluster never saw it (or has forgotten it).
-    pub async fn txn_status(&self, key: IdempotencyKey) -> Result<Option<TxnStatusView>, ClientError> {
+    /// What became of the transaction submitted with `key`:
+    /// [`KeyStatus::Known`] with its state, [`KeyStatus::NotRegistered`]
+    /// when no transaction was registered under it, or
+    /// [`KeyStatus::Unknown`] when the key is not held but keys have been
+    /// evicted by retention — then it may have committed, and must not be
+    /// read as "nothing applied".
+    pub async fn txn_status(&self, key: IdempotencyKey) -> Result<KeyStatus, ClientError> {
         match self.request(Request::TxnStatus(key)).await? {
-            Response::TxnStatus(view) => Ok(view),
+            Response::TxnStatus(status) => Ok(status),
             other => Err(unexpected("TxnStatus", &other)),
         }
     }
@@ -601,7 +603,7 @@ mod tests {
         assert_eq!(client.account(AccountId(12)).await.unwrap(), Some(account_view(12)));
         assert_eq!(client.order(OrderId(1)).await.unwrap(), None);
         assert_eq!(client.charge(ChannelId(1), OrderId(1)).await.unwrap(), None);
-        assert_eq!(client.txn_status(IdempotencyKey::new("pay-1")).await.unwrap(), None);
+        assert_eq!(client.txn_status(IdempotencyKey::new("pay-1")).await.unwrap(), KeyStatus::NotRegistered);
         assert_eq!(client.get_record(RecordKey::new(1, b"k")).await.unwrap(), None);
         let page = client.scan_records(0, 1, None, 10).await.unwrap();
         assert_eq!((page.records.len(), page.more, page.shard_count), (0, false, 1));

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use paytx::protocol::error::OrderStatus;
 use paytx::protocol::frame::{encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME_BYTES, FRAME_VERSION};
-use paytx::protocol::messages::{AccountView, ChargeView, OrderView, TxnState};
+use paytx::protocol::messages::{AccountView, ChargeView, KeyStatus, OrderView, TxnState};
 use paytx::protocol::txn::MAX_OPS_PER_TXN;
 use paytx::protocol::{
     AbortReason, AccountId, ChannelId, Currency, Envelope, IdempotencyKey, InvalidRequest, Message, Money, Operation,
@@ -419,7 +419,11 @@ async fn invalid_requests_get_their_typed_error_and_the_connection_stays_usable(
     let after = snapshot(&client, &accounts, &[1], &[(channel_of(1), 1)]).await;
     assert_eq!(after, before, "invalid requests change nothing");
     assert_no_holds(&after, "after invalid requests");
-    assert_eq!(client.txn_status(IdempotencyKey::new(ok_key)).await.expect("status"), None, "key never registered");
+    assert_eq!(
+        client.txn_status(IdempotencyKey::new(ok_key)).await.expect("status"),
+        KeyStatus::NotRegistered,
+        "key never registered"
+    );
 
     // The limits are inclusive: exactly 64 operations and a 128-byte key pass.
     let at_limit: Vec<Operation> = std::iter::once(debit(payer, MAX_OPS_PER_TXN as i64 - 1))
@@ -570,7 +574,7 @@ async fn well_formed_transactions_that_cannot_apply_abort_with_their_reason_and_
         assert!(!receipt.replayed, "{what}: a first submission is not a replay");
         // The decision is recorded under the key.
         let status = client.txn_status(IdempotencyKey::new(key.clone())).await.expect("status");
-        let status = status.unwrap_or_else(|| panic!("{what}: no status under {key}"));
+        let status = status.into_known().unwrap_or_else(|| panic!("{what}: no status under {key}"));
         assert_eq!(status.txn, receipt.txn, "{what}");
         assert_eq!(status.state, TxnState::Decided(Outcome::Aborted(reason)), "{what}");
         // Holds are released by the abort fan-out, which may finish after
@@ -595,6 +599,46 @@ async fn well_formed_transactions_that_cannot_apply_abort_with_their_reason_and_
     assert_eq!(views[&huge].balance_minor, i64::MAX);
     assert_eq!(views[&donor].balance_minor, 900);
     assert_eq!(views[&huge].held_minor + views[&donor].held_minor, 0, "no holds left");
+    cluster.shutdown().await;
+}
+
+/// Keys are kept for `[raft] key_retention` forgotten transactions. Past
+/// that, a key the table no longer holds reads as `Unknown` (it may have
+/// committed), never as `NotRegistered`; and a submit under it runs as a
+/// new transaction, as a key older than retention is new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_evicted_by_retention_reads_as_unknown_not_as_never_registered() {
+    let mut options = test_options();
+    options.raft.key_retention = 2;
+    let (cluster, client) = start(options).await;
+    let never = IdempotencyKey::new("never-used");
+    let merchant = open(&client, "open", 1..=1, 0).await[0];
+    wait_quiet(&cluster, &client, QUIET_TIMEOUT).await;
+    assert_eq!(
+        client.txn_status(never.clone()).await.expect("status"),
+        KeyStatus::NotRegistered,
+        "nothing evicted yet"
+    );
+    for order in 1..=4 {
+        create_order(&client, order, merchant, 100).await;
+    }
+    wait_quiet(&cluster, &client, QUIET_TIMEOUT).await;
+    // Five keys retired (the opening and four creations), two kept.
+    let first = client.txn_status(IdempotencyKey::new("create-1")).await.expect("status");
+    assert!(matches!(first, KeyStatus::Unknown { evicted_keys } if evicted_keys >= 1), "evicted: {first:?}");
+    let never_now = client.txn_status(never).await.expect("status");
+    assert!(
+        matches!(never_now, KeyStatus::Unknown { .. }),
+        "after evictions no absent key is provably new: {never_now:?}"
+    );
+    let last = client.txn_status(IdempotencyKey::new("create-4")).await.expect("status").into_known().expect("kept");
+    assert_eq!(last.state, TxnState::Decided(Outcome::Committed));
+    // The evicted key runs again as a new transaction: order 1 exists now,
+    // so this one aborts — under a new id, not as a replay.
+    let op = Operation::CreateOrder { order: OrderId(1), merchant, amount: cny(100) };
+    let again = client.submit(TxnRequest::new("create-1", vec![op])).await.expect("resubmit");
+    assert!(!again.replayed, "an evicted key is not replayed: {again:?}");
+    assert!(!again.outcome.is_committed(), "order 1 exists already: {again:?}");
     cluster.shutdown().await;
 }
 
@@ -657,7 +701,8 @@ async fn a_replayed_request_returns_the_first_outcome_and_a_changed_body_is_a_co
     }
     wait_quiet(&cluster, &client, QUIET_TIMEOUT).await;
     assert_eq!(snapshot(&client, &accounts, &[1], &charges).await, applied, "a conflict changes nothing");
-    let status = client.txn_status(IdempotencyKey::new("pay-1")).await.expect("status").expect("registered");
+    let status =
+        client.txn_status(IdempotencyKey::new("pay-1")).await.expect("status").into_known().expect("registered");
     assert_eq!((status.txn, status.state), (first.txn, TxnState::Decided(Outcome::Committed)), "the first stays");
 
     // An aborted outcome is replayed as well, even once the transaction

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use paytx::protocol::messages::TxnState;
+use paytx::protocol::messages::{KeyStatus, TxnState};
 use paytx::protocol::{AccountId, IdempotencyKey, OrderId, Outcome, RequestError, TxnRequest};
 use paytx::ClientError;
 use std::collections::BTreeMap;
@@ -69,12 +69,15 @@ async fn leader_shutdown_while_payments_stream_loses_nothing_and_halves_nothing(
             Err(e) => {
                 assert!(e.is_retryable(), "only transient failures are acceptable: {e}");
                 match client.txn_status(IdempotencyKey::new(key)).await.expect("status") {
-                    Some(status) => match status.state {
+                    KeyStatus::Known(status) => match status.state {
                         TxnState::Decided(outcome) => outcome,
                         TxnState::InProgress => panic!("order {order} still in progress after the cluster settled"),
                     },
                     // Never registered: nothing can have been applied.
-                    None => Outcome::Aborted(paytx::protocol::AbortReason::PresumedAbort),
+                    KeyStatus::NotRegistered => Outcome::Aborted(paytx::protocol::AbortReason::PresumedAbort),
+                    KeyStatus::Unknown { evicted_keys } => {
+                        panic!("order {order}: key evicted ({evicted_keys} evicted) far below the retention")
+                    }
                 }
             }
         };

@@ -155,7 +155,8 @@ async fn a_follower_that_fell_behind_catches_up_by_snapshot() {
     }
     // The caught-up replica answers from the installed table.
     wait_quiet(&cluster, &client, Duration::from_secs(20)).await;
-    let status = client.txn_status(IdempotencyKey::new("move-0")).await.expect("status").expect("known key");
+    let status =
+        client.txn_status(IdempotencyKey::new("move-0")).await.expect("status").into_known().expect("known key");
     assert!(matches!(status.state, paytx::protocol::messages::TxnState::Decided(ref o) if o.is_committed()));
     cluster.shutdown().await;
 }

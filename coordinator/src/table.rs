@@ -21,7 +21,7 @@
 //! Pure data: no I/O, no clock, `BTreeMap`s only, so every replica (and every
 //! simulator run) iterates in the same order.
 
-use paytx_protocol::messages::{TxnState, TxnStatusView};
+use paytx_protocol::messages::{KeyStatus, TxnState, TxnStatusView};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::txn::BodyHash;
 use paytx_protocol::{AbortReason, IdempotencyKey, Operation, Outcome, TxnId};
@@ -416,6 +416,25 @@ impl TxnTable {
         Some(CommandResult::Existing { txn: existing.txn, state: self.state_of(existing) })
     }
 
+    /// What the table knows of `key`: held, never registered (while no key
+    /// was ever evicted), or unknown because keys were evicted.
+    pub fn key_status(&self, key: &IdempotencyKey) -> KeyStatus {
+        match self.status_of_key(key) {
+            Some(view) => KeyStatus::Known(view),
+            None if self.evicted_keys() == 0 => KeyStatus::NotRegistered,
+            None => KeyStatus::Unknown { evicted_keys: self.evicted_keys() },
+        }
+    }
+
+    /// Keys evicted by retention since the table began: every key retired
+    /// (`next_retired_seq` counts them) that is no longer in `retired_keys`.
+    /// Part of the replicated state, so every replica answers alike.
+    pub fn evicted_keys(&self) -> u64 {
+        let held = self.retired_keys.len() as u64;
+        assert!(held <= self.next_retired_seq, "retired keys held ({held}) <= keys ever retired");
+        self.next_retired_seq - held
+    }
+
     pub fn status_of_key(&self, key: &IdempotencyKey) -> Option<TxnStatusView> {
         self.keys.get(key).map(|record| TxnStatusView {
             key: key.clone(),
@@ -515,6 +534,33 @@ mod tests {
         assert!(table.status_of_key(&IdempotencyKey::new("b")).is_none(), "oldest retired key evicted");
         assert!(table.status_of_key(&IdempotencyKey::new("d")).is_some());
         assert!(table.status_of_key(&IdempotencyKey::new("a")).is_some(), "live key kept");
+    }
+
+    #[test]
+    fn a_key_not_held_reads_as_never_registered_only_until_a_key_is_evicted() {
+        let mut table = TxnTable::new(1);
+        let never = IdempotencyKey::new("never");
+        assert_eq!(table.key_status(&never), KeyStatus::NotRegistered);
+        for (seq, key) in [(1, "a"), (2, "b")] {
+            at(&mut table, &begin(id(seq), key, 1));
+            at(&mut table, &Command::Decide { txn: id(seq), key: None, outcome: Outcome::Committed });
+            at(&mut table, &Command::Forget { txns: vec![id(seq)] });
+            // "a" is retired and held; nothing evicted yet.
+            if seq == 1 {
+                assert_eq!(table.evicted_keys(), 0);
+                assert_eq!(table.key_status(&never), KeyStatus::NotRegistered);
+            }
+        }
+        // "b" retired pushed "a" out: "a" committed, and its status must not
+        // read as "never registered" — nor may any other key's now.
+        assert_eq!(table.evicted_keys(), 1);
+        assert_eq!(table.key_status(&IdempotencyKey::new("a")), KeyStatus::Unknown { evicted_keys: 1 });
+        assert_eq!(table.key_status(&never), KeyStatus::Unknown { evicted_keys: 1 });
+        let held = table.key_status(&IdempotencyKey::new("b"));
+        assert_eq!(
+            held.known().map(|v| (v.txn, v.state.clone())),
+            Some((id(2), TxnState::Decided(Outcome::Committed)))
+        );
     }
 
     // Planted bugs (`paytx_protocol::planted`): each test plants its bug,

@@ -261,7 +261,7 @@ impl NodeService {
                 };
                 match (parts, leader_ready) {
                     (Some(parts), Some((true, _))) => {
-                        Response::TxnStatus(read_table(&parts.table).table.status_of_key(&key))
+                        Response::TxnStatus(read_table(&parts.table).table.key_status(&key))
                     }
                     (_, hint) if may_forward => {
                         let hint = hint.and_then(|(_, h)| h);

@@ -87,7 +87,7 @@ pub enum Response {
     Account(Option<AccountView>),
     Order(Option<OrderView>),
     Charge(Option<ChargeView>),
-    TxnStatus(Option<TxnStatusView>),
+    TxnStatus(KeyStatus),
     NodeStatus(NodeStatusView),
     Record(Option<RecordView>),
     Records(RecordPage),
@@ -162,6 +162,45 @@ pub enum TxnState {
     /// Registered, not decided yet.
     InProgress,
     Decided(Outcome),
+}
+
+/// What the cluster knows of an idempotency key (`Request::TxnStatus`).
+///
+/// Keys of finished transactions are kept for `[raft] key_retention`
+/// forgotten transactions and then evicted, oldest first. A key the table
+/// does not hold therefore means "never registered" only while nothing was
+/// ever evicted; after that it may be the key of a transaction that
+/// committed long ago, and a caller must not read it as "nothing applied".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyStatus {
+    /// The table holds the key: its transaction and where it stands.
+    Known(TxnStatusView),
+    /// Not held, and no key was ever evicted: no transaction was registered
+    /// under it (nothing applied). A submit still in flight may register it
+    /// later.
+    NotRegistered,
+    /// Not held, but `evicted_keys` keys were evicted by retention: it may
+    /// have been one of them, so its transaction may have committed (or
+    /// aborted). A retry under it now runs as a new transaction.
+    Unknown { evicted_keys: u64 },
+}
+
+impl KeyStatus {
+    /// The view, when the key is held.
+    pub fn known(&self) -> Option<&TxnStatusView> {
+        match self {
+            KeyStatus::Known(view) => Some(view),
+            KeyStatus::NotRegistered | KeyStatus::Unknown { .. } => None,
+        }
+    }
+
+    /// The view, when the key is held (by value).
+    pub fn into_known(self) -> Option<TxnStatusView> {
+        match self {
+            KeyStatus::Known(view) => Some(view),
+            KeyStatus::NotRegistered | KeyStatus::Unknown { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

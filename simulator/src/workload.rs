@@ -8,7 +8,7 @@
 //! transient error — exactly what a real service does.
 
 use crate::world::World;
-use paytx_protocol::messages::TxnState;
+use paytx_protocol::messages::KeyStatus;
 use paytx_protocol::{
     AccountId, ChannelId, Currency, IdempotencyKey, Money, NodeId, Operation, OrderId, Outcome, RecordExpect,
     RecordKey, RecordNs, Request, Response, TxnRequest,
@@ -408,13 +408,13 @@ impl Client {
 
 /// Resolves every transaction whose outcome the client does not know, by
 /// its idempotency key, once the cluster has settled.
-pub async fn final_status(world: &World, nodes: &[NodeId], key: &IdempotencyKey) -> Option<Option<TxnState>> {
+pub async fn final_status(world: &World, nodes: &[NodeId], key: &IdempotencyKey) -> Option<KeyStatus> {
     for _ in 0..20 {
         for node in nodes {
-            if let Some(Response::TxnStatus(view)) =
+            if let Some(Response::TxnStatus(status)) =
                 client_call(world, CLIENT_ID_BASE - 1, *node, Request::TxnStatus(key.clone()), 2_000).await
             {
-                return Some(view.map(|v| v.state));
+                return Some(status);
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -10,7 +10,7 @@
 use crate::chaos::workload::{History, Known, CHANNELS};
 use crate::client::Client;
 use futures::StreamExt;
-use paytx_protocol::messages::TxnState;
+use paytx_protocol::messages::{KeyStatus, TxnState};
 use paytx_protocol::{AccountId, ChannelId, IdempotencyKey, Operation, OrderId, Outcome};
 use paytx_simulator::check::{check_state, lifecycle_rank, Actual, Model};
 use serde::Serialize;
@@ -22,7 +22,7 @@ const CHECK_CONCURRENCY: usize = 32;
 const MAX_EXAMPLES: usize = 5;
 
 /// The named invariants, in the order the summary lists them.
-pub const INVARIANTS: [(&str, &str); 11] = [
+pub const INVARIANTS: [(&str, &str); 12] = [
     ("total_unchanged", "total money is exactly what was deposited (total changed)"),
     ("no_negative_balance", "no balance is negative (negative balance)"),
     ("acked_commits_present", "every acknowledged commit is in the final state (acknowledged committed but missing)"),
@@ -34,6 +34,10 @@ pub const INVARIANTS: [(&str, &str); 11] = [
     ("requests_accepted", "every valid request accepted (rejected as invalid)"),
     ("nodes_stay_up", "no node process exits on its own (node crashed)"),
     ("state_readable", "the final state could be read (unreadable state)"),
+    (
+        "outcomes_decidable",
+        "every transaction's outcome could be looked up: its key not evicted by retention (undecidable outcome)",
+    ),
 ];
 
 /// One invariant's result.
@@ -147,19 +151,26 @@ pub async fn check(
             }
         };
         let final_outcome = match &final_state {
-            Some(view) => match &view.state {
+            KeyStatus::Known(view) => match &view.state {
                 TxnState::Decided(outcome) => Some(outcome.clone()),
                 TxnState::InProgress => {
                     findings.flag("nothing_in_doubt", format!("{key} ({}) still undecided", view.txn));
                     None
                 }
             },
-            None => None,
+            KeyStatus::NotRegistered => None,
+            // Evicted by retention: it may have applied, so the run cannot be
+            // checked exactly; never read as "nothing applied".
+            KeyStatus::Unknown { evicted_keys } => {
+                let detail = format!("{key}: not held, {evicted_keys} keys evicted (retention too small for the run)");
+                findings.flag("outcomes_decidable", detail);
+                None
+            }
         };
         match &record.known {
             Known::Acked { outcome, txn } => {
                 outcomes.acknowledged += 1;
-                if let Some(view) = &final_state {
+                if let Some(view) = final_state.known() {
                     if view.txn != *txn {
                         let detail = format!("{key}: acknowledged as {txn}, the cluster now names {}", view.txn);
                         findings.flag("idempotency_at_most_once", detail);
@@ -183,7 +194,7 @@ pub async fn check(
             Known::Unknown { .. } => {
                 if final_outcome.is_some() {
                     outcomes.resolved_later += 1;
-                } else if final_state.is_none() {
+                } else if final_state == KeyStatus::NotRegistered {
                     outcomes.never_registered += 1;
                 }
             }

@@ -89,7 +89,7 @@ impl Handler for ToyHandler {
                     Response::Order(None)
                 }
                 Request::GetCharge { .. } => Response::Charge(None),
-                Request::TxnStatus(_) => Response::TxnStatus(None),
+                Request::TxnStatus(_) => Response::TxnStatus(paytx_protocol::messages::KeyStatus::NotRegistered),
                 Request::NodeStatus => Response::NodeStatus(node_status(node)),
                 Request::GetRecord(_) => Response::Record(None),
                 Request::ScanRecords { .. } => Response::Records(paytx_protocol::messages::RecordPage {
