@@ -138,11 +138,15 @@ fn print_txn(detail: &TxnDetail) {
     if let Some(age_ms) = detail.age_ms {
         println!("seen for: {:.1} s", age_ms as f64 / 1e3);
     }
+    if let Some(ms) = detail.decided_after_ms {
+        println!("decided {ms} ms after its Begin");
+    }
     for shard in &detail.shards {
-        let acked = match shard.acked {
-            Some(true) => "acked",
-            Some(false) => "not acked",
-            None => "-",
+        let acked = match (shard.acked, shard.acked_after_ms) {
+            (Some(true), Some(ms)) => format!("acked +{ms} ms"),
+            (Some(true), None) => "acked".into(),
+            (Some(false), _) => "not acked".into(),
+            (None, _) => "-".into(),
         };
         println!("  {:<12} vote {:<8} {:<10} {:?}", shard.shard, shard.vote, acked, shard.ops);
     }

@@ -6,6 +6,7 @@
 //! channel — five operations on up to four shards. Latency is measured per
 //! transaction at the client (HDR histogram); throughput counts commits.
 
+use crate::bench_scrape::{ScrapeWindow, Scraper};
 use anyhow::Context;
 use paytx::protocol::{AccountId, ChannelId, Currency, Money, OrderId, TxnRequest};
 use paytx::report::{latency_histogram, record_us, summarize, LatencySummary};
@@ -61,6 +62,11 @@ pub struct BenchArgs {
     /// percentiles), one series per concurrency level, into this SVG file.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
+    /// Embedded cluster: give every node an admin listener and fetch its
+    /// `/metrics` and `/console` every this many milliseconds (at least
+    /// 100) while the bench runs, to measure what scraping costs.
+    #[arg(long)]
+    pub scrape_every_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +92,8 @@ struct BenchReport {
     payments_per_entry: Option<f64>,
     disk_flushes: u64,
     payments_per_flush: Option<f64>,
+    /// With `--scrape-every-ms`: the scrapes made during the window.
+    scrapes: Option<ScrapeWindow>,
     /// What `--plot` draws of this level.
     #[serde(skip)]
     series: paytx::plot::LevelSeries,
@@ -133,6 +141,28 @@ fn ratio(numerator: u64, denominator: u64) -> Option<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.scrape_every_ms.is_none() || args.addrs.is_empty(),
+        "--scrape-every-ms scrapes the embedded cluster's admin listeners; it cannot be used with --addrs"
+    );
+    if let Some(every_ms) = args.scrape_every_ms {
+        let floor = crate::bench_scrape::MIN_EVERY_MS;
+        anyhow::ensure!(every_ms >= floor, "--scrape-every-ms must be at least {floor}");
+    }
+    // The console needs the admin key: a random one, in a file only this
+    // run reads, removed at the end.
+    let admin_key = format!("{:032x}", rand::random::<u128>());
+    let admin_key_file = std::env::temp_dir().join(format!("paytx-bench-admin-{}.key", std::process::id()));
+    let admin = match args.scrape_every_ms {
+        Some(_) => {
+            std::fs::write(&admin_key_file, &admin_key).context("writing the bench's admin key")?;
+            Some(paytx::cluster::AdminOptions {
+                base: SocketAddr::from(([127, 0, 0, 1], 0)),
+                admin_key_file: Some(admin_key_file.clone()),
+            })
+        }
+        None => None,
+    };
     let (cluster, addrs) = if args.addrs.is_empty() {
         let mut channels = paytx_participants::default_channels();
         if !args.channel_latency {
@@ -146,6 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             channels,
             shard_replicas: args.replicas,
             shards_per_kind: args.shards_per_kind,
+            admin,
             ..ClusterOptions::default()
         };
         let cluster = Cluster::start(options).await.context("starting the embedded cluster")?;
@@ -165,9 +196,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let opened = open_accounts(&client, &format!("bench-{base}-open"), &accounts, Currency::CNY, 50).await?;
     anyhow::ensure!(opened.iter().all(|r| r.outcome.is_committed()), "opening bench accounts aborted");
 
+    let scraper = match (args.scrape_every_ms, &cluster) {
+        (Some(every_ms), Some(cluster)) => {
+            let admin: Vec<SocketAddr> =
+                cluster.node_ids().into_iter().filter_map(|id| cluster.admin_addr(id)).collect();
+            anyhow::ensure!(admin.len() == cluster.node_ids().len(), "every node serves an admin listener");
+            Some(Scraper::start(admin, admin_key, every_ms)?)
+        }
+        _ => None,
+    };
     let mut series = Vec::new();
     for (level, concurrency) in args.concurrency.iter().copied().enumerate() {
-        let report = run_level(&args, &client, &addrs, base, merchants, level as u64, concurrency).await?;
+        let report =
+            run_level(&args, &client, &addrs, scraper.as_ref(), base, merchants, level as u64, concurrency).await?;
         print_report(&args, &report)?;
         series.push(report.series);
     }
@@ -176,18 +217,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("plot written to {}", path.display());
     }
+    if let Some(scraper) = scraper {
+        scraper.stop().await;
+    }
     if let Some(cluster) = cluster {
         cluster.shutdown().await;
+    }
+    if args.scrape_every_ms.is_some() {
+        let _ = std::fs::remove_file(&admin_key_file);
     }
     Ok(())
 }
 
 /// One closed-loop run at `concurrency`. `level` keeps order ids and
 /// idempotency keys of successive levels apart.
+#[allow(clippy::too_many_arguments)]
 async fn run_level(
     args: &BenchArgs,
     client: &Client,
     addrs: &[SocketAddr],
+    scraper: Option<&Scraper>,
     base: u64,
     merchants: u64,
     level: u64,
@@ -239,6 +288,7 @@ async fn run_level(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = counters(client, addrs).await;
     let cpu_before = process_cpu_secs();
+    let scrapes_before = scraper.map(Scraper::counts);
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let mut commits_per_sec = Vec::new();
@@ -252,6 +302,7 @@ async fn run_level(
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = process_cpu_secs();
+    let scrapes = scraper.zip(scrapes_before).map(|(s, before)| s.window(before, s.counts()));
     let after = counters(client, addrs).await;
     stop.store(true, Ordering::Relaxed);
     let mut histogram = latency_histogram();
@@ -291,6 +342,7 @@ async fn run_level(
         payments_per_entry: ratio(committed, entries),
         disk_flushes: flushes,
         payments_per_flush: ratio(committed, flushes),
+        scrapes,
         series: paytx::plot::LevelSeries {
             concurrency,
             commits_per_sec,
@@ -330,5 +382,16 @@ fn print_report(args: &BenchArgs, report: &BenchReport) -> anyhow::Result<()> {
         report.disk_flushes,
         show(report.payments_per_flush),
     );
+    if let Some(s) = &report.scrapes {
+        println!(
+            "  scrapes every {} ms of {}: {} fetches ({} ms and {} bytes each on average), {} failed",
+            s.every_ms,
+            crate::bench_scrape::PATHS.join(" and "),
+            s.fetches,
+            show(s.mean_fetch_ms),
+            s.mean_bytes.map_or_else(|| "-".to_string(), |b| format!("{b:.0}")),
+            s.failures
+        );
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod admin_cli;
 mod bench;
 mod bench_orders;
+mod bench_scrape;
 mod cli_client;
 mod demo;
 mod sim_cli;

@@ -736,7 +736,17 @@ async fn a_stuck_acknowledgement_shows_in_the_list_and_the_lookup() {
         let want = shard.shard != stuck.to_string();
         assert_eq!(shard.acked, Some(want), "{shard:?}");
         assert_eq!(shard.ops.len(), 1);
+        // When: the shard that acked has its time after the decision (the
+        // driver's tick clock; within the transaction's age, which the
+        // admin history samples once a second), the stuck one none.
+        let age_bound_ms = detail.age_ms.unwrap_or(0) + 1_000;
+        match shard.acked_after_ms {
+            Some(ms) => assert!(want && ms <= age_bound_ms, "{shard:?} of {detail:?}"),
+            None => assert!(!want, "the acked shard's time is shown: {shard:?}"),
+        }
     }
+    let decided_after_ms = detail.decided_after_ms.expect("the leader saw it begin and decide");
+    assert!(decided_after_ms <= detail.age_ms.unwrap_or(0) + 1_000, "{detail:?}");
     let list: TxnList = serde_json::from_value(get(admins[&leader], "/admin/v1/txns".into()).await).expect("a list");
     let listed = list.txns.iter().find(|t| t.key == "stuck-ack-1").expect("listed");
     assert_eq!(listed.state, "committing");
@@ -760,4 +770,35 @@ async fn a_stuck_acknowledgement_shows_in_the_list_and_the_lookup() {
     }
     drop(client);
     cluster.shutdown().await;
+}
+
+/// `paytx bench --scrape-every-ms`: the scrapes of `/metrics` and the
+/// console run during the measured window against every node and all
+/// succeed while payments commit (what the README's scrape-cost rows rest
+/// on); a period under the floor is refused.
+#[test]
+fn bench_scrapes_every_node_while_it_measures() {
+    let bench = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_paytx"))
+            .args(["bench", "--concurrency", "4", "--duration-secs", "2", "--json"])
+            .args(extra)
+            .output()
+            .expect("paytx bench runs")
+    };
+    let output = bench(&["--scrape-every-ms", "200"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("a JSON row: {stdout}"));
+    let report: serde_json::Value = serde_json::from_str(line).expect("the row is JSON");
+    assert!(report["committed"].as_u64().unwrap_or(0) > 0, "payments commit while scraped: {report}");
+    let scrapes = &report["scrapes"];
+    // Two paths on three nodes per round, a round every 200 ms of a 2 s
+    // window: a handful of rounds even on a slow debug build.
+    assert!(scrapes["fetches"].as_u64().unwrap_or(0) >= 6, "every node scraped: {scrapes}");
+    assert_eq!(scrapes["failures"].as_u64(), Some(0), "no scrape failed: {scrapes}");
+    assert!(scrapes["mean_bytes"].as_f64().unwrap_or(0.0) > 1_000.0, "real pages came back: {scrapes}");
+
+    let refused = bench(&["--scrape-every-ms", "10"]);
+    assert!(!refused.status.success(), "a 10 ms period is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("at least 100"), "and says why");
 }

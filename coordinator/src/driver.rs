@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 mod admin;
+mod timeline;
 pub use admin::GetTxnProgress;
 
 /// Settings of the driver.
@@ -131,6 +132,8 @@ pub struct CoordinatorDriver {
     /// Proposals held while this leader hands the group over
     /// (`paytx_raft::handover`).
     hold: paytx_raft::handover::Hold,
+    /// When the steps of live transactions happened (for the admin API).
+    timeline: timeline::Timeline,
 }
 
 /// Ticks between two orphan sweeps.
@@ -159,7 +162,13 @@ impl CoordinatorDriver {
             orphans: std::collections::BTreeSet::new(),
             batcher,
             hold: paytx_raft::handover::Hold::default(),
+            timeline: timeline::Timeline::default(),
         }
+    }
+
+    /// Milliseconds on the tick clock (ticks since start × `tick_ms`).
+    fn now_ms(&self) -> u64 {
+        self.ticks.saturating_mul(self.config.tick_ms.max(1))
     }
 
     /// Queues a command for the next proposal, and proposes if a slot is
@@ -274,8 +283,16 @@ impl CoordinatorDriver {
         match &event {
             Event::BeginApplied { txn, .. } => tracing::trace!(%txn, "begin applied"),
             Event::VoteReceived { txn, shard, .. } => tracing::trace!(%txn, %shard, "vote received"),
-            Event::DecisionApplied { txn, .. } => tracing::trace!(%txn, "decision applied"),
-            Event::DecideAcked { txn, shard } => tracing::trace!(%txn, %shard, "decide acked"),
+            Event::DecisionApplied { txn, .. } => {
+                tracing::trace!(%txn, "decision applied");
+                self.timeline.decided(*txn, self.now_ms());
+            }
+            Event::DecideAcked { txn, shard } => {
+                tracing::trace!(%txn, %shard, "decide acked");
+                self.timeline.acked(*txn, *shard, self.now_ms());
+            }
+            Event::Adopt { txn, .. } => self.timeline.begun(*txn, self.now_ms()),
+            Event::SteppedDown { .. } => self.timeline.clear(),
             _ => {}
         }
         for action in self.engine.handle(event) {
@@ -288,9 +305,13 @@ impl CoordinatorDriver {
             Action::Propose { txn, command, bytes } => {
                 let is_begin = matches!(command, Command::Begin { .. });
                 tracing::trace!(%txn, is_begin, "propose");
+                if is_begin {
+                    self.timeline.begun(txn, self.now_ms());
+                }
                 self.propose(command, bytes, Proposer::Engine { txn, is_begin }, ctx);
             }
             Action::ProposeForget { txns } => {
+                self.timeline.forget(&txns);
                 let count = txns.len();
                 let command = Command::Forget { txns };
                 let bytes = paytx_protocol::encoded_len(&command);

@@ -862,7 +862,7 @@ fn reply_all(clients: &[(Ticket, bool)], result: Result<TxnReceipt, RequestError
 }
 
 mod progress;
-pub use progress::TxnProgress;
+pub use progress::{TxnProgress, TxnTimes};
 
 #[cfg(test)]
 mod tests;

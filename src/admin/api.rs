@@ -147,7 +147,11 @@ pub async fn txn_detail(state: &AdminState, id_or_key: &str) -> Option<TxnDetail
                         Some(_) => ("in".to_string(), None),
                         None => ("unknown".to_string(), None),
                     };
-                    ShardProgress { shard: shard.to_string(), ops, vote, acked }
+                    let acked_after_ms = progress.as_ref().and_then(|p| p.times.as_ref()).and_then(|t| {
+                        let acked_ms = t.acked_ms.get(&shard)?;
+                        Some(acked_ms.saturating_sub(t.decided_ms?))
+                    });
+                    ShardProgress { shard: shard.to_string(), ops, vote, acked, acked_after_ms }
                 })
                 .collect();
             let decision = record.decision.clone().or_else(|| progress.as_ref().and_then(|p| p.outcome.clone()));
@@ -163,6 +167,8 @@ pub async fn txn_detail(state: &AdminState, id_or_key: &str) -> Option<TxnDetail
         }
     };
     let age_ms = Some(state.history.age_ms(&txn)).filter(|ms| *ms > 0);
+    let decided_after_ms =
+        progress.as_ref().and_then(|p| p.times.as_ref()).and_then(|t| Some(t.decided_ms?.saturating_sub(t.begun_ms)));
     let refused = progress.and_then(|p| p.refused).map(|reason| reason.to_string());
     Some(TxnDetail {
         answered_by: service.id(),
@@ -173,6 +179,7 @@ pub async fn txn_detail(state: &AdminState, id_or_key: &str) -> Option<TxnDetail
         refused,
         shards,
         age_ms,
+        decided_after_ms,
     })
 }
 

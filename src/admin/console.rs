@@ -243,12 +243,13 @@ pub fn render(
                 };
                 let _ = write!(
                     h,
-                    "<div id=\"lookup\"><p><code>{}</code> key <b>{}</b> · state {} · decision {}</p>\
+                    "<div id=\"lookup\"><p><code>{}</code> key <b>{}</b> · state {} · decision {}{}</p>\
                      <table><tr><th>shard</th><th>vote</th><th>acked</th><th>operations</th></tr>",
                     escape(&d.txn),
                     escape(&d.key),
                     escape(&d.state),
-                    escape(&decision)
+                    escape(&decision),
+                    d.decided_after_ms.map_or_else(String::new, |ms| format!(", {ms} ms after its Begin"))
                 );
                 if d.shards.is_empty() {
                     h.push_str(
@@ -257,10 +258,11 @@ pub fn render(
                     );
                 }
                 for s in &d.shards {
-                    let acked = match s.acked {
-                        Some(true) => "yes",
-                        Some(false) => "not yet",
-                        None => "—",
+                    let acked = match (s.acked, s.acked_after_ms) {
+                        (Some(true), Some(ms)) => format!("yes, {ms} ms after the decision"),
+                        (Some(true), None) => "yes".into(),
+                        (Some(false), _) => "not yet".into(),
+                        (None, _) => "—".into(),
                     };
                     let ops: Vec<String> = s.ops.iter().map(|o| format!("{o:?}")).collect();
                     let _ = write!(

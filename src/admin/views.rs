@@ -71,6 +71,11 @@ pub struct ShardProgress {
     pub vote: String,
     /// `true` once the shard acknowledged the decision.
     pub acked: Option<bool>,
+    /// How long after the decision applied the acknowledgement arrived, to
+    /// the driver's tick (20 ms); `None` while not acked, or when the
+    /// answering leader did not see the transaction begin.
+    #[serde(default)]
+    pub acked_after_ms: Option<u64>,
 }
 
 /// `GET /admin/v1/txns/{id-or-key}`.
@@ -89,6 +94,10 @@ pub struct TxnDetail {
     pub refused: Option<String>,
     pub shards: Vec<ShardProgress>,
     pub age_ms: Option<u64>,
+    /// How long after its `Begin` was proposed the decision applied, to the
+    /// driver's tick (20 ms), when the answering leader saw both.
+    #[serde(default)]
+    pub decided_after_ms: Option<u64>,
 }
 
 /// Parses `txn-<term>.<node>.<seq>` (the `Display` of a [`TxnId`]).

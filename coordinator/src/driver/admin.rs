@@ -15,6 +15,10 @@ impl Handler<GetTxnProgress> for CoordinatorDriver {
     type Result = MessageResult<GetTxnProgress>;
 
     fn handle(&mut self, msg: GetTxnProgress, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.engine.progress(&msg.0))
+        let progress = self.engine.progress(&msg.0).map(|mut progress| {
+            progress.times = self.timeline.get(&msg.0).cloned();
+            progress
+        });
+        MessageResult(progress)
     }
 }

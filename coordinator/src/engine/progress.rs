@@ -4,6 +4,22 @@
 
 use super::{Engine, Phase};
 use paytx_protocol::{AbortReason, Outcome, ShardId, TxnId};
+use std::collections::BTreeMap;
+
+/// When the steps of one transaction happened, in milliseconds of the
+/// driver's tick clock (its ticks since start × `tick_ms`: the resolution is
+/// one tick, 20 ms by default, and a busy driver's ticks run late). The
+/// engine keeps no clock; the driver notes these as it sees the events
+/// (`driver::timeline`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TxnTimes {
+    /// When its `Begin` was proposed on this leader (or it was adopted).
+    pub begun_ms: u64,
+    /// When its decision applied.
+    pub decided_ms: Option<u64>,
+    /// When each shard's acknowledgement of the decision arrived.
+    pub acked_ms: BTreeMap<ShardId, u64>,
+}
 
 /// What the engine knows of one transaction it drives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +36,9 @@ pub struct TxnProgress {
     /// While finishing: the decision and the shards that acknowledged it.
     pub outcome: Option<Outcome>,
     pub acked: Vec<ShardId>,
+    /// When its steps happened (the driver fills this in; `None` when it
+    /// did not see the transaction begin on this leader).
+    pub times: Option<TxnTimes>,
 }
 
 impl Engine {
@@ -34,6 +53,7 @@ impl Engine {
             refused: None,
             outcome: record.announced.clone(),
             acked: Vec::new(),
+            times: None,
         };
         match &record.phase {
             Phase::Preparing(votes) => {
