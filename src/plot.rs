@@ -158,6 +158,10 @@ pub struct SimTimeline {
     /// `(at_ms, node)`: the coordinator leader, as the node that began each
     /// answered transaction (`txn-<term>.<node>.<seq>`).
     pub leader: Vec<(u64, u64)>,
+    /// Each participant shard group's leader, `(at_ms, node)` at each
+    /// change, by group name (`account/0`): the simulator traces them; a
+    /// chaos run leaves this empty.
+    pub shard_leaders: std::collections::BTreeMap<String, Vec<(u64, u64)>>,
     pub faults: Vec<FaultMark>,
     pub nodes: u64,
     pub end_ms: u64,
@@ -200,6 +204,12 @@ impl SimTimeline {
                 if let Some(node) = node_after(rest, "") {
                     timeline.faults.push(mark("flap", node));
                 }
+            } else if let Some((shard, node)) =
+                label.strip_prefix("shard ").and_then(|rest| rest.split_once(" led by node "))
+            {
+                if let Ok(node) = node.trim().parse::<u64>() {
+                    timeline.shard_leaders.entry(shard.to_string()).or_default().push((at_ms, node));
+                }
             } else if label == "partition healed" || label == "healed" {
                 timeline.faults.push(mark("heal", 0));
             } else if let Some((_, reply)) = label.split_once(" -> client ") {
@@ -238,8 +248,20 @@ impl SimTimeline {
 /// `aborts` (a chaos run does not time them) draws no abort line.
 pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str, x_desc: &str) -> Result<String, PlotError> {
     let mut svg = String::new();
+    // The lower chart's legend lists the coordinator group, every shard
+    // group and every fault kind, above the node rows: the chart grows with
+    // the shard groups, and the rows leave the legend its height.
+    const LEGEND_ROW_PX: f64 = 17.0;
+    let fault_kinds = timeline.faults.iter().map(|f| f.kind).collect::<std::collections::BTreeSet<_>>().len();
+    let legend_rows = 1 + timeline.shard_leaders.len() + fault_kinds;
+    let bottom_px = 380 + 17 * timeline.shard_leaders.len() as u32;
+    let plot_px = f64::from(bottom_px) - 90.0;
+    let legend_px = legend_rows as f64 * LEGEND_ROW_PX + 12.0;
+    let nodes = timeline.nodes.max(1) as f64;
+    // Units above the top node row so that they span `legend_px` of `plot_px`.
+    let headroom = (nodes * legend_px / (plot_px - legend_px).max(plot_px / 4.0)).max(1.0) + 0.5;
     {
-        let root = SVGBackend::with_string(&mut svg, (1100, 680)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (1100, 300 + bottom_px)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         let (top, bottom) = root.split_vertically(300);
         let end_secs = (timeline.end_ms as f64 / 1e3).max(0.001);
@@ -280,20 +302,19 @@ pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str, x_desc: &str) -> Re
             .draw()
             .map_err(plot_error)?;
 
-        let nodes = timeline.nodes.max(1) as f64;
         let mut chart = ChartBuilder::on(&bottom)
-            .caption("coordinator leader (line) and faults per node", ("sans-serif", 16))
+            .caption("leaders (coordinator: thick; shard groups: thin) and faults per node", ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(28)
             .y_label_area_size(60)
             // Room above the top node for the legend.
-            .build_cartesian_2d(0.0..end_secs, 0.0..nodes + 3.0)
+            .build_cartesian_2d(0.0..end_secs, 0.0..nodes + headroom)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .x_desc(x_desc)
             .y_desc("node")
-            .y_labels(timeline.nodes as usize + 4)
+            .y_labels((nodes + headroom) as usize + 1)
             .y_label_formatter(&|y: &f64| {
                 if *y >= 1.0 && *y <= nodes && y.fract() == 0.0 {
                     format!("node {y}")
@@ -303,25 +324,25 @@ pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str, x_desc: &str) -> Re
             })
             .draw()
             .map_err(plot_error)?;
-        // The leader as a step line.
-        let mut steps: Vec<(f64, f64)> = Vec::new();
-        for (i, (at_ms, node)) in timeline.leader.iter().enumerate() {
-            let x = *at_ms as f64 / 1e3;
-            if i > 0 {
-                let previous = steps.last().map(|(_, y)| *y).unwrap_or(*node as f64);
-                steps.push((x, previous));
-            }
-            steps.push((x, *node as f64));
-        }
-        if let Some((_, y)) = steps.last().copied() {
-            steps.push((end_secs, y));
-        }
+        // The coordinator's leader as a step line; each shard group's as a
+        // thinner one, a little below it on the leader's row, so groups
+        // led by one node stay apart.
         let leader_colour = series_colour(0);
         chart
-            .draw_series(LineSeries::new(steps, leader_colour.stroke_width(3)))
+            .draw_series(LineSeries::new(leader_steps(&timeline.leader, 0.0, end_secs), leader_colour.stroke_width(3)))
             .map_err(plot_error)?
             .label("coordinator group leader")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], leader_colour.stroke_width(3)));
+        let groups = timeline.shard_leaders.len().max(1) as f64;
+        for (i, (shard, changes)) in timeline.shard_leaders.iter().enumerate() {
+            let colour = series_colour(i + 10).mix(0.8);
+            let offset = -0.08 - 0.12 * (i as f64) / groups;
+            chart
+                .draw_series(LineSeries::new(leader_steps(changes, offset, end_secs), colour.stroke_width(1)))
+                .map_err(plot_error)?
+                .label(format!("{shard} leader"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(1)));
+        }
         // Every kind present, in a fixed order first (the simulator's), then
         // any other (the chaos harness's), one marker colour each.
         const KNOWN: [&str; 7] = ["crash", "start", "pause", "partition", "flap", "fsync-fail", "heal"];
@@ -362,6 +383,23 @@ pub fn sim_timeline_svg(timeline: &SimTimeline, title: &str, x_desc: &str) -> Re
     Ok(svg)
 }
 
+/// A leader's changes `(at_ms, node)` as a step line on the node rows,
+/// `offset` below or above the row, held to `end_secs`.
+fn leader_steps(changes: &[(u64, u64)], offset: f64, end_secs: f64) -> Vec<(f64, f64)> {
+    let mut steps: Vec<(f64, f64)> = Vec::new();
+    for (at_ms, node) in changes {
+        let (x, y) = (*at_ms as f64 / 1e3, *node as f64 + offset);
+        if let Some((_, previous)) = steps.last().copied() {
+            steps.push((x, previous));
+        }
+        steps.push((x, y));
+    }
+    if let Some((_, y)) = steps.last().copied() {
+        steps.push((end_secs, y));
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +437,8 @@ mod tests {
             "       0 ms  node 1 started (incarnation 0)",
             "      10 ms  1 -> client 3 txn-1.1.4294967297 Committed",
             "      20 ms  1 -> client 4 txn-1.1.4294967298 Aborted(InsufficientFunds { .. })",
+            "      30 ms  shard account/0 led by node 1",
+            "      30 ms  shard order/0 led by node 2",
             "     600 ms  node 1 crashed",
             "     700 ms  partition: node 2 isolated (one-way: false)",
             "    1200 ms  2 -> client 3 txn-2.2.8589934593 Committed",
@@ -406,6 +446,7 @@ mod tests {
             "    1300 ms  partition healed",
             "    1400 ms  node 1 started (incarnation 1)",
             "    1500 ms  node 3 paused",
+            "    1600 ms  shard account/0 led by node 3",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -414,11 +455,17 @@ mod tests {
         assert_eq!(timeline.commits, vec![1, 0, 1, 0]);
         assert_eq!(timeline.aborts, vec![1, 0, 0, 0]);
         assert_eq!(timeline.leader, vec![(10, 1), (1200, 2)]);
+        let groups: Vec<(&str, &[(u64, u64)])> =
+            timeline.shard_leaders.iter().map(|(s, c)| (s.as_str(), c.as_slice())).collect();
+        assert_eq!(groups, vec![("account/0", &[(30, 1), (1600, 3)][..]), ("order/0", &[(30, 2)][..])]);
         let kinds: Vec<&str> = timeline.faults.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, vec!["crash", "partition", "heal", "start", "pause"]);
         let svg = sim_timeline_svg(&timeline, "seed 7", "virtual seconds").expect("drawn");
         let doc = parses_as_xml(&svg);
         let lines = doc.descendants().filter(|n| n.has_tag_name("polyline")).count();
-        assert!(lines >= 3, "commits, aborts and the leader: {lines}");
+        assert!(lines >= 5, "commits, aborts, the coordinator's and two shard groups' leaders: {lines}");
+        let texts: Vec<&str> =
+            doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(str::trim).collect();
+        assert!(texts.contains(&"account/0 leader") && texts.contains(&"order/0 leader"), "a legend entry per group");
     }
 }

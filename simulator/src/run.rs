@@ -482,6 +482,8 @@ async fn quiet(cluster: &SimCluster) -> bool {
 
 struct Monitor {
     leaders: BTreeMap<u64, NodeId>,
+    /// Each shard group's leader as last traced (for `--timeline`).
+    shard_leaders: BTreeMap<paytx_protocol::ShardId, NodeId>,
     violations: Vec<Violation>,
     first_at_ms: Option<u64>,
     recent: Vec<String>,
@@ -501,9 +503,17 @@ impl Monitor {
     /// The cheap invariants, checked continuously: at most one leader per
     /// term, no negative balance on any hot account.
     async fn observe(&mut self, world: &World, cluster: &SimCluster, hot: &[AccountId]) {
+        // Each shard group's leader, as the lowest-numbered node that knows
+        // one reports it: traced when it changes, for the timeline.
+        let mut shard_leaders: BTreeMap<paytx_protocol::ShardId, NodeId> = BTreeMap::new();
         for id in cluster.ids() {
             let Some(service) = cluster.service(id) else { continue };
             let status = service.status().await;
+            for shard in &status.shards {
+                if let Some(leader) = shard.leader {
+                    shard_leaders.entry(shard.shard).or_insert(leader);
+                }
+            }
             if let (Some(term), Some(leader)) = (status.raft_term, status.leader) {
                 match self.leaders.get(&term) {
                     Some(known) if *known != leader => {
@@ -514,6 +524,11 @@ impl Monitor {
                         self.leaders.insert(term, leader);
                     }
                 }
+            }
+        }
+        for (shard, leader) in shard_leaders {
+            if self.shard_leaders.insert(shard, leader) != Some(leader) {
+                world.record(|| format!("shard {shard} led by node {leader}"), &leader.to_le_bytes());
             }
         }
         for account in hot {
@@ -540,8 +555,13 @@ async fn simulate(config: SimConfig) -> RunReport {
     let nodes: Vec<NodeId> = configs.keys().copied().collect();
     let world = World::new(ChaCha8Rng::seed_from_u64(sub_seed(seed, 3)), config.keep_trace, NetFaults::none());
     let mut cluster = SimCluster::new(world.clone(), configs, sub_seed(seed, 6));
-    let mut monitor =
-        Monitor { leaders: BTreeMap::new(), violations: Vec::new(), first_at_ms: None, recent: Vec::new() };
+    let mut monitor = Monitor {
+        leaders: BTreeMap::new(),
+        shard_leaders: BTreeMap::new(),
+        violations: Vec::new(),
+        first_at_ms: None,
+        recent: Vec::new(),
+    };
     let workload_config = WorkloadConfig {
         clients: rng.gen_range(2..=6),
         operations: config.operations,

@@ -325,6 +325,8 @@ async fn campaign(
         data_dir: None,
         fault_log,
         commit_times_ms: history.commit_times_ms.clone(),
+        abort_times_ms: history.abort_times_ms.clone(),
+        leaders_seen: history.leaders_seen.clone(),
         faults_end_ms,
     })
 }

@@ -56,6 +56,12 @@ pub struct Summary {
     #[serde(skip)]
     pub commit_times_ms: Vec<u64>,
     #[serde(skip)]
+    pub abort_times_ms: Vec<u64>,
+    /// The coordinator leader as the acknowledged transactions show it
+    /// (`(at_ms, node)` at each change).
+    #[serde(skip)]
+    pub leaders_seen: Vec<(u64, u64)>,
+    #[serde(skip)]
     pub faults_end_ms: u64,
 }
 
@@ -70,36 +76,46 @@ fn node_in(detail: &str) -> u64 {
 }
 
 impl Summary {
-    /// The run as a timeline: commits per `interval_ms`, the leader each
-    /// fault found, each fault on the row of the node it names and its heal.
+    /// The run as a timeline: commits and aborts per `interval_ms`; the
+    /// leader as the acknowledged transactions show it, and as each fault
+    /// found it; each fault on the row of the node it names and its heal.
     pub fn timeline(&self, interval_ms: u64) -> crate::plot::SimTimeline {
         let interval_ms = interval_ms.max(1);
-        let end_ms = self.faults_end_ms.max(self.commit_times_ms.iter().copied().max().unwrap_or(0));
+        let last = self.commit_times_ms.iter().chain(&self.abort_times_ms).copied().max().unwrap_or(0);
+        let end_ms = self.faults_end_ms.max(last);
         let buckets = (end_ms / interval_ms) as usize + 1;
-        let mut commits = vec![0u64; buckets];
-        for at in &self.commit_times_ms {
-            if let Some(bucket) = commits.get_mut((*at / interval_ms) as usize) {
-                *bucket += 1;
+        let per_interval = |times: &[u64]| {
+            let mut counts = vec![0u64; buckets];
+            for at in times {
+                if let Some(bucket) = counts.get_mut((*at / interval_ms) as usize) {
+                    *bucket += 1;
+                }
             }
-        }
+            counts
+        };
         let mut faults = Vec::new();
-        let mut leader = Vec::new();
+        // Both sources of the leader, in time order; a repeat is no change.
+        let mut seen: Vec<(u64, u64)> = self.leaders_seen.clone();
         for record in &self.fault_log {
             let node = node_in(&record.detail);
             faults.push(crate::plot::FaultMark { at_ms: record.at_ms, kind: record.kind, node });
             faults.push(crate::plot::FaultMark { at_ms: record.at_ms + record.hold_ms, kind: "heal", node: 0 });
-            if let Some(node) = record.leader {
-                if leader.last().map(|(_, n)| *n) != Some(node) {
-                    leader.push((record.at_ms, node));
-                }
+            seen.extend(record.leader.map(|node| (record.at_ms, node)));
+        }
+        seen.sort_by_key(|(at_ms, _)| *at_ms);
+        let mut leader: Vec<(u64, u64)> = Vec::new();
+        for (at_ms, node) in seen {
+            if leader.last().map(|(_, n)| *n) != Some(node) {
+                leader.push((at_ms, node));
             }
         }
         crate::plot::SimTimeline {
             interval_ms,
-            // The drivers time commits only.
-            aborts: Vec::new(),
-            commits,
+            commits: per_interval(&self.commit_times_ms),
+            aborts: per_interval(&self.abort_times_ms),
             leader,
+            // The chaos harness does not follow the shard groups' leaders.
+            shard_leaders: std::collections::BTreeMap::new(),
             faults,
             nodes: self.nodes,
             end_ms,
@@ -197,6 +213,54 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeline_buckets_commits_and_aborts_and_merges_both_views_of_the_leader() {
+        let fault = |at_ms, leader| FaultRecord {
+            at_ms,
+            kind: "kill_leader",
+            detail: "node 2".into(),
+            hold_ms: 500,
+            leader,
+            hit_leader: true,
+        };
+        let summary = Summary {
+            passed: true,
+            seed: 1,
+            nodes: 3,
+            planned_fault_secs: 3,
+            elapsed_secs: 3.0,
+            rerun: String::new(),
+            faults_by_kind: BTreeMap::new(),
+            kills: 1,
+            partitions: 0,
+            wipes: 0,
+            faults_hitting_leader: 1,
+            min_kills: 0,
+            min_partitions: 0,
+            min_wipes: 0,
+            minimums_met: true,
+            transactions: Outcomes::default(),
+            longest_no_commit_ms: 0,
+            longest_no_commit_from_ms: 0,
+            settled: true,
+            settle_ms: 0,
+            invariants: Vec::new(),
+            data_dir: None,
+            fault_log: vec![fault(1_000, Some(2))],
+            commit_times_ms: vec![100, 200, 1_900, 2_100],
+            abort_times_ms: vec![1_100, 1_200, 1_300],
+            // Node 1 led, the fault found node 2 leading, node 3 took over.
+            leaders_seen: vec![(100, 1), (1_900, 3), (2_100, 3)],
+            faults_end_ms: 2_500,
+        };
+        let timeline = summary.timeline(1_000);
+        assert_eq!(timeline.commits, vec![2, 1, 1]);
+        assert_eq!(timeline.aborts, vec![0, 3, 0]);
+        assert_eq!(timeline.leader, vec![(100, 1), (1_000, 2), (1_900, 3)]);
+        assert_eq!(timeline.faults.len(), 2, "the fault and its heal");
+        assert_eq!(timeline.end_ms, 2_500);
+    }
 
     #[test]
     fn longest_gap_counts_the_edges_of_the_phase() {

@@ -67,8 +67,13 @@ pub struct History {
     pub txns: Vec<TxnRecord>,
     /// Orders whose payment was acknowledged committed.
     pub paid: Vec<Paid>,
-    /// Milliseconds (since the fault phase began) of every acknowledged commit.
+    /// Milliseconds (since the fault phase began) of every acknowledged
+    /// commit, and of every acknowledged abort.
     pub commit_times_ms: Vec<u64>,
+    pub abort_times_ms: Vec<u64>,
+    /// `(at_ms, node)` each time the node that began an acknowledged
+    /// transaction (its id's `node`: the coordinator leader then) changed.
+    pub leaders_seen: Vec<(u64, u64)>,
     pub duplicates_sent: u64,
     pub duplicate_mismatches: Vec<DuplicateMismatch>,
 }
@@ -226,9 +231,17 @@ impl Driver {
             }
         };
         let committed = matches!(known, Known::Acked { outcome: Outcome::Committed, .. });
-        if committed {
+        if let Known::Acked { txn, .. } = &known {
             let at_ms = self.shared.started.elapsed().as_millis() as u64;
-            self.shared.lock().commit_times_ms.push(at_ms);
+            let mut history = self.shared.lock();
+            if committed {
+                history.commit_times_ms.push(at_ms);
+            } else {
+                history.abort_times_ms.push(at_ms);
+            }
+            if history.leaders_seen.last().map(|(_, node)| *node) != Some(txn.node) {
+                history.leaders_seen.push((at_ms, txn.node));
+            }
         }
         if matches!(known, Known::Acked { .. }) && self.rng.gen_range(0..1_000) < self.config.duplicate_per_mille {
             self.resubmit(&request, &known).await;
