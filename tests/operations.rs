@@ -257,24 +257,29 @@ async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader()
         assert!(html.contains("<svg"), "charts");
     }
 
-    // The abort shows in the leader's console by reason once the sampler
-    // (once a second) has seen it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let html = http
-            .get(format!("http://{}/console", admins[&leader]))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .expect("console answers")
-            .text()
-            .await
-            .expect("console body");
-        if html.contains("<tr><td>insufficient_funds</td>") {
-            break;
+    // The abort shows by reason once the sampler (once a second) has seen
+    // it — in every node's console, not only the leader's: each samples
+    // every node's totals (the leader answered it; the others add it up).
+    for (node, addr) in &admins {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let html = http
+                .get(format!("http://{addr}/console"))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .expect("console answers")
+                .text()
+                .await
+                .expect("console body");
+            // `<reason><recent><since each node started>`: exactly the one.
+            if html.contains("<tr><td>insufficient_funds</td>") {
+                assert!(html.contains("<tr><td>insufficient_funds</td><td>") && html.contains("</td><td>1</td></tr>"));
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no abort row in node {node}'s console:\n{html}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no abort row in the console:\n{html}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // One transaction by key: committed (its record may be forgotten by now,

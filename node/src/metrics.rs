@@ -246,18 +246,9 @@ impl NodeMetrics {
     }
 }
 
-/// What [`NodeMetrics::totals`] returns.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct OutcomeTotals {
-    pub committed: u64,
-    pub aborted: u64,
-    /// Aborts so far by reason code (bounded: one entry per `AbortReason`).
-    pub aborted_by_reason: BTreeMap<String, u64>,
-    /// Commit latencies observed, and the cumulative count per bucket of
-    /// [`LATENCY_BUCKETS_SECONDS`].
-    pub latency_count: u64,
-    pub latency_cumulative: Vec<u64>,
-}
+/// What [`NodeMetrics::totals`] returns (defined beside the status it
+/// travels in).
+pub use paytx_protocol::messages::OutcomeTotals;
 
 /// A stable label for a refused submit.
 pub fn request_error_code(error: &RequestError) -> &'static str {

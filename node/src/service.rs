@@ -594,6 +594,7 @@ impl NodeService {
         let audit_chain = self.audit_chain.lock().unwrap_or_else(|p| p.into_inner()).clone();
         view.local.audit_chain = audit_chain.and_then(|source| source());
         view.local.incarnation = self.incarnation;
+        view.local.outcomes = self.metrics.totals();
         let counters = self.disk.sync_counters();
         view.disk_syncs = counters.syncs;
         view.disk_flushes = counters.flushes;

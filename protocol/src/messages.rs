@@ -259,6 +259,21 @@ pub struct NodeStatusView {
     pub local: Box<NodeLocalView>,
 }
 
+/// The outcomes this node's coordinator answered since the node started
+/// (`paytx_node::NodeMetrics::totals`): only a leader answers, so the
+/// cluster's are the sum over its nodes (the console's charts add them).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OutcomeTotals {
+    pub committed: u64,
+    pub aborted: u64,
+    /// Aborts so far by reason code (bounded: one entry per `AbortReason`).
+    pub aborted_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Commit latencies observed, and the cumulative count per bucket of
+    /// `paytx_node::metrics::LATENCY_BUCKETS_SECONDS`.
+    pub latency_count: u64,
+    pub latency_cumulative: Vec<u64>,
+}
+
 /// The part of a node's status only the node itself can see.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeLocalView {
@@ -276,6 +291,9 @@ pub struct NodeLocalView {
     /// as replica ids (`crate::replica`).
     #[serde(default)]
     pub coordinator_voters: Vec<crate::replica::ReplicaId>,
+    /// What this node's coordinator answered since the node started.
+    #[serde(default)]
+    pub outcomes: OutcomeTotals,
 }
 
 /// A node's hash-chained gateway audit log, as its last check found it.

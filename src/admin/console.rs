@@ -178,7 +178,8 @@ pub fn render(
 
     let _ = write!(
         h,
-        "<h2>Throughput and latency (last {} s, as answered by node {}'s coordinator)</h2><div class=\"charts\">",
+        "<h2>Throughput and latency (last {} s, the cluster: every node's coordinator added up, sampled by node \
+         {})</h2><div class=\"charts\">",
         intervals.len(),
         cluster.answered_by
     );
@@ -281,8 +282,8 @@ pub fn render(
 
     let _ = write!(
         h,
-        "<h2>Aborts by reason (node {}'s coordinator)</h2><table id=\"aborts\"><tr><th>reason</th>\
-         <th>last {} s</th><th>since start</th></tr>",
+        "<h2>Aborts by reason (the cluster, sampled by node {})</h2><table id=\"aborts\"><tr><th>reason</th>\
+         <th>last {} s</th><th>since each node started</th></tr>",
         cluster.answered_by, aborts.span_secs
     );
     if aborts.by_reason.is_empty() {

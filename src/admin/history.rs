@@ -1,12 +1,22 @@
-//! The admin listener's short memory: once a second it samples this node's
-//! outcome totals (for the console's throughput and latency charts) and
-//! notes when each live transaction of the table was first seen (for the
-//! ages of in-flight transactions: the table keeps no clock, by design).
+//! The admin listener's short memory: once a second it samples every
+//! node's outcome totals (for the console's throughput and latency charts)
+//! and notes when each live transaction of the table was first seen (for
+//! the ages of in-flight transactions: the table keeps no clock, by design).
 //! Bounded: [`MAX_SAMPLES`] samples, [`MAX_TRACKED_TXNS`] first-seen times.
+//!
+//! Only the coordinator leader answers clients, so one node's totals hold
+//! only the stretches it led. The charts show the cluster's: each sample
+//! adds up how much every node's totals grew since that node last answered
+//! (its own from memory, the others' from their status, `NodeLocalView::
+//! outcomes`). A node's counters that went down mean it restarted: its new
+//! totals are all growth. A node first heard from only sets its baseline,
+//! so nothing from before this history began is counted in one interval.
 
+use super::api::PEER_STATUS_TIMEOUT_MS;
 use super::AdminState;
+use crate::client::{Client, ClientConfig};
 use paytx_node::metrics::{OutcomeTotals, LATENCY_BUCKETS_SECONDS};
-use paytx_protocol::TxnId;
+use paytx_protocol::{NodeId, TxnId};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,8 +49,59 @@ struct Sample {
 
 #[derive(Default)]
 struct Inner {
+    /// Each sample's totals are the cluster's running sum of growth.
     samples: VecDeque<Sample>,
     first_seen: BTreeMap<TxnId, Instant>,
+    /// Each node's totals when it last answered (bounded by the nodes of
+    /// the cluster's configuration).
+    last_by_node: BTreeMap<NodeId, OutcomeTotals>,
+    merged: OutcomeTotals,
+}
+
+/// How much `now` grew past `before`; all of `now` when a counter went down
+/// (the node restarted and counts from zero again).
+fn growth(before: &OutcomeTotals, now: &OutcomeTotals) -> OutcomeTotals {
+    let restarted = now.committed < before.committed
+        || now.aborted < before.aborted
+        || now.latency_count < before.latency_count
+        || before.aborted_by_reason.iter().any(|(r, n)| now.aborted_by_reason.get(r).copied().unwrap_or(0) < *n);
+    if restarted {
+        return now.clone();
+    }
+    OutcomeTotals {
+        committed: now.committed - before.committed,
+        aborted: now.aborted - before.aborted,
+        aborted_by_reason: now
+            .aborted_by_reason
+            .iter()
+            .map(|(r, n)| (r.clone(), n - before.aborted_by_reason.get(r).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+        latency_count: now.latency_count - before.latency_count,
+        latency_cumulative: now
+            .latency_cumulative
+            .iter()
+            .zip(before.latency_cumulative.iter().chain(std::iter::repeat(&0)))
+            .map(|(n, b)| n.saturating_sub(*b))
+            .collect(),
+    }
+}
+
+/// Adds `growth` into `sum` (saturating: counters of a long life).
+fn add(sum: &mut OutcomeTotals, growth: &OutcomeTotals) {
+    sum.committed = sum.committed.saturating_add(growth.committed);
+    sum.aborted = sum.aborted.saturating_add(growth.aborted);
+    for (reason, n) in &growth.aborted_by_reason {
+        let entry = sum.aborted_by_reason.entry(reason.clone()).or_default();
+        *entry = entry.saturating_add(*n);
+    }
+    sum.latency_count = sum.latency_count.saturating_add(growth.latency_count);
+    if sum.latency_cumulative.len() < growth.latency_cumulative.len() {
+        sum.latency_cumulative.resize(growth.latency_cumulative.len(), 0);
+    }
+    for (s, g) in sum.latency_cumulative.iter_mut().zip(&growth.latency_cumulative) {
+        *s = s.saturating_add(*g);
+    }
 }
 
 #[derive(Default)]
@@ -51,9 +112,19 @@ impl History {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self, totals: OutcomeTotals, live: Vec<TxnId>) {
+    /// One sample: the totals of every node that answered (`by_node`), and
+    /// the live transactions of this node's table.
+    fn record(&self, by_node: BTreeMap<NodeId, OutcomeTotals>, live: Vec<TxnId>) {
         let now = Instant::now();
         let mut inner = self.lock();
+        for (node, totals) in by_node {
+            if let Some(before) = inner.last_by_node.get(&node) {
+                let grown = growth(before, &totals);
+                add(&mut inner.merged, &grown);
+            }
+            inner.last_by_node.insert(node, totals);
+        }
+        let totals = inner.merged.clone();
         inner.samples.push_back(Sample { at: now, totals });
         while inner.samples.len() > MAX_SAMPLES {
             inner.samples.pop_front();
@@ -74,20 +145,25 @@ impl History {
         self.lock().first_seen.get(txn).map(|t| t.elapsed().as_millis() as u64).unwrap_or(0)
     }
 
-    /// Aborts by reason over the kept history (up to five minutes) and
-    /// since start, most frequent first: `(reason, recent, total)`.
+    /// The cluster's aborts by reason over the kept history (up to five
+    /// minutes), and since each node started (the sum of their latest
+    /// totals), most frequent first: `(reason, recent, total)`.
     pub fn aborts_by_reason(&self) -> Vec<(String, u64, u64)> {
         let inner = self.lock();
         let (Some(oldest), Some(newest)) = (inner.samples.front(), inner.samples.back()) else { return Vec::new() };
-        let mut out: Vec<(String, u64, u64)> = newest
-            .totals
-            .aborted_by_reason
-            .iter()
-            .map(|(reason, total)| {
-                let before = oldest.totals.aborted_by_reason.get(reason).copied().unwrap_or(0);
-                (reason.clone(), total.saturating_sub(before), *total)
-            })
-            .collect();
+        let mut since_start: BTreeMap<&str, u64> = BTreeMap::new();
+        for totals in inner.last_by_node.values() {
+            for (reason, n) in &totals.aborted_by_reason {
+                let entry = since_start.entry(reason.as_str()).or_default();
+                *entry = entry.saturating_add(*n);
+            }
+        }
+        let recent = |reason: &str| {
+            let after = newest.totals.aborted_by_reason.get(reason).copied().unwrap_or(0);
+            after.saturating_sub(oldest.totals.aborted_by_reason.get(reason).copied().unwrap_or(0))
+        };
+        let mut out: Vec<(String, u64, u64)> =
+            since_start.iter().map(|(reason, total)| (reason.to_string(), recent(reason), *total)).collect();
         out.sort_by_key(|(reason, recent, total)| (std::cmp::Reverse((*recent, *total)), reason.clone()));
         out
     }
@@ -149,15 +225,49 @@ pub fn quantile(cumulative: &[u64], count: u64, q: f64) -> Option<f64> {
 pub async fn run_sampler(state: Arc<AdminState>) {
     let mut every = tokio::time::interval(Duration::from_millis(SAMPLE_EVERY_MS));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // One connection per peer, kept between samples (dropped on a failure,
+    // made again at the next sample).
+    let mut clients: BTreeMap<NodeId, Client> = BTreeMap::new();
+    let me = state.service.id();
     loop {
         every.tick().await;
-        let totals = state.service.metrics().totals();
+        let mut by_node = BTreeMap::from([(me, state.service.metrics().totals())]);
+        let asks = state.config.peers.iter().filter(|peer| peer.id != me).map(|peer| {
+            let client = clients.remove(&peer.id);
+            let (id, addr) = (peer.id, peer.addr);
+            async move { (id, peer_totals(client, addr).await) }
+        });
+        for (id, answer) in futures::future::join_all(asks).await {
+            if let Some((client, totals)) = answer {
+                clients.insert(id, client);
+                by_node.insert(id, totals);
+            }
+        }
         let live = state
             .service
             .with_table(|table| table.txns().take(MAX_TRACKED_TXNS).map(|(txn, _)| *txn).collect())
             .unwrap_or_default();
-        state.history.record(totals, live);
+        state.history.record(by_node, live);
     }
+}
+
+/// A peer's outcome totals from its status, within
+/// `PEER_STATUS_TIMEOUT_MS` (connecting first when `client` is `None`).
+async fn peer_totals(client: Option<Client>, addr: std::net::SocketAddr) -> Option<(Client, OutcomeTotals)> {
+    let budget = Duration::from_millis(PEER_STATUS_TIMEOUT_MS);
+    let ask = async {
+        let client = match client {
+            Some(client) => client,
+            None => {
+                let config =
+                    ClientConfig { request_timeout_ms: PEER_STATUS_TIMEOUT_MS, max_retries: 0, ..Default::default() };
+                Client::connect_with(vec![addr], config).await.ok()?
+            }
+        };
+        let status = client.node_status().await.ok()?;
+        Some((client, status.local.outcomes))
+    };
+    tokio::time::timeout(budget, ask).await.ok().flatten()
 }
 
 #[cfg(test)]
@@ -171,12 +281,37 @@ mod tests {
             aborted_by_reason: pairs.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
             ..OutcomeTotals::default()
         };
-        history.record(totals(&[("conflict", 5)]), Vec::new());
-        history.record(totals(&[("conflict", 7), ("insufficient_funds", 3)]), Vec::new());
+        history.record(BTreeMap::from([(1, totals(&[("conflict", 5)]))]), Vec::new());
+        history.record(BTreeMap::from([(1, totals(&[("conflict", 7), ("insufficient_funds", 3)]))]), Vec::new());
         assert_eq!(
             history.aborts_by_reason(),
             vec![("insufficient_funds".to_string(), 3, 3), ("conflict".to_string(), 2, 7)]
         );
+    }
+
+    /// Leadership moves from node 1 to node 2 between samples, node 3 is
+    /// first heard from late, and node 1 restarts: the cluster's commits
+    /// per interval are the sum of what each node answered in it.
+    #[test]
+    fn the_charts_add_up_every_nodes_growth_across_leader_changes_and_restarts() {
+        let history = History::default();
+        let at = |committed: u64| OutcomeTotals { committed, ..OutcomeTotals::default() };
+        let commits = |h: &History| -> Vec<u64> {
+            let inner = h.lock();
+            inner.samples.iter().map(|s| s.totals.committed).collect()
+        };
+        // Baselines: nothing counted from before the history began.
+        history.record(BTreeMap::from([(1, at(1_000)), (2, at(50))]), Vec::new());
+        // Node 1 leads: 30 more.
+        history.record(BTreeMap::from([(1, at(1_030)), (2, at(50))]), Vec::new());
+        // Node 2 takes over: 20 more there; node 3 answers for the first time.
+        history.record(BTreeMap::from([(1, at(1_030)), (2, at(70)), (3, at(400))]), Vec::new());
+        // Node 1 restarted and has answered 5 since; node 3 10 more.
+        history.record(BTreeMap::from([(1, at(5)), (2, at(70)), (3, at(410))]), Vec::new());
+        // Node 2 unreachable for a sample: it adds nothing then, its growth later.
+        history.record(BTreeMap::from([(1, at(5)), (3, at(410))]), Vec::new());
+        history.record(BTreeMap::from([(1, at(5)), (2, at(90)), (3, at(410))]), Vec::new());
+        assert_eq!(commits(&history), vec![0, 30, 50, 65, 65, 85]);
     }
 
     #[test]
