@@ -44,8 +44,9 @@ fn a_short_chaos_run_injects_every_kind_of_fault_and_passes() {
         &timeline_arg,
     ]);
     assert_eq!(code, Some(0), "the run failed:\n{summary:#}\nstderr:\n{stderr}");
-    // The timeline: SVG, one line for commits and one for the leader, a
-    // marker series per kind of fault injected.
+    // The timeline: SVG, lines for commits, aborts, the coordinator's
+    // leader and each shard group's, a marker series per kind of fault
+    // injected.
     let svg = std::fs::read_to_string(&timeline).expect("the timeline is written");
     let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("the timeline is not XML: {e}"));
     assert!(doc.descendants().filter(|n| n.has_tag_name("polyline")).count() >= 2);
@@ -57,6 +58,10 @@ fn a_short_chaos_run_injects_every_kind_of_fault_and_passes() {
         .collect();
     for kind in summary["faults_by_kind"].as_object().expect("kinds").keys() {
         assert!(texts.contains(kind), "{kind} in the timeline's legend: {texts:?}");
+    }
+    assert!(texts.iter().any(|t| t == "aborts"), "aborts in the legend: {texts:?}");
+    for group in ["accounts/0 leader", "orders/0 leader", "channels/0 leader", "records/0 leader"] {
+        assert!(texts.iter().any(|t| t == group), "{group} in the legend: {texts:?}");
     }
     assert_eq!(summary["passed"], true);
     assert_eq!(summary["seed"], 7);

@@ -256,7 +256,7 @@ async fn campaign(
         drivers.push(tokio::spawn(driver.run()));
     }
     let mut findings = Findings::default();
-    let fault_log = runner::run_schedule(cluster, schedule, started, &mut findings).await;
+    let (fault_log, shard_leaders) = runner::run_schedule(cluster, schedule, started, &mut findings).await;
     let faults_end_ms = started.elapsed().as_millis() as u64;
     eprintln!("[{:>7.1}s] faults done; stopping the clients", faults_end_ms as f64 / 1000.0);
     shared.stop.store(true, Ordering::SeqCst);
@@ -327,6 +327,7 @@ async fn campaign(
         commit_times_ms: history.commit_times_ms.clone(),
         abort_times_ms: history.abort_times_ms.clone(),
         leaders_seen: history.leaders_seen.clone(),
+        shard_leaders,
         faults_end_ms,
     })
 }

@@ -11,11 +11,50 @@ use paytx_protocol::NodeId;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Bound on finding the leader before a fault.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How often the shard groups' leaders are asked while faults hold and
+/// between them (for `--timeline`).
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Each shard group's leader over the fault phase: `(at_ms, node)` at
+/// each change, by group name (`account/0`).
+pub type ShardLeaderLog = BTreeMap<String, Vec<(u64, u64)>>;
+
+/// Until `until`, asks every node's status every [`WATCH_EVERY`] and notes
+/// each shard group's leader when it changes (the leader the
+/// lowest-numbered answering node knows). Never runs past `until`: a node
+/// that does not answer only shortens that round.
+async fn watch_shard_leaders(cluster: &ChaosCluster, started: Instant, until: Instant, log: &mut ShardLeaderLog) {
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        if let Ok(statuses) = tokio::time::timeout(until - now, cluster.statuses()).await {
+            let at_ms = started.elapsed().as_millis() as u64;
+            let mut leaders: BTreeMap<String, u64> = BTreeMap::new();
+            for status in statuses.into_values().flatten() {
+                for shard in &status.shards {
+                    if let Some(leader) = shard.leader {
+                        leaders.entry(shard.shard.to_string()).or_insert(leader);
+                    }
+                }
+            }
+            for (shard, leader) in leaders {
+                let changes = log.entry(shard).or_default();
+                if changes.last().map(|(_, n)| *n) != Some(leader) {
+                    changes.push((at_ms, leader));
+                }
+            }
+        }
+        let next = (Instant::now() + WATCH_EVERY).min(until);
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
 
 /// Runs every planned fault in order. `started` is the start of the fault
 /// phase (the schedule's `at_ms` counts from it).
@@ -24,14 +63,15 @@ pub async fn run_schedule(
     schedule: &Schedule,
     started: Instant,
     findings: &mut Findings,
-) -> Vec<FaultRecord> {
+) -> (Vec<FaultRecord>, ShardLeaderLog) {
     // Choices the schedule leaves to run time (which other nodes join the
     // leader in a minority) come from the seed too.
     let mut rng = ChaCha8Rng::seed_from_u64(schedule.seed ^ 0x5eed_c4a0_5000_0001);
     let mut records = Vec::new();
+    let mut shard_leaders = ShardLeaderLog::new();
     for (index, planned) in schedule.faults.iter().enumerate() {
         let due = started + Duration::from_millis(planned.at_ms);
-        tokio::time::sleep_until(due.into()).await;
+        watch_shard_leaders(cluster, started, due, &mut shard_leaders).await;
         let leader = find_leader(cluster).await;
         let at_ms = started.elapsed().as_millis() as u64;
         match inject(cluster, planned, leader, &mut rng).await {
@@ -44,7 +84,8 @@ pub async fn run_schedule(
                     planned.fault.kind(),
                     planned.hold_ms
                 );
-                tokio::time::sleep(Duration::from_millis(planned.hold_ms)).await;
+                let healed_at = Instant::now() + Duration::from_millis(planned.hold_ms);
+                watch_shard_leaders(cluster, started, healed_at, &mut shard_leaders).await;
                 records.push(FaultRecord {
                     at_ms,
                     kind: planned.fault.kind(),
@@ -66,9 +107,9 @@ pub async fn run_schedule(
     // The last gap too: the cluster recovers under load before the clients stop.
     if let Some(last) = schedule.faults.last() {
         let end = started + Duration::from_millis(last.at_ms + last.hold_ms + last.gap_ms);
-        tokio::time::sleep_until(end.into()).await;
+        watch_shard_leaders(cluster, started, end, &mut shard_leaders).await;
     }
-    records
+    (records, shard_leaders)
 }
 
 /// The leader, asked for up to [`LEADER_WAIT`]: right after a fault is

@@ -61,6 +61,9 @@ pub struct Summary {
     /// (`(at_ms, node)` at each change).
     #[serde(skip)]
     pub leaders_seen: Vec<(u64, u64)>,
+    /// Each shard group's leader as the harness saw it every 500 ms.
+    #[serde(skip)]
+    pub shard_leaders: crate::chaos::runner::ShardLeaderLog,
     #[serde(skip)]
     pub faults_end_ms: u64,
 }
@@ -114,8 +117,7 @@ impl Summary {
             commits: per_interval(&self.commit_times_ms),
             aborts: per_interval(&self.abort_times_ms),
             leader,
-            // The chaos harness does not follow the shard groups' leaders.
-            shard_leaders: std::collections::BTreeMap::new(),
+            shard_leaders: self.shard_leaders.clone(),
             faults,
             nodes: self.nodes,
             end_ms,
@@ -252,6 +254,7 @@ mod tests {
             abort_times_ms: vec![1_100, 1_200, 1_300],
             // Node 1 led, the fault found node 2 leading, node 3 took over.
             leaders_seen: vec![(100, 1), (1_900, 3), (2_100, 3)],
+            shard_leaders: BTreeMap::from([("account/0".to_string(), vec![(0, 2), (1_500, 1)])]),
             faults_end_ms: 2_500,
         };
         let timeline = summary.timeline(1_000);
@@ -260,6 +263,7 @@ mod tests {
         assert_eq!(timeline.leader, vec![(100, 1), (1_000, 2), (1_900, 3)]);
         assert_eq!(timeline.faults.len(), 2, "the fault and its heal");
         assert_eq!(timeline.end_ms, 2_500);
+        assert_eq!(timeline.shard_leaders, summary.shard_leaders, "the shard groups' leaders as watched");
     }
 
     #[test]
