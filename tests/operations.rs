@@ -241,14 +241,7 @@ async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader()
         assert_eq!(leaders, vec![leader], "{status:?}");
 
         // The console, with the key as a Basic password (what a browser sends).
-        let page = http
-            .get(format!("http://{addr}/console?txn=console-pay-1"))
-            .basic_auth("ops", Some(ADMIN_KEY))
-            .send()
-            .await
-            .expect("console answers");
-        assert_eq!(page.status(), 200);
-        let html = page.text().await.expect("console body");
+        let html = console_html(*addr, "/console?txn=console-pay-1").await;
         for id in cluster.node_ids() {
             assert!(html.contains(&format!("<td>node {id}</td>")), "node {id} in the console");
         }
@@ -263,15 +256,7 @@ async fn admin_api_and_console_need_the_key_and_show_every_node_and_the_leader()
     for (node, addr) in &admins {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let html = http
-                .get(format!("http://{addr}/console"))
-                .bearer_auth(ADMIN_KEY)
-                .send()
-                .await
-                .expect("console answers")
-                .text()
-                .await
-                .expect("console body");
+            let html = console_html(*addr, "/console").await;
             // `<reason><recent><since each node started>`: exactly the one.
             if html.contains("<tr><td>insufficient_funds</td>") {
                 assert!(html.contains("<tr><td>insufficient_funds</td><td>") && html.contains("</td><td>1</td></tr>"));
@@ -350,6 +335,15 @@ fn with_admin_and_api(dir: &std::path::Path) -> ClusterOptions {
     }
 }
 
+/// `GET {path}` of the console (`/console?...`) with the admin key as a
+/// Basic password (what a browser sends): its HTML.
+async fn console_html(addr: SocketAddr, path: &str) -> String {
+    let page = http().get(format!("http://{addr}{path}")).basic_auth("ops", Some(ADMIN_KEY)).send().await;
+    let page = page.expect("console answers");
+    assert_eq!(page.status(), 200, "{path}");
+    page.text().await.expect("console body")
+}
+
 async fn status_of(addr: SocketAddr) -> ClusterStatus {
     http()
         .get(format!("http://{addr}/admin/v1/status"))
@@ -420,13 +414,7 @@ async fn the_status_shows_every_nodes_disk_free_and_audit_chain() {
         assert!(chain.checked_at_ms > 0 && chain.problem.is_none(), "node {}: {chain:?}", node.node);
         assert_eq!(chain.entries, chain.verified_entries);
     }
-    let page = http()
-        .get(format!("http://{}/console", admins[&1]))
-        .basic_auth("ops", Some(ADMIN_KEY))
-        .send()
-        .await
-        .expect("console answers");
-    let html = page.text().await.expect("console body");
+    let html = console_html(admins[&1], "/console").await;
     assert!(html.contains("<th>disk free</th>") && html.contains("<th>audit chain</th>"), "{html}");
     assert!(html.contains("ok, 3 entries"), "node 2's chain in node 1's console");
     assert!(html.contains("GiB") || html.contains("MiB"), "disk free in the console");
@@ -451,15 +439,7 @@ async fn the_status_shows_every_nodes_disk_free_and_audit_chain() {
     assert!(broken.problem.as_deref().unwrap_or("").contains("entry 1 was modified"), "{broken:?}");
     assert_eq!(broken.verified_entries, 0);
     assert!(chain_of(&status, 2).is_some_and(|c| c.problem.is_none()), "node 2's chain is still fine");
-    let html = http()
-        .get(format!("http://{}/console", admins[&1]))
-        .basic_auth("ops", Some(ADMIN_KEY))
-        .send()
-        .await
-        .expect("console answers")
-        .text()
-        .await
-        .expect("console body");
+    let html = console_html(admins[&1], "/console").await;
     assert!(html.contains("BROKEN after entry 0: entry 1 was modified"), "node 3 broken in the console");
     drop(client);
     cluster.shutdown().await;
