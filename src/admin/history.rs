@@ -59,7 +59,8 @@ struct Inner {
 }
 
 /// How much `now` grew past `before`; all of `now` when a counter went down
-/// (the node restarted and counts from zero again).
+/// (the node restarted and counts from zero again). Saturating throughout:
+/// a peer's totals come from the network.
 fn growth(before: &OutcomeTotals, now: &OutcomeTotals) -> OutcomeTotals {
     let restarted = now.committed < before.committed
         || now.aborted < before.aborted
@@ -69,15 +70,15 @@ fn growth(before: &OutcomeTotals, now: &OutcomeTotals) -> OutcomeTotals {
         return now.clone();
     }
     OutcomeTotals {
-        committed: now.committed - before.committed,
-        aborted: now.aborted - before.aborted,
+        committed: now.committed.saturating_sub(before.committed),
+        aborted: now.aborted.saturating_sub(before.aborted),
         aborted_by_reason: now
             .aborted_by_reason
             .iter()
-            .map(|(r, n)| (r.clone(), n - before.aborted_by_reason.get(r).copied().unwrap_or(0)))
+            .map(|(r, n)| (r.clone(), n.saturating_sub(before.aborted_by_reason.get(r).copied().unwrap_or(0))))
             .filter(|(_, n)| *n > 0)
             .collect(),
-        latency_count: now.latency_count - before.latency_count,
+        latency_count: now.latency_count.saturating_sub(before.latency_count),
         latency_cumulative: now
             .latency_cumulative
             .iter()
