@@ -159,7 +159,7 @@ pub struct SimTimeline {
     /// answered transaction (`txn-<term>.<node>.<seq>`).
     pub leader: Vec<(u64, u64)>,
     /// Each participant shard group's leader, `(at_ms, node)` at each
-    /// change, by group name (`account/0`): the simulator traces them; a
+    /// change, by group name (`accounts/0`): the simulator traces them; a
     /// chaos run leaves this empty.
     pub shard_leaders: std::collections::BTreeMap<String, Vec<(u64, u64)>>,
     pub faults: Vec<FaultMark>,

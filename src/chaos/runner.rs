@@ -21,7 +21,7 @@ const LEADER_WAIT: Duration = Duration::from_secs(3);
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 /// Each shard group's leader over the fault phase: `(at_ms, node)` at
-/// each change, by group name (`account/0`).
+/// each change, by group name (`accounts/0`).
 pub type ShardLeaderLog = BTreeMap<String, Vec<(u64, u64)>>;
 
 /// Until `until`, asks every node's status every [`WATCH_EVERY`] and notes
