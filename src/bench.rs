@@ -146,8 +146,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--scrape-every-ms scrapes the embedded cluster's admin listeners; it cannot be used with --addrs"
     );
     if let Some(every_ms) = args.scrape_every_ms {
-        let floor = crate::bench_scrape::MIN_EVERY_MS;
-        anyhow::ensure!(every_ms >= floor, "--scrape-every-ms must be at least {floor}");
+        crate::bench_scrape::check_every_ms(every_ms)?;
     }
     // The console needs the admin key: a random one, in a file only this
     // run reads, removed at the end.

@@ -16,6 +16,13 @@ pub const PATHS: [&str; 2] = ["/metrics", "/console"];
 /// The shortest period accepted: a scrape of three nodes' console takes a
 /// few milliseconds, and a period below this would measure the scraper.
 pub const MIN_EVERY_MS: u64 = 100;
+/// Refuses a period under [`MIN_EVERY_MS`] (checked before the bench
+/// starts its cluster, and again by [`Scraper::start`]).
+pub fn check_every_ms(every_ms: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(every_ms >= MIN_EVERY_MS, "--scrape-every-ms must be at least {MIN_EVERY_MS}");
+    Ok(())
+}
+
 /// One fetch gives up after this long (it counts as failed).
 const FETCH_TIMEOUT_MS: u64 = 10_000;
 
@@ -60,7 +67,7 @@ impl Scraper {
     /// `every_ms`, with `admin_key` as the bearer key (the console needs
     /// it; `/metrics` ignores it).
     pub fn start(admin: Vec<SocketAddr>, admin_key: String, every_ms: u64) -> anyhow::Result<Scraper> {
-        anyhow::ensure!(every_ms >= MIN_EVERY_MS, "--scrape-every-ms must be at least {MIN_EVERY_MS}");
+        check_every_ms(every_ms)?;
         let http = reqwest::Client::builder().timeout(Duration::from_millis(FETCH_TIMEOUT_MS)).build()?;
         let totals = Arc::new(Totals::default());
         let stop = Arc::new(AtomicBool::new(false));

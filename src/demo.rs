@@ -270,23 +270,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let mut tally = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     for payment in std::mem::take(&mut tally.unknown) {
         let status = client.txn_status(paytx::protocol::IdempotencyKey::new(payment.key.clone())).await?;
-        match status.known().map(|s| s.state.clone()) {
-            Some(paytx::protocol::messages::TxnState::Decided(Outcome::Committed)) => {
+        use paytx::protocol::messages::{KeyStatus, TxnState};
+        let state = match status {
+            KeyStatus::Known(view) => Some(view.state),
+            // Evicted by retention: it may have committed. The demo's keys
+            // are far fewer than the retention, so this is not expected;
+            // counted apart so it can never pass for "nothing applied".
+            KeyStatus::Unknown { .. } => {
+                *tally.aborted.entry("status_unknown_evicted").or_default() += 1;
+                continue;
+            }
+            KeyStatus::NotRegistered => None,
+        };
+        match state {
+            Some(TxnState::Decided(Outcome::Committed)) => {
                 tally.committed += 1;
                 if payment.double_pay {
                     tally.double_pay_committed += 1;
                 }
                 tally.committed_payments.push(payment);
             }
-            Some(paytx::protocol::messages::TxnState::Decided(Outcome::Aborted(reason))) => {
-                *tally.aborted.entry(reason.code()).or_default() += 1
-            }
-            // Evicted by retention: it may have committed. The demo's keys
-            // are far fewer than the retention, so this is not expected;
-            // counted apart so it can never pass for "nothing applied".
-            None if matches!(status, paytx::protocol::messages::KeyStatus::Unknown { .. }) => {
-                *tally.aborted.entry("status_unknown_evicted").or_default() += 1
-            }
+            Some(TxnState::Decided(Outcome::Aborted(reason))) => *tally.aborted.entry(reason.code()).or_default() += 1,
             // Never registered (lost before Begin) or still undecided.
             _ => *tally.aborted.entry("never_registered").or_default() += 1,
         }

@@ -274,6 +274,25 @@ pub struct OutcomeTotals {
     pub latency_cumulative: Vec<u64>,
 }
 
+impl NodeStatusView {
+    /// Each shard group's leader as the first of `statuses` that knows one
+    /// names it (pass them lowest node first, for one answer per group).
+    /// The simulator's and the chaos run's timelines read leaders so.
+    pub fn shard_leaders<'a>(
+        statuses: impl IntoIterator<Item = &'a NodeStatusView>,
+    ) -> std::collections::BTreeMap<ShardId, NodeId> {
+        let mut leaders = std::collections::BTreeMap::new();
+        for status in statuses {
+            for shard in &status.shards {
+                if let Some(leader) = shard.leader {
+                    leaders.entry(shard.shard).or_insert(leader);
+                }
+            }
+        }
+        leaders
+    }
+}
+
 /// The part of a node's status only the node itself can see.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeLocalView {

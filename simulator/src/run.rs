@@ -7,7 +7,7 @@ use crate::faults::{FaultProfile, Nemesis};
 use crate::workload::{self, client_call, Client, History, Known, SharedHistory, WorkloadConfig, CLIENT_ID_BASE};
 use crate::world::{Counters, NetFaults, World};
 use paytx_node::NodeConfig;
-use paytx_protocol::messages::{KeyStatus, TxnState, TxnStatusView};
+use paytx_protocol::messages::{KeyStatus, NodeStatusView, TxnState, TxnStatusView};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{
     AccountId, ChannelId, EntityKey, EntityKind, NodeId, Operation, OrderId, Outcome, RecordKey, Request, Response,
@@ -503,17 +503,10 @@ impl Monitor {
     /// The cheap invariants, checked continuously: at most one leader per
     /// term, no negative balance on any hot account.
     async fn observe(&mut self, world: &World, cluster: &SimCluster, hot: &[AccountId]) {
-        // Each shard group's leader, as the lowest-numbered node that knows
-        // one reports it: traced when it changes, for the timeline.
-        let mut shard_leaders: BTreeMap<paytx_protocol::ShardId, NodeId> = BTreeMap::new();
+        let mut statuses = Vec::new();
         for id in cluster.ids() {
             let Some(service) = cluster.service(id) else { continue };
             let status = service.status().await;
-            for shard in &status.shards {
-                if let Some(leader) = shard.leader {
-                    shard_leaders.entry(shard.shard).or_insert(leader);
-                }
-            }
             if let (Some(term), Some(leader)) = (status.raft_term, status.leader) {
                 match self.leaders.get(&term) {
                     Some(known) if *known != leader => {
@@ -525,8 +518,11 @@ impl Monitor {
                     }
                 }
             }
+            statuses.push(status);
         }
-        for (shard, leader) in shard_leaders {
+        // Each shard group's leader, as the lowest-numbered node that knows
+        // one reports it: traced when it changes, for the timeline.
+        for (shard, leader) in NodeStatusView::shard_leaders(&statuses) {
             if self.shard_leaders.insert(shard, leader) != Some(leader) {
                 world.record(|| format!("shard {shard} led by node {leader}"), &leader.to_le_bytes());
             }

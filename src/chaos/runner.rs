@@ -36,16 +36,10 @@ async fn watch_shard_leaders(cluster: &ChaosCluster, started: Instant, until: In
         }
         if let Ok(statuses) = tokio::time::timeout(until - now, cluster.statuses()).await {
             let at_ms = started.elapsed().as_millis() as u64;
-            let mut leaders: BTreeMap<String, u64> = BTreeMap::new();
-            for status in statuses.into_values().flatten() {
-                for shard in &status.shards {
-                    if let Some(leader) = shard.leader {
-                        leaders.entry(shard.shard.to_string()).or_insert(leader);
-                    }
-                }
-            }
+            // `statuses` is keyed by node: the lowest-numbered answers first.
+            let leaders = paytx_protocol::messages::NodeStatusView::shard_leaders(statuses.values().flatten());
             for (shard, leader) in leaders {
-                let changes = log.entry(shard).or_default();
+                let changes = log.entry(shard.to_string()).or_default();
                 if changes.last().map(|(_, n)| *n) != Some(leader) {
                     changes.push((at_ms, leader));
                 }
