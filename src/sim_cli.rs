@@ -163,6 +163,10 @@ fn single(args: &SimArgs, seed: u64) -> anyhow::Result<bool> {
         b.proposals, b.commands, b.proposals_with_a_txn_twice, b.barriers_beside_others, b.tombstones, b.tombstoned_begins
     );
     println!(
+        "  2pc batches: {} prepare batches carrying {} prepares ({} blocked, sent again alone), {} decision batches carrying {} decisions",
+        c.prepare_batches, c.prepares_in_batches, c.blocked_in_batches, c.decide_batches, c.decisions_in_batches
+    );
+    println!(
         "  {:.1} virtual s in {:.2} wall s ({:.0}x), {:.0} simulated txns per wall second",
         report.virtual_ms as f64 / 1000.0,
         wall,
@@ -248,6 +252,11 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
             ("batch: barriers beside others", c.batch.barriers_beside_others),
             ("batch: tombstones", c.batch.tombstones),
             ("batch: begins tombstoned", c.batch.tombstoned_begins),
+            ("2pc: prepare batches", c.prepare_batches),
+            ("2pc: prepares in them", c.prepares_in_batches),
+            ("2pc: prepares blocked in one", c.blocked_in_batches),
+            ("2pc: decision batches", c.decide_batches),
+            ("2pc: decisions in them", c.decisions_in_batches),
         ] {
             *faults.entry(name).or_default() += count;
         }

@@ -666,7 +666,7 @@ async fn console_in_headless_chromium() {
 /// follower's shows the table's view without the engine's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_acknowledgement_shows_in_the_list_and_the_lookup() {
-    use paytx::protocol::{EntityKey, PeerRequest};
+    use paytx::protocol::EntityKey;
     let dir = tempfile::tempdir().expect("temp dir");
     // Three accounts shards (the default has one with three replicas), so
     // that payer and payee are on different shards.
@@ -682,9 +682,7 @@ async fn a_stuck_acknowledgement_shows_in_the_list_and_the_lookup() {
         .expect("an account on another shard");
     open(&client, "open-stuck", [payer.0, payee.0].into_iter(), 1_000).await;
     let stuck = shard_map.shard_of(EntityKey::Account(payee));
-    cluster
-        .link_filter()
-        .set(move |_, _, message| !matches!(message, PeerRequest::Decide { shard, .. } if *shard == stuck));
+    cluster.link_filter().set(move |_, _, message| message.decision_shard() != Some(stuck));
     let pay = vec![
         Operation::Debit { account: payer, amount: cny(100) },
         Operation::Credit { account: payee, amount: cny(100) },

@@ -40,7 +40,7 @@ async fn a_participant_restarted_with_prepared_transactions_gets_its_holds_back_
     // Decisions to the victim are lost, and it cannot ask for them either:
     // its prepared transactions stay in doubt.
     cluster.link_filter().set(move |from, to, message| match message {
-        PeerRequest::Decide { .. } => to != victim,
+        PeerRequest::Decide { .. } | PeerRequest::DecideBatch { .. } => to != victim,
         PeerRequest::QueryDecision { .. } => from != victim,
         _ => true,
     });

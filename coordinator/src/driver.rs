@@ -14,6 +14,7 @@ use crate::types::{NodeId, Raft};
 use actix::prelude::*;
 use openraft::ServerState;
 use paytx_protocol::batcher::{BatchLimits, Batcher};
+use paytx_protocol::messages::{DecisionItem, PrepareItem};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{
     PeerRequest, PeerResponse, RequestError, ShardId, ShardMap, Transport, TxnId, TxnReceipt, TxnRequest,
@@ -24,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 mod admin;
+mod outbox;
 mod timeline;
 pub use admin::GetTxnProgress;
 
@@ -134,6 +136,11 @@ pub struct CoordinatorDriver {
     hold: paytx_raft::handover::Hold,
     /// When the steps of live transactions happened (for the admin API).
     timeline: timeline::Timeline,
+    /// Prepares and decisions waiting for the end of the mailbox drain,
+    /// per shard: they leave as one request each (`outbox`).
+    outbox: BTreeMap<ShardId, outbox::ShardOutbox>,
+    /// A `SendOutbox` is queued on the context.
+    outbox_queued: bool,
 }
 
 /// Ticks between two orphan sweeps.
@@ -163,6 +170,8 @@ impl CoordinatorDriver {
             batcher,
             hold: paytx_raft::handover::Hold::default(),
             timeline: timeline::Timeline::default(),
+            outbox: BTreeMap::new(),
+            outbox_queued: false,
         }
     }
 
@@ -317,21 +326,15 @@ impl CoordinatorDriver {
                 let bytes = paytx_protocol::encoded_len(&command);
                 self.propose(command, bytes, Proposer::Forget { count }, ctx);
             }
-            // Calls run as tasks of their own, not in the actor's context
-            // (see `timers`), and come back as a `Completed` message.
+            // Sent once the mailbox is drained, one request per shard for
+            // everything the drain produced (`send_outbox`).
             Action::SendPrepare { txn, shard, ops } => {
-                let call = self.call_shard(shard, PeerRequest::Prepare { txn, shard, ops });
-                let driver = ctx.address();
-                actix::spawn(async move {
-                    driver.do_send(Completed(prepare_reply_event(txn, shard, call.await)));
-                });
+                self.outbox.entry(shard).or_default().prepares.push(PrepareItem { txn, ops });
+                self.schedule_send(ctx);
             }
             Action::SendDecide { txn, shard, commit } => {
-                let call = self.call_shard(shard, PeerRequest::Decide { txn, shard, commit });
-                let driver = ctx.address();
-                actix::spawn(async move {
-                    driver.do_send(Completed(decide_reply_event(txn, shard, call.await)));
-                });
+                self.outbox.entry(shard).or_default().decisions.push(DecisionItem { txn, commit });
+                self.schedule_send(ctx);
             }
             Action::SetTimer { after_ms, event } => {
                 // Due at the first tick at least `after_ms` from now.
@@ -348,15 +351,89 @@ impl CoordinatorDriver {
         }
     }
 
-    fn call_shard(
-        &self,
-        shard: paytx_protocol::ShardId,
-        request: PeerRequest,
-    ) -> impl std::future::Future<Output = Result<PeerResponse, String>> {
-        let transport = self.transport.clone();
-        let leaders = self.shard_leaders.clone();
-        let timeout_ms = self.config.peer_timeout_ms;
-        async move { paytx_protocol::routing::call_shard(&*transport, &leaders, shard, request, timeout_ms).await }
+    fn shard_caller(&self) -> ShardCaller {
+        ShardCaller {
+            transport: self.transport.clone(),
+            leaders: self.shard_leaders.clone(),
+            timeout_ms: self.config.peer_timeout_ms,
+        }
+    }
+
+    /// Queues one `SendOutbox` behind the messages already in the mailbox
+    /// (actix handles a context's queued items after draining it), so the
+    /// prepares of every submit and the decisions of every applied entry
+    /// that arrived together leave together.
+    fn schedule_send(&mut self, ctx: &mut Context<Self>) {
+        if !self.outbox_queued {
+            self.outbox_queued = true;
+            ctx.notify(SendOutbox);
+        }
+    }
+
+    /// Sends what the outbox holds: per shard, a lone prepare or decision
+    /// as it is, more as batches bounded in count and bytes. Calls run as
+    /// tasks of their own, not in the actor's context (see `timers`), and
+    /// come back as a `Completed` message.
+    fn send_outbox(&mut self, ctx: &mut Context<Self>) {
+        self.outbox_queued = false;
+        let max_items = self.config.batch.max_items;
+        let max_bytes = self.config.batch.max_bytes;
+        for (shard, pending) in std::mem::take(&mut self.outbox) {
+            let size = |item: &PrepareItem| paytx_protocol::encoded_len(item);
+            for chunk in outbox::chunks(pending.prepares, size, max_items, max_bytes) {
+                self.send_prepares(shard, chunk, ctx);
+            }
+            let size = |item: &DecisionItem| paytx_protocol::encoded_len(item);
+            for chunk in outbox::chunks(pending.decisions, size, max_items, max_bytes) {
+                self.send_decisions(shard, chunk, ctx);
+            }
+        }
+    }
+
+    fn send_prepares(&mut self, shard: ShardId, mut prepares: Vec<PrepareItem>, ctx: &mut Context<Self>) {
+        let caller = self.shard_caller();
+        let driver = ctx.address();
+        if prepares.len() == 1 {
+            let PrepareItem { txn, ops } = prepares.remove(0);
+            actix::spawn(async move {
+                let reply = caller.call(shard, PeerRequest::Prepare { txn, shard, ops }).await;
+                driver.do_send(Completed(vec![prepare_reply_event(txn, shard, reply)]));
+            });
+            return;
+        }
+        let txns: Vec<TxnId> = prepares.iter().map(|item| item.txn).collect();
+        actix::spawn(async move {
+            let reply = caller.call(shard, PeerRequest::PrepareBatch { shard, prepares: prepares.clone() }).await;
+            let (events, blocked) = outbox::prepare_batch_events(shard, &txns, reply);
+            driver.do_send(Completed(events));
+            // A prepare that would wait for a lock goes again alone: a lone
+            // prepare waits (at most the shard's `lock_wait_ms`) without
+            // holding back anyone else's vote.
+            for PrepareItem { txn, ops } in prepares.into_iter().filter(|item| blocked.contains(&item.txn)) {
+                let (caller, driver) = (caller.clone(), driver.clone());
+                actix::spawn(async move {
+                    let reply = caller.call(shard, PeerRequest::Prepare { txn, shard, ops }).await;
+                    driver.do_send(Completed(vec![prepare_reply_event(txn, shard, reply)]));
+                });
+            }
+        });
+    }
+
+    fn send_decisions(&mut self, shard: ShardId, decisions: Vec<DecisionItem>, ctx: &mut Context<Self>) {
+        let caller = self.shard_caller();
+        let driver = ctx.address();
+        if let [DecisionItem { txn, commit }] = decisions[..] {
+            actix::spawn(async move {
+                let reply = caller.call(shard, PeerRequest::Decide { txn, shard, commit }).await;
+                driver.do_send(Completed(vec![decide_reply_event(txn, shard, reply)]));
+            });
+            return;
+        }
+        let txns: Vec<TxnId> = decisions.iter().map(|item| item.txn).collect();
+        actix::spawn(async move {
+            let reply = caller.call(shard, PeerRequest::DecideBatch { shard, decisions }).await;
+            driver.do_send(Completed(outbox::decide_batch_events(shard, &txns, reply)));
+        });
     }
 
     /// A safety net: a transaction of the table that the leader's engine
@@ -409,6 +486,20 @@ impl CoordinatorDriver {
                 }
             }
         }));
+    }
+}
+
+/// How the driver's calls reach a participant shard's leader.
+#[derive(Clone)]
+struct ShardCaller {
+    transport: Arc<dyn Transport>,
+    leaders: Arc<paytx_protocol::routing::ShardLeaders>,
+    timeout_ms: u64,
+}
+
+impl ShardCaller {
+    async fn call(&self, shard: ShardId, request: PeerRequest) -> Result<PeerResponse, String> {
+        paytx_protocol::routing::call_shard(&*self.transport, &self.leaders, shard, request, self.timeout_ms).await
     }
 }
 
@@ -544,16 +635,32 @@ impl Handler<Leadership> for CoordinatorDriver {
     }
 }
 
-/// The result of a call to a participant, as an engine event.
+/// The result of a call to a participant (or a batch of them), as engine
+/// events.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Completed(Event);
+struct Completed(Vec<Event>);
 
 impl Handler<Completed> for CoordinatorDriver {
     type Result = ();
 
     fn handle(&mut self, msg: Completed, ctx: &mut Context<Self>) {
-        self.dispatch(msg.0, ctx);
+        for event in msg.0 {
+            self.dispatch(event, ctx);
+        }
+    }
+}
+
+/// The mailbox is drained: send what the outbox holds.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SendOutbox;
+
+impl Handler<SendOutbox> for CoordinatorDriver {
+    type Result = ();
+
+    fn handle(&mut self, _msg: SendOutbox, ctx: &mut Context<Self>) {
+        self.send_outbox(ctx);
     }
 }
 

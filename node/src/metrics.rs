@@ -49,6 +49,29 @@ pub struct NodeMetrics {
     /// (`crate::balance`), and hand-overs that stopped short.
     handed_over: IntCounter,
     hand_overs_stopped: IntCounter,
+    batches: BatchCounters,
+}
+
+/// The 2PC batches this node's shards answered.
+#[derive(Clone)]
+struct BatchCounters {
+    prepare_batches: IntCounter,
+    decide_batches: IntCounter,
+    prepares: IntCounter,
+    decisions: IntCounter,
+    blocked: IntCounter,
+}
+
+/// What [`NodeMetrics::batches`] returns: the 2PC batches this node's
+/// shards answered since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchTotals {
+    pub prepare_batches: u64,
+    pub prepares: u64,
+    /// Prepares of a batch answered `Blocked` (sent again alone).
+    pub blocked: u64,
+    pub decide_batches: u64,
+    pub decisions: u64,
 }
 
 /// A metric definition that cannot fail to register (unique names, valid
@@ -129,6 +152,30 @@ impl NodeMetrics {
             &["result"],
         ));
         must(registry.register(Box::new(hand_overs.clone())));
+        let batch_requests = must(IntCounterVec::new(
+            Opts::new(
+                "paytx_2pc_batches_total",
+                "Prepare and decision batches (one request carrying many transactions) this node's shards answered, by kind.",
+            ),
+            &["kind"],
+        ));
+        must(registry.register(Box::new(batch_requests.clone())));
+        let batched = must(IntCounterVec::new(
+            Opts::new(
+                "paytx_2pc_batched_total",
+                "Prepares and decisions that came in batches, by kind (blocked: prepares of a batch that would have \
+                 waited for a lock, answered at once and sent again alone).",
+            ),
+            &["kind"],
+        ));
+        must(registry.register(Box::new(batched.clone())));
+        let batches = BatchCounters {
+            prepare_batches: batch_requests.with_label_values(&["prepare"]),
+            decide_batches: batch_requests.with_label_values(&["decide"]),
+            prepares: batched.with_label_values(&["prepare"]),
+            decisions: batched.with_label_values(&["decide"]),
+            blocked: batched.with_label_values(&["blocked"]),
+        };
         let shards = shards
             .into_iter()
             .map(|shard| {
@@ -154,6 +201,33 @@ impl NodeMetrics {
             shards,
             handed_over: hand_overs.with_label_values(&["handed_over"]),
             hand_overs_stopped: hand_overs.with_label_values(&["stopped"]),
+            batches,
+        }
+    }
+
+    /// A prepare batch of `items` prepares was answered, `blocked` of
+    /// them `Blocked`.
+    pub fn observe_prepare_batch(&self, items: usize, blocked: usize) {
+        self.batches.prepare_batches.inc();
+        self.batches.prepares.inc_by(items as u64);
+        self.batches.blocked.inc_by(blocked as u64);
+    }
+
+    /// A decision batch of `items` decisions was answered.
+    pub fn observe_decide_batch(&self, items: usize) {
+        self.batches.decide_batches.inc();
+        self.batches.decisions.inc_by(items as u64);
+    }
+
+    /// The 2PC batches this node's shards answered since it started.
+    pub fn batches(&self) -> BatchTotals {
+        let b = &self.batches;
+        BatchTotals {
+            prepare_batches: b.prepare_batches.get(),
+            prepares: b.prepares.get(),
+            blocked: b.blocked.get(),
+            decide_batches: b.decide_batches.get(),
+            decisions: b.decisions.get(),
         }
     }
 

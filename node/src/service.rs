@@ -15,7 +15,7 @@ use paytx_coordinator::driver::{GetDriverStatus, QueryDecision, StopDriver, Subm
 use paytx_coordinator::state_machine::{read_table, SharedTable};
 use paytx_coordinator::{CoordinatorDriver, Raft};
 use paytx_participants::{DecisionSource, ParticipantError, ShardRead, ShardReadAnswer};
-use paytx_protocol::messages::{Admission, RaftGroup};
+use paytx_protocol::messages::{Admission, BatchVote, DecisionItem, PrepareItem, RaftGroup, MAX_BATCH_ITEMS};
 use paytx_protocol::messages::{AuditChainView, NodeStatusView, RecordPage, ShardStatus};
 use paytx_protocol::replica::{node_of, ReplicaId};
 use paytx_protocol::routing::{call_shard, ShardLeaders};
@@ -89,6 +89,21 @@ fn shard_error(shard: ShardId, e: ParticipantError) -> RequestError {
         ParticipantError::Stopped { .. } => RequestError::ShuttingDown,
         other => RequestError::Internal(other.to_string()),
     }
+}
+
+/// When every item of a batch was refused because this replica does not
+/// lead the shard (it lost the leadership while the batch ran), the whole
+/// batch is refused, so that the caller's routing follows the hint.
+fn whole_batch_refusal<T>(shard: ShardId, answers: &[Result<T, ParticipantError>]) -> Option<PeerResponse> {
+    let mut hint = None;
+    for answer in answers {
+        match answer {
+            Err(ParticipantError::NotLeader { leader_hint, .. }) => hint = *leader_hint,
+            _ => return None,
+        }
+    }
+    // An empty batch is answered, not refused.
+    (!answers.is_empty()).then_some(PeerResponse::Error(RequestError::NotShardLeader { shard, leader_hint: hint }))
 }
 
 impl NodeService {
@@ -439,6 +454,8 @@ impl NodeService {
                 },
                 None => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
             },
+            PeerRequest::PrepareBatch { shard, prepares } => self.prepare_batch(shard, prepares).await,
+            PeerRequest::DecideBatch { shard, decisions } => self.decide_batch(shard, decisions).await,
             PeerRequest::QueryDecision { txn } => match self.local_decision(txn).await {
                 Ok(commit) => PeerResponse::Decision { commit },
                 Err(e) => PeerResponse::Error(e),
@@ -455,6 +472,81 @@ impl NodeService {
                 self.campaign(group, replica, last_log_index).await
             }
         }
+    }
+
+    /// The prepares of a [`PeerRequest::PrepareBatch`], each answered as a
+    /// lone prepare would be, except that none waits for a lock
+    /// ([`BatchVote::Blocked`]).
+    async fn prepare_batch(&self, shard: ShardId, prepares: Vec<PrepareItem>) -> PeerResponse {
+        if prepares.len() > MAX_BATCH_ITEMS {
+            let invalid = InvalidRequest::BatchTooLong { items: prepares.len(), max: MAX_BATCH_ITEMS };
+            return PeerResponse::Error(RequestError::Invalid(invalid));
+        }
+        let Some(handle) = self.participants.get(&shard) else {
+            return PeerResponse::Error(RequestError::ShardUnavailable { shard });
+        };
+        let disk_low = self.disk_full().map(|(free_bytes, _)| free_bytes);
+        let txns: Vec<TxnId> = prepares.iter().map(|item| item.txn).collect();
+        let prepares =
+            prepares.into_iter().map(|PrepareItem { txn, ops }| paytx_participants::Prepare { txn, ops, disk_low });
+        let answers = match handle.prepare_many(shard, prepares.collect()).await {
+            Ok(answers) => answers,
+            Err(e) => return PeerResponse::Error(shard_error(shard, e)),
+        };
+        if let Some(refusal) = whole_batch_refusal(shard, &answers) {
+            return refusal;
+        }
+        let votes = txns
+            .into_iter()
+            .zip(answers)
+            .map(|(txn, answer)| {
+                let vote = match answer {
+                    Ok(vote) => {
+                        self.metrics.observe_prepare(shard, vote == paytx_protocol::messages::Vote::Yes);
+                        BatchVote::Voted(vote)
+                    }
+                    Err(ParticipantError::Blocked { .. }) => BatchVote::Blocked,
+                    Err(e) => BatchVote::Failed(shard_error(shard, e)),
+                };
+                (txn, vote)
+            })
+            .collect::<Vec<_>>();
+        let blocked = votes.iter().filter(|(_, vote)| *vote == BatchVote::Blocked).count();
+        self.metrics.observe_prepare_batch(votes.len(), blocked);
+        PeerResponse::Votes { shard, votes }
+    }
+
+    /// The decisions of a [`PeerRequest::DecideBatch`]; the answer lists
+    /// those applied durably.
+    async fn decide_batch(&self, shard: ShardId, decisions: Vec<DecisionItem>) -> PeerResponse {
+        if decisions.len() > MAX_BATCH_ITEMS {
+            let invalid = InvalidRequest::BatchTooLong { items: decisions.len(), max: MAX_BATCH_ITEMS };
+            return PeerResponse::Error(RequestError::Invalid(invalid));
+        }
+        let Some(handle) = self.participants.get(&shard) else {
+            return PeerResponse::Error(RequestError::ShardUnavailable { shard });
+        };
+        let decides =
+            decisions.iter().map(|item| paytx_participants::Decide { txn: item.txn, commit: item.commit }).collect();
+        let answers = match handle.decide_many(shard, decides).await {
+            Ok(answers) => answers,
+            Err(e) => return PeerResponse::Error(shard_error(shard, e)),
+        };
+        if let Some(refusal) = whole_batch_refusal(shard, &answers) {
+            return refusal;
+        }
+        self.metrics.observe_decide_batch(decisions.len());
+        let mut applied = Vec::with_capacity(decisions.len());
+        for (item, answer) in decisions.into_iter().zip(answers) {
+            match answer {
+                Ok(()) => {
+                    self.metrics.observe_decision(shard, item.commit);
+                    applied.push(item.txn);
+                }
+                Err(e) => tracing::debug!(%shard, txn = %item.txn, error = %e, "a decision of a batch failed"),
+            }
+        }
+        PeerResponse::DecisionsApplied { shard, applied }
     }
 
     /// `group`'s leader hands this node's replica the leadership
@@ -651,5 +743,32 @@ impl DecisionSource for NodeDecisions {
                 None => Err("the node is starting or stopping".to_string()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARD: ShardId = ShardId { kind: EntityKind::Account, index: 0 };
+
+    fn not_leader(hint: Option<NodeId>) -> Result<(), ParticipantError> {
+        Err(ParticipantError::NotLeader { shard: SHARD, leader_hint: hint })
+    }
+
+    #[test]
+    fn a_batch_is_refused_whole_only_when_every_item_met_a_follower() {
+        // Leadership lost while the batch ran: the caller's routing must
+        // see the refusal (and its hint), not per-item failures.
+        let refused = whole_batch_refusal(SHARD, &[not_leader(Some(3)), not_leader(Some(3))]);
+        assert_eq!(
+            refused,
+            Some(PeerResponse::Error(RequestError::NotShardLeader { shard: SHARD, leader_hint: Some(3) }))
+        );
+        // One item answered: the batch is answered item by item.
+        assert_eq!(whole_batch_refusal(SHARD, &[not_leader(Some(3)), Ok(())]), None);
+        let blocked = Err(ParticipantError::Blocked { shard: SHARD });
+        assert_eq!(whole_batch_refusal(SHARD, &[blocked, not_leader(None)]), None);
+        assert_eq!(whole_batch_refusal::<()>(SHARD, &[]), None, "an empty batch is answered, not refused");
     }
 }

@@ -7,7 +7,8 @@ use paytx_participants::group::front::ShardFront;
 use paytx_participants::group::state_machine::{lock_state, SharedShardState};
 use paytx_participants::group::types::ShardRaft;
 use paytx_participants::{
-    Decide, GetStatus, ParticipantActor, ParticipantError, Prepare, ShardRead, ShardReadAnswer, Shutdown,
+    Decide, DecideMany, GetStatus, ParticipantActor, ParticipantError, Prepare, PrepareMany, ShardRead,
+    ShardReadAnswer, Shutdown,
 };
 use paytx_protocol::messages::ShardStatus;
 use paytx_protocol::{ShardId, Vote};
@@ -53,6 +54,33 @@ impl ShardHandle {
         let answer = match self {
             ShardHandle::Single(actor) => actor.send(decide).await,
             ShardHandle::Replicated { front, .. } => front.send(decide).await,
+        };
+        answer.unwrap_or_else(|_| Err(stopped(shard)))
+    }
+
+    /// Many prepares in one message (see [`PrepareMany`]); `Err` when the
+    /// shard took none of them.
+    pub async fn prepare_many(
+        &self,
+        shard: ShardId,
+        prepares: Vec<Prepare>,
+    ) -> Result<Vec<Result<Vote, ParticipantError>>, ParticipantError> {
+        let answer = match self {
+            ShardHandle::Single(actor) => actor.send(PrepareMany(prepares)).await,
+            ShardHandle::Replicated { front, .. } => front.send(PrepareMany(prepares)).await,
+        };
+        answer.unwrap_or_else(|_| Err(stopped(shard)))
+    }
+
+    /// Many decisions in one message (see [`DecideMany`]).
+    pub async fn decide_many(
+        &self,
+        shard: ShardId,
+        decisions: Vec<Decide>,
+    ) -> Result<Vec<Result<(), ParticipantError>>, ParticipantError> {
+        let answer = match self {
+            ShardHandle::Single(actor) => actor.send(DecideMany(decisions)).await,
+            ShardHandle::Replicated { front, .. } => front.send(DecideMany(decisions)).await,
         };
         answer.unwrap_or_else(|_| Err(stopped(shard)))
     }

@@ -43,7 +43,8 @@ use crate::engine::{Admission, Engine, Prepared, Touch};
 use crate::error::ParticipantError;
 use crate::journal::Journal;
 use crate::messages::{
-    Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, ReadRecord, ScanRecords, Shutdown,
+    Decide, DecideMany, GetStatus, ListInDoubt, Prepare, PrepareMany, ReadAccount, ReadCharge, ReadOrder, ReadRecord,
+    ScanRecords, Shutdown,
 };
 use crate::record_store::ScanPage;
 use crate::MAX_DECLINE_PER_MILLION;
@@ -332,6 +333,7 @@ impl ParticipantActor {
         ops: Vec<Operation>,
         declined: Option<ChannelId>,
         disk_low: Option<u64>,
+        may_park: bool,
         ctx: &mut Context<Self>,
     ) -> Reply<Vote> {
         if let Err(e) = self.check_running() {
@@ -345,6 +347,10 @@ impl ParticipantActor {
         match self.engine.prepare(txn, &ops) {
             Err(reason) => {
                 if self.may_wait() && self.engine.blocked_by_prepared(txn, &ops) {
+                    if !may_park {
+                        // In a batch: answered at once, sent again alone.
+                        return Box::pin(ready(Err(ParticipantError::Blocked { shard: self.config.shard })));
+                    }
                     return self.park(txn, ops, reason, ctx);
                 }
                 tracing::debug!(shard = %self.config.shard, %txn, code = reason.code(), "voting no");
@@ -590,16 +596,52 @@ impl Handler<Prepare> for ParticipantActor {
     type Result = Reply<Vote>;
 
     fn handle(&mut self, msg: Prepare, ctx: &mut Context<Self>) -> Reply<Vote> {
+        self.handle_prepare(msg, true, ctx)
+    }
+}
+
+impl Handler<PrepareMany> for ParticipantActor {
+    type Result = Reply<Vec<Result<Vote, ParticipantError>>>;
+
+    fn handle(&mut self, msg: PrepareMany, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_running() {
+            return Box::pin(ready(Err(e)));
+        }
+        let votes: Vec<_> = msg.0.into_iter().map(|prepare| self.handle_prepare(prepare, false, ctx)).collect();
+        let votes = votes.into_iter().map(|vote| crate::batch::answer_later(vote, ctx)).collect();
+        Box::pin(wrap_future(crate::batch::collect(self.config.shard, votes)).map(|votes, _act, _ctx| Ok(votes)))
+    }
+}
+
+impl Handler<DecideMany> for ParticipantActor {
+    type Result = Reply<Vec<Result<(), ParticipantError>>>;
+
+    fn handle(&mut self, msg: DecideMany, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_running() {
+            return Box::pin(ready(Err(e)));
+        }
+        let acks: Vec<_> = msg.0.into_iter().map(|decide| self.decide(decide.txn, decide.commit, ctx)).collect();
+        let acks = acks.into_iter().map(|ack| crate::batch::answer_later(ack, ctx)).collect();
+        Box::pin(wrap_future(crate::batch::collect(self.config.shard, acks)).map(|acks, _act, _ctx| Ok(acks)))
+    }
+}
+
+impl ParticipantActor {
+    /// A prepare, lone (`may_park`: it may wait for a lock) or of a batch.
+    fn handle_prepare(&mut self, msg: Prepare, may_park: bool, ctx: &mut Context<Self>) -> Reply<Vote> {
         let Prepare { txn, ops, disk_low } = msg;
         match self.authorize(txn, &ops) {
-            None => self.prepare_now(txn, ops, None, disk_low, ctx),
+            None => self.prepare_now(txn, ops, None, disk_low, may_park, ctx),
             // No modelled latency: decide now, without a trip through the timer.
-            Some(Authorization { latency_ms: 0, declined }) => self.prepare_now(txn, ops, declined, disk_low, ctx),
+            Some(Authorization { latency_ms: 0, declined }) => {
+                self.prepare_now(txn, ops, declined, disk_low, may_park, ctx)
+            }
             Some(Authorization { latency_ms, declined }) => {
                 let wait = tokio::time::sleep(Duration::from_millis(latency_ms));
                 Box::pin(
-                    wrap_future(wait)
-                        .then(move |(), act: &mut Self, ctx| act.prepare_now(txn, ops, declined, disk_low, ctx)),
+                    wrap_future(wait).then(move |(), act: &mut Self, ctx| {
+                        act.prepare_now(txn, ops, declined, disk_low, may_park, ctx)
+                    }),
                 )
             }
         }

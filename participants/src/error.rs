@@ -39,6 +39,12 @@ pub enum ParticipantError {
     /// more; the node must restart it from its journal.
     #[error("shard {shard} has stopped after an earlier failure ({reason}); restart the node")]
     Stopped { shard: ShardId, reason: String },
+    /// A prepare of a [`crate::PrepareMany`] conflicts with a transaction
+    /// prepared here and not yet decided. A batch does not wait for the
+    /// lock (it would hold back every other vote of the batch); nothing was
+    /// reserved, and the coordinator sends the prepare again alone.
+    #[error("shard {shard}: the prepare waits for a lock; sent again alone")]
+    Blocked { shard: ShardId },
 }
 
 impl ParticipantError {

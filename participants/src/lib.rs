@@ -25,6 +25,7 @@
 pub mod accounts;
 pub mod actor;
 mod amounts;
+mod batch;
 pub mod channels;
 pub mod config;
 pub mod decision;
@@ -48,7 +49,7 @@ pub use engine::{Engine, Prepared};
 pub use error::ParticipantError;
 pub use journal::Journal;
 pub use messages::{
-    Decide, GetStatus, ListInDoubt, Prepare, ReadAccount, ReadCharge, ReadOrder, ReadRecord, ScanRange, ScanRecords,
-    ShardRead, ShardReadAnswer, Shutdown,
+    Decide, DecideMany, GetStatus, ListInDoubt, Prepare, PrepareMany, ReadAccount, ReadCharge, ReadOrder, ReadRecord,
+    ScanRange, ScanRecords, ShardRead, ShardReadAnswer, Shutdown,
 };
 pub use record_store::{ScanPage, StoredRecord};

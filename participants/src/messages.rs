@@ -36,6 +36,23 @@ pub struct Decide {
     pub commit: bool,
 }
 
+/// Many prepares on one shard, as one message (a coordinator's batch):
+/// each is answered as a lone [`Prepare`] would be — in the same order —
+/// except that one which would wait for a lock held by an undecided
+/// transaction answers `Err(ParticipantError::Blocked)` at once, having
+/// reserved nothing. On a replicated shard the prepares of one such
+/// message go into one log entry. `Err` for the whole message when the
+/// shard cannot take any of it (not the leader, stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "Result<Vec<Result<Vote, ParticipantError>>, ParticipantError>")]
+pub struct PrepareMany(pub Vec<Prepare>);
+
+/// Many decisions on one shard, as one message; each answered as a lone
+/// [`Decide`] would be, in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "Result<Vec<Result<(), ParticipantError>>, ParticipantError>")]
+pub struct DecideMany(pub Vec<Decide>);
+
 /// The committed state of an account (`held_minor`: prepared debits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
 #[rtype(result = "Option<AccountView>")]

@@ -154,6 +154,8 @@ pub enum InvalidRequest {
     TooLarge { len_bytes: usize, max_bytes: usize },
     #[error("namespace {ns} is not ordered (a range read needs a namespace of {first} or above)")]
     NotAnOrderedNamespace { ns: u16, first: u16 },
+    #[error("a batch of {items} prepares or decisions; at most {max} per request")]
+    BatchTooLong { items: usize, max: usize },
 }
 
 /// Why a node could not serve a request. Everything except `Invalid` and

@@ -397,6 +397,61 @@ pub enum PeerRequest {
     /// so that it can win. An election is always safe in Raft; this only
     /// chooses when, and who stands.
     Campaign { group: RaftGroup, replica: crate::replica::ReplicaId, last_log_index: u64 },
+    /// 2PC phase one for many transactions on one shard: the prepares the
+    /// coordinator had ready for `shard` at one moment, in one frame (at
+    /// most [`MAX_BATCH_ITEMS`]). Answered by [`PeerResponse::Votes`]. A
+    /// prepare of a batch never waits for a lock (see [`BatchVote::Blocked`]),
+    /// so one contended transaction cannot hold back the others' votes.
+    PrepareBatch { shard: ShardId, prepares: Vec<PrepareItem> },
+    /// 2PC phase two for many transactions on one shard (at most
+    /// [`MAX_BATCH_ITEMS`]). Answered by [`PeerResponse::DecisionsApplied`].
+    DecideBatch { shard: ShardId, decisions: Vec<DecisionItem> },
+}
+
+/// Most prepares or decisions one [`PeerRequest::PrepareBatch`] or
+/// [`PeerRequest::DecideBatch`] carries: a bound on the work one frame
+/// starts on a shard (the frame's byte bound applies as well).
+pub const MAX_BATCH_ITEMS: usize = 512;
+
+/// One prepare of a [`PeerRequest::PrepareBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareItem {
+    pub txn: TxnId,
+    /// This shard's operations of the transaction, in request order.
+    pub ops: Vec<Operation>,
+}
+
+/// One decision of a [`PeerRequest::DecideBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionItem {
+    pub txn: TxnId,
+    pub commit: bool,
+}
+
+/// The answer to one prepare of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchVote {
+    /// The shard voted (durably, for a YES).
+    Voted(Vote),
+    /// The prepare conflicts with a transaction prepared here and not yet
+    /// decided: it would wait for that decision, which a batch does not
+    /// do. Nothing was reserved; the coordinator sends it again alone (a
+    /// lone prepare waits, at most the shard's `lock_wait_ms`).
+    Blocked,
+    /// The shard did not vote (it failed, or lost its leadership): like a
+    /// failed call of a lone prepare.
+    Failed(RequestError),
+}
+
+impl PeerRequest {
+    /// The shard a decision (lone or batched) is addressed to; `None` for
+    /// every other request. For link filters of fault tests.
+    pub fn decision_shard(&self) -> Option<ShardId> {
+        match self {
+            PeerRequest::Decide { shard, .. } | PeerRequest::DecideBatch { shard, .. } => Some(*shard),
+            _ => None,
+        }
+    }
 }
 
 /// Where a [`PeerRequest::AdmitReplica`] stands.
@@ -454,4 +509,16 @@ pub enum PeerResponse {
         reason: String,
     },
     Error(RequestError),
+    /// The answers to a [`PeerRequest::PrepareBatch`], each naming its
+    /// transaction (the coordinator pairs them by name, never by position).
+    Votes {
+        shard: ShardId,
+        votes: Vec<(TxnId, BatchVote)>,
+    },
+    /// The decisions of a [`PeerRequest::DecideBatch`] applied durably;
+    /// a decision not listed was not (the coordinator sends it again).
+    DecisionsApplied {
+        shard: ShardId,
+        applied: Vec<TxnId>,
+    },
 }

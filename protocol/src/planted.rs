@@ -62,10 +62,14 @@ pub enum Bug {
     /// ran before: Raft's amnesia, a replica that lost its votes and its
     /// acknowledged entries voting as if it had them.
     RebuildUnderOldIdentity,
+    /// The coordinator counts a prepare its batch answered `Blocked` (it
+    /// would have waited for a lock, and reserved nothing) as a YES: the
+    /// transaction commits on a shard that holds nothing for it.
+    BlockedCountedAsYes,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::VoteBeforeSync,
         Bug::CommitWithoutAllVotes,
         Bug::NoRedriveOnNewLeader,
@@ -80,6 +84,7 @@ impl Bug {
         Bug::VoteBeforeReplicated,
         Bug::FollowerSkipsReservation,
         Bug::RebuildUnderOldIdentity,
+        Bug::BlockedCountedAsYes,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -99,6 +104,7 @@ impl Bug {
             Bug::VoteBeforeReplicated => "vote-before-replicated",
             Bug::FollowerSkipsReservation => "follower-skips-reservation",
             Bug::RebuildUnderOldIdentity => "rebuild-under-old-identity",
+            Bug::BlockedCountedAsYes => "blocked-counted-as-yes",
         }
     }
 

@@ -54,6 +54,26 @@ fn samples() -> Vec<Envelope> {
         Message::Response(Response::Error(RequestError::Overloaded { what: "x".into() })),
         Message::Peer(PeerRequest::Prepare { txn, shard, ops }),
         Message::Peer(PeerRequest::Decide { txn, shard, commit: true }),
+        Message::Peer(PeerRequest::PrepareBatch {
+            shard,
+            prepares: vec![
+                paytx_protocol::messages::PrepareItem { txn, ops: ops.clone() },
+                paytx_protocol::messages::PrepareItem { txn: TxnId { seq: 2, ..txn }, ops: ops.clone() },
+            ],
+        }),
+        Message::Peer(PeerRequest::DecideBatch {
+            shard,
+            decisions: vec![paytx_protocol::messages::DecisionItem { txn, commit: false }],
+        }),
+        Message::PeerReply(PeerResponse::Votes {
+            shard,
+            votes: vec![
+                (txn, paytx_protocol::messages::BatchVote::Voted(paytx_protocol::Vote::Yes)),
+                (TxnId { seq: 2, ..txn }, paytx_protocol::messages::BatchVote::Blocked),
+                (TxnId { seq: 3, ..txn }, paytx_protocol::messages::BatchVote::Failed(RequestError::ShuttingDown)),
+            ],
+        }),
+        Message::PeerReply(PeerResponse::DecisionsApplied { shard, applied: vec![txn] }),
         Message::Peer(PeerRequest::Raft {
             group: RaftGroup::Coordinator,
             to: 2,

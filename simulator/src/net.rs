@@ -26,6 +26,8 @@ pub fn peer_label(request: &PeerRequest) -> String {
         }
         PeerRequest::Prepare { txn, shard, ops } => format!("prepare {txn} on {shard} ({} ops)", ops.len()),
         PeerRequest::Decide { txn, shard, commit } => format!("decide {txn} on {shard} commit={commit}"),
+        PeerRequest::PrepareBatch { shard, prepares } => format!("prepare {} txns on {shard}", prepares.len()),
+        PeerRequest::DecideBatch { shard, decisions } => format!("decide {} txns on {shard}", decisions.len()),
         PeerRequest::QueryDecision { txn } => format!("query decision of {txn}"),
         PeerRequest::Forward(request) => format!("forward {}", crate::workload::request_label(request)),
         PeerRequest::AuthHello { node, .. } => format!("auth hello from {node}"),

@@ -558,8 +558,15 @@ async fn simulate(config: SimConfig) -> RunReport {
         first_at_ms: None,
         recent: Vec::new(),
     };
+    let clients = rng.gen_range(2..=6);
+    // A quarter of the seeds run many clients at once, so that prepares and
+    // decisions meet in the coordinator's outbox and travel as batches
+    // (lone ones are the rule with a few clients). From a stream of its
+    // own, so that the other seeds' draws stay as they were.
+    let mut crowd = ChaCha8Rng::seed_from_u64(sub_seed(seed, 7));
+    let clients = if crowd.gen_range(0..4) == 0 { crowd.gen_range(12..=24) } else { clients };
     let workload_config = WorkloadConfig {
-        clients: rng.gen_range(2..=6),
+        clients,
         operations: config.operations,
         accounts: rng.gen_range(6..=16),
         hot_accounts: rng.gen_range(1..=3),
@@ -870,6 +877,12 @@ async fn simulate(config: SimConfig) -> RunReport {
                 let (handed_over, stopped) = service.metrics().hand_overs();
                 state.counters.leaders_handed_over += handed_over;
                 state.counters.hand_overs_stopped += stopped;
+                let batches = service.metrics().batches();
+                state.counters.prepare_batches += batches.prepare_batches;
+                state.counters.prepares_in_batches += batches.prepares;
+                state.counters.blocked_in_batches += batches.blocked;
+                state.counters.decide_batches += batches.decide_batches;
+                state.counters.decisions_in_batches += batches.decisions;
             }
         }
         for disk in cluster.disks.values() {

@@ -70,6 +70,15 @@ pub struct Counters {
     /// What the coordinator's batched log carried (the most advanced
     /// replica's `BatchStats` at the end of the run).
     pub batch: paytx_coordinator::table::BatchStats,
+    /// Prepare and decision batches answered (`PeerRequest::PrepareBatch`,
+    /// `DecideBatch`), the prepares and decisions they carried, and the
+    /// prepares of a batch answered `Blocked` (sent again alone), by the
+    /// nodes up at the end of the run (each counts since it last started).
+    pub prepare_batches: u64,
+    pub prepares_in_batches: u64,
+    pub decide_batches: u64,
+    pub decisions_in_batches: u64,
+    pub blocked_in_batches: u64,
 }
 
 /// A node as the network sees it.

@@ -65,6 +65,11 @@ fn presume_commit_is_caught() {
 }
 
 #[test]
+fn blocked_counted_as_yes_is_caught() {
+    assert_caught(Bug::BlockedCountedAsYes);
+}
+
+#[test]
 fn batch_results_misrouted_is_caught() {
     assert_caught(Bug::BatchResultsMisrouted);
 }

@@ -30,7 +30,9 @@ use crate::engine::{Admission, Touch};
 use crate::error::ParticipantError;
 use crate::group::state_machine::{lock_state, SharedShardState};
 use crate::group::types::{ShardCommand, ShardProposal, ShardRaft, StepResult};
-use crate::messages::{Decide, GetStatus, ListInDoubt, Prepare, ShardRead, ShardReadAnswer, Shutdown};
+use crate::messages::{
+    Decide, DecideMany, GetStatus, ListInDoubt, Prepare, PrepareMany, ShardRead, ShardReadAnswer, Shutdown,
+};
 use crate::MAX_DECLINE_PER_MILLION;
 use actix::fut::{ready, wrap_future, ActorFutureExt};
 use actix::{
@@ -106,6 +108,10 @@ pub struct ShardFront {
     /// Proposals held while this leader hands the group over
     /// (`paytx_raft::handover`).
     hold: Hold,
+    /// Set while one message's many commands are queued: they wait for one
+    /// pump at its end, so they share an entry instead of the first going
+    /// out alone into a free slot.
+    defer_pump: bool,
 }
 
 /// How often a replica checks whether its group has a leader.
@@ -150,6 +156,7 @@ impl ShardFront {
             read_waits: Vec::new(),
             next_wait_id: 0,
             hold: Hold::default(),
+            defer_pump: false,
         }
     }
 
@@ -190,7 +197,9 @@ impl ShardFront {
             let _ = full.item.reply.send(Err(error));
             return result;
         }
-        self.pump(ctx);
+        if !self.defer_pump {
+            self.pump(ctx);
+        }
         result
     }
 
@@ -285,13 +294,15 @@ impl ShardFront {
         found
     }
 
-    /// Proposes a prepare and sends its vote to `reply` — or parks it when
-    /// the NO may turn into a YES once a prepared transaction is decided.
+    /// Proposes a prepare and sends its vote to `reply` — or, when the NO
+    /// may turn into a YES once a prepared transaction is decided, parks it
+    /// (`may_park`) or answers `Blocked` (a prepare of a batch).
     fn propose_prepare(
         &mut self,
         txn: TxnId,
         ops: Vec<Operation>,
         admission: Admission,
+        may_park: bool,
         reply: oneshot::Sender<Result<Vote, ParticipantError>>,
         ctx: &mut Context<Self>,
     ) {
@@ -313,6 +324,10 @@ impl ShardFront {
                 Ok(StepResult::Voted { vote: Vote::Yes, .. }) => {
                     act.prepared_at.insert(txn, Instant::now());
                     let _ = reply.send(Ok(Vote::Yes));
+                }
+                Ok(StepResult::Voted { vote: Vote::No(_), blocked: true }) if act.may_wait() && !may_park => {
+                    // Applied as a NO that reserved nothing: sent again alone.
+                    let _ = reply.send(Err(ParticipantError::Blocked { shard }));
                 }
                 Ok(StepResult::Voted { vote: Vote::No(reason), blocked: true }) if act.may_wait() => {
                     act.park(Parked { id: 0, txn, ops, reason, reply }, ctx);
@@ -407,7 +422,7 @@ impl ShardFront {
             }
             if parked.ops.iter().any(|op| released.contains(&Touch::of(op))) {
                 // A retry: the channel was authorized the first time.
-                self.propose_prepare(parked.txn, parked.ops, Admission::default(), parked.reply, ctx);
+                self.propose_prepare(parked.txn, parked.ops, Admission::default(), true, parked.reply, ctx);
             } else {
                 self.parked.push_back(parked);
             }
@@ -540,22 +555,24 @@ impl Handler<Prepare> for ShardFront {
         if let Err(e) = self.check_leader() {
             return Box::pin(ready(Err(e)));
         }
-        let Prepare { txn, ops, disk_low } = msg;
-        let (latency_ms, mut admission) = self.authorize(txn, &ops).unwrap_or_default();
-        admission.disk_low = disk_low;
-        let (reply, vote) = oneshot::channel();
-        let shard = self.config.shard;
-        let answer = wrap_future(vote).map(move |vote, _act: &mut Self, _ctx| vote.unwrap_or(Err(dropped(shard))));
-        if latency_ms == 0 {
-            self.propose_prepare(txn, ops, admission, reply, ctx);
-            return Box::pin(answer);
+        self.handle_prepare(msg, true, ctx)
+    }
+}
+
+impl Handler<PrepareMany> for ShardFront {
+    type Result = Reply<Vec<Result<Vote, ParticipantError>>>;
+
+    fn handle(&mut self, msg: PrepareMany, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_leader() {
+            return Box::pin(ready(Err(e)));
         }
-        let wait = tokio::time::sleep(Duration::from_millis(latency_ms));
-        Box::pin(
-            wrap_future(wait)
-                .map(move |(), act: &mut Self, ctx| act.propose_prepare(txn, ops, admission, reply, ctx))
-                .then(move |(), _act, _ctx| answer),
-        )
+        // One pump at the end: the prepares ready now share an entry.
+        self.defer_pump = true;
+        let votes: Vec<_> = msg.0.into_iter().map(|prepare| self.handle_prepare(prepare, false, ctx)).collect();
+        self.defer_pump = false;
+        let votes = votes.into_iter().map(|vote| crate::batch::answer_later(vote, ctx)).collect();
+        self.pump(ctx);
+        Box::pin(wrap_future(crate::batch::collect(self.config.shard, votes)).map(|votes, _act, _ctx| Ok(votes)))
     }
 }
 
@@ -567,6 +584,46 @@ impl Handler<Decide> for ShardFront {
             return Box::pin(ready(Err(e)));
         }
         self.propose_decision(msg.txn, msg.commit, ctx)
+    }
+}
+
+impl Handler<DecideMany> for ShardFront {
+    type Result = Reply<Vec<Result<(), ParticipantError>>>;
+
+    fn handle(&mut self, msg: DecideMany, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_leader() {
+            return Box::pin(ready(Err(e)));
+        }
+        self.defer_pump = true;
+        let acks: Vec<_> =
+            msg.0.into_iter().map(|decide| self.propose_decision(decide.txn, decide.commit, ctx)).collect();
+        self.defer_pump = false;
+        let acks = acks.into_iter().map(|ack| crate::batch::answer_later(ack, ctx)).collect();
+        self.pump(ctx);
+        Box::pin(wrap_future(crate::batch::collect(self.config.shard, acks)).map(|acks, _act, _ctx| Ok(acks)))
+    }
+}
+
+impl ShardFront {
+    /// A prepare on the leader, lone (`may_park`: it may wait for a lock)
+    /// or of a batch: the channel model first, then the proposal.
+    fn handle_prepare(&mut self, msg: Prepare, may_park: bool, ctx: &mut Context<Self>) -> Reply<Vote> {
+        let Prepare { txn, ops, disk_low } = msg;
+        let (latency_ms, mut admission) = self.authorize(txn, &ops).unwrap_or_default();
+        admission.disk_low = disk_low;
+        let (reply, vote) = oneshot::channel();
+        let shard = self.config.shard;
+        let answer = wrap_future(vote).map(move |vote, _act: &mut Self, _ctx| vote.unwrap_or(Err(dropped(shard))));
+        if latency_ms == 0 {
+            self.propose_prepare(txn, ops, admission, may_park, reply, ctx);
+            return Box::pin(answer);
+        }
+        let wait = tokio::time::sleep(Duration::from_millis(latency_ms));
+        Box::pin(
+            wrap_future(wait)
+                .map(move |(), act: &mut Self, ctx| act.propose_prepare(txn, ops, admission, may_park, reply, ctx))
+                .then(move |(), _act, _ctx| answer),
+        )
     }
 }
 
