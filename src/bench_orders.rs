@@ -1,6 +1,8 @@
 //! `paytx bench-orders`: the first page of `GET /v1/orders` for one
 //! merchant holding many orders, over loopback HTTP against an embedded
-//! 3-node cluster serving the open-platform API.
+//! 3-node cluster serving the open-platform API. With `--merchants M` the
+//! orders are spread over M merchants (round-robin) and the first one's
+//! pages are timed: the cost of a page against the number of merchants.
 //!
 //! Loading: the orders are created in bulk — many orders per transaction,
 //! submitted over the native protocol — but each one with exactly the ops
@@ -20,9 +22,13 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOrdersArgs {
-    /// Orders of the one merchant.
+    /// Orders in all (of the one merchant, or spread over `--merchants`).
     #[arg(long, default_value_t = 1_000_000)]
     pub orders: u64,
+    /// Merchants the orders are spread over, round-robin; the first one's
+    /// pages are timed. Bounded: each is onboarded over the API.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub merchants: u64,
     /// Orders per loading transaction (5 operations, ~600 bytes each).
     /// Larger batches stalled the embedded cluster at ~860,000 orders (100 per
     /// transaction: Raft entries of ~60 KB; see the README's Performance).
@@ -51,6 +57,9 @@ struct QueryResult {
 #[derive(Debug, Serialize)]
 struct BenchOrdersReport {
     orders: u64,
+    merchants: u64,
+    /// Orders of the merchant whose pages were timed.
+    orders_of_timed_merchant: u64,
     load_secs: f64,
     loaded_orders_per_sec: f64,
     queries: Vec<QueryResult>,
@@ -94,8 +103,12 @@ fn print_report(args: &BenchOrdersArgs, report: &BenchOrdersReport) -> anyhow::R
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "loaded {} orders of one merchant in {:.0} s ({:.0} orders/s)",
-            report.orders, report.load_secs, report.loaded_orders_per_sec
+            "loaded {} orders of {} merchant(s) in {:.0} s ({:.0} orders/s); the timed merchant has {}",
+            report.orders,
+            report.merchants,
+            report.load_secs,
+            report.loaded_orders_per_sec,
+            report.orders_of_timed_merchant
         );
         println!("| query | requests | p50 | p99 | p99.9 | max |");
         println!("| --- | ---: | ---: | ---: | ---: | ---: |");
@@ -114,22 +127,32 @@ async fn bench(args: &BenchOrdersArgs, cluster: &Cluster, dir: &std::path::Path)
     let admin = std::fs::read_to_string(dir.join("admin.key"))?.trim().to_string();
     // A stuck request is an error, not a hung benchmark.
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    // One key for every merchant: onboarding does not ask for distinct keys,
+    // and 2048-bit key generation would dominate a run of many merchants.
     let key = paytx_gateway::signing::generate_key()?;
-    let onboard = serde_json::json!({
-        "name": "Bench Shop",
-        "notify_url": "http://127.0.0.1:9/notify",
-        "public_key_pem": paytx_gateway::signing::public_key_pem_of(&key)?,
-    });
-    let answer = http.post(format!("{api}/v1/merchants")).bearer_auth(&admin).json(&onboard).send().await?;
-    anyhow::ensure!(answer.status().as_u16() == 201, "onboarding answered {}", answer.status());
-    let merchant: serde_json::Value = answer.json().await?;
-    let merchant_id = merchant["id"].as_str().context("a merchant id")?.to_string();
+    let public_key_pem = paytx_gateway::signing::public_key_pem_of(&key)?;
     let client = Client::connect(cluster.addrs()).await.context("connecting")?;
-    let stored = client
-        .get_record(RecordKey::new(paytx_gateway::store::ns::MERCHANT, merchant_id.as_bytes()))
-        .await?
-        .context("the merchant record")?;
-    let merchant: MerchantRecord = serde_json::from_slice(&stored.value)?;
+    let mut merchants: Vec<(String, MerchantRecord)> = Vec::new();
+    for n in 0..args.merchants {
+        let onboard = serde_json::json!({
+            "name": format!("Bench Shop {n}"),
+            "notify_url": "http://127.0.0.1:9/notify",
+            "public_key_pem": public_key_pem,
+        });
+        let answer = http.post(format!("{api}/v1/merchants")).bearer_auth(&admin).json(&onboard).send().await?;
+        anyhow::ensure!(answer.status().as_u16() == 201, "onboarding merchant {n} answered {}", answer.status());
+        let merchant: serde_json::Value = answer.json().await?;
+        let merchant_id = merchant["id"].as_str().context("a merchant id")?.to_string();
+        let stored = client
+            .get_record(RecordKey::new(paytx_gateway::store::ns::MERCHANT, merchant_id.as_bytes()))
+            .await?
+            .context("the merchant record")?;
+        merchants.push((merchant_id, serde_json::from_slice(&stored.value)?));
+    }
+    let merchant_id = merchants[0].0.clone();
+    let merchants = std::sync::Arc::new(merchants.into_iter().map(|(_, record)| record).collect::<Vec<_>>());
+    // Orders 0, M, 2M, … are the timed merchant's.
+    let orders_of_timed = args.orders.div_ceil(args.merchants);
 
     // Load: one order a second up to now, oldest first.
     let started = Instant::now();
@@ -142,13 +165,14 @@ async fn bench(args: &BenchOrdersArgs, cluster: &Cluster, dir: &std::path::Path)
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut loaders = Vec::new();
     for _ in 0..args.load_concurrency.max(1) {
-        let (client, merchant, batches, next) = (client.clone(), merchant.clone(), batches.clone(), next.clone());
+        let (client, merchants, batches, next) = (client.clone(), merchants.clone(), batches.clone(), next.clone());
         loaders.push(tokio::spawn(async move {
             loop {
                 let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some((start, end)) = batches.get(index).copied() else { return Ok::<(), anyhow::Error>(()) };
                 let mut ops = Vec::new();
                 for n in start..end {
+                    let merchant = &merchants[(n % merchants.len() as u64) as usize];
                     let body = CreateOrderRequest {
                         out_trade_no: format!("B-{n}"),
                         amount_minor: serde_json::Number::from(100 + n % 900),
@@ -158,7 +182,7 @@ async fn bench(args: &BenchOrdersArgs, cluster: &Cluster, dir: &std::path::Path)
                     let hash = paytx_gateway::api::order_request_hash(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
                     let (id, number) = paytx_gateway::model::new_id("ord");
                     let (_, order_ops) =
-                        paytx_gateway::api::order_creation_ops(&merchant, &id, number, &body, &hash, first_secs + n)
+                        paytx_gateway::api::order_creation_ops(merchant, &id, number, &body, &hash, first_secs + n)
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                     ops.extend(order_ops);
                 }
@@ -192,7 +216,7 @@ async fn bench(args: &BenchOrdersArgs, cluster: &Cluster, dir: &std::path::Path)
             let elapsed = sent.elapsed();
             anyhow::ensure!(status.as_u16() == 200, "{query} answered {status}: {page}");
             let listed = page["data"].as_array().map_or(0, Vec::len);
-            anyhow::ensure!(listed == 20.min(args.orders as usize), "{query} listed {listed} orders");
+            anyhow::ensure!(listed as u64 == 20.min(orders_of_timed), "{query} listed {listed} orders");
             if n >= args.warmup {
                 record_us(&mut histogram, elapsed.as_micros() as u64);
             }
@@ -202,6 +226,8 @@ async fn bench(args: &BenchOrdersArgs, cluster: &Cluster, dir: &std::path::Path)
     }
     Ok(BenchOrdersReport {
         orders: args.orders,
+        merchants: args.merchants,
+        orders_of_timed_merchant: orders_of_timed,
         load_secs,
         loaded_orders_per_sec: args.orders as f64 / load_secs.max(1e-9),
         queries,

@@ -52,13 +52,13 @@ fn samples() -> Vec<Envelope> {
             shard_count: 3,
         })),
         Message::Response(Response::Error(RequestError::Overloaded { what: "x".into() })),
-        Message::Peer(PeerRequest::Prepare { txn, shard, ops }),
+        Message::Peer(PeerRequest::Prepare { txn, shard, ops: ops.clone() }),
         Message::Peer(PeerRequest::Decide { txn, shard, commit: true }),
         Message::Peer(PeerRequest::PrepareBatch {
             shard,
             prepares: vec![
                 paytx_protocol::messages::PrepareItem { txn, ops: ops.clone() },
-                paytx_protocol::messages::PrepareItem { txn: TxnId { seq: 2, ..txn }, ops: ops.clone() },
+                paytx_protocol::messages::PrepareItem { txn: TxnId { seq: 2, ..txn }, ops },
             ],
         }),
         Message::Peer(PeerRequest::DecideBatch {

@@ -40,7 +40,7 @@ pub(super) fn chunks<T>(items: Vec<T>, size: impl Fn(&T) -> usize, max_items: us
     if !current.is_empty() {
         out.push(current);
     }
-    debug_assert!(out.iter().all(|chunk| !chunk.is_empty() && chunk.len() <= max_items));
+    assert!(out.iter().all(|chunk| !chunk.is_empty() && chunk.len() <= max_items), "a chunk out of its bounds");
     out
 }
 
