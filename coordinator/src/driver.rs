@@ -394,11 +394,7 @@ impl CoordinatorDriver {
         let caller = self.shard_caller();
         let driver = ctx.address();
         if prepares.len() == 1 {
-            let PrepareItem { txn, ops } = prepares.remove(0);
-            actix::spawn(async move {
-                let reply = caller.call(shard, PeerRequest::Prepare { txn, shard, ops }).await;
-                driver.do_send(Completed(vec![prepare_reply_event(txn, shard, reply)]));
-            });
+            send_lone_prepare(caller, driver, shard, prepares.remove(0));
             return;
         }
         let txns: Vec<TxnId> = prepares.iter().map(|item| item.txn).collect();
@@ -409,12 +405,8 @@ impl CoordinatorDriver {
             // A prepare that would wait for a lock goes again alone: a lone
             // prepare waits (at most the shard's `lock_wait_ms`) without
             // holding back anyone else's vote.
-            for PrepareItem { txn, ops } in prepares.into_iter().filter(|item| blocked.contains(&item.txn)) {
-                let (caller, driver) = (caller.clone(), driver.clone());
-                actix::spawn(async move {
-                    let reply = caller.call(shard, PeerRequest::Prepare { txn, shard, ops }).await;
-                    driver.do_send(Completed(vec![prepare_reply_event(txn, shard, reply)]));
-                });
+            for item in prepares.into_iter().filter(|item| blocked.contains(&item.txn)) {
+                send_lone_prepare(caller.clone(), driver.clone(), shard, item);
             }
         });
     }
@@ -487,6 +479,16 @@ impl CoordinatorDriver {
             }
         }));
     }
+}
+
+/// Sends one prepare as a plain `Prepare`, in a task of its own; its
+/// answer comes back as a `Completed`.
+fn send_lone_prepare(caller: ShardCaller, driver: Addr<CoordinatorDriver>, shard: ShardId, item: PrepareItem) {
+    let PrepareItem { txn, ops } = item;
+    actix::spawn(async move {
+        let reply = caller.call(shard, PeerRequest::Prepare { txn, shard, ops }).await;
+        driver.do_send(Completed(vec![prepare_reply_event(txn, shard, reply)]));
+    });
 }
 
 /// How the driver's calls reach a participant shard's leader.
