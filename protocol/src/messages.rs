@@ -101,6 +101,7 @@ pub struct RecordView {
     /// Committed writes since the record was created (1 after the insert);
     /// the value for [`crate::ops::RecordExpect::Version`].
     pub version: u64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -370,7 +371,15 @@ pub enum PeerRequest {
     /// An openraft RPC for replica `to` of `group`, encoded by the
     /// `paytx-raft` crate. `to` is checked on arrival: a node rebuilt under
     /// a new replica id must not answer for its old one.
-    Raft { group: RaftGroup, to: crate::replica::ReplicaId, kind: RaftRpcKind, payload: Vec<u8> },
+    Raft {
+        group: RaftGroup,
+        to: crate::replica::ReplicaId,
+        kind: RaftRpcKind,
+        /// Encoded as one byte string (the same bytes on the wire as a
+        /// sequence of `u8`, decoded in one copy instead of per byte).
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
     /// 2PC phase one: coordinator → participant shard.
     Prepare { txn: TxnId, shard: ShardId, ops: Vec<Operation> },
     /// 2PC phase two: coordinator → participant shard.

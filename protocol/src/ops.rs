@@ -33,7 +33,12 @@ pub enum Operation {
     /// Writes an opaque record (`value: None` deletes it) if `expect` holds.
     /// `expect` is checked and the record locked at prepare; the write is
     /// applied at commit. At most [`MAX_RECORD_VALUE_BYTES`] of value.
-    PutRecord { key: RecordKey, value: Option<Vec<u8>>, expect: RecordExpect },
+    PutRecord {
+        key: RecordKey,
+        #[serde(with = "serde_bytes")]
+        value: Option<Vec<u8>>,
+        expect: RecordExpect,
+    },
 }
 
 /// Largest record value, in bytes. Records are bounded like everything

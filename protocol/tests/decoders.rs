@@ -174,3 +174,35 @@ fn claimed_lengths_above_the_cap_are_refused_without_allocating_them() {
     body.extend(varint(1 << 40)); // the key's length
     assert!(matches!(decode_body(&body), Err(FrameError::Malformed(_))));
 }
+
+/// Byte fields are encoded as byte strings (`serde_bytes`): the bytes on
+/// the wire must stay exactly those of a sequence of `u8`, so frames,
+/// journals and logs written before decode the same.
+#[test]
+fn byte_fields_keep_the_encoding_of_a_sequence_of_u8() {
+    #[derive(serde::Serialize)]
+    struct AsSequence {
+        group: paytx_protocol::messages::RaftGroup,
+        to: u64,
+        kind: RaftRpcKind,
+        payload: Vec<u8>,
+    }
+    #[derive(serde::Serialize)]
+    enum Old {
+        Raft(AsSequence),
+    }
+    for len in [0usize, 1, 250, 251, 70_000] {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let new = PeerRequest::Raft {
+            group: RaftGroup::Coordinator,
+            to: 3,
+            kind: RaftRpcKind::AppendEntries,
+            payload: payload.clone(),
+        };
+        let old =
+            Old::Raft(AsSequence { group: RaftGroup::Coordinator, to: 3, kind: RaftRpcKind::AppendEntries, payload });
+        assert_eq!(paytx_protocol::encode(&new).unwrap(), paytx_protocol::encode(&old).unwrap(), "{len} bytes");
+        let decoded: PeerRequest = paytx_protocol::decode(&paytx_protocol::encode(&new).unwrap()).unwrap();
+        assert_eq!(decoded, new);
+    }
+}
