@@ -33,9 +33,13 @@ async fn pay_until(
 
 /// Submits `ops` until they commit or `deadline` passes. A shard still
 /// electing when the prepare deadline passed aborts the transaction whole
-/// (nothing applied), so it is submitted again under a fresh key; a
-/// transient error (the client is told to retry with the same key) is
-/// retried with the same key. Any other outcome fails the test.
+/// (nothing applied), so it is submitted again under a fresh key; so is a
+/// payment refused with `Conflict` on its own order: its order's creation
+/// was committed but its decision had not reached the orders shard within
+/// `lock_wait_ms` (a coordinator failing over re-drives it), which the
+/// prepare's lock wait bounds by design. A transient error (the client is
+/// told to retry with the same key) is retried with the same key. Any
+/// other outcome fails the test.
 async fn submit_until(client: &paytx::Client, key: &str, ops: Vec<Operation>, deadline: tokio::time::Instant) -> bool {
     let mut attempt = 0;
     loop {
@@ -46,6 +50,14 @@ async fn submit_until(client: &paytx::Client, key: &str, ops: Vec<Operation>, de
                 if matches!(receipt.outcome, Outcome::Aborted(AbortReason::PrepareTimeout { .. }))
                     && tokio::time::Instant::now() < deadline =>
             {
+                attempt += 1;
+            }
+            Ok(receipt)
+                if matches!(&receipt.outcome, Outcome::Aborted(AbortReason::Conflict { entity }) if entity.starts_with("order-"))
+                    && key.starts_with("pay-")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 attempt += 1;
             }
             Ok(receipt) => panic!("{key} aborted: {:?}", receipt.outcome),
