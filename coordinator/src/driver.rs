@@ -399,9 +399,13 @@ impl CoordinatorDriver {
         }
         let txns: Vec<TxnId> = prepares.iter().map(|item| item.txn).collect();
         actix::spawn(async move {
-            let reply = caller.call(shard, PeerRequest::PrepareBatch { shard, prepares: prepares.clone() }).await;
+            let request = PeerRequest::PrepareBatch { shard, prepares };
+            let reply = caller.call(shard, &request).await;
             let (events, blocked) = outbox::prepare_batch_events(shard, &txns, reply);
             driver.do_send(Completed(events));
+            let PeerRequest::PrepareBatch { prepares, .. } = request else {
+                unreachable!("built as a PrepareBatch just above");
+            };
             // A prepare that would wait for a lock goes again alone: a lone
             // prepare waits (at most the shard's `lock_wait_ms`) without
             // holding back anyone else's vote.
@@ -416,14 +420,14 @@ impl CoordinatorDriver {
         let driver = ctx.address();
         if let [DecisionItem { txn, commit }] = decisions[..] {
             actix::spawn(async move {
-                let reply = caller.call(shard, PeerRequest::Decide { txn, shard, commit }).await;
+                let reply = caller.call(shard, &PeerRequest::Decide { txn, shard, commit }).await;
                 driver.do_send(Completed(vec![decide_reply_event(txn, shard, reply)]));
             });
             return;
         }
         let txns: Vec<TxnId> = decisions.iter().map(|item| item.txn).collect();
         actix::spawn(async move {
-            let reply = caller.call(shard, PeerRequest::DecideBatch { shard, decisions }).await;
+            let reply = caller.call(shard, &PeerRequest::DecideBatch { shard, decisions }).await;
             driver.do_send(Completed(outbox::decide_batch_events(shard, &txns, reply)));
         });
     }
@@ -486,7 +490,7 @@ impl CoordinatorDriver {
 fn send_lone_prepare(caller: ShardCaller, driver: Addr<CoordinatorDriver>, shard: ShardId, item: PrepareItem) {
     let PrepareItem { txn, ops } = item;
     actix::spawn(async move {
-        let reply = caller.call(shard, PeerRequest::Prepare { txn, shard, ops }).await;
+        let reply = caller.call(shard, &PeerRequest::Prepare { txn, shard, ops }).await;
         driver.do_send(Completed(vec![prepare_reply_event(txn, shard, reply)]));
     });
 }
@@ -500,7 +504,9 @@ struct ShardCaller {
 }
 
 impl ShardCaller {
-    async fn call(&self, shard: ShardId, request: PeerRequest) -> Result<PeerResponse, String> {
+    /// The request is borrowed: each attempt sends a copy, and the caller
+    /// keeps the original (a batch's blocked prepares are sent again from it).
+    async fn call(&self, shard: ShardId, request: &PeerRequest) -> Result<PeerResponse, String> {
         paytx_protocol::routing::call_shard(&*self.transport, &self.leaders, shard, request, self.timeout_ms).await
     }
 }

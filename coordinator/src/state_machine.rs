@@ -17,7 +17,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use paytx_raft::snapshot::StoredSnapshot;
+use paytx_raft::snapshot::{SnapshotStore, StoredSnapshot};
 use paytx_storage::SharedDisk;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
@@ -44,7 +44,7 @@ pub fn read_table(table: &SharedTable) -> std::sync::RwLockReadGuard<'_, TableSt
 
 pub struct StateMachineStore {
     state: SharedTable,
-    disk: SharedDisk,
+    snapshots: SnapshotStore,
     snapshot_seq: u64,
 }
 
@@ -60,11 +60,12 @@ impl StateMachineStore {
     /// Opens the state machine, restoring the last persisted snapshot.
     pub fn open(disk: SharedDisk, key_retention: u64) -> Result<Self, StorageError<NodeId>> {
         let mut state = TableState { table: TxnTable::new(key_retention), ..TableState::default() };
-        if let Some(stored) = stored_snapshot(&disk)? {
+        let (snapshots, stored) = SnapshotStore::open(disk, SNAPSHOT_SPACE)?;
+        if let Some(stored) = stored {
             state = paytx_protocol::decode_local(&stored.data)
                 .map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
         }
-        Ok(StateMachineStore { state: Arc::new(RwLock::new(state)), disk, snapshot_seq: 0 })
+        Ok(StateMachineStore { state: Arc::new(RwLock::new(state)), snapshots, snapshot_seq: 0 })
     }
 
     pub fn shared(&self) -> SharedTable {
@@ -72,33 +73,30 @@ impl StateMachineStore {
     }
 }
 
-fn stored_snapshot(disk: &SharedDisk) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
-    paytx_raft::snapshot::load(disk, SNAPSHOT_SPACE)
-}
-
-async fn persist_snapshot(disk: &SharedDisk, stored: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-    paytx_raft::snapshot::persist(disk, SNAPSHOT_SPACE, stored).await
-}
-
-/// Builds snapshots from a clone of the table.
+/// Builds snapshots from a clone of the table (encoded off the node's
+/// thread, see [`SnapshotStore`]).
 pub struct SnapshotBuilder {
-    state: TableState,
-    disk: SharedDisk,
+    state: Option<TableState>,
+    snapshots: SnapshotStore,
     snapshot_id: String,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let data =
-            paytx_protocol::encode(&self.state).map_err(|e| sm_write_err(std::io::Error::other(e.to_string())))?;
+        let state = self.state.take().ok_or_else(|| sm_write_err(std::io::Error::other("snapshot built twice")))?;
         let meta = SnapshotMeta {
-            last_log_id: self.state.last_applied,
-            last_membership: self.state.membership.clone(),
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
             snapshot_id: self.snapshot_id.clone(),
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        persist_snapshot(&self.disk, &stored).await?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        let (stored, ()) = self
+            .snapshots
+            .persist_with(move || {
+                let data = paytx_protocol::encode(&state).map_err(|e| e.to_string())?;
+                Ok((StoredSnapshot { meta, data }, ()))
+            })
+            .await?;
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
 
@@ -146,7 +144,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshot_seq),
             None => format!("empty-{}", self.snapshot_seq),
         };
-        SnapshotBuilder { state, disk: self.disk.clone(), snapshot_id }
+        SnapshotBuilder { state: Some(state), snapshots: self.snapshots.clone(), snapshot_id }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
@@ -165,7 +163,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 &std::io::Error::other(e.to_string()),
             ))
         })?;
-        persist_snapshot(&self.disk, &StoredSnapshot { meta: meta.clone(), data }).await?;
+        self.snapshots.persist(StoredSnapshot { meta: meta.clone(), data }).await?;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         *state = installed;
         state.last_applied = meta.last_log_id;
@@ -174,7 +172,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(stored_snapshot(&self.disk)?
+        Ok(self
+            .snapshots
+            .load()
+            .await?
             .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

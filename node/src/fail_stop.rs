@@ -114,6 +114,13 @@ impl Disk for FailStopDisk {
         self.inner.last(space)
     }
 
+    fn run_bulk(&self, job: paytx_storage::BulkJob) -> BoxFuture<Result<(), DiskError>> {
+        if let Some(stopped) = self.stopped() {
+            return Box::pin(async move { Err(stopped) });
+        }
+        self.inner.run_bulk(job)
+    }
+
     fn sync(&self) -> BoxFuture<Result<(), DiskError>> {
         if let Some(stopped) = self.stopped() {
             return Box::pin(async move { Err(stopped) });

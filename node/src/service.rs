@@ -363,7 +363,7 @@ impl NodeService {
             return error(RequestError::ShardUnavailable { shard });
         }
         let forward = PeerRequest::Forward(request);
-        match call_shard(&*self.transport, &self.shard_leaders, shard, forward, self.request_timeout_ms).await {
+        match call_shard(&*self.transport, &self.shard_leaders, shard, &forward, self.request_timeout_ms).await {
             Ok(PeerResponse::Forwarded(response)) => response,
             Ok(other) => error(RequestError::Internal(format!("a replica of {shard} answered a read with {other:?}"))),
             Err(e) => {

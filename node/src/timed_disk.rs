@@ -35,6 +35,10 @@ impl Disk for SyncTimedDisk {
         self.inner.last(space)
     }
 
+    fn run_bulk(&self, job: paytx_storage::BulkJob) -> BoxFuture<Result<(), DiskError>> {
+        self.inner.run_bulk(job)
+    }
+
     fn sync(&self) -> BoxFuture<Result<(), DiskError>> {
         let started = tokio::time::Instant::now();
         let synced = self.inner.sync();

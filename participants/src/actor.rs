@@ -608,8 +608,7 @@ impl Handler<PrepareMany> for ParticipantActor {
             return Box::pin(ready(Err(e)));
         }
         let votes: Vec<_> = msg.0.into_iter().map(|prepare| self.handle_prepare(prepare, false, ctx)).collect();
-        let votes = votes.into_iter().map(|vote| crate::batch::answer_later(vote, ctx)).collect();
-        Box::pin(wrap_future(crate::batch::collect(self.config.shard, votes)).map(|votes, _act, _ctx| Ok(votes)))
+        crate::batch::answer_all(self.config.shard, votes, ctx)
     }
 }
 
@@ -621,8 +620,7 @@ impl Handler<DecideMany> for ParticipantActor {
             return Box::pin(ready(Err(e)));
         }
         let acks: Vec<_> = msg.0.into_iter().map(|decide| self.decide(decide.txn, decide.commit, ctx)).collect();
-        let acks = acks.into_iter().map(|ack| crate::batch::answer_later(ack, ctx)).collect();
-        Box::pin(wrap_future(crate::batch::collect(self.config.shard, acks)).map(|acks, _act, _ctx| Ok(acks)))
+        crate::batch::answer_all(self.config.shard, acks, ctx)
     }
 }
 

@@ -3,13 +3,29 @@
 //! and the batch's answer collects their results in the items' order.
 
 use crate::error::ParticipantError;
-use actix::fut::ActorFutureExt;
+use actix::fut::{wrap_future, ActorFutureExt};
 use actix::{Actor, AsyncContext, Context, ResponseActFuture};
 use paytx_protocol::ShardId;
 use tokio::sync::oneshot;
 
+/// The answer of a batch message: every item's future runs in the actor's
+/// context on its own (an item waiting for its entry holds up no other),
+/// and the answer lists their results in the items' order.
+pub(crate) fn answer_all<A, T>(
+    shard: ShardId,
+    items: Vec<ResponseActFuture<A, Result<T, ParticipantError>>>,
+    ctx: &mut Context<A>,
+) -> ResponseActFuture<A, Result<Vec<Result<T, ParticipantError>>, ParticipantError>>
+where
+    A: Actor<Context = Context<A>>,
+    T: 'static,
+{
+    let results = items.into_iter().map(|item| answer_later(item, ctx)).collect();
+    Box::pin(wrap_future(collect(shard, results)).map(|answers, _act, _ctx| Ok(answers)))
+}
+
 /// Runs `future` in the actor's context; its result arrives on the receiver.
-pub(crate) fn answer_later<A, T>(future: ResponseActFuture<A, T>, ctx: &mut Context<A>) -> oneshot::Receiver<T>
+fn answer_later<A, T>(future: ResponseActFuture<A, T>, ctx: &mut Context<A>) -> oneshot::Receiver<T>
 where
     A: Actor<Context = Context<A>>,
     T: 'static,
@@ -24,7 +40,7 @@ where
 
 /// Waits for every item's answer, in order. An item whose future was
 /// dropped (the actor stopped) answers `Stopped`.
-pub(crate) async fn collect<T>(
+async fn collect<T>(
     shard: ShardId,
     results: Vec<oneshot::Receiver<Result<T, ParticipantError>>>,
 ) -> Vec<Result<T, ParticipantError>> {

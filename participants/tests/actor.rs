@@ -205,6 +205,10 @@ impl Disk for ProbeDisk {
         self.inner.last(space)
     }
 
+    fn run_bulk(&self, job: paytx_storage::BulkJob) -> BoxFuture<Result<(), DiskError>> {
+        self.inner.run_bulk(job)
+    }
+
     fn sync(&self) -> BoxFuture<Result<(), DiskError>> {
         self.syncs_started.fetch_add(1, Ordering::SeqCst);
         let mut gate = self.gate.subscribe();

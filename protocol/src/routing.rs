@@ -85,7 +85,7 @@ pub async fn call_shard(
     transport: &dyn Transport,
     leaders: &ShardLeaders,
     shard: ShardId,
-    request: PeerRequest,
+    request: &PeerRequest,
     timeout_ms: u64,
 ) -> Result<PeerResponse, String> {
     let mut queue: std::collections::VecDeque<NodeId> = leaders.candidates(shard).into();

@@ -86,6 +86,13 @@ impl Disk for FencedDisk {
         self.inner.last(space)
     }
 
+    fn run_bulk(&self, job: paytx_storage::BulkJob) -> BoxFuture<Result<(), DiskError>> {
+        if let Err(e) = self.check() {
+            return Box::pin(async move { Err(e) });
+        }
+        self.inner.run_bulk(job)
+    }
+
     fn sync(&self) -> BoxFuture<Result<(), DiskError>> {
         if let Err(e) = self.check() {
             return Box::pin(async move { Err(e) });

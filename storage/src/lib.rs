@@ -19,7 +19,7 @@ pub mod sled_disk;
 pub mod watermark;
 pub mod worker;
 
-pub use disk::{Batch, Disk, DiskError, KeyValue, SharedDisk, SyncCounters};
+pub use disk::{run_bulk, Batch, BulkJob, Disk, DiskError, KeyValue, SharedDisk, SyncCounters};
 pub use log_store::LogStore;
 pub use mem::MemDisk;
 pub use sled_disk::SledDisk;

@@ -74,6 +74,11 @@ struct Inner {
     /// Runs each flush (sled's blocking `flush`, then the watermark's
     /// write + fdatasync), one at a time.
     flusher: Worker,
+    /// Runs [`Disk::run_bulk`] jobs (snapshots), one at a time, off the
+    /// node's thread and off the flusher's (a snapshot must not delay a
+    /// group commit). Its queue holds at most one job per Raft group:
+    /// openraft builds one snapshot of a group at a time.
+    bulk: Worker,
 }
 
 /// sled tree holding the sync generation (see the module docs).
@@ -150,6 +155,7 @@ impl SledDisk {
             tracing::info!(replayed, "completed batches a crash interrupted");
         }
         let flusher = Worker::start("paytx-flush").map_err(|e| io(&dir.display().to_string(), e))?;
+        let bulk = Worker::start("paytx-bulk").map_err(|e| io(&dir.display().to_string(), e))?;
         Ok(SledDisk {
             inner: Arc::new(Inner {
                 db,
@@ -158,6 +164,7 @@ impl SledDisk {
                 requested_ticket: AtomicU64::new(0),
                 durable_ticket: AtomicU64::new(0),
                 flush_lock: tokio::sync::Mutex::new(()),
+                bulk,
                 poisoned: AtomicBool::new(false),
                 flushes: AtomicU64::new(0),
                 generation: AtomicU64::new(generation),
@@ -234,6 +241,11 @@ impl Disk for SledDisk {
             syncs: self.inner.requested_ticket.load(Ordering::Relaxed),
             flushes: self.inner.flushes.load(Ordering::Relaxed),
         }
+    }
+
+    fn run_bulk(&self, job: crate::BulkJob) -> BoxFuture<Result<(), DiskError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.bulk.run(job).await.map_err(|e| io("bulk", e)) })
     }
 
     fn sync(&self) -> BoxFuture<Result<(), DiskError>> {

@@ -570,9 +570,9 @@ impl Handler<PrepareMany> for ShardFront {
         self.defer_pump = true;
         let votes: Vec<_> = msg.0.into_iter().map(|prepare| self.handle_prepare(prepare, false, ctx)).collect();
         self.defer_pump = false;
-        let votes = votes.into_iter().map(|vote| crate::batch::answer_later(vote, ctx)).collect();
+        let answer = crate::batch::answer_all(self.config.shard, votes, ctx);
         self.pump(ctx);
-        Box::pin(wrap_future(crate::batch::collect(self.config.shard, votes)).map(|votes, _act, _ctx| Ok(votes)))
+        answer
     }
 }
 
@@ -598,9 +598,9 @@ impl Handler<DecideMany> for ShardFront {
         let acks: Vec<_> =
             msg.0.into_iter().map(|decide| self.propose_decision(decide.txn, decide.commit, ctx)).collect();
         self.defer_pump = false;
-        let acks = acks.into_iter().map(|ack| crate::batch::answer_later(ack, ctx)).collect();
+        let answer = crate::batch::answer_all(self.config.shard, acks, ctx);
         self.pump(ctx);
-        Box::pin(wrap_future(crate::batch::collect(self.config.shard, acks)).map(|acks, _act, _ctx| Ok(acks)))
+        answer
     }
 }
 

@@ -21,7 +21,7 @@ use openraft::{
 };
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{ShardId, Vote};
-use paytx_raft::snapshot::StoredSnapshot;
+use paytx_raft::snapshot::{SnapshotStore, StoredSnapshot};
 use paytx_raft::NodeId;
 use paytx_storage::SharedDisk;
 use std::io::Cursor;
@@ -80,8 +80,7 @@ pub struct ShardStateMachine {
     /// planted bug: replicated state must never depend on it).
     preferred: bool,
     recipe: EngineRecipe,
-    disk: SharedDisk,
-    snapshot_space: String,
+    snapshots: SnapshotStore,
     snapshot_seq: u64,
 }
 
@@ -111,20 +110,14 @@ impl ShardStateMachine {
             engine: recipe.empty(),
             snapshots_installed: 0,
         };
-        if let Some(stored) = paytx_raft::snapshot::load(&disk, &snapshot_space)? {
+        let (snapshots, stored) = SnapshotStore::open(disk, &snapshot_space)?;
+        if let Some(stored) = stored {
             state.engine =
                 recipe.restore(&stored.data).map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
             state.last_applied = stored.meta.last_log_id;
             state.membership = stored.meta.last_membership.clone();
         }
-        Ok(ShardStateMachine {
-            state: Arc::new(Mutex::new(state)),
-            preferred,
-            recipe,
-            disk,
-            snapshot_space,
-            snapshot_seq: 0,
-        })
+        Ok(ShardStateMachine { state: Arc::new(Mutex::new(state)), preferred, recipe, snapshots, snapshot_seq: 0 })
     }
 
     pub fn shared(&self) -> SharedShardState {
@@ -133,19 +126,35 @@ impl ShardStateMachine {
 }
 
 /// Builds a snapshot from an export of the engine taken under the lock.
+/// Only the export (a copy of the state) is made there; encoding and
+/// storing it run off the node's thread ([`SnapshotStore::persist_with`]),
+/// so neither `apply` nor the front waits for them.
 pub struct ShardSnapshotBuilder {
-    data: Result<Vec<u8>, String>,
+    export: Option<EngineSnapshot>,
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
-    disk: SharedDisk,
-    snapshot_space: String,
+    snapshots: SnapshotStore,
 }
 
 impl RaftSnapshotBuilder<ShardTypeConfig> for ShardSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<ShardTypeConfig>, StorageError<NodeId>> {
-        let data = std::mem::replace(&mut self.data, Err("snapshot built twice".to_string()))
-            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &std::io::Error::other(e))))?;
-        let stored = StoredSnapshot { meta: self.meta.clone(), data };
-        paytx_raft::snapshot::persist(&self.disk, &self.snapshot_space, &stored).await?;
+        let export = self.export.take().ok_or_else(|| {
+            StorageError::from(StorageIOError::write_snapshot(None, &std::io::Error::other("snapshot built twice")))
+        })?;
+        let meta = self.meta.clone();
+        let entities = export.entities.len();
+        let (stored, ()) = self
+            .snapshots
+            .persist_with(move || {
+                let data = paytx_protocol::encode(&export).map_err(|e| e.to_string())?;
+                Ok((StoredSnapshot { meta, data }, ()))
+            })
+            .await?;
+        tracing::info!(
+            snapshot = %stored.meta.snapshot_id,
+            entities,
+            bytes = stored.data.len(),
+            "shard snapshot stored"
+        );
         Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
@@ -207,8 +216,8 @@ impl RaftStateMachine<ShardTypeConfig> for ShardStateMachine {
         };
         let meta =
             SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
-        let data = paytx_protocol::encode(&state.engine.export()).map_err(|e| e.to_string());
-        ShardSnapshotBuilder { data, meta, disk: self.disk.clone(), snapshot_space: self.snapshot_space.clone() }
+        let export = Some(state.engine.export());
+        ShardSnapshotBuilder { export, meta, snapshots: self.snapshots.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
@@ -221,11 +230,16 @@ impl RaftStateMachine<ShardTypeConfig> for ShardStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let engine = self.recipe.restore(&data).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e)))
-        })?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        paytx_raft::snapshot::persist(&self.disk, &self.snapshot_space, &stored).await?;
+        // Decoded off the node's thread, like a build is encoded. A snapshot
+        // that does not decode stores nothing and fails the install.
+        let (recipe, stored_meta) = (self.recipe.clone(), meta.clone());
+        let (_, engine) = self
+            .snapshots
+            .persist_with(move || {
+                let engine = recipe.restore(&data)?;
+                Ok((StoredSnapshot { meta: stored_meta, data }, engine))
+            })
+            .await?;
         let mut state = lock_state(&self.state);
         state.engine = engine;
         state.last_applied = meta.last_log_id;
@@ -235,7 +249,10 @@ impl RaftStateMachine<ShardTypeConfig> for ShardStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<ShardTypeConfig>>, StorageError<NodeId>> {
-        Ok(paytx_raft::snapshot::load(&self.disk, &self.snapshot_space)?
+        Ok(self
+            .snapshots
+            .load()
+            .await?
             .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }
