@@ -117,6 +117,14 @@ async fn idempotency_keys_replay_the_first_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_and_login_keys_are_scoped_by_username() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    support::open_ends::account_keys_are_scoped_by_username(&api).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topup_retried_after_a_lost_answer_is_charged_once() {
     let dir = tempfile::tempdir().unwrap();
     let (gateway, api, memory) = start_with(dir.path(), |_| {}).await;
