@@ -40,13 +40,17 @@ pub async fn start(
     service: Arc<NodeService>,
     listen: SocketAddr,
 ) -> Result<RunningGateway, GatewayError> {
+    // An audit log the gateway cannot make durable stops the whole node,
+    // like any other disk write or fsync error (see `paytx_node::fail_stop`).
+    let latch = service.fail_stop().clone();
     let gateway = paytx_gateway::Gateway::new(
         config.gateway.clone(),
         Arc::new(InProcess(service.clone())),
         config.node_id,
         &config.data_dir,
         &routes_of(&config.channels),
-    )?;
+    )?
+    .with_fail_stop(Arc::new(move |reason| latch.trip(reason)));
     let running = paytx_gateway::start(gateway, listen).await?;
     // The node status (every node's admin view of the cluster) shows this
     // node's audit chain as the gateway's last check found it.

@@ -405,7 +405,8 @@ async fn racing_payments_and_refunds_stay_consistent() {
 /// The query endpoints and the open ends over real nodes: orders listed
 /// from their indexes while more are created (through other nodes), the
 /// statement against the client's own records, the wallet history,
-/// idempotency keys, revocable sessions.
+/// idempotency keys (registration's and login's scoped by username),
+/// revocable sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queries_and_open_ends_over_real_nodes() {
     captured_logs();
@@ -420,6 +421,7 @@ async fn queries_and_open_ends_over_real_nodes() {
     open_ends::idempotency_keys(&apis[1], &receiver).await;
     open_ends::every_other_post_takes_a_key(&apis[2], &receiver).await;
     open_ends::revocable_sessions(&apis[2]).await;
+    open_ends::account_keys_are_scoped_by_username(&apis[0]).await;
     receiver.stop().await;
     cluster.shutdown().await;
 }

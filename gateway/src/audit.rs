@@ -9,7 +9,12 @@
 //! at the tail is caught too. Entries ride sled's periodic flush (500 ms)
 //! and are flushed on shutdown, except those of money-moving requests
 //! (payments, refunds, top-ups): [`AuditLog::sync`] makes each of them
-//! durable before its answer is sent (`api::finish_durable`).
+//! durable before its answer is sent (`api::finish_durable`). A failed sync
+//! is fail-stop (README "Durability"): the log remembers it and every later
+//! sync fails too (after a failed fsync nothing written since the last good
+//! one can be trusted to be on disk), and `api::finish_durable` answers
+//! `500 audit_not_durable` instead of the request's answer and trips the
+//! node's fail-stop.
 
 use crate::secrets::to_hex;
 use paytx_protocol::messages::AuditChainView;
@@ -30,6 +35,8 @@ pub enum AuditError {
     Write(String),
     #[error("audit log {path}: {problem}")]
     Broken { path: PathBuf, problem: String },
+    #[error("cannot make the audit log durable (fsync failed): {0}")]
+    Sync(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +86,9 @@ pub struct AuditLog {
     /// How far the running node has verified its own chain
     /// ([`AuditLog::check_chain`]).
     checked: Mutex<Checked>,
+    /// The first sync failure, once there was one: every later sync fails
+    /// with it (fail-stop).
+    sync_failed: std::sync::OnceLock<String>,
 }
 
 /// The incremental check's progress: entries `1..=seq` verified, ending
@@ -129,7 +139,7 @@ impl AuditLog {
         let head = read_head(&db, path)?;
         let view = AuditChainView { entries: head.seq, verified_entries: 0, problem: None, checked_at_ms: 0 };
         let checked = Mutex::new(Checked { seq: 0, hash: [0; 32], view });
-        Ok(AuditLog { db, node, head: Mutex::new(head), checked })
+        Ok(AuditLog { db, node, head: Mutex::new(head), checked, sync_failed: std::sync::OnceLock::new() })
     }
 
     /// Verifies the entries appended since the last check (the first
@@ -220,9 +230,31 @@ impl AuditLog {
     }
 
     /// Makes every entry appended so far durable (an fsync of the audit
-    /// database). Concurrent callers share sled's flush.
+    /// database). Concurrent callers share sled's flush. Once a sync has
+    /// failed, every later one fails with the same reason, at once.
     pub async fn sync(&self) -> Result<(), AuditError> {
-        self.db.flush_async().await.map(|_| ()).map_err(|e| AuditError::Write(e.to_string()))
+        if let Some(reason) = self.sync_failed.get() {
+            return Err(AuditError::Sync(reason.clone()));
+        }
+        match self.db.flush_async().await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let reason = self.sync_failed.get_or_init(|| error.to_string());
+                Err(AuditError::Sync(reason.clone()))
+            }
+        }
+    }
+
+    /// The reason of the first failed sync, once one failed.
+    pub fn sync_failure(&self) -> Option<String> {
+        self.sync_failed.get().cloned()
+    }
+
+    /// A test seam: makes every later [`AuditLog::sync`] fail with
+    /// `reason`, as a failed fsync would.
+    #[doc(hidden)]
+    pub fn fail_syncs(&self, reason: &str) {
+        let _ = self.sync_failed.set(reason.to_string());
     }
 
     pub fn flush(&self) {
@@ -352,6 +384,22 @@ mod tests {
         assert_eq!(log.tail(2).len(), 2);
         drop(log);
         assert_eq!(verify(&path).unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_every_later_sync() {
+        let (_dir, path) = log_with(1);
+        let log = AuditLog::open(&path, 1).unwrap();
+        log.sync().await.expect("a healthy log syncs");
+        assert_eq!(log.sync_failure(), None);
+        log.fail_syncs("injected");
+        log.fail_syncs("a second reason is not kept");
+        for _ in 0..2 {
+            let error = log.sync().await.unwrap_err();
+            assert!(matches!(&error, AuditError::Sync(reason) if reason == "injected"), "{error}");
+        }
+        assert_eq!(log.sync_failure().as_deref(), Some("injected"));
+        assert_eq!(log.append("admin", "merchant.create", "mch_x", 201, "ok").unwrap(), 2, "appends go on");
     }
 
     #[test]

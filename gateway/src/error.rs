@@ -73,6 +73,15 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("internal error; see the node's log")]
     Internal,
+    /// A money-moving request's audit entry could not be made durable (the
+    /// fsync failed): its answer is withheld and the node stops. The
+    /// request may have taken effect; retry it with the same
+    /// `Idempotency-Key` once the node is back (or through another node).
+    #[error(
+        "the audit entry of this request could not be made durable; the request may have taken effect: retry it with \
+         the same Idempotency-Key"
+    )]
+    AuditNotDurable,
 }
 
 impl ApiError {
@@ -110,6 +119,7 @@ impl ApiError {
             ApiError::StatementTooLarge { .. } => "statement_too_large",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal => "internal",
+            ApiError::AuditNotDurable => "audit_not_durable",
         }
     }
 
@@ -143,7 +153,7 @@ impl ApiError {
             ApiError::ChannelUnavailable | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal | ApiError::AuditNotDurable => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

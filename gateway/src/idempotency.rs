@@ -10,8 +10,10 @@
 //! connection) finds its answer on retry and never runs twice — the top-up
 //! that charged twice on a retried 503 cannot happen. A request that did not
 //! commit remembers nothing and may run again: it changed nothing. Keys are
-//! scoped by caller (a merchant, a user, the admin, or anonymous), kept for
-//! `idempotency_ttl_secs` and then swept by the delivery-lease holder.
+//! scoped by caller (a merchant, a user, the admin) or, on the routes with
+//! no caller yet (registration, login), by the route and the username the
+//! body names ([`account_scope`]); kept for `idempotency_ttl_secs` and then
+//! swept by the delivery-lease holder.
 
 use crate::error::ApiError;
 use crate::server::Gateway;
@@ -46,10 +48,42 @@ pub struct Idempotency {
     request_hash: String,
 }
 
+/// A route with no authenticated caller, whose keys are scoped by the
+/// account its body names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountRoute {
+    /// `POST /v1/users`.
+    Register,
+    /// `POST /v1/sessions`.
+    Login,
+}
+
+/// The scope of a key on an unauthenticated route: the route and the
+/// username (`register:<username>`, `login:<username>`), so two people who
+/// pick the same key, or one person's registration and login, never share
+/// a key. Only a valid username (`[a-z0-9_]{3,32}`: no `:`, no newline) is
+/// accepted, so no scope can be made equal to a caller's scope (`admin`,
+/// `merchant:<id>`, `user:<id>`) nor to another route's or user's.
+pub fn account_scope(route: AccountRoute, username: &str) -> Result<String, ApiError> {
+    crate::validate::username(username)?;
+    let route = match route {
+        AccountRoute::Register => "register",
+        AccountRoute::Login => "login",
+    };
+    Ok(format!("{route}:{username}"))
+}
+
 /// The request's key, scoped by `scope` (who is asking); `None` without
-/// the header. A key is 1–255 printable ASCII characters.
+/// the header. A key is 1–255 printable ASCII characters. The record's key
+/// is `scope`, a newline, the key: a key has no newline, and a scope must
+/// not have one either (a scope with one is refused as an internal error),
+/// so different scopes never share a record.
 pub fn from_request(req: &HttpRequest, scope: &str, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
     let Some(value) = req.headers().get(HEADER) else { return Ok(None) };
+    if scope.is_empty() || scope.contains('\n') {
+        tracing::error!("an idempotency scope that is empty or holds a newline");
+        return Err(ApiError::Internal);
+    }
     let bad = || ApiError::InvalidField { field: "Idempotency-Key", reason: "1-255 printable ASCII characters".into() };
     let key = value.to_str().map_err(|_| bad())?;
     if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {

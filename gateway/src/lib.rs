@@ -28,5 +28,5 @@ pub mod validate;
 
 pub use config::GatewayConfig;
 pub use routing::{PayMethod, RouteConfig, RoutingStrategy};
-pub use server::{create_missing_keys, start, Gateway, GatewayError, RunningGateway};
+pub use server::{create_missing_keys, start, FailStopHook, Gateway, GatewayError, RunningGateway};
 pub use store::ClusterApi;

@@ -61,7 +61,15 @@ pub struct Gateway {
     /// Requests answered and notification attempts, for the node's admin
     /// listener (`/metrics`).
     pub metrics: crate::http_metrics::HttpMetrics,
+    /// Stops the node this gateway serves (its fail-stop), with the reason:
+    /// called when the audit log cannot be made durable. `None` for a
+    /// gateway not run by a node (tests); see [`Gateway::with_fail_stop`].
+    pub fail_stop: Option<FailStopHook>,
 }
+
+/// The node's fail-stop, as the gateway sees it: trips the node's latch
+/// with the reason (the gateway does not depend on the node crate).
+pub type FailStopHook = Arc<dyn Fn(String) + Send + Sync>;
 
 /// One async lock per key, held only while someone uses it: the map holds
 /// the keys locked or waited for right now, no more.
@@ -179,7 +187,23 @@ impl Gateway {
             merchant_limiter,
             address_limiter,
             metrics: crate::http_metrics::HttpMetrics::new(),
+            fail_stop: None,
         })
+    }
+
+    /// This gateway, stopping its node through `hook` on a fatal disk
+    /// error of its own (an audit sync that failed).
+    pub fn with_fail_stop(mut self, hook: FailStopHook) -> Gateway {
+        self.fail_stop = Some(hook);
+        self
+    }
+
+    /// Trips the node's fail-stop, when the gateway has one.
+    pub fn stop_the_node(&self, reason: String) {
+        match &self.fail_stop {
+            Some(hook) => hook(reason),
+            None => tracing::error!(%reason, "fatal disk error, and no node fail-stop to trip"),
+        }
     }
 }
 

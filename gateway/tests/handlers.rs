@@ -25,6 +25,15 @@ async fn start_with(
     dir: &std::path::Path,
     adjust: impl FnOnce(&mut GatewayConfig),
 ) -> (paytx_gateway::RunningGateway, Api, Arc<MemoryCluster>) {
+    start_stopping_with(dir, adjust, None).await
+}
+
+/// [`start_with`], with `fail_stop` as the node's fail-stop.
+async fn start_stopping_with(
+    dir: &std::path::Path,
+    adjust: impl FnOnce(&mut GatewayConfig),
+    fail_stop: Option<paytx_gateway::FailStopHook>,
+) -> (paytx_gateway::RunningGateway, Api, Arc<MemoryCluster>) {
     let mut config = GatewayConfig {
         admin_key_file: dir.join("admin.key"),
         card_key_file: dir.join("card.key"),
@@ -46,7 +55,10 @@ async fn start_with(
     let admin = std::fs::read_to_string(&config.admin_key_file).unwrap().trim().to_string();
     let memory = Arc::new(MemoryCluster::default());
     let cluster: Arc<dyn paytx_gateway::ClusterApi> = memory.clone();
-    let gateway = paytx_gateway::Gateway::new(config, cluster, 1, dir, &routes).unwrap();
+    let mut gateway = paytx_gateway::Gateway::new(config, cluster, 1, dir, &routes).unwrap();
+    if let Some(hook) = fail_stop {
+        gateway = gateway.with_fail_stop(hook);
+    }
     let running = paytx_gateway::start(gateway, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let api = Api::new(format!("http://{}", running.addr()), admin);
     (running, api, memory)
@@ -117,6 +129,14 @@ async fn idempotency_keys_replay_the_first_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_and_login_keys_are_scoped_by_username() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api) = start(dir.path()).await;
+    support::open_ends::account_keys_are_scoped_by_username(&api).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topup_retried_after_a_lost_answer_is_charged_once() {
     let dir = tempfile::tempdir().unwrap();
     let (gateway, api, memory) = start_with(dir.path(), |_| {}).await;
@@ -173,6 +193,53 @@ async fn a_money_moving_answer_follows_its_durable_audit_entry() {
         let last = log.tail(1).pop().expect("an entry");
         assert_eq!((last.action.as_str(), last.status), ("topup.create", 201), "after {entries} entries");
     }
+    gateway.stop().await;
+}
+
+/// When the audit entry of a money-moving request cannot be fsynced, its
+/// answer is withheld: `500 audit_not_durable`, the node's fail-stop is
+/// tripped, and the log holds the request's entry (what committed: the
+/// money moved) followed by an `audit.sync` entry of the 500. Every later
+/// money-moving request is answered the same way (a failed fsync is never
+/// retried), its retry included, and charges nothing twice; other
+/// requests are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_sync_failure_withholds_the_answer_and_stops_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let stops = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorded = stops.clone();
+    let hook: paytx_gateway::FailStopHook = Arc::new(move |reason| recorded.lock().unwrap().push(reason));
+    let (gateway, api, _) = start_stopping_with(dir.path(), |_| {}, Some(hook)).await;
+    let receiver = Receiver::start(0).await;
+    let w = support::scenarios::world(&api, &receiver, "unsynced").await;
+    assert!(stops.lock().unwrap().is_empty(), "healthy syncs stop nothing");
+
+    gateway.gateway().audit.fail_syncs("injected fsync failure");
+    let path = format!("/v1/users/{}/topups", w.user);
+    let body = serde_json::json!({"method": "alipay", "amount_minor": 77});
+    let topup = support::open_ends::post_with_key(&api, &path, &w.token, "unsynced-1", &body).await;
+    assert_eq!(
+        (topup.status, topup.code()),
+        (reqwest::StatusCode::INTERNAL_SERVER_ERROR, "audit_not_durable"),
+        "{}",
+        topup.text
+    );
+    assert!(topup.body.get("status").is_none(), "no trace of the success answer: {}", topup.text);
+    {
+        let stops = stops.lock().unwrap();
+        assert_eq!(stops.len(), 1, "{stops:?}");
+        assert!(stops[0].contains("injected fsync failure"), "{stops:?}");
+    }
+    let tail = gateway.gateway().audit.tail(2);
+    let seen: Vec<_> = tail.iter().map(|e| (e.action.as_str(), e.status, e.outcome.as_str())).collect();
+    assert_eq!(seen, [("topup.create", 201, "ok"), ("audit.sync", 500, "audit_not_durable")]);
+    assert_eq!(tail[0].actor, tail[1].actor);
+    assert_eq!(api.balance(&w.user_account, &w.token).await, 10_000 + 77, "the top-up committed");
+
+    let retried = support::open_ends::post_with_key(&api, &path, &w.token, "unsynced-1", &body).await;
+    assert_eq!((retried.status, retried.code()), (reqwest::StatusCode::INTERNAL_SERVER_ERROR, "audit_not_durable"));
+    assert_eq!(api.balance(&w.user_account, &w.token).await, 10_000 + 77, "the retry charged nothing");
+    assert_eq!(stops.lock().unwrap().len(), 2, "every withheld answer trips the latch (it keeps the first reason)");
     gateway.stop().await;
 }
 

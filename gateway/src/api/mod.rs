@@ -69,18 +69,32 @@ fn audit(gw: &Gateway, note: AuditNote, result: Result<HttpResponse, ApiError>) 
 /// [`finish`] for a money-moving request: its audit entry is durable before
 /// the response leaves (an entry left to sled's periodic flush could be
 /// lost in a crash right after the client learnt that money moved).
+///
+/// (decision) When the sync fails, no answer of the request is sent —
+/// not even a refusal: `500 audit_not_durable` instead, an `audit.sync`
+/// entry saying so is appended after the request's own (neither is known
+/// to be durable), and the node is stopped (fail-stop, README
+/// "Durability"). The request's own entry keeps the outcome that committed:
+/// the money may have moved. Every later sync fails too, so until the node
+/// stops every money-moving request is answered the same way; a retry with
+/// the same `Idempotency-Key` after the restart gets the committed answer.
 pub(crate) async fn finish_durable(
     gw: &Gateway,
     note: AuditNote,
     result: Result<HttpResponse, ApiError>,
 ) -> HttpResponse {
+    let (actor, action, target) = (note.actor.clone(), note.action, note.target.clone());
     let response = finish(gw, note, result).await;
-    if let Err(error) = gw.audit.sync().await {
-        // The money has moved (or not) already; the answer must still say
-        // which. The node's log says the audit could not be made durable.
-        tracing::error!(%error, "syncing the audit log failed");
+    let Err(error) = gw.audit.sync().await else { return response };
+    let withheld = response.status().as_u16();
+    tracing::error!(%error, action, status = withheld, "the audit entry of a money-moving request is not durable: \
+        its answer is withheld (500 audit_not_durable) and the node stops");
+    let refusal = ApiError::AuditNotDurable;
+    if let Err(error) = gw.audit.append(&actor, "audit.sync", &target, refusal.status().as_u16(), refusal.code()) {
+        tracing::error!(%error, "audit append failed");
     }
-    response
+    gw.stop_the_node(format!("the gateway audit log cannot be made durable: {error}"));
+    actix_web::ResponseError::error_response(&refusal)
 }
 
 /// Reads the body, refusing more than [`MAX_BODY_BYTES`] without buffering it.

@@ -18,13 +18,16 @@ async fn register_user_inner(
 ) -> Result<HttpResponse, ApiError> {
     auth::limit_address(gw, req)?;
     let raw = read_body(req, payload).await?;
-    let idem = idempotency::from_request(req, "anonymous", &raw)?;
+    // The key is scoped by the username the body names: parse and check
+    // it first (the same body parses the same way on a replay).
+    let body: RegisterUserRequest = parse(&raw)?;
+    validate::username(&body.username)?;
+    let scope = idempotency::account_scope(idempotency::AccountRoute::Register, &body.username)?;
+    let idem = idempotency::from_request(req, &scope, &raw)?;
     note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }
-    let body: RegisterUserRequest = parse(&raw)?;
-    validate::username(&body.username)?;
     validate::password(&body.password)?;
     validate::name("real_name", &body.real_name)?;
     validate::card_number(&body.card_number)?;
@@ -99,13 +102,16 @@ async fn create_session_inner(
 ) -> Result<HttpResponse, ApiError> {
     auth::limit_address(gw, req)?;
     let raw = read_body(req, payload).await?;
-    let idem = idempotency::from_request(req, "anonymous", &raw)?;
+    // The key is scoped by the username the body names (see `register_user`).
+    let body: CreateSessionRequest = parse(&raw)?;
+    validate::username(&body.username).map_err(|_| ApiError::BadCredentials)?;
+    let scope = idempotency::account_scope(idempotency::AccountRoute::Login, &body.username)
+        .map_err(|_| ApiError::BadCredentials)?;
+    let idem = idempotency::from_request(req, &scope, &raw)?;
     note.idem = idem.clone();
     if let Some(replay) = idempotency::replayed(gw, &idem).await? {
         return Ok(replay);
     }
-    let body: CreateSessionRequest = parse(&raw)?;
-    validate::username(&body.username).map_err(|_| ApiError::BadCredentials)?;
     note.target = body.username.clone();
     let Some((claim, _)) = gw.store.get::<Claim>(ns::USERNAME, &body.username).await? else {
         return Err(ApiError::BadCredentials);

@@ -130,8 +130,10 @@ pub async fn every_other_post_takes_a_key(api: &Api, receiver: &Receiver) {
     let again = send("/v1/users", None, register.clone(), "reg-1").await;
     assert_eq!((again.status, &again.body), (StatusCode::CREATED, &first.body), "not username_taken: {}", again.text);
     assert_eq!(again.headers["idempotent-replayed"], "true");
+    // Another body for the same username (keys are scoped by it: another
+    // user's key never collides, see `account_keys_are_scoped_by_username`).
     let mut other = register.clone();
-    other["username"] = json!("keyed2");
+    other["real_name"] = json!("Someone Else");
     let conflict = send("/v1/users", None, other, "reg-1").await;
     assert_eq!(conflict.code(), "idempotency_conflict", "{}", conflict.text);
     // A username that was taken is the key's answer too: a definite refusal.
@@ -177,6 +179,68 @@ pub async fn every_other_post_takes_a_key(api: &Api, receiver: &Receiver) {
     assert_eq!(refused.code(), "invalid_token", "a revoked session changes nothing: {}", refused.text);
     let without_key = api.post(&path, Some(&token), &change).await;
     assert_eq!(without_key.code(), "invalid_token");
+}
+
+/// Registration and login have no caller yet: their keys are scoped by the
+/// route and the username the body names. Two people who pick the same key
+/// both register and log in; one person's registration and login under one
+/// key are two requests; the same key and body is still replayed and
+/// another body for the same username and route is still a conflict; a
+/// username that could forge another scope is refused before any key is
+/// looked at.
+pub async fn account_keys_are_scoped_by_username(api: &Api) {
+    let key = || vec![("Idempotency-Key", "shared-key".to_string())];
+    let post = |path: &'static str, body: Value| {
+        let api = api.clone();
+        async move { api.send(Method::POST, path, None, Some(body.to_string().into_bytes()), &key()).await }
+    };
+    let register = |username: &str| json!({"username": username, "password": "s3cretpass", "real_name": "Same Key", "card_number": scenarios::CARD});
+    let ann = post("/v1/users", register("scoped_ann")).await;
+    assert_eq!(ann.status, StatusCode::CREATED, "{}", ann.text);
+    let bob = post("/v1/users", register("scoped_bob")).await;
+    assert_eq!(bob.status, StatusCode::CREATED, "another user's key does not collide: {}", bob.text);
+    assert!(bob.headers.get("idempotent-replayed").is_none(), "bob's own registration, not ann's");
+    assert_eq!(bob.body["username"], "scoped_bob");
+    assert_ne!(bob.body["id"], ann.body["id"]);
+
+    let ann_again = post("/v1/users", register("scoped_ann")).await;
+    assert_eq!((ann_again.status, &ann_again.body), (StatusCode::CREATED, &ann.body), "{}", ann_again.text);
+    assert_eq!(ann_again.headers["idempotent-replayed"], "true");
+    let mut changed = register("scoped_ann");
+    changed["real_name"] = json!("Not Ann");
+    let conflict = post("/v1/users", changed).await;
+    assert_eq!((conflict.status, conflict.code()), (StatusCode::CONFLICT, "idempotency_conflict"), "{}", conflict.text);
+
+    // Login under the key registration used: a request of its own.
+    let credentials = |username: &str| json!({"username": username, "password": "s3cretpass"});
+    let ann_login = post("/v1/sessions", credentials("scoped_ann")).await;
+    assert_eq!(ann_login.status, StatusCode::CREATED, "registration's key does not collide: {}", ann_login.text);
+    assert!(ann_login.headers.get("idempotent-replayed").is_none());
+    assert_eq!(ann_login.body["user_id"], ann.body["id"]);
+    let bob_login = post("/v1/sessions", credentials("scoped_bob")).await;
+    assert_eq!(bob_login.status, StatusCode::CREATED, "{}", bob_login.text);
+    assert!(bob_login.headers.get("idempotent-replayed").is_none());
+    assert_eq!(bob_login.body["user_id"], bob.body["id"], "bob's own session, not ann's");
+    let ann_login_again = post("/v1/sessions", credentials("scoped_ann")).await;
+    assert_eq!((ann_login_again.status, &ann_login_again.body), (StatusCode::CREATED, &ann_login.body));
+    assert_eq!(ann_login_again.headers["idempotent-replayed"], "true");
+    let wrong = post("/v1/sessions", json!({"username": "scoped_ann", "password": "an0therpass"})).await;
+    assert_eq!((wrong.status, wrong.code()), (StatusCode::CONFLICT, "idempotency_conflict"), "{}", wrong.text);
+    let token = ann_login.body["token"].as_str().unwrap();
+    assert_eq!(api.balance(ann.body["account_id"].as_str().unwrap(), token).await, 0, "the replayed token works");
+
+    // Usernames that would put a separator into the scope are refused.
+    for forged in ["user:usr_1", "scoped_ann\nx", "admin:"] {
+        let reply = post("/v1/users", register(forged)).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (StatusCode::BAD_REQUEST, "invalid_field"),
+            "{forged:?}: {}",
+            reply.text
+        );
+        let login = post("/v1/sessions", credentials(forged)).await;
+        assert_eq!((login.status, login.code()), (StatusCode::UNAUTHORIZED, "bad_credentials"), "{}", login.text);
+    }
 }
 
 /// A top-up whose answer is lost after the commit (the client sees 503)
