@@ -398,6 +398,34 @@ async fn racing_payments_and_refunds_stay_consistent() {
     assert_eq!(view["refunded_minor"].as_i64(), Some(granted));
     let after = apis[0].balance(&w.user_account, &w.token).await + apis[0].balance(&judy_account, &judy_token).await;
     assert_eq!(after, 20_000 - 2_500 + granted, "refunds went back to the payer's wallet, once each");
+
+    // Heavier: thirty refunds of 100 at once on a 2 000 order, ten through
+    // each node. Each round a node loses is another refund committing, so
+    // none of them may run out of patience: exactly twenty fit and are
+    // granted, the other ten get a definite 409.
+    let order = scenarios::new_order(&apis[0], &w, "RACE-2", 2_000).await;
+    let paid = scenarios::pay(&apis[1], &w, &order, "balance").await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.text);
+    let before = apis[0].balance(&w.user_account, &w.token).await;
+    let refunds = futures::future::join_all((0..30).map(|n| {
+        let api = apis[n % 3].clone();
+        let w = &w;
+        let order = order.clone();
+        async move { scenarios::refund(&api, w, &order, &format!("RR2-{n}"), 100).await }
+    }))
+    .await;
+    for r in &refunds {
+        assert!(
+            r.status == StatusCode::CREATED || matches!(r.code(), "refund_exceeds_paid" | "order_not_refundable"),
+            "{}",
+            r.text
+        );
+    }
+    let granted: i64 = refunds.iter().filter(|r| r.status == StatusCode::CREATED).count() as i64 * 100;
+    assert_eq!(granted, 2_000, "every refund that fits is granted");
+    let view = scenarios::order(&apis[2], &w, &order).await;
+    assert_eq!(view["refunded_minor"].as_i64(), Some(granted), "{view}");
+    assert_eq!(apis[0].balance(&w.user_account, &w.token).await, before + granted, "each refund paid back once");
     receiver.stop().await;
     cluster.shutdown().await;
 }

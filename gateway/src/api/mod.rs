@@ -136,10 +136,21 @@ pub(crate) fn hash_hex(parts: &[&str]) -> String {
 /// A short randomised pause before looking at a contended order again, so
 /// racing requests spread out instead of colliding on every attempt.
 pub(crate) async fn contention_backoff(attempt: usize) {
-    use rand::Rng;
+    tokio::time::sleep(contention_delay(attempt)).await;
+}
+
+/// The pause of [`contention_backoff`]: 20 ms doubling per attempt up to
+/// 320 ms, plus as much again at random.
+pub(crate) fn contention_delay(attempt: usize) -> std::time::Duration {
     let base_ms = 20u64 << attempt.min(4);
-    let jitter_ms = rand::thread_rng().gen_range(0..base_ms);
-    tokio::time::sleep(std::time::Duration::from_millis(base_ms + jitter_ms)).await;
+    std::time::Duration::from_millis(base_ms + contention_jitter_ms(base_ms))
+}
+
+/// A random pause below `bound_ms` (gateway code, not protocol code: the
+/// thread RNG is fine here).
+pub(crate) fn contention_jitter_ms(bound_ms: u64) -> u64 {
+    use rand::Rng;
+    rand::thread_rng().gen_range(0..bound_ms.max(1))
 }
 
 pub(crate) fn txn_key(kind: &str) -> String {

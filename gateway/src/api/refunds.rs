@@ -2,9 +2,80 @@
 
 use super::*;
 
-/// Attempts of a refund whose order moved under it (a refund through
-/// another node): with the backoff, about 10 s before `503`.
-const REFUND_ATTEMPTS: usize = 16;
+/// Attempts of a refund that lost without anyone making progress (a lock
+/// wait that expired, a merchant balance held by a racing refund that may
+/// yet abort, an order record read before its payment committed): with the
+/// backoff, about 10 s before `503`.
+const REFUND_STALLS: usize = 16;
+
+/// How a refund that lost a round decides whether to try again.
+///
+/// Concurrent refunds of one order through different nodes race on the
+/// order record's version. Losing that race (or the status entry's, or the
+/// `out_refund_no` claim's) means another refund of this order *committed*:
+/// after the payment only refunds write a paid order's record, and a
+/// version moves only at a commit. At most [`MAX_REFUNDS_PER_ORDER`] ever
+/// commit per order, so a refund loses at most that many such rounds
+/// before it wins or meets a definite `409` (`too_many_refunds`,
+/// `refund_exceeds_paid`, `order_not_refundable`). Those rounds are
+/// therefore not counted against [`REFUND_STALLS`]: a fixed budget over
+/// both (16 before) could answer `503` to a refund that fits, under enough
+/// cross-node contention. Only rounds nobody won are.
+#[derive(Debug, Default)]
+struct RefundRounds {
+    /// Rounds lost to a refund of this order that committed.
+    overtaken: usize,
+    /// Rounds lost without a commit of this order.
+    stalled: usize,
+}
+
+/// What a lost round means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    /// Another refund of this order committed since we read it.
+    Overtaken,
+    /// Nobody is known to have made progress.
+    Stalled,
+}
+
+impl RefundRounds {
+    /// Records a lost round; the delay before the next, or `None` to give
+    /// up (`503`).
+    fn lost(&mut self, how: Lost) -> Option<std::time::Duration> {
+        match how {
+            Lost::Overtaken => {
+                self.overtaken += 1;
+                // More overtakes than refunds can ever commit breaks the
+                // reasoning above: stop rather than loop.
+                if self.overtaken > MAX_REFUNDS_PER_ORDER {
+                    return None;
+                }
+                // The winner has committed: go again at once, with a
+                // little jitter so racing nodes do not line up again.
+                Some(std::time::Duration::from_millis(contention_jitter_ms(5)))
+            }
+            Lost::Stalled => {
+                self.stalled += 1;
+                (self.stalled < REFUND_STALLS).then(|| contention_delay(self.stalled))
+            }
+        }
+    }
+
+    /// The rounds played so far (the first included); bounded by
+    /// [`MAX_REFUNDS_PER_ORDER`] + [`REFUND_STALLS`] + 1.
+    fn played(&self) -> usize {
+        self.overtaken + self.stalled + 1
+    }
+}
+
+/// How a refund's abort counts, or `None` when it is definite.
+fn lost_round(reason: &AbortReason) -> Option<Lost> {
+    match reason {
+        AbortReason::RecordVersionMismatch { .. } | AbortReason::RecordExists { .. } => Some(Lost::Overtaken),
+        AbortReason::Conflict { .. } | AbortReason::InsufficientFunds { .. } => Some(Lost::Stalled),
+        _ => None,
+    }
+}
 
 #[utoipa::path(post, path = "/v1/orders/{id}/refunds", request_body = CreateRefundRequest,
     params(("id" = String, Path, description = "order id")),
@@ -52,10 +123,9 @@ async fn create_refund_inner(
     // across nodes they retry, more patiently than other writes.
     let _queued = gw.order_locks.lock(id).await;
     let mut last_abort = ApiError::Unavailable;
-    for attempt in 0..REFUND_ATTEMPTS {
-        if attempt > 0 {
-            contention_backoff(attempt).await;
-        }
+    let mut rounds = RefundRounds::default();
+    loop {
+        assert!(rounds.played() <= MAX_REFUNDS_PER_ORDER + REFUND_STALLS + 1, "refund rounds are bounded");
         if let Some((claim, _)) = gw.store.get::<Claim>(ns::OUT_REFUND_NO, &claim_key).await? {
             same_request(&claim, &request_hash, "out_refund_no")?;
             let (refund, _) =
@@ -74,7 +144,17 @@ async fn create_refund_inner(
         if record.refunds.len() >= MAX_REFUNDS_PER_ORDER {
             return Err(ApiError::TooManyRefunds { max: MAX_REFUNDS_PER_ORDER });
         }
-        let payment = record.payment.clone().ok_or(ApiError::Internal)?;
+        let Some(payment) = record.payment.clone() else {
+            // The order record was read just before its payment committed
+            // (the live order, read after, is paid): read both again.
+            match rounds.lost(Lost::Stalled) {
+                Some(delay) => {
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                None => return Err(ApiError::Unavailable),
+            }
+        };
         let currency = currency_of(&record.currency)?;
         let amount = Money::new(amount_minor, currency);
         // The money goes back the way it came.
@@ -169,20 +249,81 @@ async fn create_refund_inner(
             Err(reason) if idem.as_ref().is_some_and(|i| i.lost_to_twin(&reason)) => {
                 return idempotency::replayed(gw, &idem).await?.ok_or(ApiError::Unavailable);
             }
-            Err(reason) if lost_a_race(&reason) => continue,
-            // Racing refunds hold the merchant's money at prepare: look at
-            // the order again, which names the real limit (what is left).
-            Err(AbortReason::InsufficientFunds { .. }) => {
-                last_abort = ApiError::InsufficientFunds;
-                continue;
-            }
             Err(AbortReason::IllegalOrderTransition { from, .. }) => {
                 return Err(ApiError::OrderNotRefundable { status: from.to_string() })
             }
-            Err(reason) => return Err(map_abort(reason)),
+            Err(reason) => {
+                let Some(how) = lost_round(&reason) else { return Err(map_abort(reason)) };
+                // Racing refunds hold the merchant's money at prepare: look
+                // at the order again, which names the real limit (what is
+                // left); if the money is really short, say so.
+                if matches!(reason, AbortReason::InsufficientFunds { .. }) {
+                    last_abort = ApiError::InsufficientFunds;
+                }
+                match rounds.lost(how) {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(last_abort),
+                }
+            }
         }
     }
-    Err(last_abort)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> paytx_protocol::RecordKey {
+        paytx_protocol::RecordKey::new(7, name.as_bytes())
+    }
+
+    fn version_lost() -> AbortReason {
+        AbortReason::RecordVersionMismatch { key: key("order"), expected: 1, actual: Some(2) }
+    }
+
+    #[test]
+    fn a_refund_overtaken_by_every_other_refund_of_its_order_still_plays() {
+        let mut rounds = RefundRounds::default();
+        // Every other refund an order can take commits ahead of this one,
+        // with the stall budget spent but one round as well.
+        for _ in 0..MAX_REFUNDS_PER_ORDER {
+            assert!(rounds.lost(lost_round(&version_lost()).unwrap()).is_some());
+        }
+        for _ in 1..REFUND_STALLS {
+            let conflict = AbortReason::Conflict { entity: "order".into() };
+            assert!(rounds.lost(lost_round(&conflict).unwrap()).is_some());
+        }
+        assert_eq!(rounds.played(), MAX_REFUNDS_PER_ORDER + REFUND_STALLS);
+        // A 16th stall gives up; so would a 51st overtake.
+        let mut spent = RefundRounds { overtaken: 0, stalled: REFUND_STALLS - 1 };
+        assert!(spent.lost(Lost::Stalled).is_none());
+        let mut overtaken = RefundRounds { overtaken: MAX_REFUNDS_PER_ORDER, stalled: 0 };
+        assert!(overtaken.lost(Lost::Overtaken).is_none(), "more overtakes than refunds can commit");
+    }
+
+    #[test]
+    fn definite_aborts_end_the_rounds() {
+        let definite = [
+            AbortReason::IllegalOrderTransition {
+                order: OrderId(1),
+                from: OrderStatus::Refunded,
+                action: "refunded".into(),
+            },
+            AbortReason::CurrencyMismatch { entity: "acct".into(), expected: Currency::CNY, got: Currency::USD },
+        ];
+        for reason in definite {
+            assert_eq!(lost_round(&reason), None, "{reason:?}");
+        }
+        assert_eq!(lost_round(&AbortReason::RecordExists { key: key("claim") }), Some(Lost::Overtaken));
+        assert_eq!(
+            lost_round(&AbortReason::InsufficientFunds {
+                account: AccountId(1),
+                available_minor: 1,
+                requested_minor: 2,
+            }),
+            Some(Lost::Stalled)
+        );
+    }
 }
 
 #[utoipa::path(get, path = "/v1/refunds/{id}", params(("id" = String, Path, description = "refund id")),
