@@ -6,9 +6,11 @@
 #   scripts/local-cluster.sh restart [DIR]   # stop, then start on the same data
 #   scripts/local-cluster.sh status  [DIR]   # which nodes run, and `paytx client status`
 #
-# DIR defaults to ./paytx-local and holds node-N.toml, node-N.log, node-N.pid
-# and data/node-N. Running `start` again on an existing DIR keeps its configs
-# and data (nodes already running are left alone); delete DIR to start afresh.
+# DIR defaults to ./paytx-local and holds cluster.toml (the settings every node
+# shares), node-N.toml (each node's own, naming cluster.toml), node-N.log,
+# node-N.pid and data/node-N. Running `start` again on an existing DIR keeps
+# its configs and data (nodes already running are left alone); delete DIR to
+# start afresh.
 #
 # Environment:
 #   PAYTX          the binary (default: target/release/paytx of this repository,

@@ -78,11 +78,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Write node configs for a local cluster (one file per node).
+    /// Write the configs of a local cluster: cluster.toml (the settings
+    /// every node shares) and node-<id>.toml per node, which names it.
+    /// Prints the node files' paths.
     GenConfigs {
         #[arg(long, default_value_t = 3)]
         nodes: u64,
-        /// Where to write node-<id>.toml.
+        /// Where to write cluster.toml and node-<id>.toml.
         #[arg(long)]
         dir: PathBuf,
         /// Data directories go under this (default: <dir>/data).
@@ -291,6 +293,10 @@ fn gen_configs(
     // One random secret shared by the cluster's nodes: only they may speak
     // the node-to-node protocol.
     let secret = NodeConfig::random_secret();
+    // The settings every node must share go into one cluster file, which
+    // each node file names (relative to its own directory).
+    let cluster_path = dir.join(CLUSTER_FILE);
+    let mut cluster_text: Option<String> = None;
     for id in 1..=nodes {
         let mut config = NodeConfig::local(id, &addrs, data_dir.join(format!("node-{id}")), &secret);
         if let Some(per_kind) = shards_per_kind {
@@ -299,9 +305,21 @@ fn gen_configs(
                 paytx::protocol::ops::ShardMap::shards_per_kind(&ids, per_kind).with_replicas(config.shards.replicas);
         }
         config.admin_listen = admin_base_port.map(|port| SocketAddr::from(([127, 0, 0, 1], port + id as u16 - 1)));
+        let (node_text, cluster) = config.to_split_toml(CLUSTER_FILE)?;
+        match &cluster_text {
+            None => {
+                std::fs::write(&cluster_path, &cluster)
+                    .with_context(|| format!("writing {}", cluster_path.display()))?;
+                cluster_text = Some(cluster);
+            }
+            Some(written) => anyhow::ensure!(*written == cluster, "node {id}'s cluster-wide settings differ"),
+        }
         let path = dir.join(format!("node-{id}.toml"));
-        std::fs::write(&path, config.to_toml()?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, node_text).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }
     Ok(())
 }
+
+/// The cluster file `paytx gen-configs` writes next to the node files.
+const CLUSTER_FILE: &str = "cluster.toml";

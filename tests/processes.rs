@@ -1,5 +1,6 @@
 //! Real `paytx node` OS processes, driven through the `paytx client` CLI
-//! exactly as the README shows it: configs from `paytx gen-configs`, three
+//! exactly as the README shows it: configs from `paytx gen-configs`
+//! (`cluster.toml` and one node file per node naming it), three
 //! `paytx node --config` children, JSON read from the client's stdout.
 //!
 //! Covers: a payment end to end; idempotency keys; an illegal second payment
@@ -131,6 +132,10 @@ impl ProcessCluster {
             assert!(generated.status.success(), "gen-configs failed: {}", String::from_utf8_lossy(&generated.stderr));
             let printed = String::from_utf8_lossy(&generated.stdout);
             assert_eq!(printed.lines().count(), NODES as usize, "gen-configs prints one path per node: {printed}");
+            // Split: the shared settings in cluster.toml, which every node file names.
+            let node_1 = std::fs::read_to_string(dir.path().join("node-1.toml")).expect("read node-1.toml");
+            assert!(node_1.contains("cluster = \"cluster.toml\""), "node-1.toml names the cluster file:\n{node_1}");
+            assert!(dir.path().join("cluster.toml").is_file(), "gen-configs writes cluster.toml");
 
             let configs: Vec<NodeConfig> = (1..=NODES)
                 .map(|id| {

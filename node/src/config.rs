@@ -24,6 +24,11 @@
 //! records = [1, 2, 3]
 //! ```
 //!
+//! That is a single self-contained file. The settings that must be
+//! identical on every node can instead live in one cluster file that every
+//! node file names with `cluster = "cluster.toml"` (what `paytx
+//! gen-configs` writes): see [`split`].
+//!
 //! Optional sections: `[raft]` (timings, snapshots), `[limits]` (frames,
 //! connections, in-flight requests, timeouts), `[coordinator]` (2PC timings)
 //! and `[[channels]]` (payment channel routes); see the README. With
@@ -39,6 +44,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+pub mod split;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
@@ -183,22 +190,58 @@ fn default_true() -> bool {
     true
 }
 
+/// Why a configuration cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A file (node file or the cluster file it names) cannot be read.
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    /// A node file (or single file) is not TOML or has a value of the wrong type.
     #[error("{path} is not a valid node config: {message}")]
     Parse { path: PathBuf, message: String },
+    /// The cluster file is not TOML or has a value of the wrong type.
+    #[error("{path} is not a valid cluster file: {message}")]
+    ClusterParse { path: PathBuf, message: String },
+    /// The node file sets a cluster-wide setting although it names a
+    /// cluster file: it would shadow the value every node shares.
+    #[error(
+        "{node_file} sets {setting}, a cluster-wide setting: with a cluster file it belongs in \
+         {cluster_file} only (the same on every node)"
+    )]
+    ClusterSettingInNodeFile { setting: String, node_file: PathBuf, cluster_file: PathBuf },
+    /// The cluster file sets a per-node setting.
+    #[error(
+        "{cluster_file} sets {setting}, a per-node setting: it belongs in the node file ({node_file}), \
+         not in the cluster file"
+    )]
+    NodeSettingInClusterFile { setting: String, cluster_file: PathBuf, node_file: PathBuf },
+    /// The node file's `[[peers]]` re-addresses a node the cluster file does
+    /// not list: a node file may change how it reaches a peer, not who the
+    /// peers are.
+    #[error(
+        "{node_file} lists peer {id} in [[peers]], which {cluster_file} does not: a node file may only \
+         re-address the cluster's peers, not add one"
+    )]
+    UnknownPeer { id: NodeId, node_file: PathBuf, cluster_file: PathBuf },
+    /// The merged configuration is inconsistent.
     #[error("invalid config: {0}")]
     Invalid(String),
 }
 
 impl NodeConfig {
+    /// Loads and validates a node's configuration: a single self-contained
+    /// file, or a node file whose `cluster = "…"` names the cluster file it
+    /// is merged with ([`split`]: the settings must be identical on every
+    /// node live there, and only there).
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let config: NodeConfig = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let parse_error = |e: toml::de::Error| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() };
+        let mut table: toml::Table = text.parse().map_err(parse_error)?;
+        let config: NodeConfig = match table.remove(split::CLUSTER_KEY) {
+            Some(cluster) => split::load_split(path, table, &cluster)?,
+            None => toml::from_str(&text).map_err(parse_error)?,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -218,9 +261,11 @@ impl NodeConfig {
 
     /// The part of this configuration that must be identical on every node,
     /// digested per section (sent in the peer handshake; a peer that
-    /// differs is refused, the differing sections named). Per-node settings
-    /// (`node_id`, `listen`, `data_dir`, `fsync`, timings, the gateway and
-    /// admin listeners) are not in it.
+    /// differs is refused, the differing sections named): what the cluster
+    /// file holds ([`split::CLUSTER_WIDE`] and the `[[peers]]` ids) except
+    /// `cluster_secret`, which the handshake proves instead. Per-node
+    /// settings (`node_id`, `listen`, `data_dir`, `fsync`, timings, the
+    /// gateway and admin listeners) are not in it.
     pub fn cluster_digest(&self) -> paytx_protocol::auth::ConfigDigest {
         // The members, not their addresses: how a node reaches a peer is its
         // own business (another interface, a proxy — `paytx chaos` puts one
@@ -234,6 +279,8 @@ impl NodeConfig {
             ("[raft] key_retention", encoded_section(&self.raft.key_retention)),
             ("[limits] max_ops_per_txn", encoded_section(&self.limits.max_ops_per_txn)),
             ("[limits] max_frame_bytes", encoded_section(&self.limits.max_frame_bytes)),
+            ("[limits] max_prepared_per_shard", encoded_section(&self.limits.max_prepared_per_shard)),
+            ("[limits] max_records_per_shard", encoded_section(&self.limits.max_records_per_shard)),
         ])
     }
 
@@ -409,14 +456,27 @@ mod tests {
         // Nodes agree on the cluster-wide sections whatever their own ones.
         let mut other_node = NodeConfig::local(3, &addrs, PathBuf::from("/tmp/y"), "a-secret-of-sixteen-bytes");
         other_node.coordinator.prepare_timeout_ms += 1;
+        other_node.limits.max_connections += 1;
         other_node.peers[0].addr = "127.0.0.1:9999".parse().expect("valid address"); // a proxy, say
         assert!(config.cluster_digest().differing(&other_node.cluster_digest()).is_empty());
         other_node.channels.pop();
         other_node.raft.key_retention += 1;
+        other_node.limits.max_records_per_shard += 1;
         assert_eq!(
             config.cluster_digest().differing(&other_node.cluster_digest()),
-            vec!["[[channels]]".to_string(), "[raft] key_retention".to_string()],
+            vec![
+                "[[channels]]".to_string(),
+                "[limits] max_records_per_shard".to_string(),
+                "[raft] key_retention".to_string()
+            ],
             "the differing sections are named"
+        );
+        // Replicas apply a shard's log with these limits: they must agree.
+        let mut other_node = config.clone();
+        other_node.limits.max_prepared_per_shard += 1;
+        assert_eq!(
+            config.cluster_digest().differing(&other_node.cluster_digest()),
+            vec!["[limits] max_prepared_per_shard".to_string()]
         );
         let mut bad = config.clone();
         bad.coordinator.max_finishing_txns = 0;
