@@ -7,8 +7,9 @@
 use paytx_node::{LinkFilter, NodeConfig, NodeCore, PeerEndpoint, ReplicaBook};
 use paytx_protocol::messages::{AccountView, BatchVote, DecisionItem, PrepareItem, MAX_BATCH_ITEMS};
 use paytx_protocol::{
-    AccountId, BoxFuture, Currency, EntityKind, InvalidRequest, Money, NodeId, Operation, Outcome, PeerRequest,
-    PeerResponse, Request, RequestError, Response, ShardId, Transport, TransportError, TxnId, TxnRequest, Vote,
+    AccountId, BoxFuture, ChannelId, Currency, EntityKind, InvalidRequest, Money, NodeId, Operation, OrderId, Outcome,
+    PeerRequest, PeerResponse, Request, RequestError, Response, ShardId, Transport, TransportError, TxnId, TxnRequest,
+    Vote,
 };
 use paytx_storage::MemDisk;
 use std::collections::BTreeMap;
@@ -27,8 +28,13 @@ impl Transport for NoPeers {
 const SHARD: ShardId = ShardId { kind: EntityKind::Account, index: 0 };
 
 async fn start() -> NodeCore {
+    start_with(|_| {}).await
+}
+
+async fn start_with(tweak: impl FnOnce(&mut NodeConfig)) -> NodeCore {
     let addrs: BTreeMap<NodeId, SocketAddr> = [(1, "127.0.0.1:1".parse().expect("valid address"))].into();
     let mut config = NodeConfig::local(1, &addrs, "unused".into(), "a-secret-of-sixteen-bytes");
+    tweak(&mut config);
     config.raft.heartbeat_interval_ms = 50;
     config.raft.election_timeout_min_ms = 150;
     config.raft.election_timeout_max_ms = 300;
@@ -80,9 +86,13 @@ fn credit(account: u64, minor: i64) -> Vec<Operation> {
 
 /// The votes of a `Votes` answer, by transaction.
 fn votes(response: PeerResponse) -> BTreeMap<TxnId, BatchVote> {
+    votes_of(response, SHARD)
+}
+
+fn votes_of(response: PeerResponse, expected: ShardId) -> BTreeMap<TxnId, BatchVote> {
     match response {
         PeerResponse::Votes { shard, votes } => {
-            assert_eq!(shard, SHARD, "the answer names its shard");
+            assert_eq!(shard, expected, "the answer names its shard");
             votes.into_iter().collect()
         }
         other => panic!("expected votes, got {other:?}"),
@@ -170,5 +180,57 @@ async fn a_batch_over_the_bound_or_for_a_shard_not_here_is_refused_whole_and_cha
     let one = account(&core, 1).await;
     assert_eq!((one.balance_minor, one.held_minor), (500, 0), "nothing was reserved");
     assert_eq!(service.metrics().batches().prepare_batches, 0, "refused batches were not run");
+    core.stop().await;
+}
+
+/// A charge blocked inside a batch was authorized by the channel before it
+/// met the lock; sent again alone, it is not authorized a second time (no
+/// second wait for the channel, no second decline draw).
+#[actix_rt::test]
+async fn a_blocked_charge_is_not_authorized_again_when_sent_alone() {
+    const LATENCY_MS: u64 = 1_500;
+    let channels = ShardId { kind: EntityKind::Channel, index: 0 };
+    let core = start_with(|config| {
+        for channel in &mut config.channels {
+            channel.authorize_latency_ms = LATENCY_MS;
+        }
+    })
+    .await;
+    open_accounts(&core).await; // waits for the groups to lead
+    let service = core.service();
+    let charge =
+        |order: u64| vec![Operation::Charge { channel: ChannelId(1), order: OrderId(order), amount: cny(100) }];
+
+    // A charges order 7 (prepared, holding the charge's lock).
+    let started = std::time::Instant::now();
+    let a = service.clone().handle_peer(PeerRequest::Prepare { txn: txn(1), shard: channels, ops: charge(7) }).await;
+    assert!(matches!(a, PeerResponse::Vote { vote: Vote::Yes, .. }), "{a:?}");
+    assert!(started.elapsed() >= Duration::from_millis(LATENCY_MS), "a first authorization waits for the channel");
+
+    // B charges order 7 too, in a batch: authorized, then blocked by A.
+    let batch =
+        PeerRequest::PrepareBatch { shard: channels, prepares: vec![PrepareItem { txn: txn(2), ops: charge(7) }] };
+    let answers = votes_of(service.clone().handle_peer(batch).await, channels);
+    assert_eq!(answers.get(&txn(2)), Some(&BatchVote::Blocked));
+
+    // A aborts; B, sent again alone, is prepared on its first authorization.
+    let decide =
+        PeerRequest::DecideBatch { shard: channels, decisions: vec![DecisionItem { txn: txn(1), commit: false }] };
+    assert!(matches!(service.clone().handle_peer(decide).await, PeerResponse::DecisionsApplied { .. }));
+    let started = std::time::Instant::now();
+    let b = service.clone().handle_peer(PeerRequest::Prepare { txn: txn(2), shard: channels, ops: charge(7) }).await;
+    assert!(matches!(b, PeerResponse::Vote { vote: Vote::Yes, .. }), "{b:?}");
+    // Authorizing again would have slept LATENCY_MS first.
+    assert!(
+        started.elapsed() < Duration::from_millis(LATENCY_MS),
+        "B was authorized a second time: {:?}",
+        started.elapsed()
+    );
+
+    // The memory is taken once: another transaction is authorized as usual.
+    let started = std::time::Instant::now();
+    let c = service.clone().handle_peer(PeerRequest::Prepare { txn: txn(3), shard: channels, ops: charge(8) }).await;
+    assert!(matches!(c, PeerResponse::Vote { vote: Vote::Yes, .. }), "{c:?}");
+    assert!(started.elapsed() >= Duration::from_millis(LATENCY_MS));
     core.stop().await;
 }

@@ -37,6 +37,7 @@
 //! shard from the journal, which is consistent by construction (the node
 //! does not yet restart a stopped shard by itself).
 
+use crate::authorized::Authorized;
 use crate::config::ParticipantConfig;
 use crate::decision::DecisionSource;
 use crate::engine::{Admission, Engine, Prepared, Touch};
@@ -111,6 +112,9 @@ pub struct ParticipantActor {
     stopped: Option<String>,
     /// Prepares waiting for prepared transactions to be decided (FIFO).
     parked: std::collections::VecDeque<Parked>,
+    /// Blocked prepares of a batch whose charges were authorized: their
+    /// second sending is not authorized again.
+    authorized: Authorized,
     /// Reads waiting for earlier prepared transactions.
     read_waits: Vec<ReadWait>,
     next_wait_id: u64,
@@ -164,6 +168,7 @@ impl ParticipantActor {
         tracing::info!(shard = %config.shard, entities = engine.status().entities, in_doubt, "participant shard recovered");
         Ok(ParticipantActor {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
+            authorized: Authorized::default(),
             config,
             engine,
             journal,
@@ -348,7 +353,11 @@ impl ParticipantActor {
             Err(reason) => {
                 if self.may_wait() && self.engine.blocked_by_prepared(txn, &ops) {
                     if !may_park {
-                        // In a batch: answered at once, sent again alone.
+                        // In a batch: answered at once, sent again alone
+                        // (with the authorization it already has).
+                        if self.config.shard.kind == EntityKind::Channel {
+                            self.authorized.remember(txn);
+                        }
                         return Box::pin(ready(Err(ParticipantError::Blocked { shard: self.config.shard })));
                     }
                     return self.park(txn, ops, reason, ctx);
@@ -379,6 +388,7 @@ impl ParticipantActor {
             return Box::pin(ready(Err(e)));
         }
         self.prepared_at.remove(&txn);
+        self.authorized.forget(txn);
         let released = self.engine.touches_of(txn);
         let reply = self.apply_decision(txn, commit, ctx);
         // Whatever waited for this transaction may go on now.
@@ -628,6 +638,10 @@ impl ParticipantActor {
     /// A prepare, lone (`may_park`: it may wait for a lock) or of a batch.
     fn handle_prepare(&mut self, msg: Prepare, may_park: bool, ctx: &mut Context<Self>) -> Reply<Vote> {
         let Prepare { txn, ops, disk_low } = msg;
+        if self.authorized.take(txn) {
+            // Sent again after `Blocked`: authorized the first time.
+            return self.prepare_now(txn, ops, None, disk_low, may_park, ctx);
+        }
         match self.authorize(txn, &ops) {
             None => self.prepare_now(txn, ops, None, disk_low, may_park, ctx),
             // No modelled latency: decide now, without a trip through the timer.

@@ -25,6 +25,7 @@
 pub mod accounts;
 pub mod actor;
 mod amounts;
+mod authorized;
 mod batch;
 pub mod channels;
 pub mod config;

@@ -24,6 +24,7 @@
 //! `max_in_flight` proposals outstanding, the next batch accumulating
 //! meanwhile, never a timer (see [`paytx_protocol::batcher`]).
 
+use crate::authorized::Authorized;
 use crate::config::ParticipantConfig;
 use crate::decision::DecisionSource;
 use crate::engine::{Admission, Touch};
@@ -97,6 +98,9 @@ pub struct ShardFront {
     /// Transactions whose decision query is outstanding.
     querying: BTreeSet<TxnId>,
     parked: VecDeque<Parked>,
+    /// Blocked prepares of a batch whose charges were authorized: their
+    /// second sending is not authorized again.
+    authorized: Authorized,
     read_waits: Vec<ReadWait>,
     next_wait_id: u64,
     /// Breaks a livelocked election of the group (`paytx_raft::kick`).
@@ -143,6 +147,7 @@ impl ShardFront {
             started: Instant::now(),
             proposal_timeout_ms: paytx_raft::proposal_timeout_ms(election_timeout_max_ms),
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
+            authorized: Authorized::default(),
             config,
             replica,
             raft,
@@ -326,7 +331,11 @@ impl ShardFront {
                     let _ = reply.send(Ok(Vote::Yes));
                 }
                 Ok(StepResult::Voted { vote: Vote::No(_), blocked: true }) if act.may_wait() && !may_park => {
-                    // Applied as a NO that reserved nothing: sent again alone.
+                    // Applied as a NO that reserved nothing: sent again
+                    // alone, with the authorization it already has.
+                    if shard.kind == EntityKind::Channel {
+                        act.authorized.remember(txn);
+                    }
                     let _ = reply.send(Err(ParticipantError::Blocked { shard }));
                 }
                 Ok(StepResult::Voted { vote: Vote::No(reason), blocked: true }) if act.may_wait() => {
@@ -384,6 +393,7 @@ impl ShardFront {
                 Ok(StepResult::Decided) => {
                     act.prepared_at.remove(&txn);
                     act.seen_at.remove(&txn);
+                    act.authorized.forget(txn);
                     act.wake_waiters(txn, commit, &released, ctx);
                     Ok(())
                 }
@@ -609,7 +619,12 @@ impl ShardFront {
     /// or of a batch: the channel model first, then the proposal.
     fn handle_prepare(&mut self, msg: Prepare, may_park: bool, ctx: &mut Context<Self>) -> Reply<Vote> {
         let Prepare { txn, ops, disk_low } = msg;
-        let (latency_ms, mut admission) = self.authorize(txn, &ops).unwrap_or_default();
+        // Sent again after `Blocked`: authorized the first time.
+        let (latency_ms, mut admission) = if self.authorized.take(txn) {
+            (0, Admission::default())
+        } else {
+            self.authorize(txn, &ops).unwrap_or_default()
+        };
         admission.disk_low = disk_low;
         let (reply, vote) = oneshot::channel();
         let shard = self.config.shard;
