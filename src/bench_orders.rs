@@ -43,6 +43,12 @@ pub struct BenchOrdersArgs {
     /// Requests per query before measuring.
     #[arg(long, default_value_t = 200)]
     pub warmup: u64,
+    /// Raft snapshot threshold of every group (`[raft]
+    /// snapshot_every_entries`, default 20,000): lower it to make the
+    /// records group snapshot its multi-million-record state during the
+    /// load (the suspect of the load stall, see the README's Performance).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every_entries: Option<u64>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -86,6 +92,9 @@ pub async fn run(args: BenchOrdersArgs) -> anyhow::Result<()> {
     // one records shard (or two): room for them and the orders' records.
     options.limits.max_records_per_shard = (args.orders as usize).saturating_mul(6).max(1_000_000);
     options.limits.max_ops_per_txn = (args.orders_per_txn as usize).saturating_mul(5);
+    if let Some(entries) = args.snapshot_every_entries {
+        options.raft.snapshot_every_entries = entries;
+    }
     let cluster = Cluster::start(options).await.context("starting the embedded cluster")?;
     let result = bench(&args, &cluster, dir.path()).await;
     if let Ok(report) = &result {

@@ -108,7 +108,14 @@ fn read_back_stores(payload: &[u8], sealed: bool) {
     }
     disk.apply("raft-meta", meta).expect("memory");
     let mut snapshot = Batch::new();
-    snapshot.put(b"current".to_vec(), value);
+    // The snapshot as stored before chunking, and the chunked layout's
+    // manifest and a chunk of generation 1 (raft/src/snapshot.rs).
+    snapshot.put(b"current".to_vec(), value.clone());
+    snapshot.put(b"manifest".to_vec(), value.clone());
+    let mut chunk_key = vec![0xff];
+    chunk_key.extend_from_slice(&1u64.to_be_bytes());
+    chunk_key.extend_from_slice(&0u32.to_be_bytes());
+    snapshot.put(chunk_key, value);
     disk.apply("raft-snapshot", snapshot).expect("memory");
 
     let mut store = LogStore::new(Arc::new(disk.clone()));
