@@ -47,7 +47,7 @@ impl Authorized {
                 self.held.remove(&oldest);
             }
         }
-        debug_assert_eq!(self.order.len(), self.held.len(), "one entry per remembered transaction");
+        assert_eq!(self.order.len(), self.held.len(), "one entry per remembered transaction");
     }
 
     /// Whether `txn` was authorized already; forgets it either way (a

@@ -258,7 +258,7 @@ fn store_chunked(disk: &SharedDisk, space: &str, held: &mut Held, stored: &Store
         disk.apply(space, batch)?;
         chunks = chunks.checked_add(1).expect("a snapshot of under 16 TiB");
     }
-    debug_assert_eq!(chunks as usize, sealed.len().div_ceil(CHUNK_BYTES), "every byte is in one chunk");
+    assert_eq!(chunks as usize, sealed.len().div_ceil(CHUNK_BYTES), "every byte is in one chunk");
     let manifest = Manifest { generation, chunks, bytes: sealed.len() as u64 };
     let mut switch = Batch::new();
     switch.put(MANIFEST_KEY.to_vec(), seal(&manifest));
