@@ -101,7 +101,16 @@ fn manifest(disk: &SharedDisk, space: &str) -> Result<Option<Manifest>, DiskErro
 /// The snapshot stored in `space`, if any. Blocking, and as costly as the
 /// snapshot is large: at startup, or through [`SnapshotStore::load`].
 fn load(disk: &SharedDisk, space: &str) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
-    let Some(manifest) = manifest(disk, space).map_err(read_err)? else {
+    load_from(disk, space, manifest(disk, space).map_err(read_err)?)
+}
+
+/// The snapshot `manifest` names, or without one the pre-chunking value.
+fn load_from(
+    disk: &SharedDisk,
+    space: &str,
+    manifest: Option<Manifest>,
+) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
+    let Some(manifest) = manifest else {
         return match disk.get(space, LEGACY_KEY).map_err(read_err)? {
             None => Ok(None),
             Some(bytes) => open_at(space, LEGACY_KEY, &bytes).map(Some).map_err(read_err),
@@ -173,11 +182,8 @@ impl SnapshotStore {
     /// Opens the store of `space` and returns the snapshot it holds, if any
     /// (read on the caller's thread: a node reads it once, as it starts).
     pub fn open(disk: SharedDisk, space: &str) -> Result<(Self, Option<StoredSnapshot>), StorageError<NodeId>> {
-        let stored = load(&disk, space)?;
         let manifest = manifest(&disk, space).map_err(read_err)?;
-        let last_chunk = disk.last(space).map_err(read_err)?.and_then(|(key, _)| parse_chunk_key(&key));
-        let manifest_generation = manifest.map_or(0, |m| m.generation);
-        let highest_generation = last_chunk.map_or(0, |(generation, _)| generation).max(manifest_generation);
+        let stored = load_from(&disk, space, manifest)?;
         // Both ranges are empty unless a crash left chunks behind, so
         // reading them (values too: the seam has no keys-only scan) is cheap.
         let orphan_ranges = match manifest {
@@ -192,12 +198,27 @@ impl SnapshotStore {
             let found = disk.range(space, &from, to.as_deref()).map_err(read_err)?;
             orphans.extend(found.into_iter().map(|(key, _)| key));
         }
+        // Every chunk not of the manifest's generation is an orphan, so the
+        // highest generation ever written is among them or the manifest's.
+        let highest_generation = orphans
+            .iter()
+            .filter_map(|key| parse_chunk_key(key))
+            .map(|(generation, _)| generation)
+            .chain(manifest.map(|m| m.generation))
+            .max()
+            .unwrap_or(0);
+        // Without a manifest, `stored` is the pre-chunking value if any;
+        // with one, that value is only left by a crash mid-migration.
+        let legacy = match manifest {
+            None => stored.is_some(),
+            Some(_) => disk.get(space, LEGACY_KEY).map_err(read_err)?.is_some(),
+        };
         let held = Held {
             through: stored.as_ref().and_then(|stored| stored.meta.last_log_id),
             manifest,
             highest_generation,
             orphans,
-            legacy: disk.get(space, LEGACY_KEY).map_err(read_err)?.is_some(),
+            legacy,
         };
         let store = SnapshotStore { disk, space: Arc::from(space), held: Arc::new(Mutex::new(held)) };
         Ok((store, stored))
