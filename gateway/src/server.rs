@@ -208,6 +208,10 @@ impl Gateway {
 }
 
 /// A running gateway: the HTTP server and the delivery worker.
+/// Longest [`RunningGateway::stop`] waits for the gateway's last holders.
+pub const STOP_RELEASE_WAIT_MS: u64 = 5_000;
+const STOP_RELEASE_POLL_MS: u64 = 10;
+
 pub struct RunningGateway {
     addr: SocketAddr,
     server: actix_web::dev::ServerHandle,
@@ -229,11 +233,28 @@ impl RunningGateway {
         &self.gateway.metrics
     }
 
-    /// Stops accepting, finishes requests in flight (bounded), stops the worker.
+    /// Stops accepting, finishes requests in flight (bounded), stops the
+    /// worker, and waits (at most [`STOP_RELEASE_WAIT_MS`]) for the server's
+    /// worker threads and the notification worker to let go of the
+    /// gateway: they drop their clones a moment after the server's stop
+    /// resolves, and until the last one goes the audit log's sled database
+    /// stays open and locked, so a restart of the node in the same process
+    /// could not open it (`tests/operations.rs` met that lock).
     pub async fn stop(self) {
         let _ = self.stop_worker.send(true);
         self.server.stop(true).await;
         self.gateway.audit.flush();
+        let mut waited_ms = 0;
+        while Arc::strong_count(&self.gateway) > 1 && waited_ms < STOP_RELEASE_WAIT_MS {
+            tokio::time::sleep(Duration::from_millis(STOP_RELEASE_POLL_MS)).await;
+            waited_ms += STOP_RELEASE_POLL_MS;
+        }
+        if Arc::strong_count(&self.gateway) > 1 {
+            tracing::warn!(
+                waited_ms,
+                "the gateway is still held after its stop; its audit log stays open until released"
+            );
+        }
     }
 }
 
