@@ -5,8 +5,8 @@
 //! The table lives in memory. After a restart it is rebuilt from the last
 //! persisted snapshot, then openraft re-applies the log from there — the log
 //! is the durable truth, the snapshot a shortcut. Snapshots are built from a
-//! clone of the table (cheap next to the fsyncs of the write path) so the
-//! apply loop is never blocked by serialisation to disk.
+//! clone of the table — O(1), its maps are persistent (`imbl::OrdMap`) — so
+//! the apply loop is never blocked by copying or serialising it.
 
 // The error type is openraft's `StorageError`, fixed by its traits.
 #![allow(clippy::result_large_err)]
@@ -79,6 +79,8 @@ pub struct SnapshotBuilder {
     state: Option<TableState>,
     snapshots: SnapshotStore,
     snapshot_id: String,
+    /// How long the clone held the table's lock, for the log line.
+    clone_ms: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -89,6 +91,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: state.membership.clone(),
             snapshot_id: self.snapshot_id.clone(),
         };
+        let (undecided, decided) = state.table.counts();
+        let keys = state.table.retained_keys();
+        let started = tokio::time::Instant::now();
         let (stored, ()) = self
             .snapshots
             .persist_with(move || {
@@ -96,6 +101,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 Ok((StoredSnapshot { meta, data }, ()))
             })
             .await?;
+        tracing::info!(
+            snapshot = %stored.meta.snapshot_id,
+            txns = undecided + decided,
+            keys,
+            bytes = stored.data.len(),
+            clone_ms = self.clone_ms,
+            persist_ms = started.elapsed().as_millis() as u64,
+            "coordinator snapshot stored"
+        );
         Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
@@ -139,12 +153,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
+        let started = tokio::time::Instant::now();
         let state = read_table(&self.state).clone();
+        let clone_ms = started.elapsed().as_millis() as u64;
         let snapshot_id = match state.last_applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshot_seq),
             None => format!("empty-{}", self.snapshot_seq),
         };
-        SnapshotBuilder { state: Some(state), snapshots: self.snapshots.clone(), snapshot_id }
+        SnapshotBuilder { state: Some(state), snapshots: self.snapshots.clone(), snapshot_id, clone_ms }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {

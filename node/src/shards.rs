@@ -133,13 +133,14 @@ impl ShardHandle {
         let ShardHandle::Replicated { state, .. } = self else {
             return None;
         };
-        let state = lock_state(state);
-        let encoded = paytx_protocol::encode(&state.engine.export()).ok()?;
-        Some(ReplicaState {
-            applied_index: state.last_applied.map(|id| id.index),
-            digest: fnv1a(&encoded),
-            snapshots_installed: state.snapshots_installed,
-        })
+        // The lock is held for the capture only (O(1) clones), not for the
+        // O(entities) listing and encoding.
+        let (export, applied_index, snapshots_installed) = {
+            let state = lock_state(state);
+            (state.engine.capture(), state.last_applied.map(|id| id.index), state.snapshots_installed)
+        };
+        let encoded = paytx_protocol::encode(&export.into_snapshot()).ok()?;
+        Some(ReplicaState { applied_index, digest: fnv1a(&encoded), snapshots_installed })
     }
 
     /// The Raft group of a replicated shard's replica.

@@ -66,7 +66,9 @@ pub(crate) struct AccountPlan {
 /// The account shard's state.
 #[derive(Debug, Default)]
 pub(crate) struct AccountsState {
-    accounts: BTreeMap<AccountId, Account>,
+    /// Committed accounts: a persistent map, so a snapshot's copy is O(1)
+    /// under the state lock (see `Engine::capture`).
+    accounts: imbl::OrdMap<AccountId, Account>,
     /// Totals over every prepared transaction; absent = nothing reserved.
     reserved: BTreeMap<AccountId, Reserved>,
     /// Ids reserved by a prepared `OpenAccount`, with the account it opens.
@@ -273,8 +275,9 @@ impl AccountsState {
     }
 
     /// Every committed account, in id order (a snapshot of the shard).
-    pub(crate) fn committed(&self) -> impl Iterator<Item = (AccountId, &Account)> + '_ {
-        self.accounts.iter().map(|(id, account)| (*id, account))
+    /// The committed accounts, sharing structure with the live map.
+    pub(crate) fn committed_map(&self) -> imbl::OrdMap<AccountId, Account> {
+        self.accounts.clone()
     }
 
     /// Loads a committed account (recovery).

@@ -90,7 +90,9 @@ pub(crate) struct ChargePlan {
 #[derive(Debug, Default)]
 pub(crate) struct ChannelsState {
     channels: BTreeMap<ChannelId, ChannelConfig>,
-    charges: BTreeMap<ChargeKey, Charge>,
+    /// Committed charges: a persistent map, so a snapshot's copy is O(1)
+    /// under the state lock (see `Engine::capture`).
+    charges: imbl::OrdMap<ChargeKey, Charge>,
     /// Charges (existing or being made) locked by a prepared transaction.
     locks: BTreeMap<ChargeKey, TxnId>,
 }
@@ -255,8 +257,9 @@ impl ChannelsState {
     }
 
     /// Every committed charge, in key order (a snapshot of the shard).
-    pub(crate) fn committed(&self) -> impl Iterator<Item = (ChargeKey, &Charge)> + '_ {
-        self.charges.iter().map(|(key, charge)| (*key, charge))
+    /// The committed charges, sharing structure with the live map.
+    pub(crate) fn committed_map(&self) -> imbl::OrdMap<ChargeKey, Charge> {
+        self.charges.clone()
     }
 
     /// Loads a committed charge (recovery). A charge on a channel that is no

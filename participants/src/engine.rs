@@ -162,6 +162,67 @@ pub struct EngineSnapshot {
     pub aborted: Vec<TxnId>,
 }
 
+/// The committed entities of a shard at one instant: persistent maps that
+/// share structure with the live state (later writes copy the paths they
+/// change, never what this holds).
+#[derive(Debug, Clone)]
+enum CommittedEntities {
+    Accounts(imbl::OrdMap<AccountId, crate::accounts::Account>),
+    Orders(imbl::OrdMap<OrderId, crate::orders::Order>),
+    Channels(imbl::OrdMap<crate::channels::ChargeKey, crate::channels::Charge>),
+    Records(imbl::OrdMap<RecordKey, crate::record_store::StoredRecord>),
+}
+
+/// A shard's state captured by [`Engine::capture`], turned into the
+/// [`EngineSnapshot`] a Raft snapshot carries by
+/// [`EngineExport::into_snapshot`] (O(entities), so off the node's thread).
+#[derive(Debug, Clone)]
+pub struct EngineExport {
+    entities: CommittedEntities,
+    prepared: Vec<PreparedRecord>,
+    committed: Vec<TxnId>,
+    forgotten_through: Option<TxnId>,
+    aborted: Vec<TxnId>,
+}
+
+impl EngineExport {
+    /// Committed entities captured.
+    pub fn entity_count(&self) -> usize {
+        match &self.entities {
+            CommittedEntities::Accounts(map) => map.len(),
+            CommittedEntities::Orders(map) => map.len(),
+            CommittedEntities::Channels(map) => map.len(),
+            CommittedEntities::Records(map) => map.len(),
+        }
+    }
+
+    /// The snapshot of the captured state, entities in key order.
+    pub fn into_snapshot(self) -> EngineSnapshot {
+        let entities = match self.entities {
+            CommittedEntities::Accounts(map) => {
+                map.into_iter().map(|(id, account)| EntityRecord::Account { id, account }).collect()
+            }
+            CommittedEntities::Orders(map) => {
+                map.into_iter().map(|(id, order)| EntityRecord::Order { id, order }).collect()
+            }
+            CommittedEntities::Channels(map) => map
+                .into_iter()
+                .map(|((channel, order), charge)| EntityRecord::Charge { channel, order, charge })
+                .collect(),
+            CommittedEntities::Records(map) => {
+                map.into_iter().map(|(key, record)| EntityRecord::Record { key, record }).collect()
+            }
+        };
+        EngineSnapshot {
+            entities,
+            prepared: self.prepared,
+            committed: self.committed,
+            forgotten_through: self.forgotten_through,
+            aborted: self.aborted,
+        }
+    }
+}
+
 /// A journal that replays into an impossible state. Names the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryError {
@@ -280,22 +341,24 @@ impl Engine {
 
     /// The shard's whole state, for a snapshot (O(entities)).
     pub fn export(&self) -> EngineSnapshot {
+        self.capture().into_snapshot()
+    }
+
+    /// What [`Engine::export`] would return, captured without copying the
+    /// committed entities: their persistent maps are cloned in O(1) and
+    /// share structure with the live state, so a Raft group holds its state
+    /// lock only for this (plus the bounded prepared, committed and aborted
+    /// lists), and builds the snapshot's entity list off the node's thread
+    /// with [`EngineExport::into_snapshot`]. A 2.1-million-record export
+    /// held the lock for 1.1-1.8 s before (README, Performance).
+    pub fn capture(&self) -> EngineExport {
         let entities = match &self.state {
-            KindState::Accounts(state) => {
-                state.committed().map(|(id, account)| EntityRecord::Account { id, account: account.clone() }).collect()
-            }
-            KindState::Orders(state) => {
-                state.committed().map(|(id, order)| EntityRecord::Order { id, order: *order }).collect()
-            }
-            KindState::Channels(state) => state
-                .committed()
-                .map(|((channel, order), charge)| EntityRecord::Charge { channel, order, charge: *charge })
-                .collect(),
-            KindState::Records(state) => {
-                state.committed().map(|(key, record)| EntityRecord::Record { key, record: record.clone() }).collect()
-            }
+            KindState::Accounts(state) => CommittedEntities::Accounts(state.committed_map()),
+            KindState::Orders(state) => CommittedEntities::Orders(state.committed_map()),
+            KindState::Channels(state) => CommittedEntities::Channels(state.committed_map()),
+            KindState::Records(state) => CommittedEntities::Records(state.committed_map()),
         };
-        EngineSnapshot {
+        EngineExport {
             entities,
             prepared: self
                 .prepared

@@ -33,7 +33,9 @@ pub(crate) struct OrderPlan {
 /// The order shard's state.
 #[derive(Debug, Default)]
 pub(crate) struct OrdersState {
-    orders: BTreeMap<OrderId, Order>,
+    /// Committed orders: a persistent map, so a snapshot's copy is O(1)
+    /// under the state lock (see `Engine::capture`).
+    orders: imbl::OrdMap<OrderId, Order>,
     /// Orders (existing or being created) locked by a prepared transaction.
     locks: BTreeMap<OrderId, TxnId>,
 }
@@ -174,8 +176,9 @@ impl OrdersState {
     }
 
     /// Every committed order, in id order (a snapshot of the shard).
-    pub(crate) fn committed(&self) -> impl Iterator<Item = (OrderId, &Order)> + '_ {
-        self.orders.iter().map(|(id, order)| (*id, order))
+    /// The committed orders, sharing structure with the live map.
+    pub(crate) fn committed_map(&self) -> imbl::OrdMap<OrderId, Order> {
+        self.orders.clone()
     }
 
     /// Loads a committed order (recovery).

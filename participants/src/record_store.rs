@@ -90,7 +90,9 @@ pub struct ScanPage {
 /// The records shard's state.
 #[derive(Debug, Default)]
 pub(crate) struct RecordsState {
-    records: BTreeMap<RecordKey, StoredRecord>,
+    /// Committed records: a persistent map, so a snapshot's copy is O(1)
+    /// under the state lock (see `Engine::capture`).
+    records: imbl::OrdMap<RecordKey, StoredRecord>,
     /// Keys (existing or not) locked by a prepared transaction.
     locks: BTreeMap<RecordKey, TxnId>,
     /// Records prepared transactions will create, counted against the limit.
@@ -112,7 +114,7 @@ impl RecordsState {
             self.validate(&mut scratch, op)?;
         }
         // Deletes free nothing until they commit: the count is an upper bound.
-        let creates = scratch.iter().filter(|(key, after)| after.is_some() && !self.records.contains_key(key)).count();
+        let creates = scratch.iter().filter(|(key, after)| after.is_some() && !self.records.contains_key(*key)).count();
         if let Some(max_records) = max_records {
             let total = self.records.len().saturating_add(self.pending_creates).saturating_add(creates);
             if creates > 0 && total > max_records {
@@ -218,8 +220,9 @@ impl RecordsState {
     }
 
     /// Every committed record, in key order (a snapshot of the shard).
-    pub(crate) fn committed(&self) -> impl Iterator<Item = (RecordKey, &StoredRecord)> + '_ {
-        self.records.iter().map(|(key, record)| (*key, record))
+    /// The committed records, sharing structure with the live map.
+    pub(crate) fn committed_map(&self) -> imbl::OrdMap<RecordKey, StoredRecord> {
+        self.records.clone()
     }
 
     /// Loads a committed record (recovery).

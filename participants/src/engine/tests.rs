@@ -411,6 +411,24 @@ fn a_prepare_after_its_abort_is_refused() {
 }
 
 #[test]
+fn a_capture_is_the_state_of_its_instant_whatever_commits_after() {
+    let mut engine = Engine::new(ORDERS, &[]);
+    assert!(matches!(engine.prepare(txn(1), &[create_order(1, 500)]), Ok(Prepared::New(_))));
+    engine.commit(txn(1)).expect("prepared");
+    assert!(matches!(engine.prepare(txn(2), &[create_order(2, 700)]), Ok(Prepared::New(_))));
+    let expected = engine.export();
+    let capture = engine.capture();
+    assert_eq!(capture.entity_count(), 1);
+    // Later writes to the live state: a commit that creates an order, one
+    // that changes the captured order.
+    engine.commit(txn(2)).expect("prepared");
+    assert!(matches!(engine.prepare(txn(3), &[mark_paid(1, 500)]), Ok(Prepared::New(_))));
+    engine.commit(txn(3)).expect("prepared");
+    assert_ne!(engine.export(), expected, "the live state moved on");
+    assert_eq!(capture.into_snapshot(), expected, "the capture did not");
+}
+
+#[test]
 fn a_snapshot_restores_the_shard_exactly_as_it_was() {
     let mut engine = Engine::new(ORDERS, &[]);
     assert!(matches!(engine.prepare(txn(1), &[create_order(1, 500)]), Ok(Prepared::New(_))));

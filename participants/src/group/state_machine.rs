@@ -11,7 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::config::ParticipantConfig;
-use crate::engine::{Engine, EngineSnapshot};
+use crate::engine::{Engine, EngineExport, EngineSnapshot};
 use crate::group::apply::{apply_command, apply_proposal};
 use crate::group::types::{ShardApplied, ShardCommand, ShardTypeConfig, StepResult};
 use crate::ChannelConfig;
@@ -125,12 +125,17 @@ impl ShardStateMachine {
     }
 }
 
-/// Builds a snapshot from an export of the engine taken under the lock.
-/// Only the export (a copy of the state) is made there; encoding and
-/// storing it run off the node's thread ([`SnapshotStore::persist_with`]),
-/// so neither `apply` nor the front waits for them.
+/// Builds a snapshot from a capture of the engine taken under the lock.
+/// Only the capture (O(1) clones of persistent maps, plus the bounded
+/// lists of prepared, committed and aborted ids) is made there; listing
+/// the entities, encoding and storing them run off the node's thread
+/// ([`SnapshotStore::persist_with`]), so neither `apply` nor the front
+/// waits for them.
 pub struct ShardSnapshotBuilder {
-    export: Option<EngineSnapshot>,
+    export: Option<EngineExport>,
+    /// How long the capture held the state lock (the part `apply` and the
+    /// front wait for), for the log line.
+    capture_ms: u64,
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
     snapshots: SnapshotStore,
 }
@@ -141,11 +146,13 @@ impl RaftSnapshotBuilder<ShardTypeConfig> for ShardSnapshotBuilder {
             StorageError::from(StorageIOError::write_snapshot(None, &std::io::Error::other("snapshot built twice")))
         })?;
         let meta = self.meta.clone();
-        let entities = export.entities.len();
+        let entities = export.entity_count();
+        let started = tokio::time::Instant::now();
         let (stored, ()) = self
             .snapshots
             .persist_with(move || {
-                let data = paytx_protocol::encode(&export).map_err(|e| e.to_string())?;
+                let snapshot = export.into_snapshot();
+                let data = paytx_protocol::encode(&snapshot).map_err(|e| e.to_string())?;
                 Ok((StoredSnapshot { meta, data }, ()))
             })
             .await?;
@@ -153,6 +160,8 @@ impl RaftSnapshotBuilder<ShardTypeConfig> for ShardSnapshotBuilder {
             snapshot = %stored.meta.snapshot_id,
             entities,
             bytes = stored.data.len(),
+            capture_ms = self.capture_ms,
+            persist_ms = started.elapsed().as_millis() as u64,
             "shard snapshot stored"
         );
         Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
@@ -216,8 +225,10 @@ impl RaftStateMachine<ShardTypeConfig> for ShardStateMachine {
         };
         let meta =
             SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
-        let export = Some(state.engine.export());
-        ShardSnapshotBuilder { export, meta, snapshots: self.snapshots.clone() }
+        let started = tokio::time::Instant::now();
+        let export = Some(state.engine.capture());
+        let capture_ms = started.elapsed().as_millis() as u64;
+        ShardSnapshotBuilder { export, capture_ms, meta, snapshots: self.snapshots.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
