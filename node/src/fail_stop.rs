@@ -89,6 +89,20 @@ impl FailStopDisk {
         FailStopDisk { inner, latch }
     }
 
+    /// A sync of the inner disk (`start`), refused once the node stopped,
+    /// and tripping the latch when it fails.
+    fn tripping_sync(
+        &self,
+        start: impl FnOnce(&SharedDisk) -> BoxFuture<Result<(), DiskError>>,
+    ) -> BoxFuture<Result<(), DiskError>> {
+        if let Some(stopped) = self.stopped() {
+            return Box::pin(async move { Err(stopped) });
+        }
+        let synced = start(&self.inner);
+        let latch = self.latch.clone();
+        Box::pin(async move { synced.await.inspect_err(|e| latch.trip(format!("disk sync failed: {e}"))) })
+    }
+
     fn stopped(&self) -> Option<DiskError> {
         self.latch.reason().map(|reason| DiskError::SyncFailed { reason: format!("the node has stopped: {reason}") })
     }
@@ -121,13 +135,19 @@ impl Disk for FailStopDisk {
         self.inner.run_bulk(job)
     }
 
-    fn sync(&self) -> BoxFuture<Result<(), DiskError>> {
+    fn sync_bulk(&self) -> BoxFuture<Result<(), DiskError>> {
+        self.tripping_sync(|disk| disk.sync_bulk())
+    }
+
+    fn sync_bulk_in_job(&self) -> Result<(), DiskError> {
         if let Some(stopped) = self.stopped() {
-            return Box::pin(async move { Err(stopped) });
+            return Err(stopped);
         }
-        let synced = self.inner.sync();
-        let latch = self.latch.clone();
-        Box::pin(async move { synced.await.inspect_err(|e| latch.trip(format!("disk sync failed: {e}"))) })
+        self.inner.sync_bulk_in_job().inspect_err(|e| self.latch.trip(format!("disk sync failed: {e}")))
+    }
+
+    fn sync(&self) -> BoxFuture<Result<(), DiskError>> {
+        self.tripping_sync(|disk| disk.sync())
     }
 
     fn sync_counters(&self) -> paytx_storage::SyncCounters {

@@ -44,6 +44,10 @@ const CHUNK_PREFIX: u8 = 0xff;
 /// segment); a leaf holds up to 17 entries before it splits: 17 × 4 KiB
 /// plus keys stays well under it.
 pub const CHUNK_BYTES: usize = 4 * 1024;
+/// Chunks written between two syncs of a snapshot's write (4 MiB): the
+/// device writes a large snapshot as it goes, instead of holding it all
+/// dirty for the final sync (see `Disk::sync_bulk_in_job`).
+const CHUNKS_PER_SYNC: u32 = 1024;
 /// Chunk deletions per atomic batch: the batch's intent record holds its
 /// keys (13 bytes each), so it stays a small value too.
 const DELETES_PER_BATCH: usize = 256;
@@ -261,7 +265,7 @@ impl SnapshotStore {
         })
         .await
         .map_err(write_err)??;
-        self.disk.sync().await.map_err(write_err)?;
+        self.disk.sync_bulk().await.map_err(write_err)?;
         Ok(written)
     }
 }
@@ -278,6 +282,9 @@ fn store_chunked(disk: &SharedDisk, space: &str, held: &mut Held, stored: &Store
         batch.put(chunk_key(generation, chunks), chunk.to_vec());
         disk.apply(space, batch)?;
         chunks = chunks.checked_add(1).expect("a snapshot of under 16 TiB");
+        if chunks.is_multiple_of(CHUNKS_PER_SYNC) {
+            disk.sync_bulk_in_job()?;
+        }
     }
     assert_eq!(chunks as usize, sealed.len().div_ceil(CHUNK_BYTES), "every byte is in one chunk");
     let manifest = Manifest { generation, chunks, bytes: sealed.len() as u64 };
@@ -321,6 +328,61 @@ mod tests {
             snapshot_id: format!("s-{index}"),
         };
         StoredSnapshot { meta, data: data.to_vec() }
+    }
+
+    /// A disk that counts the chunk writes made before each in-job sync.
+    struct SyncProbe {
+        inner: MemDisk,
+        writes: std::sync::atomic::AtomicU64,
+        synced_after: Mutex<Vec<u64>>,
+    }
+
+    impl paytx_storage::Disk for SyncProbe {
+        fn get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, DiskError> {
+            self.inner.get(space, key)
+        }
+        fn apply(&self, space: &str, batch: Batch) -> Result<(), DiskError> {
+            self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.apply(space, batch)
+        }
+        fn range(
+            &self,
+            space: &str,
+            start: &[u8],
+            end: Option<&[u8]>,
+        ) -> Result<Vec<paytx_storage::KeyValue>, DiskError> {
+            self.inner.range(space, start, end)
+        }
+        fn last(&self, space: &str) -> Result<Option<paytx_storage::KeyValue>, DiskError> {
+            self.inner.last(space)
+        }
+        fn sync(&self) -> paytx_protocol::BoxFuture<Result<(), DiskError>> {
+            self.inner.sync()
+        }
+        fn sync_bulk_in_job(&self) -> Result<(), DiskError> {
+            let writes = self.writes.load(std::sync::atomic::Ordering::SeqCst);
+            self.synced_after.lock().unwrap().push(writes);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_snapshot_is_synced_as_it_is_written_not_only_at_the_end() {
+        let probe = Arc::new(SyncProbe {
+            inner: MemDisk::new(),
+            writes: Default::default(),
+            synced_after: Mutex::new(Vec::new()),
+        });
+        let disk: SharedDisk = probe.clone();
+        let (store, _) = SnapshotStore::open(disk, "snap").unwrap();
+        store.persist(stored(1, b"small")).await.unwrap();
+        assert!(probe.synced_after.lock().unwrap().is_empty(), "a one-chunk snapshot: only the final sync");
+        let before = probe.writes.load(std::sync::atomic::Ordering::SeqCst);
+        let big = vec![5u8; 10 * 1024 * 1024];
+        store.persist(stored(2, &big)).await.unwrap();
+        let synced: Vec<u64> = probe.synced_after.lock().unwrap().iter().map(|w| w - before).collect();
+        assert_eq!(synced, vec![1024, 2048], "after every 4 MiB of chunks");
+        assert_eq!(store.load().await.unwrap().expect("a snapshot").data, big);
     }
 
     #[tokio::test]
