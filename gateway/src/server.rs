@@ -207,11 +207,11 @@ impl Gateway {
     }
 }
 
-/// A running gateway: the HTTP server and the delivery worker.
 /// Longest [`RunningGateway::stop`] waits for the gateway's last holders.
 pub const STOP_RELEASE_WAIT_MS: u64 = 5_000;
 const STOP_RELEASE_POLL_MS: u64 = 10;
 
+/// A running gateway: the HTTP server and the delivery worker.
 pub struct RunningGateway {
     addr: SocketAddr,
     server: actix_web::dev::ServerHandle,

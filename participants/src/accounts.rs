@@ -274,8 +274,8 @@ impl AccountsState {
         }
     }
 
-    /// Every committed account, in id order (a snapshot of the shard).
-    /// The committed accounts, sharing structure with the live map.
+    /// Every committed account, in id order (a snapshot of the shard): an
+    /// O(1) clone that shares structure with the live map.
     pub(crate) fn committed_map(&self) -> imbl::OrdMap<AccountId, Account> {
         self.accounts.clone()
     }

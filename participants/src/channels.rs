@@ -256,8 +256,8 @@ impl ChannelsState {
         assert_eq!(owner, Some(txn), "{}/{} was locked by {txn} until its decision", key.0, key.1);
     }
 
-    /// Every committed charge, in key order (a snapshot of the shard).
-    /// The committed charges, sharing structure with the live map.
+    /// Every committed charge, in key order (a snapshot of the shard): an
+    /// O(1) clone that shares structure with the live map.
     pub(crate) fn committed_map(&self) -> imbl::OrdMap<ChargeKey, Charge> {
         self.charges.clone()
     }

@@ -175,8 +175,8 @@ impl OrdersState {
         assert_eq!(owner, Some(txn), "{id} was locked by {txn} until its decision");
     }
 
-    /// Every committed order, in id order (a snapshot of the shard).
-    /// The committed orders, sharing structure with the live map.
+    /// Every committed order, in id order (a snapshot of the shard): an
+    /// O(1) clone that shares structure with the live map.
     pub(crate) fn committed_map(&self) -> imbl::OrdMap<OrderId, Order> {
         self.orders.clone()
     }

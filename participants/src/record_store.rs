@@ -219,8 +219,8 @@ impl RecordsState {
         assert_eq!(owner, Some(txn), "{key} was locked by {txn} until its decision");
     }
 
-    /// Every committed record, in key order (a snapshot of the shard).
-    /// The committed records, sharing structure with the live map.
+    /// Every committed record, in key order (a snapshot of the shard): an
+    /// O(1) clone that shares structure with the live map.
     pub(crate) fn committed_map(&self) -> imbl::OrdMap<RecordKey, StoredRecord> {
         self.records.clone()
     }
