@@ -150,8 +150,8 @@ fn single(args: &SimArgs, seed: u64) -> anyhow::Result<bool> {
         report.txns, report.committed, report.aborted, report.unknown, report.record_writes
     );
     println!(
-        "  faults: {} crashes ({} of the leader), {} restarts, {} partitions, {} pauses, {} fsync failures, {} messages dropped, {} duplicated",
-        c.crashes, c.leader_crashes, c.restarts, c.partitions, c.pauses, c.fsync_failures, c.messages_dropped, c.messages_duplicated
+        "  faults: {} crashes ({} of the leader), {} restarts, {} partitions, {} pauses (clock stopped), {} fsync failures, {} messages dropped, {} duplicated; clocks drift up to {} ppm",
+        c.crashes, c.leader_crashes, c.restarts, c.partitions, c.pauses, c.fsync_failures, c.messages_dropped, c.messages_duplicated, c.max_drift_ppm
     );
     println!(
         "  disks: {} syncs served by {} flushes ({} joined a flush in progress, at most {} in flight), {} torn crashes keeping {} unsynced batches",
@@ -220,6 +220,7 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
     let mut reports = reports.into_inner().unwrap_or_else(|p| p.into_inner());
     reports.sort_by_key(|r| r.seed);
     let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut max_drift_ppm = 0u64;
     let (mut txns, mut committed, mut virtual_ms) = (0u64, 0u64, 0u64);
     for report in &reports {
         let c = &report.counters;
@@ -260,6 +261,7 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
         ] {
             *faults.entry(name).or_default() += count;
         }
+        max_drift_ppm = max_drift_ppm.max(c.max_drift_ppm);
     }
     let failed: Vec<&RunReport> = reports.iter().filter(|r| r.failure.is_some()).collect();
     println!();
@@ -275,6 +277,7 @@ fn campaign(args: &SimArgs, seeds: std::ops::Range<u64>) -> anyhow::Result<bool>
     for (name, count) in &faults {
         println!("  {name:<31}{count}");
     }
+    println!("  {:<31}{max_drift_ppm} ppm", "clock drift (largest)");
     println!(
         "  speed                          {:.0} simulated txns per wall second, {:.0}x virtual/wall ({} jobs)",
         txns as f64 / wall.max(1e-9),

@@ -14,11 +14,13 @@ use crate::types::{NodeId, Raft};
 use actix::prelude::*;
 use openraft::ServerState;
 use paytx_protocol::batcher::{BatchLimits, Batcher};
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::messages::{DecisionItem, PrepareItem};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{
     PeerRequest, PeerResponse, RequestError, ShardId, ShardMap, Transport, TxnId, TxnReceipt, TxnRequest,
 };
+use paytx_raft::timers::ClockTimers;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +143,9 @@ pub struct CoordinatorDriver {
     outbox: BTreeMap<ShardId, outbox::ShardOutbox>,
     /// A `SendOutbox` is queued on the context.
     outbox_queued: bool,
+    /// This node's clock (the clock seam): every timer of the driver runs
+    /// on it. Taken at construction from the task that builds the node.
+    clock: NodeClock,
 }
 
 /// Ticks between two orphan sweeps.
@@ -172,6 +177,7 @@ impl CoordinatorDriver {
             timeline: timeline::Timeline::default(),
             outbox: BTreeMap::new(),
             outbox_queued: false,
+            clock: NodeClock::current(),
         }
     }
 
@@ -205,7 +211,7 @@ impl CoordinatorDriver {
             let write = async move { raft.client_write(Proposal { commands }).await };
             // Bounded: see `paytx_raft::proposal_timeout_ms` for the write
             // that would otherwise never return.
-            let proposal = tokio::time::timeout(Duration::from_millis(timeout_ms), write);
+            let proposal = self.clock.timeout(Duration::from_millis(timeout_ms), write);
             ctx.spawn(proposal.into_actor(self).map(move |result, act, ctx| {
                 act.batcher.finished();
                 act.hold.on_finished(act.batcher.in_flight());
@@ -474,7 +480,7 @@ impl CoordinatorDriver {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "leader not ready yet; retrying");
-                    ctx.run_later(Duration::from_millis(50), move |act, ctx| {
+                    ctx.run_later_on(&act.clock, Duration::from_millis(50), move |act, ctx| {
                         if act.leadership.term == term && act.leadership.is_leader {
                             act.on_became_leader(term, ctx);
                         }
@@ -564,7 +570,7 @@ impl Actor for CoordinatorDriver {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let tick = Duration::from_millis(self.config.tick_ms.max(1));
-        ctx.run_interval(tick, |act, ctx| {
+        ctx.run_interval_on(&self.clock, tick, |act, ctx| {
             act.dispatch(Event::Tick, ctx);
             act.ticks += 1;
             while let Some(entry) = act.timers.first_entry() {
@@ -766,7 +772,7 @@ impl Handler<HoldProposals> for CoordinatorDriver {
     fn handle(&mut self, msg: HoldProposals, ctx: &mut Context<Self>) -> ResponseFuture<bool> {
         let (generation, drained) = self.hold.begin(self.batcher.in_flight());
         // Bounded whatever the hand-over does: the hold ends on its own.
-        ctx.run_later(Duration::from_millis(msg.max_hold_ms), move |act, ctx| {
+        ctx.run_later_on(&self.clock, Duration::from_millis(msg.max_hold_ms), move |act, ctx| {
             if act.hold.end(Some(generation)) {
                 act.pump(ctx);
             }

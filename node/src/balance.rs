@@ -14,6 +14,7 @@ use actix::Addr;
 use paytx_coordinator::driver::{HoldProposals as HoldCoordinator, ReleaseProposals as ReleaseCoordinator};
 use paytx_coordinator::CoordinatorDriver;
 use paytx_participants::group::front::{HoldProposals, ReleaseProposals, ShardFront};
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::messages::RaftGroup;
 use paytx_protocol::{BoxFuture, NodeId};
 use paytx_raft::handover::{hand_over, hand_over_target, spread_target, LeaderBalance, ProposalGate};
@@ -86,16 +87,17 @@ pub(crate) async fn run(
     }
     let timing = settings.hand_over_timing(peer_timeout_ms);
     let mut policy = LeaderBalance::new(balance);
-    let started = tokio::time::Instant::now();
+    let clock = NodeClock::current();
+    let started = clock.now();
     loop {
-        tokio::time::sleep(Duration::from_millis(BALANCE_CHECK_MS)).await;
+        clock.sleep(Duration::from_millis(BALANCE_CHECK_MS)).await;
         let Some(node) = service.upgrade() else {
             return;
         };
         if node.fail_stop().reason().is_some() {
             return;
         }
-        let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now_ms = u64::try_from((clock.now() - started).as_millis()).unwrap_or(u64::MAX);
         let mut groups: Vec<(RaftGroup, NodeId, Candidate)> = Vec::new();
         if let Some(parts) = node.coordinator() {
             let candidate = Candidate::Coordinator { raft: parts.raft, driver: parts.driver };

@@ -15,6 +15,7 @@ use paytx_coordinator::{CoordinatorDriver, DriverConfig};
 use paytx_participants::group::{start_group, GroupStart};
 use paytx_participants::{ParticipantActor, ParticipantConfig};
 use paytx_protocol::batcher::BatchLimits;
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::messages::RaftGroup;
 use paytx_protocol::{ShardId, Transport};
 use paytx_raft::network::ReplicaRecorder;
@@ -78,6 +79,10 @@ impl NodeCore {
         endpoint: Arc<PeerEndpoint>,
     ) -> Result<NodeCore, NodeError> {
         config.validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        // The node's clock: tokio's, or the one the simulator set for this
+        // node's task (`paytx_protocol::clock`). Every component built
+        // below takes it, and every task spawned below carries it.
+        let clock = NodeClock::current();
         // First of all: which incarnation of this node the disk is. An empty
         // directory of a node that ran before must not vote as its old self.
         let peer_ids: Vec<u64> = config.peer_map().keys().copied().collect();
@@ -197,6 +202,7 @@ impl NodeCore {
 
         let service = Arc::new(NodeService {
             id: config.node_id,
+            clock: clock.clone(),
             peers: config.peer_map().keys().copied().collect(),
             shard_map: config.shards.clone(),
             coordinator: Mutex::new(Some(CoordinatorParts {
@@ -228,7 +234,7 @@ impl NodeCore {
         // Fail-stop: once the latch trips, stop the replica and every shard.
         let watched = Arc::downgrade(&service);
         let tripped = fail_stop.tripped();
-        tokio::spawn(async move {
+        clock.spawn(async move {
             let reason = tripped.await;
             if let Some(service) = watched.upgrade() {
                 tracing::error!(node = service.id(), %reason, "stopping the coordinator replica and every shard");
@@ -242,7 +248,7 @@ impl NodeCore {
         if identity.rebuilt() {
             let addr = config.listen.to_string();
             let timeout_ms = config.limits.peer_timeout_ms;
-            tokio::spawn(paytx_raft::admit::join(
+            clock.spawn(paytx_raft::admit::join(
                 replica.raft.clone(),
                 RaftGroup::Coordinator,
                 me,
@@ -253,7 +259,7 @@ impl NodeCore {
             ));
             for (shard, handle) in &service.participants {
                 if let Some(raft) = handle.raft() {
-                    tokio::spawn(paytx_raft::admit::join(
+                    clock.spawn(paytx_raft::admit::join(
                         raft.clone(),
                         RaftGroup::Shard(*shard),
                         me,
@@ -269,7 +275,7 @@ impl NodeCore {
         // Leaders go back to their preferred nodes once those keep up.
         let lowest = config.peer_map().keys().next().copied();
         if let Some(coordinator_preferred) = lowest {
-            tokio::spawn(crate::balance::run(
+            clock.spawn(crate::balance::run(
                 Arc::downgrade(&service),
                 config.raft.clone(),
                 coordinator_preferred,

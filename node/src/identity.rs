@@ -22,6 +22,7 @@
 //! exists to prevent. Peers answer from the book before their own groups
 //! run, so a cluster whose nodes all start empty resolves at once.
 
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::replica::{incarnation_of, node_of, ReplicaId};
 use paytx_protocol::{BoxFuture, NodeId, PeerRequest, PeerResponse, Transport};
 use paytx_raft::network::ReplicaRecorder;
@@ -219,7 +220,7 @@ async fn ask_every_peer(
                     "empty data directory: waiting for every peer to say whether this node ran before"
                 );
             }
-            tokio::time::sleep(Duration::from_millis(RESOLVE_RETRY_MS)).await;
+            NodeClock::current().sleep(Duration::from_millis(RESOLVE_RETRY_MS)).await;
         }
         for peer in std::mem::take(&mut waiting) {
             match remote.call(peer, PeerRequest::ReplicasSeen { node }, timeout_ms).await {

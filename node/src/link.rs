@@ -4,6 +4,7 @@
 //! messages and partitions on real processes).
 
 use crate::service::NodeService;
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::{BoxFuture, NodeId, PeerRequest, PeerResponse, Transport, TransportError};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub struct NodeTransport {
     remote: Arc<dyn Transport>,
     filter: LinkFilter,
     local_timeout_ms: u64,
+    /// The node's clock: a call to itself times out on it.
+    clock: NodeClock,
 }
 
 impl NodeTransport {
@@ -52,7 +55,7 @@ impl NodeTransport {
         filter: LinkFilter,
         local_timeout_ms: u64,
     ) -> Self {
-        NodeTransport { me, local, remote, filter, local_timeout_ms }
+        NodeTransport { me, local, remote, filter, local_timeout_ms, clock: NodeClock::current() }
     }
 }
 
@@ -74,11 +77,13 @@ impl Transport for NodeTransport {
         // Calls to ourselves skip the socket (and its encoding) entirely.
         let service = self.local.get().and_then(Weak::upgrade);
         let budget_ms = timeout_ms.min(self.local_timeout_ms.max(1));
+        let clock = self.clock.clone();
         Box::pin(async move {
             let Some(service) = service else {
                 return Err(TransportError::Unreachable { node: to, reason: "the local node is stopping".into() });
             };
-            tokio::time::timeout(Duration::from_millis(budget_ms), service.handle_peer(request))
+            clock
+                .timeout(Duration::from_millis(budget_ms), service.handle_peer(request))
                 .await
                 .map_err(|_| TransportError::Timeout { node: to, timeout_ms: budget_ms })
         })

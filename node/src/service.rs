@@ -15,6 +15,7 @@ use paytx_coordinator::driver::{GetDriverStatus, QueryDecision, StopDriver, Subm
 use paytx_coordinator::state_machine::{read_table, SharedTable};
 use paytx_coordinator::{CoordinatorDriver, Raft};
 use paytx_participants::{DecisionSource, ParticipantError, ShardRead, ShardReadAnswer};
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::messages::{Admission, BatchVote, DecisionItem, PrepareItem, RaftGroup, MAX_BATCH_ITEMS};
 use paytx_protocol::messages::{AuditChainView, NodeStatusView, RecordPage, ShardStatus};
 use paytx_protocol::replica::{node_of, ReplicaId};
@@ -38,6 +39,9 @@ pub(crate) struct CoordinatorParts {
 /// Handles everything a node receives.
 pub struct NodeService {
     pub(crate) id: NodeId,
+    /// The node's clock (the clock seam): the service's request budgets
+    /// run on it, and the node's background tasks are spawned with it.
+    pub(crate) clock: NodeClock,
     pub(crate) peers: Vec<NodeId>,
     pub(crate) shard_map: ShardMap,
     pub(crate) coordinator: Mutex<Option<CoordinatorParts>>,
@@ -210,7 +214,8 @@ impl NodeService {
     pub async fn handle_request(self: Arc<Self>, request: Request, may_forward: bool) -> Response {
         let budget = Duration::from_millis(self.request_timeout_ms);
         let timeout_ms = self.request_timeout_ms;
-        match tokio::time::timeout(budget, self.route_request(request, may_forward)).await {
+        let clock = self.clock.clone();
+        match clock.timeout(budget, self.route_request(request, may_forward)).await {
             Ok(response) => response,
             Err(_) => error(RequestError::Timeout { timeout_ms }),
         }
@@ -619,7 +624,7 @@ impl NodeService {
             running.insert((group, replica));
         }
         let service = Arc::downgrade(self);
-        tokio::spawn(async move {
+        self.clock.spawn(async move {
             match paytx_raft::admit::admit(&raft, replica, addr).await {
                 Ok(()) => tracing::info!(%group, replica, "rebuilt replica admitted"),
                 Err(reason) => tracing::warn!(%group, replica, %reason, "admission of a rebuilt replica stopped"),

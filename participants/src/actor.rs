@@ -51,9 +51,11 @@ use crate::record_store::ScanPage;
 use crate::MAX_DECLINE_PER_MILLION;
 use actix::fut::{ready, wrap_future, ActorFutureExt};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, ResponseActFuture};
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::messages::{AccountView, ChargeView, OrderView, RecordView};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::{AbortReason, ChannelId, EntityKey, EntityKind, Operation, TxnId, Vote};
+use paytx_raft::timers::ClockTimers;
 use paytx_storage::{Batch, DiskError, SharedDisk};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -106,6 +108,10 @@ pub struct ParticipantActor {
     /// a transaction recovered from the journal has no entry: it counts as
     /// old, so it is resolved at the first check).
     prepared_at: BTreeMap<TxnId, Instant>,
+    /// This node's clock (the clock seam): the instants above are its
+    /// instants, and every timer of the actor runs on it. Taken at
+    /// construction from the task that builds the node.
+    clock: NodeClock,
     /// Transactions whose decision query is outstanding (one at a time).
     querying: BTreeSet<TxnId>,
     /// Set on a fail-stop failure: why the shard stopped.
@@ -174,6 +180,7 @@ impl ParticipantActor {
             journal,
             decisions,
             prepared_at: BTreeMap::new(),
+            clock: NodeClock::current(),
             querying: BTreeSet::new(),
             stopped: None,
             parked: std::collections::VecDeque::new(),
@@ -369,7 +376,7 @@ impl ParticipantActor {
                 // Memory now holds a reservation the disk does not yet: a
                 // failed write of it stops the shard before any YES.
                 self.stage(|journal, batch| journal.stage_prepared(&record, batch), ctx);
-                self.prepared_at.insert(txn, Instant::now());
+                self.prepared_at.insert(txn, self.clock.now());
                 // PLANTED BUG (simulator only): vote YES before the prepared record is synced.
                 if paytx_protocol::planted::active(Bug::VoteBeforeSync) {
                     return Box::pin(ready(Ok(Vote::Yes)));
@@ -445,7 +452,7 @@ impl ParticipantActor {
         let (reply, answer) = oneshot::channel();
         tracing::trace!(shard = %self.config.shard, %txn, code = reason.code(), "prepare waits for a prepared transaction");
         self.parked.push_back(Parked { id, txn, ops, reason, reply });
-        ctx.run_later(Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
+        ctx.run_later_on(&self.clock, Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
             if let Some(at) = act.parked.iter().position(|p| p.id == id) {
                 if let Some(parked) = act.parked.remove(at) {
                     let _ = parked.reply.send(Ok(Vote::No(parked.reason)));
@@ -473,7 +480,7 @@ impl ParticipantActor {
         let id = self.next_wait_id();
         let (ready_tx, ready_rx) = oneshot::channel();
         self.read_waits.push(ReadWait { id, pending, ready: ready_tx });
-        ctx.run_later(Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
+        ctx.run_later_on(&self.clock, Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
             if let Some(at) = act.read_waits.iter().position(|w| w.id == id) {
                 let _ = act.read_waits.swap_remove(at).ready.send(());
             }
@@ -533,7 +540,7 @@ impl ParticipantActor {
             Ok(prepared) => {
                 if let Prepared::New(record) = &prepared {
                     self.stage(|journal, batch| journal.stage_prepared(record, batch), ctx);
-                    self.prepared_at.insert(txn, Instant::now());
+                    self.prepared_at.insert(txn, self.clock.now());
                 }
                 let reply = parked.reply;
                 let synced = self.after_sync(Vote::Yes, ctx);
@@ -551,7 +558,7 @@ impl ParticipantActor {
         if self.stopped.is_some() {
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let in_doubt_after = Duration::from_millis(self.config.in_doubt_after_ms);
         let due: Vec<TxnId> = self
             .engine
@@ -594,7 +601,7 @@ impl Actor for ParticipantActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let interval = Duration::from_millis(self.config.in_doubt_check_interval_ms);
-        ctx.run_interval(interval, |act, ctx| act.query_in_doubt(ctx));
+        ctx.run_interval_on(&self.clock, interval, |act, ctx| act.query_in_doubt(ctx));
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -649,7 +656,7 @@ impl ParticipantActor {
                 self.prepare_now(txn, ops, declined, disk_low, may_park, ctx)
             }
             Some(Authorization { latency_ms, declined }) => {
-                let wait = tokio::time::sleep(Duration::from_millis(latency_ms));
+                let wait = self.clock.sleep(Duration::from_millis(latency_ms));
                 Box::pin(
                     wrap_future(wait).then(move |(), act: &mut Self, ctx| {
                         act.prepare_now(txn, ops, declined, disk_low, may_park, ctx)

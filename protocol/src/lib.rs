@@ -9,10 +9,12 @@
 //!   RPCs — wrapped in one [`messages::Envelope`].
 //! * [`frame`]: the length-prefixed, versioned frame codec.
 //! * [`error`]: typed errors, one enum per concern.
+//! * [`clock`]: the clock seam, each node's sense of time.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod batcher;
+pub mod clock;
 pub mod error;
 pub mod frame;
 pub mod ids;

@@ -15,6 +15,7 @@
 
 use crate::{NodeId, PaytxRaftConfig};
 use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState};
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::messages::{Admission, RaftGroup};
 use paytx_protocol::replica::{node_of, ReplicaId};
 use paytx_protocol::{PeerRequest, PeerResponse, Transport};
@@ -87,7 +88,7 @@ pub async fn admit<C: PaytxRaftConfig>(raft: &Raft<C>, replica: ReplicaId, addr:
         if waited_ms >= MAX_CATCH_UP_MS {
             return Err(format!("learner {replica} did not catch up within {MAX_CATCH_UP_MS} ms"));
         }
-        tokio::time::sleep(Duration::from_millis(CATCH_UP_POLL_MS)).await;
+        NodeClock::current().sleep(Duration::from_millis(CATCH_UP_POLL_MS)).await;
         waited_ms += CATCH_UP_POLL_MS;
     }
     let voters: BTreeSet<NodeId> = {
@@ -148,6 +149,6 @@ pub async fn join<C: PaytxRaftConfig>(
         if attempts % JOIN_LOG_EVERY == 1 {
             tracing::info!(%group, replica = me, target, ?answer, "asking to be admitted after a rebuild");
         }
-        tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+        NodeClock::current().sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
     }
 }

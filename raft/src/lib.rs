@@ -13,6 +13,8 @@
 //!   replica (openraft 0.9 has no leader transfer).
 //! * [`kick`]: starting an election when two survivors livelock (openraft
 //!   0.9 draws each replica's election timeout once).
+//! * [`timers`]: an actor's timers on its node's clock (the clock seam,
+//!   `paytx_protocol::clock`).
 //!
 //! Each group's log is a [`paytx_storage::LogStore`] in its own keyspaces of
 //! the node's one disk, so one group commit covers every group's appends.
@@ -25,6 +27,7 @@ pub mod network;
 pub mod runtime;
 pub mod settings;
 pub mod snapshot;
+pub mod timers;
 
 pub use paytx_protocol::messages::RaftGroup;
 pub use settings::{initialize_if_new, max_rpc_bytes, openraft_config, proposal_timeout_ms, RaftSettings, StartError};

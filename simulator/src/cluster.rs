@@ -5,6 +5,7 @@ use crate::disk::FencedDisk;
 use crate::net::SimTransport;
 use crate::world::World;
 use paytx_node::{LinkFilter, NodeConfig, NodeCore, NodeService, PeerEndpoint, ReplicaBook};
+use paytx_protocol::clock::{NodeClock, MAX_DRIFT_PPM};
 use paytx_protocol::NodeId;
 use paytx_storage::{MemDisk, SharedDisk};
 use rand::{Rng, SeedableRng};
@@ -13,9 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Largest skew of a node's clock ahead of the run's virtual clock.
+pub const MAX_SKEW_MS: u64 = 10_000;
+
 struct Running {
     core: NodeCore,
     alive: Arc<AtomicBool>,
+    clock: NodeClock,
 }
 
 /// A node about to start (see [`SimCluster::start_many`]).
@@ -27,6 +32,7 @@ struct Prepared {
     transport: Arc<dyn paytx_protocol::Transport>,
     alive: Arc<AtomicBool>,
     incarnation: u64,
+    clock: NodeClock,
 }
 
 pub struct SimCluster {
@@ -42,6 +48,9 @@ pub struct SimCluster {
     pub identity_reuses: Vec<String>,
     /// Nodes whose disk was wiped, with the incarnation each came back as.
     pub rebuilt: BTreeMap<NodeId, u32>,
+    /// Draws each incarnation's clock skew and drift; `None`: every node's
+    /// clock is the run's virtual clock, exactly.
+    clock_rng: Option<ChaCha8Rng>,
 }
 
 /// A node's simulated device: its flush latency, seeded per node.
@@ -73,7 +82,35 @@ impl SimCluster {
             identities,
             identity_reuses: Vec::new(),
             rebuilt: BTreeMap::new(),
+            clock_rng: None,
         }
+    }
+
+    /// From now on, every node (re)starts with a clock of its own: up to
+    /// [`MAX_SKEW_MS`] ahead of the run's virtual clock, running up to
+    /// ±[`MAX_DRIFT_PPM`] fast or slow, drawn from `rng` per incarnation.
+    pub fn skew_clocks(&mut self, rng: ChaCha8Rng) {
+        self.clock_rng = Some(rng);
+    }
+
+    /// The clock of `id`'s current incarnation.
+    pub fn clock(&self, id: NodeId) -> NodeClock {
+        self.world.lock().nodes.get(&id).map(|slot| slot.clock.clone()).unwrap_or_default()
+    }
+
+    /// A clock for a new incarnation of `id` (and the trace line saying so).
+    fn new_clock(&mut self, id: NodeId) -> NodeClock {
+        let Some(rng) = self.clock_rng.as_mut() else {
+            return NodeClock::simulated(0, 0);
+        };
+        let skew_ms = rng.gen_range(0..=MAX_SKEW_MS);
+        let drift_ppm = rng.gen_range(-MAX_DRIFT_PPM..=MAX_DRIFT_PPM);
+        let clock = NodeClock::simulated(skew_ms, drift_ppm);
+        let mut state = self.world.lock();
+        state.counters.max_drift_ppm = state.counters.max_drift_ppm.max(drift_ppm.unsigned_abs());
+        let at = state.now_ms();
+        state.trace.record(at, || format!("node {id} clock: +{skew_ms} ms, drift {drift_ppm:+} ppm"), &[11, id as u8]);
+        clock
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -88,8 +125,14 @@ impl SimCluster {
         self.ids().into_iter().filter(|id| !self.is_running(*id)).collect()
     }
 
+    /// What the harness (monitor, nemesis, final checks) asks `id`
+    /// through: `None` while it is down — or paused, since a paused node
+    /// answers nothing (a read would wait on its stopped clock; a real
+    /// stopped process would make the asker wait for its own timeout).
     pub fn service(&self, id: NodeId) -> Option<Arc<NodeService>> {
-        self.running.get(&id).map(|r| r.core.service())
+        // The running node's own clock, not the world's slot: callers may
+        // hold the world's lock.
+        self.running.get(&id).filter(|r| !r.clock.is_paused()).map(|r| r.core.service())
     }
 
     /// Starts (or restarts) `id` on what its disk kept.
@@ -112,17 +155,20 @@ impl SimCluster {
                 }
             }
         }
+        // Each node starts inside its clock's scope: the core and every
+        // task and Raft group it starts run on that node's clock.
         let cores = futures::future::join_all(starting.into_iter().map(|p| async move {
-            let core = NodeCore::start(&p.config, p.disk, p.transport, LinkFilter::default(), p.endpoint).await;
-            (p.id, p.incarnation, p.alive, core)
+            let start = NodeCore::start(&p.config, p.disk, p.transport, LinkFilter::default(), p.endpoint);
+            let core = p.clock.clone().scope(start).await;
+            (p.id, p.incarnation, p.alive, p.clock, core)
         }))
         .await;
-        for (id, incarnation, alive, core) in cores {
+        for (id, incarnation, alive, clock, core) in cores {
             match core {
                 Ok(core) => {
                     self.note_identity(id, core.service().incarnation());
                     self.world.record(|| format!("node {id} started (incarnation {incarnation})"), &[1, id as u8]);
-                    self.running.insert(id, Running { core, alive });
+                    self.running.insert(id, Running { core, alive, clock });
                     results.insert(id, Ok(()));
                 }
                 Err(e) => {
@@ -174,16 +220,18 @@ impl SimCluster {
             Arc::new(FencedDisk { node: id, inner: memory, alive: alive.clone(), world: self.world.clone() });
         let book = ReplicaBook::open(disk.clone()).map_err(|e| e.to_string())?;
         let endpoint = PeerEndpoint::new(book);
+        let clock = self.new_clock(id);
         let incarnation = {
             let mut state = self.world.lock();
             let slot = state.nodes.entry(id).or_default();
             slot.incarnation += 1;
             slot.endpoint = Some(endpoint.clone());
+            slot.clock = clock.clone();
             slot.incarnation
         };
         let transport: Arc<dyn paytx_protocol::Transport> =
-            Arc::new(SimTransport { from: id, incarnation, world: self.world.clone() });
-        Ok(Prepared { id, config, disk, endpoint, transport, alive, incarnation })
+            Arc::new(SimTransport { from: id, incarnation, world: self.world.clone(), clock: clock.clone() });
+        Ok(Prepared { id, config, disk, endpoint, transport, alive, incarnation, clock })
     }
 
     /// Crashes `id`: its memory is gone, its disk keeps what was synced and,

@@ -3,6 +3,7 @@
 
 use crate::cluster::SimCluster;
 use crate::world::{NetFaults, WorldState};
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::NodeId;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -76,6 +77,8 @@ pub struct Nemesis {
     restart_at: BTreeMap<NodeId, u64>,
     /// When the current partition or pause heals.
     heal_at: Option<u64>,
+    /// The clock of the paused node, restarted at the heal.
+    paused: Option<NodeClock>,
     /// A node whose fsyncs fail, and when the operator restarts it.
     failing_sync: Option<(NodeId, u64)>,
     /// A flapping link: the node, toggles left, and when the next one is due.
@@ -110,6 +113,7 @@ impl Nemesis {
             rng,
             restart_at: BTreeMap::new(),
             heal_at: None,
+            paused: None,
             failing_sync: None,
             flapping: None,
             replicated,
@@ -161,6 +165,9 @@ impl Nemesis {
         }
         if self.heal_at.is_some_and(|at| at <= now) {
             self.heal_at = None;
+            if let Some(clock) = self.paused.take() {
+                clock.resume();
+            }
             world.lock().cut.clear();
             world.record(|| "partition healed".to_string(), b"heal");
         }
@@ -249,9 +256,15 @@ impl Nemesis {
                 self.heal_at = Some(now + self.rng.gen_range(300..3_000));
             }
             5 if self.profile.network() && self.heal_at.is_none() => {
-                // A pause longer than the election timeout: the node hears
-                // nothing and says nothing, then resumes where it was.
+                // A pause longer than the election timeout: the node's
+                // clock stops (none of its timers fires: no election, no
+                // timeout, no retry), it hears nothing and says nothing,
+                // then resumes where it was, every overdue timer at once.
                 let mut state = world.lock();
+                if let Some(slot) = state.nodes.get(&anyone) {
+                    slot.clock.pause();
+                    self.paused = Some(slot.clock.clone());
+                }
                 cut_off(&mut state, anyone, &ids);
                 state.counters.pauses += 1;
                 let at = state.now_ms();
@@ -318,6 +331,9 @@ impl Nemesis {
         }
         self.restart_at.clear();
         self.heal_at = None;
+        if let Some(clock) = self.paused.take() {
+            clock.resume();
+        }
         self.flapping = None;
         // Together: a wiped node's start waits for every peer to answer.
         let down: Vec<NodeId> = cluster.down().into_iter().filter(|id| Some(*id) != self.lost).collect();

@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+#[cfg(test)]
+mod clock_tests;
 pub mod cluster;
 pub mod disk;
 pub mod faults;

@@ -8,6 +8,7 @@
 //! caller that times out does not cancel the work at the target.
 
 use crate::world::World;
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::{BoxFuture, NodeId, PeerRequest, PeerResponse, Transport, TransportError};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ pub struct SimTransport {
     pub from: NodeId,
     pub incarnation: u64,
     pub world: World,
+    /// The sender's clock: a call's timeout runs on it.
+    pub clock: NodeClock,
 }
 
 /// A short name of a peer request, for the trace.
@@ -45,9 +48,9 @@ impl Transport for SimTransport {
         request: PeerRequest,
         timeout_ms: u64,
     ) -> BoxFuture<Result<PeerResponse, TransportError>> {
-        let (world, from, incarnation) = (self.world.clone(), self.from, self.incarnation);
+        let (world, from, incarnation, clock) = (self.world.clone(), self.from, self.incarnation, self.clock.clone());
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+            let deadline = clock.now() + Duration::from_millis(timeout_ms);
             let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
             // Decide the request leg now (in call order: deterministic).
             let plan = {
@@ -119,11 +122,11 @@ impl Transport for SimTransport {
                     }
                 });
             }
-            match tokio::time::timeout_at(deadline, reply_rx).await {
+            match clock.timeout_at(deadline, reply_rx).await {
                 Ok(Ok(response)) => Ok(response),
                 // Lost on the way: the caller only learns it by its timeout.
                 Ok(Err(_)) => {
-                    tokio::time::sleep_until(deadline).await;
+                    clock.sleep_until(deadline).await;
                     Err(TransportError::Timeout { node: to, timeout_ms })
                 }
                 Err(_) => Err(TransportError::Timeout { node: to, timeout_ms }),

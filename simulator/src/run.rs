@@ -195,7 +195,7 @@ pub fn run(config: &SimConfig) -> RunReport {
     }
 }
 
-fn node_configs(seed: u64, replicas: u32, rng: &mut ChaCha8Rng) -> BTreeMap<NodeId, NodeConfig> {
+pub(crate) fn node_configs(seed: u64, replicas: u32, rng: &mut ChaCha8Rng) -> BTreeMap<NodeId, NodeConfig> {
     let addrs: BTreeMap<NodeId, SocketAddr> =
         (1..=3u64).map(|id| (id, SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16)))).collect();
     // Channels with seeded latency and failure models (slow prepares,
@@ -417,7 +417,7 @@ async fn scan_all(cluster: &SimCluster, ns: paytx_protocol::RecordNs) -> Result<
     Ok(keys)
 }
 
-async fn wait_for_leader(cluster: &SimCluster, timeout_ms: u64) -> Option<NodeId> {
+pub(crate) async fn wait_for_leader(cluster: &SimCluster, timeout_ms: u64) -> Option<NodeId> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     while tokio::time::Instant::now() < deadline {
         for id in cluster.ids() {
@@ -460,6 +460,12 @@ async fn probe_commit(world: &World, nodes: &[NodeId], seed: u64) -> Result<(), 
     }
     Err(format!("no new transaction committed within 10 s after healing; the last attempt: {last}"))
 }
+
+/// How long after a first quiet observation the settle phase looks again.
+const QUIET_CONFIRM_MS: u64 = 1_000;
+
+/// Most virtual time the monitor spends reading one hot account.
+const MONITOR_READ_BUDGET_MS: u64 = 2_000;
 
 async fn quiet(cluster: &SimCluster) -> bool {
     let mut leader_seen = false;
@@ -528,9 +534,14 @@ impl Monitor {
             }
         }
         for account in hot {
-            if let Some(Response::Account(Some(view))) =
-                read(cluster, EntityKey::Account(*account), Request::GetAccount(*account)).await
-            {
+            // Bounded: a group without a majority answers nothing, and the
+            // nemesis (which restarts and reconnects nodes) waits for this.
+            let budget = Duration::from_millis(MONITOR_READ_BUDGET_MS);
+            let answer = tokio::time::timeout(
+                budget,
+                read(cluster, EntityKey::Account(*account), Request::GetAccount(*account)),
+            );
+            if let Ok(Some(Response::Account(Some(view)))) = answer.await {
                 if view.balance_minor < 0 {
                     let detail = format!("{account} at {}", view.balance_minor);
                     self.flag(world, Violation { invariant: "no-negative-balance", detail });
@@ -551,6 +562,11 @@ async fn simulate(config: SimConfig) -> RunReport {
     let nodes: Vec<NodeId> = configs.keys().copied().collect();
     let world = World::new(ChaCha8Rng::seed_from_u64(sub_seed(seed, 3)), config.keep_trace, NetFaults::none());
     let mut cluster = SimCluster::new(world.clone(), configs, sub_seed(seed, 6));
+    if config.faults != FaultProfile::None {
+        // Clocks differ per node (a stream of its own: the other draws
+        // stay the seed's).
+        cluster.skew_clocks(ChaCha8Rng::seed_from_u64(sub_seed(seed, 8)));
+    }
     let mut monitor = Monitor {
         leaders: BTreeMap::new(),
         shard_leaders: BTreeMap::new(),
@@ -650,9 +666,15 @@ async fn simulate(config: SimConfig) -> RunReport {
     let settle_deadline = world.now_ms() + 60_000;
     let mut settled = false;
     while world.now_ms() < settle_deadline {
+        // Quiet twice, an election timeout apart: a node cut off until the
+        // heal may still believe it leads, and its stale table looks quiet
+        // until it hears the others.
         if quiet(&cluster).await {
-            settled = true;
-            break;
+            tokio::time::sleep(Duration::from_millis(QUIET_CONFIRM_MS)).await;
+            if quiet(&cluster).await {
+                settled = true;
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -7,6 +7,7 @@
 
 use crate::trace::Trace;
 use paytx_node::PeerEndpoint;
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::NodeId;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -50,6 +51,9 @@ pub struct Counters {
     pub restarts: u64,
     pub partitions: u64,
     pub pauses: u64,
+    /// Largest clock drift any incarnation ran with, in parts per million
+    /// (either way).
+    pub max_drift_ppm: u64,
     pub fsync_failures: u64,
     pub leader_crashes: u64,
     /// Nodes lost for good (replicated shards only).
@@ -89,6 +93,9 @@ pub struct NodeSlot {
     /// What answers the node's peers: set when the node starts (before
     /// its core, which asks its peers who it is), cleared when it crashes.
     pub endpoint: Option<Arc<PeerEndpoint>>,
+    /// The clock of the node's current incarnation (skewed, drifting; a
+    /// pause stops it). Every timer of the node runs on it.
+    pub clock: NodeClock,
 }
 
 pub struct WorldState {

@@ -6,26 +6,16 @@
 //! full O(n) bookkeeping scan on the request path, whose O(1) part is an
 //! `assert!` beside it.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::rust_files;
+use std::path::Path;
 
 /// `(file, text of the line)` allowed to stay debug-only.
 const ALLOWED: [(&str, &str); 1] = [(
     "coordinator/src/engine.rs",
     r#"debug_assert!(self.finishing.iter().all(|txn| self.txns.contains_key(txn)), "finishing ⊆ txns");"#,
 )];
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|ext| ext == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 #[test]
 fn protocol_invariants_are_checked_in_every_build() {

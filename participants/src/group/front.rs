@@ -40,11 +40,13 @@ use actix::{
     Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, ResponseActFuture, ResponseFuture,
 };
 use paytx_protocol::batcher::{BatchLimits, Batcher};
+use paytx_protocol::clock::NodeClock;
 use paytx_protocol::planted::Bug;
 use paytx_protocol::replica::{node_of, ReplicaId};
 use paytx_protocol::{AbortReason, EntityKey, EntityKind, Operation, TxnId, Vote};
 use paytx_raft::handover::Hold;
 use paytx_raft::kick::ElectionKick;
+use paytx_raft::timers::ClockTimers;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -106,6 +108,10 @@ pub struct ShardFront {
     /// Breaks a livelocked election of the group (`paytx_raft::kick`).
     election_kick: ElectionKick,
     started: Instant,
+    /// This node's clock (the clock seam): every timer of the front runs
+    /// on it, and every instant above is one of its instants. Taken at
+    /// construction from the task that builds the node.
+    clock: NodeClock,
     /// How long a proposal may wait for its `client_write`
     /// (`paytx_raft::proposal_timeout_ms`).
     proposal_timeout_ms: u64,
@@ -142,9 +148,11 @@ impl ShardFront {
         batch: BatchLimits,
         election_timeout_max_ms: u64,
     ) -> Self {
+        let clock = NodeClock::current();
         ShardFront {
             election_kick: ElectionKick::new(config.rng_seed ^ 0x6b69_636b, election_timeout_max_ms),
-            started: Instant::now(),
+            started: clock.now(),
+            clock,
             proposal_timeout_ms: paytx_raft::proposal_timeout_ms(election_timeout_max_ms),
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             authorized: Authorized::default(),
@@ -221,7 +229,7 @@ impl ShardFront {
             let write = async move { raft.client_write(ShardProposal { commands }).await };
             // Bounded: see `paytx_raft::proposal_timeout_ms` for the write
             // that would otherwise never return.
-            let write = tokio::time::timeout(Duration::from_millis(timeout_ms), write);
+            let write = self.clock.timeout(Duration::from_millis(timeout_ms), write);
             ctx.spawn(wrap_future(write).map(move |result, act: &mut Self, ctx| {
                 act.batcher.finished();
                 act.hold.on_finished(act.batcher.in_flight());
@@ -327,7 +335,7 @@ impl ShardFront {
             }
             match result {
                 Ok(StepResult::Voted { vote: Vote::Yes, .. }) => {
-                    act.prepared_at.insert(txn, Instant::now());
+                    act.prepared_at.insert(txn, act.clock.now());
                     let _ = reply.send(Ok(Vote::Yes));
                 }
                 Ok(StepResult::Voted { vote: Vote::No(_), blocked: true }) if act.may_wait() && !may_park => {
@@ -369,7 +377,7 @@ impl ShardFront {
         let id = self.next_wait_id();
         parked.id = id;
         self.parked.push_back(parked);
-        ctx.run_later(Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
+        ctx.run_later_on(&self.clock, Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
             if let Some(at) = act.parked.iter().position(|p| p.id == id) {
                 if let Some(parked) = act.parked.remove(at) {
                     let _ = parked.reply.send(Ok(Vote::No(parked.reason)));
@@ -450,7 +458,7 @@ impl ShardFront {
         let id = self.next_wait_id();
         let (ready_tx, ready_rx) = oneshot::channel();
         self.read_waits.push(ReadWait { id, pending, ready: ready_tx });
-        ctx.run_later(Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
+        ctx.run_later_on(&self.clock, Duration::from_millis(self.config.lock_wait_ms), move |act, _ctx| {
             if let Some(at) = act.read_waits.iter().position(|w| w.id == id) {
                 let _ = act.read_waits.swap_remove(at).ready.send(());
             }
@@ -482,7 +490,7 @@ impl ShardFront {
             self.seen_at.clear();
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let in_doubt_after = Duration::from_millis(self.config.in_doubt_after_ms);
         let prepared = lock_state(&self.state).engine.prepared_txns();
         let mut due = Vec::new();
@@ -543,9 +551,9 @@ impl Actor for ShardFront {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let interval = Duration::from_millis(self.config.in_doubt_check_interval_ms);
-        ctx.run_interval(interval, |act, ctx| act.query_in_doubt(ctx));
-        ctx.run_interval(Duration::from_millis(KICK_CHECK_MS), |act, _ctx| {
-            let now_ms = u64::try_from(act.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        ctx.run_interval_on(&self.clock, interval, |act, ctx| act.query_in_doubt(ctx));
+        ctx.run_interval_on(&self.clock, Duration::from_millis(KICK_CHECK_MS), |act, _ctx| {
+            let now_ms = u64::try_from((act.clock.now() - act.started).as_millis()).unwrap_or(u64::MAX);
             let leader_known = act.raft.metrics().borrow().current_leader.is_some();
             if act.election_kick.poll(now_ms, leader_known) {
                 tracing::info!(shard = %act.config.shard, replica = act.replica, "no leader for long; starting an election");
@@ -633,7 +641,7 @@ impl ShardFront {
             self.propose_prepare(txn, ops, admission, may_park, reply, ctx);
             return Box::pin(answer);
         }
-        let wait = tokio::time::sleep(Duration::from_millis(latency_ms));
+        let wait = self.clock.sleep(Duration::from_millis(latency_ms));
         Box::pin(
             wrap_future(wait)
                 .map(move |(), act: &mut Self, ctx| act.propose_prepare(txn, ops, admission, may_park, reply, ctx))
@@ -709,7 +717,7 @@ impl Handler<HoldProposals> for ShardFront {
     fn handle(&mut self, msg: HoldProposals, ctx: &mut Context<Self>) -> ResponseFuture<bool> {
         let (generation, drained) = self.hold.begin(self.batcher.in_flight());
         // Bounded whatever the hand-over does: the hold ends on its own.
-        ctx.run_later(Duration::from_millis(msg.max_hold_ms), move |act, ctx| {
+        ctx.run_later_on(&self.clock, Duration::from_millis(msg.max_hold_ms), move |act, ctx| {
             if act.hold.end(Some(generation)) {
                 act.pump(ctx);
             }
