@@ -189,9 +189,10 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         ClientCommand::TxnStatus { key } => match client.txn_status(IdempotencyKey::new(key.clone())).await? {
             KeyStatus::Known(view) => emit_json(&view)?,
             KeyStatus::NotRegistered => bail!("no transaction was submitted with key {key:?}"),
-            KeyStatus::Unknown { evicted_keys } => bail!(
-                "key {key:?} is not held, but {evicted_keys} keys were evicted by retention: its transaction may \
-                 have committed long ago; a submit under it now runs as a new transaction"
+            KeyStatus::Unknown { retention_secs } => bail!(
+                "key {key:?} is not held, but keys are kept only {retention_secs} s after their transaction \
+                 finished: its transaction may have committed long ago; a submit under it now runs as a new \
+                 transaction"
             ),
         },
         ClientCommand::PutRecord { ns, key, value, delete, expect, txn_key } => {

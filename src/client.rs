@@ -332,9 +332,9 @@ impl Client {
     /// What became of the transaction submitted with `key`:
     /// [`KeyStatus::Known`] with its state, [`KeyStatus::NotRegistered`]
     /// when no transaction was registered under it, or
-    /// [`KeyStatus::Unknown`] when the key is not held but keys have been
-    /// evicted by retention — then it may have committed, and must not be
-    /// read as "nothing applied".
+    /// [`KeyStatus::Unknown`] when the key is not held but keys older than
+    /// `[raft] key_retention_secs` have been evicted — then it may have
+    /// committed long ago, and must not be read as "nothing applied".
     pub async fn txn_status(&self, key: IdempotencyKey) -> Result<KeyStatus, ClientError> {
         match self.request(Request::TxnStatus(key)).await? {
             Response::TxnStatus(status) => Ok(status),

@@ -273,8 +273,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         use paytx::protocol::messages::{KeyStatus, TxnState};
         let state = match status {
             KeyStatus::Known(view) => Some(view.state),
-            // Evicted by retention: it may have committed. The demo's keys
-            // are far fewer than the retention, so this is not expected;
+            // Evicted by retention: it may have committed. The demo runs far
+            // shorter than the retention, so this is not expected;
             // counted apart so it can never pass for "nothing applied".
             KeyStatus::Unknown { .. } => {
                 *tally.aborted.entry("status_unknown_evicted").or_default() += 1;

@@ -79,7 +79,7 @@ fn config(args: &SimArgs, seed: u64) -> anyhow::Result<SimConfig> {
         keep_trace: args.trace.is_some() || args.timeline.is_some(),
         // A bug of one path runs on the shard copies of that path.
         replicas: bug.and_then(Bug::shard_replicas).unwrap_or(args.replicas),
-        key_retention: None,
+        key_retention_secs: None,
     })
 }
 

@@ -75,8 +75,10 @@ async fn leader_shutdown_while_payments_stream_loses_nothing_and_halves_nothing(
                     },
                     // Never registered: nothing can have been applied.
                     KeyStatus::NotRegistered => Outcome::Aborted(paytx::protocol::AbortReason::PresumedAbort),
-                    KeyStatus::Unknown { evicted_keys } => {
-                        panic!("order {order}: key evicted ({evicted_keys} evicted) far below the retention")
+                    KeyStatus::Unknown { retention_secs } => {
+                        panic!(
+                            "order {order}: key evicted within the run, far below the retention ({retention_secs} s)"
+                        )
                     }
                 }
             }

@@ -48,6 +48,10 @@ pub struct DriverConfig {
     /// random extra) without a known leader, this replica starts an
     /// election itself (`paytx_raft::kick`).
     pub election_timeout_max_ms: u64,
+    /// `[raft] key_retention_secs` in milliseconds, stamped on every
+    /// proposal (`Command::Stamp`): the log, not each replica's
+    /// configuration, says how long keys are kept.
+    pub key_retention_ms: u64,
 }
 
 /// Run a transaction; answered with its outcome.
@@ -84,6 +88,8 @@ enum Proposer {
     Forget { count: usize },
     /// An in-doubt participant's question, through the presumed-abort barrier.
     Query(oneshot::Sender<Result<bool, RequestError>>),
+    /// The proposal's `Stamp`: nobody.
+    Stamp,
 }
 
 /// One command waiting in the batcher.
@@ -203,8 +209,12 @@ impl CoordinatorDriver {
             return; // a hand-over: the log must stop growing
         }
         while let Some(batch) = self.batcher.next_batch() {
-            let (commands, proposers): (Vec<Command>, Vec<Proposer>) =
-                batch.into_iter().map(|queued| (queued.command, queued.proposer)).unzip();
+            // Every proposal opens with the leader's clock and retention.
+            let stamp =
+                Command::Stamp { log_time_ms: self.clock.unix_ms(), key_retention_ms: self.config.key_retention_ms };
+            let (commands, proposers): (Vec<Command>, Vec<Proposer>) = std::iter::once((stamp, Proposer::Stamp))
+                .chain(batch.into_iter().map(|queued| (queued.command, queued.proposer)))
+                .unzip();
             tracing::trace!(commands = commands.len(), "propose batch");
             let raft = self.raft.clone();
             let timeout_ms = paytx_raft::proposal_timeout_ms(self.config.election_timeout_max_ms);
@@ -268,7 +278,7 @@ impl CoordinatorDriver {
                     };
                     self.dispatch(event, ctx);
                 }
-                Proposer::Forget { .. } => {}
+                Proposer::Forget { .. } | Proposer::Stamp => {}
                 Proposer::Query(answer) => {
                     let reply = match result {
                         CommandResult::Decided { outcome } => Ok(outcome.is_committed()),
@@ -288,6 +298,7 @@ impl CoordinatorDriver {
             Proposer::Engine { txn, .. } => self.dispatch(Event::ProposalFailed { txn, error }, ctx),
             // Not lost: the next leader re-drives and forgets them.
             Proposer::Forget { count } => tracing::debug!(%error, count, "forget proposal failed"),
+            Proposer::Stamp => {}
             Proposer::Query(answer) => {
                 let _ = answer.send(Err(error));
             }

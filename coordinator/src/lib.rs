@@ -11,6 +11,7 @@
 //!   runtime are `paytx-raft`'s, shared with the shard groups).
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod driver;
 pub mod engine;
 pub mod epoch;

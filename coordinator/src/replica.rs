@@ -28,8 +28,7 @@ pub async fn start_replica(
 ) -> Result<Replica, ReplicaError> {
     let config = paytx_raft::openraft_config(settings, "paytx")?;
     let log_store = LogStore::new(disk.clone());
-    let state_machine =
-        StateMachineStore::open(disk, settings.key_retention).map_err(|e| ReplicaError::Storage(e.to_string()))?;
+    let state_machine = StateMachineStore::open(disk).map_err(|e| ReplicaError::Storage(e.to_string()))?;
     let table = state_machine.shared();
     let raft = Raft::new(
         replica,

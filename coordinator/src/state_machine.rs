@@ -2,16 +2,31 @@
 //! what openraft needs (last applied log id, membership), with snapshots
 //! persisted on the `Disk` seam.
 //!
-//! The table lives in memory. After a restart it is rebuilt from the last
-//! persisted snapshot, then openraft re-applies the log from there — the log
-//! is the durable truth, the snapshot a shortcut. Snapshots are built from a
-//! clone of the table — O(1), its maps are persistent (`imbl::OrdMap`) — so
-//! the apply loop is never blocked by copying or serialising it.
+//! The table lives in memory, the keys of forgotten transactions in the
+//! [`crate::archive`] on the node's disk. After a restart the table is
+//! rebuilt from the last persisted snapshot, then openraft re-applies the
+//! log from there — the log is the durable truth, the snapshot a shortcut;
+//! the archive may be ahead of the table then, which its versions allow
+//! for. Snapshots are built from a clone of the table — O(1), its maps are
+//! persistent (`imbl::OrdMap`) — so the apply loop is never blocked by
+//! copying or serialising it.
+//!
+//! **What a snapshot holds.** The one stored on this node holds the table
+//! only: the archive is already on this node's disk, synced before the
+//! snapshot is stored, so it covers every key the snapshot's entries
+//! archived. The one *sent* to a follower (`get_current_snapshot`) also
+//! carries every archived key the snapshot's table still retains; the
+//! follower writes them to its archive, syncs, and only then stores the
+//! snapshot. Once a snapshot is stored, the keys evicted at its log time
+//! are deleted from the archive (a replay starts there, so no later lookup
+//! could see them); the deletion holds `collecting` so that a snapshot
+//! being sent never misses a key it retains.
 
 // The error type is openraft's `StorageError`, fixed by its traits.
 #![allow(clippy::result_large_err)]
 
-use crate::table::{ProposalResult, TxnTable};
+use crate::archive::{Archive, ArchiveEntry, ArchiveError, DiskArchive};
+use crate::table::{FormerTxnTable, ProposalResult, TxnTable};
 use crate::types::{NodeId, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -24,6 +39,49 @@ use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
 const SNAPSHOT_SPACE: &str = "raft-snapshot";
+
+/// First bytes of a snapshot written since the key archive: a table and the
+/// archived keys beside it ([`SnapshotBody`]). Anything else is a snapshot
+/// of an earlier version (a [`FormerTableState`]), migrated as it is read.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"paytx-k2";
+
+/// A snapshot's content.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    state: TableState,
+    /// Archived keys the table retains: empty in the snapshot a node
+    /// stores (its archive is on its disk), full in one sent to a follower.
+    archived: Vec<ArchiveEntry>,
+}
+
+/// What snapshots held before the key archive.
+#[derive(Deserialize)]
+struct FormerTableState {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    table: FormerTxnTable,
+}
+
+fn encode_body(body: &SnapshotBody) -> Result<Vec<u8>, String> {
+    let mut data = SNAPSHOT_MAGIC.to_vec();
+    data.extend(paytx_protocol::encode(body).map_err(|e| e.to_string())?);
+    Ok(data)
+}
+
+/// Decodes a snapshot of this version or an earlier one; an earlier one's
+/// retired keys are migrated into `archive` (idempotently) as it is read.
+fn decode_body(data: &[u8], archive: &Archive) -> Result<SnapshotBody, String> {
+    if let Some(body) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+        let mut body: SnapshotBody = paytx_protocol::decode_local(body).map_err(|e| e.to_string())?;
+        body.state.table.attach(archive.clone());
+        return Ok(body);
+    }
+    let former: FormerTableState = paytx_protocol::decode_local(data).map_err(|e| e.to_string())?;
+    let last_index = former.last_applied.map_or(0, |log_id| log_id.index);
+    let table = former.table.migrate(archive.clone(), last_index).map_err(|e| e.to_string())?;
+    let state = TableState { last_applied: former.last_applied, membership: former.membership, table };
+    Ok(SnapshotBody { state, archived: Vec::new() })
+}
 
 /// The replicated state, shared (read-only) with the 2PC driver.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -46,6 +104,11 @@ pub struct StateMachineStore {
     state: SharedTable,
     snapshots: SnapshotStore,
     snapshot_seq: u64,
+    disk: SharedDisk,
+    archive: Archive,
+    /// Held (shared) while a snapshot to send reads the archive, and
+    /// (exclusively) while evicted keys are deleted from it.
+    collecting: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -58,14 +121,22 @@ fn snap_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl StateMachineStore {
     /// Opens the state machine, restoring the last persisted snapshot.
-    pub fn open(disk: SharedDisk, key_retention: u64) -> Result<Self, StorageError<NodeId>> {
-        let mut state = TableState { table: TxnTable::new(key_retention), ..TableState::default() };
-        let (snapshots, stored) = SnapshotStore::open(disk, SNAPSHOT_SPACE)?;
+    pub fn open(disk: SharedDisk) -> Result<Self, StorageError<NodeId>> {
+        let archive = Archive(Arc::new(DiskArchive::new(disk.clone())));
+        let mut state = TableState { table: TxnTable::new(archive.clone()), ..TableState::default() };
+        let (snapshots, stored) = SnapshotStore::open(disk.clone(), SNAPSHOT_SPACE)?;
         if let Some(stored) = stored {
-            state = paytx_protocol::decode_local(&stored.data)
-                .map_err(|e| snap_read_err(std::io::Error::other(e.to_string())))?;
+            let body = decode_body(&stored.data, &archive).map_err(|e| snap_read_err(std::io::Error::other(e)))?;
+            state = body.state;
         }
-        Ok(StateMachineStore { state: Arc::new(RwLock::new(state)), snapshots, snapshot_seq: 0 })
+        Ok(StateMachineStore {
+            state: Arc::new(RwLock::new(state)),
+            snapshots,
+            snapshot_seq: 0,
+            disk,
+            archive,
+            collecting: Arc::new(tokio::sync::RwLock::new(())),
+        })
     }
 
     pub fn shared(&self) -> SharedTable {
@@ -81,6 +152,9 @@ pub struct SnapshotBuilder {
     snapshot_id: String,
     /// How long the clone held the table's lock, for the log line.
     clone_ms: u64,
+    disk: SharedDisk,
+    archive: Archive,
+    collecting: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -92,19 +166,37 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id: self.snapshot_id.clone(),
         };
         let (undecided, decided) = state.table.counts();
-        let keys = state.table.retained_keys();
+        let (live_keys, keys_archived) = (state.table.live_keys(), state.table.keys_archived());
+        let collectable = state.table.collectable_ms();
         let started = tokio::time::Instant::now();
+        // The snapshot stored here carries no archived keys: they are on this
+        // disk. Synced first, so the archive covers every entry the snapshot
+        // does before the log behind it may be purged.
+        self.disk.sync().await.map_err(sm_write_err)?;
         let (stored, ()) = self
             .snapshots
             .persist_with(move || {
-                let data = paytx_protocol::encode(&state).map_err(|e| e.to_string())?;
+                let data = encode_body(&SnapshotBody { state, archived: Vec::new() })?;
                 Ok((StoredSnapshot { meta, data }, ()))
             })
             .await?;
+        // Keys evicted at the stored snapshot's log time can go: a replay
+        // starts at a stored snapshot, at that log time or later.
+        let mut collected = 0;
+        if let Some((from_ms, through_ms)) = collectable {
+            let _exclusive = self.collecting.write().await;
+            let archive = self.archive.clone();
+            collected = paytx_storage::run_bulk(&self.disk, move || archive.0.collect(from_ms, through_ms))
+                .await
+                .map_err(sm_write_err)?
+                .map_err(sm_write_err)?;
+        }
         tracing::info!(
             snapshot = %stored.meta.snapshot_id,
             txns = undecided + decided,
-            keys,
+            live_keys,
+            keys_archived,
+            keys_collected = collected,
             bytes = stored.data.len(),
             clone_ms = self.clone_ms,
             persist_ms = started.elapsed().as_millis() as u64,
@@ -138,11 +230,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     // A new leader's first entry: its term reaches the table
                     // (tombstones of older terms go).
                     state.table.observe_term(entry.log_id.leader_id.term);
+                    state.table.skip_entry(entry.log_id.index);
                     ProposalResult::default()
                 }
-                EntryPayload::Normal(proposal) => state.table.apply_proposal(&proposal, entry.log_id.leader_id.term),
+                EntryPayload::Normal(proposal) => state
+                    .table
+                    .apply_proposal(&proposal, entry.log_id.leader_id.term, entry.log_id.index)
+                    .map_err(sm_write_err)?,
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    state.table.skip_entry(entry.log_id.index);
                     ProposalResult::default()
                 }
             };
@@ -160,7 +257,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, self.snapshot_seq),
             None => format!("empty-{}", self.snapshot_seq),
         };
-        SnapshotBuilder { state: Some(state), snapshots: self.snapshots.clone(), snapshot_id, clone_ms }
+        SnapshotBuilder {
+            state: Some(state),
+            snapshots: self.snapshots.clone(),
+            snapshot_id,
+            clone_ms,
+            disk: self.disk.clone(),
+            archive: self.archive.clone(),
+            collecting: self.collecting.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
@@ -173,13 +278,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let installed: TableState = paytx_protocol::decode_local(&data).map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                &std::io::Error::other(e.to_string()),
-            ))
-        })?;
-        self.snapshots.persist(StoredSnapshot { meta: meta.clone(), data }).await?;
+        let read_err = |e: String| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e)))
+        };
+        let body = decode_body(&data, &self.archive).map_err(read_err)?;
+        // The leader's archived keys reach this disk, durably, before the
+        // snapshot that relies on them is stored (a crash between leaves
+        // extra versions, which lookups before them never see).
+        let (archive, archived) = (self.archive.clone(), body.archived);
+        paytx_storage::run_bulk(&self.disk, move || {
+            archived.iter().try_for_each(|entry| archive.0.put(&entry.key, entry.version, &entry.record))
+        })
+        .await
+        .map_err(sm_write_err)?
+        .map_err(sm_write_err)?;
+        self.disk.sync().await.map_err(sm_write_err)?;
+        let installed = body.state;
+        let stored = encode_body(&SnapshotBody { state: installed.clone(), archived: Vec::new() }).map_err(read_err)?;
+        self.snapshots.persist(StoredSnapshot { meta: meta.clone(), data: stored }).await?;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         *state = installed;
         state.last_applied = meta.last_log_id;
@@ -188,10 +304,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self
-            .snapshots
-            .load()
-            .await?
-            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        // Shared with nothing but itself; excludes collection, which could
+        // otherwise delete keys this (older) snapshot still retains.
+        let _reading = self.collecting.read().await;
+        let Some(stored) = self.snapshots.load().await? else { return Ok(None) };
+        let signature = stored.meta.signature();
+        let read_err = |e: String| {
+            StorageError::from(StorageIOError::read_snapshot(Some(signature.clone()), &std::io::Error::other(e)))
+        };
+        let mut body = decode_body(&stored.data, &self.archive).map_err(read_err)?;
+        body.archived = body.state.table.retained_archive().map_err(|e: ArchiveError| read_err(e.to_string()))?;
+        let data = encode_body(&body).map_err(read_err)?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }

@@ -16,11 +16,18 @@
 //!   then refused (`CommandResult::Tombstoned`). A `Begin` is only valid in
 //!   an entry of its id's own term, so tombstones of older terms are dropped.
 //! * **Idempotency keys** map to the transaction that first used them, with
-//!   the hash of its body; their outcome outlives the transaction record.
+//!   the hash of its body; their outcome outlives the transaction record:
+//!   a forgotten transaction's key moves to the [`crate::archive`], where it
+//!   is kept for the retention of *log time* — the time the leader stamps
+//!   on each entry ([`Command::Stamp`]), never a replica's own clock, so
+//!   every replica evicts the same keys at the same entry.
 //!
-//! Pure data: no I/O, no clock, ordered maps only (`BTreeMap`s and imbl's `OrdMap`), so every replica (and every
-//! simulator run) iterates in the same order.
+//! No clock, ordered maps only (`BTreeMap`s and imbl's `OrdMap`), so every
+//! replica (and every simulator run) iterates in the same order. The one
+//! I/O is the archive's, behind the [`KeyArchive`](crate::archive::KeyArchive)
+//! seam (in memory for unit tests).
 
+use crate::archive::{Archive, ArchiveEntry, ArchiveError, ArchivedKey, Version};
 use paytx_protocol::messages::{KeyStatus, TxnState, TxnStatusView};
 use paytx_protocol::planted::Bug;
 use paytx_protocol::txn::BodyHash;
@@ -44,6 +51,15 @@ pub enum Command {
     /// committed (every YES in, its `Begin` applied), so only its driver
     /// decides it.
     PresumeAbort { txn: TxnId },
+    /// The leader's clock and retention, first in every proposal: the log's
+    /// time becomes the larger of what it was and `log_time_ms` (a new
+    /// leader's clock may be behind the last one's), and keys retired at
+    /// log time `t` are kept until log time `t + key_retention_ms`. Both are
+    /// log state, so every replica evicts the same keys at the same entry
+    /// whatever its own clock and configuration say. (Last variant: the
+    /// log's encoding of the others is unchanged, and entries written
+    /// before it existed decode as they were.)
+    Stamp { log_time_ms: u64, key_retention_ms: u64 },
 }
 
 /// One entry of the coordinator's Raft log: the commands of many
@@ -113,19 +129,35 @@ struct KeyRecord {
 /// The table itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnTable {
-    // The three maps are persistent (structurally shared), so a snapshot's
-    // clone of the table is O(1) under the table's lock: the default of a
-    // million retained keys made that clone take about a second (README,
-    // Performance). They iterate in key order, as `BTreeMap`s do, and
-    // encode exactly as they do.
+    // The maps are persistent (structurally shared), so a snapshot's clone
+    // of the table is O(1) under the table's lock. They iterate in key
+    // order, as `BTreeMap`s do, and encode exactly as they do.
     txns: imbl::OrdMap<TxnId, TxnRecord>,
+    /// Keys of live transactions (the archive holds the forgotten ones').
     keys: imbl::OrdMap<IdempotencyKey, KeyRecord>,
-    /// Keys of forgotten transactions in the order they were forgotten, for
-    /// bounded retention (oldest evicted first).
-    retired_keys: imbl::OrdMap<u64, IdempotencyKey>,
-    next_retired_seq: u64,
-    /// Most idempotency keys of finished transactions kept.
-    key_retention: u64,
+    /// Where forgotten transactions' keys go. Not part of the encoding: a
+    /// snapshot carries the archive's retained entries beside the table
+    /// (`state_machine`), and a decoded table is given its node's archive.
+    #[serde(skip)]
+    archive: Archive,
+    /// The command being applied next: archived keys are versioned by it,
+    /// and a lookup sees only versions before it (see `crate::archive`).
+    cursor: Version,
+    /// The log's time (the largest `Stamp` applied), and the first one.
+    log_time_ms: u64,
+    first_stamp_ms: Option<u64>,
+    /// The retention last stamped (the default until a stamp applies).
+    key_retention_ms: u64,
+    /// Keys retired at or before this log time are evicted: the largest
+    /// `log time - retention` stamped so far. Monotone, so a retention
+    /// raised later never brings back a key a replica may already have
+    /// deleted (`collect`) while another has not.
+    evicted_through_ms: Option<u64>,
+    /// Log time at which the first key was archived: until the retention
+    /// has passed since, no key can have been evicted.
+    first_archived_ms: Option<u64>,
+    /// Keys archived since the table began.
+    keys_archived: u64,
     /// Presumed aborts of transactions of the current term whose `Begin`
     /// has not applied (yet): a late `Begin` of one is refused. Entries of
     /// older terms are dropped when an entry of a newer term applies — a
@@ -141,6 +173,56 @@ pub struct TxnTable {
     /// What the batched log carried (for the simulator's coverage report).
     #[serde(default)]
     batch_stats: BatchStats,
+}
+
+/// The table as versions before the key archive encoded it — keys of
+/// forgotten transactions in memory, retained by count: what their
+/// snapshots hold. [`FormerTxnTable::migrate`] turns one into today's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FormerTxnTable {
+    txns: imbl::OrdMap<TxnId, TxnRecord>,
+    keys: imbl::OrdMap<IdempotencyKey, KeyRecord>,
+    retired_keys: imbl::OrdMap<u64, IdempotencyKey>,
+    next_retired_seq: u64,
+    key_retention: u64,
+    tombstones: BTreeSet<TxnId>,
+    applied_term: u64,
+    batch_stats: BatchStats,
+}
+
+impl FormerTxnTable {
+    /// Today's table for a snapshot whose last entry is `last_index`: the
+    /// keys of its forgotten transactions go to `archive`, versioned within
+    /// that entry (before every entry a replay applies), stamped 0 (retired
+    /// before the log carried time: kept for a retention from the first
+    /// stamp). Idempotent: a second migration writes the same versions.
+    pub fn migrate(self, archive: Archive, last_index: u64) -> Result<TxnTable, ArchiveError> {
+        let mut table = TxnTable::new(archive);
+        table.txns = self.txns;
+        table.tombstones = self.tombstones;
+        table.applied_term = self.applied_term;
+        table.batch_stats = self.batch_stats;
+        let mut position = 0u32;
+        for (_, key) in self.retired_keys.iter() {
+            let Some(record) = self.keys.get(key) else { continue };
+            let live = table.txns.get(&record.txn).is_some_and(|t| &t.key == key);
+            let Some(outcome) = record.outcome.clone().filter(|_| !live) else { continue };
+            let archived = ArchivedKey { txn: record.txn, body_hash: record.body_hash, outcome, retired_ms: 0 };
+            table.archive.0.put(key, Version { index: last_index, position }, &archived)?;
+            position = position.saturating_add(1);
+            table.first_archived_ms = Some(0);
+            table.keys_archived += 1;
+        }
+        // Keys still owned by a live transaction stay in memory with it.
+        table.keys = self
+            .keys
+            .iter()
+            .filter(|(key, record)| table.txns.get(&record.txn).is_some_and(|t| &t.key == *key))
+            .map(|(key, record)| (key.clone(), record.clone()))
+            .collect();
+        table.cursor = Version::start_of(last_index.saturating_add(1));
+        Ok(table)
+    }
 }
 
 /// Counts of what batching adds, kept by every replica as it applies (so
@@ -159,34 +241,60 @@ pub struct BatchStats {
     pub tombstoned_begins: u64,
 }
 
-pub use paytx_raft::settings::DEFAULT_KEY_RETENTION;
+pub use paytx_raft::settings::DEFAULT_KEY_RETENTION_SECS;
+
+/// The retention until a [`Command::Stamp`] says otherwise.
+pub const DEFAULT_KEY_RETENTION_MS: u64 = DEFAULT_KEY_RETENTION_SECS * 1_000;
 
 impl Default for TxnTable {
     fn default() -> Self {
-        TxnTable::new(DEFAULT_KEY_RETENTION)
+        TxnTable::new(Archive::default())
     }
 }
 
 impl TxnTable {
-    pub fn new(key_retention: u64) -> Self {
+    pub fn new(archive: Archive) -> Self {
         TxnTable {
             txns: imbl::OrdMap::new(),
             keys: imbl::OrdMap::new(),
-            retired_keys: imbl::OrdMap::new(),
-            next_retired_seq: 0,
-            key_retention: key_retention.max(1),
+            archive,
+            cursor: Version::start_of(0),
+            log_time_ms: 0,
+            first_stamp_ms: None,
+            key_retention_ms: DEFAULT_KEY_RETENTION_MS,
+            evicted_through_ms: None,
+            first_archived_ms: None,
+            keys_archived: 0,
             tombstones: BTreeSet::new(),
             applied_term: 0,
             batch_stats: BatchStats::default(),
         }
     }
 
-    /// Applies every command of a proposal, in order, as part of an entry
-    /// of Raft term `term`.
-    pub fn apply_proposal(&mut self, proposal: &Proposal, term: u64) -> ProposalResult {
+    /// Gives a decoded table its node's archive.
+    pub fn attach(&mut self, archive: Archive) {
+        self.archive = archive;
+    }
+
+    /// Entry `index` carried no commands (blank or membership): the next
+    /// command is the first of the entry after it.
+    pub fn skip_entry(&mut self, index: u64) {
+        self.cursor = Version::start_of(index.saturating_add(1));
+    }
+
+    /// Applies every command of a proposal, in order, as the entry at log
+    /// index `index` of Raft term `term`.
+    pub fn apply_proposal(
+        &mut self,
+        proposal: &Proposal,
+        term: u64,
+        index: u64,
+    ) -> Result<ProposalResult, ArchiveError> {
+        assert!(Version::start_of(index) >= self.cursor, "entries apply in log order");
+        self.cursor = Version::start_of(index);
         let stats = &mut self.batch_stats;
         stats.proposals += 1;
-        stats.commands += proposal.commands.len() as u64;
+        stats.commands += proposal.commands.iter().filter(|c| !matches!(c, Command::Stamp { .. })).count() as u64;
         let mut seen = BTreeSet::new();
         let mut twice = false;
         for command in &proposal.commands {
@@ -198,13 +306,15 @@ impl TxnTable {
                         stats.barriers_beside_others += 1;
                     }
                 }
-                Command::Forget { .. } => {}
+                Command::Forget { .. } | Command::Stamp { .. } => {}
             }
         }
         if twice {
             stats.proposals_with_a_txn_twice += 1;
         }
-        ProposalResult { results: proposal.commands.iter().map(|command| self.apply(command, term)).collect() }
+        let results = proposal.commands.iter().map(|command| self.apply(command, term)).collect::<Result<_, _>>()?;
+        self.skip_entry(index);
+        Ok(ProposalResult { results })
     }
 
     /// What the batched log carried so far (see [`BatchStats`]).
@@ -215,26 +325,42 @@ impl TxnTable {
     /// Applies one command of an entry of Raft term `term`. Deterministic:
     /// same table + same command + same term = same table and result on
     /// every replica.
-    pub fn apply(&mut self, command: &Command, term: u64) -> CommandResult {
+    ///
+    /// Fails only when the archive cannot be read or written: the node
+    /// must then stop (its replica cannot apply the log).
+    pub fn apply(&mut self, command: &Command, term: u64) -> Result<CommandResult, ArchiveError> {
         self.observe_term(term);
         let touched: Vec<TxnId> = match command {
             Command::Begin { txn, .. } | Command::Decide { txn, .. } | Command::PresumeAbort { txn } => vec![*txn],
             Command::Forget { txns } => txns.clone(),
+            Command::Stamp { .. } => Vec::new(),
         };
         let result = match command {
             Command::Begin { txn, key, body_hash, ops, prepare_timeout_ms } => {
-                self.begin(*txn, key, *body_hash, ops, *prepare_timeout_ms, term)
+                self.begin(*txn, key, *body_hash, ops, *prepare_timeout_ms, term)?
             }
-            Command::Decide { txn, key, outcome } => self.decide(*txn, key.as_ref(), outcome),
-            Command::Forget { txns } => self.forget(txns),
+            Command::Decide { txn, key, outcome } => self.decide(*txn, key.as_ref(), outcome)?,
+            Command::Forget { txns } => self.forget(txns)?,
             Command::PresumeAbort { txn } => match self.txns.get(txn) {
                 Some(TxnRecord { decision: Some(outcome), .. }) => CommandResult::Decided { outcome: outcome.clone() },
                 Some(TxnRecord { decision: None, .. }) => CommandResult::InProgress,
-                None => self.decide(*txn, None, &Outcome::Aborted(AbortReason::PresumedAbort)),
+                None => self.decide(*txn, None, &Outcome::Aborted(AbortReason::PresumedAbort))?,
             },
+            Command::Stamp { log_time_ms, key_retention_ms } => {
+                // Log time never goes back, whatever the new leader's clock.
+                self.log_time_ms = self.log_time_ms.max(*log_time_ms);
+                self.first_stamp_ms.get_or_insert(self.log_time_ms);
+                self.key_retention_ms = (*key_retention_ms).max(1);
+                if let Some(through_ms) = self.log_time_ms.checked_sub(self.key_retention_ms) {
+                    self.evicted_through_ms = Some(self.evicted_through_ms.map_or(through_ms, |w| w.max(through_ms)));
+                }
+                CommandResult::None
+            }
         };
         self.check_invariants(&touched);
-        result
+        self.cursor.position =
+            self.cursor.position.checked_add(1).expect("a proposal holds far fewer than 2^32 commands");
+        Ok(result)
     }
 
     fn begin(
@@ -245,14 +371,14 @@ impl TxnTable {
         ops: &[Operation],
         prepare_timeout_ms: u64,
         term: u64,
-    ) -> CommandResult {
+    ) -> Result<CommandResult, ArchiveError> {
         let presumed = Outcome::Aborted(AbortReason::PresumedAbort);
         // A Begin is only valid in an entry of its own id's term (the term
         // its leader assigned the id in). That is what lets tombstones of
         // older terms go: see `tombstones`.
         if txn.term != term {
             tracing::warn!(%txn, term, "Begin proposed under another term than its id's; refused");
-            return CommandResult::Tombstoned { outcome: presumed };
+            return Ok(CommandResult::Tombstoned { outcome: presumed });
         }
         let tombstoned = self.tombstones.remove(&txn)
             // PLANTED BUG (simulator only): a late Begin ignores the presumed abort of its id.
@@ -262,13 +388,12 @@ impl TxnTable {
             // The transaction is aborted for good. Its key remembers that
             // outcome (when still free), so a retry with the same key gets
             // the first outcome again, as Stripe's keys do.
-            if !self.keys.contains_key(key) {
-                self.keys.insert(key.clone(), KeyRecord { txn, body_hash, outcome: Some(presumed.clone()) });
-                self.retire_key(key.clone());
+            if self.find_key(key)?.is_none() {
+                self.archive_key(key, ArchivedKey { txn, body_hash, outcome: presumed.clone(), retired_ms: 0 })?;
             }
-            return CommandResult::Tombstoned { outcome: presumed };
+            return Ok(CommandResult::Tombstoned { outcome: presumed });
         }
-        if let Some(existing) = self.keys.get(key) {
+        if let Some(existing) = self.find_key(key)? {
             // PLANTED BUG (simulator only): a key first used under an earlier leader's term counts as new.
             if paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange)
                 && existing.txn.term != txn.term
@@ -277,54 +402,59 @@ impl TxnTable {
                 self.keys.insert(key.clone(), KeyRecord { txn, body_hash, outcome: None });
                 let record = TxnRecord { key: key.clone(), ops: ops.to_vec(), prepare_timeout_ms, decision: None };
                 self.txns.insert(txn, record);
-                return CommandResult::Begun;
+                return Ok(CommandResult::Begun);
             }
             if existing.body_hash != body_hash {
-                return CommandResult::KeyConflict;
+                return Ok(CommandResult::KeyConflict);
             }
-            return CommandResult::Existing { txn: existing.txn, state: self.state_of(existing) };
+            return Ok(CommandResult::Existing { txn: existing.txn, state: self.state_of(&existing) });
         }
         if self.txns.contains_key(&txn) {
             // Ids are unique by construction (term, node, ever-growing seq);
             // a second Begin of one id under another key is a coordinator
             // bug. Refuse it rather than overwrite the first transaction.
             tracing::error!(%txn, %key, "Begin of a transaction id already in the table; refused");
-            return CommandResult::KeyConflict;
+            return Ok(CommandResult::KeyConflict);
         }
         self.keys.insert(key.clone(), KeyRecord { txn, body_hash, outcome: None });
         self.txns.insert(txn, TxnRecord { key: key.clone(), ops: ops.to_vec(), prepare_timeout_ms, decision: None });
-        CommandResult::Begun
+        Ok(CommandResult::Begun)
     }
 
-    fn decide(&mut self, txn: TxnId, key: Option<&IdempotencyKey>, outcome: &Outcome) -> CommandResult {
+    fn decide(
+        &mut self,
+        txn: TxnId,
+        key: Option<&IdempotencyKey>,
+        outcome: &Outcome,
+    ) -> Result<CommandResult, ArchiveError> {
         if let Some(record) = self.txns.get_mut(&txn) {
             if let Some(decided) = &record.decision {
-                return CommandResult::Decided { outcome: decided.clone() };
+                return Ok(CommandResult::Decided { outcome: decided.clone() });
             }
             record.decision = Some(outcome.clone());
             let key = record.key.clone();
             if let Some(key_record) = self.keys.get_mut(&key) {
                 // PLANTED BUG (simulator only): the key may have been taken over by a later txn (see `begin`).
                 if paytx_protocol::planted::active(Bug::IdempotencyTwiceAfterLeaderChange) && key_record.txn != txn {
-                    return CommandResult::Decided { outcome: outcome.clone() };
+                    return Ok(CommandResult::Decided { outcome: outcome.clone() });
                 }
                 assert_eq!(key_record.txn, txn, "a txn record and its key record agree");
                 key_record.outcome = Some(outcome.clone());
             }
-            return CommandResult::Decided { outcome: outcome.clone() };
+            return Ok(CommandResult::Decided { outcome: outcome.clone() });
         }
         // Unknown transaction: forgotten (its key may remember the outcome)
         // or never begun (presumed abort).
-        let remembered = key
-            .and_then(|k| self.keys.get(k))
-            .filter(|record| record.txn == txn)
-            .and_then(|record| record.outcome.clone());
+        let remembered = match key {
+            Some(key) => self.find_key(key)?.filter(|record| record.txn == txn).and_then(|record| record.outcome),
+            None => None,
+        };
         // PLANTED BUG (simulator only): presume commit for a transaction the table does not know.
         if paytx_protocol::planted::active(Bug::PresumeCommit) && remembered.is_none() {
-            return CommandResult::Decided { outcome: Outcome::Committed };
+            return Ok(CommandResult::Decided { outcome: Outcome::Committed });
         }
         if let Some(outcome) = remembered {
-            return CommandResult::Decided { outcome };
+            return Ok(CommandResult::Decided { outcome });
         }
         // Never begun here (yet). Its prepares may have run in parallel with
         // a Begin still on its way: when that Begin can still apply (its id
@@ -332,7 +462,7 @@ impl TxnTable {
         if txn.term >= self.applied_term && self.tombstones.insert(txn) {
             self.batch_stats.tombstones += 1;
         }
-        CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) }
+        Ok(CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) })
     }
 
     /// An entry of Raft term `term` is being applied. Log terms never
@@ -345,15 +475,79 @@ impl TxnTable {
         }
     }
 
-    fn retire_key(&mut self, key: IdempotencyKey) {
-        self.retired_keys.insert(self.next_retired_seq, key);
-        self.next_retired_seq += 1;
-        while self.retired_keys.len() as u64 > self.key_retention {
-            let Some(&(oldest, _)) = self.retired_keys.get_min() else { break };
-            if let Some(key) = self.retired_keys.remove(&oldest) {
-                self.keys.remove(&key);
-            }
+    /// The key's record: the live transaction's, or the archived one of a
+    /// forgotten transaction while the retention keeps it.
+    fn find_key(&self, key: &IdempotencyKey) -> Result<Option<KeyRecord>, ArchiveError> {
+        if let Some(record) = self.keys.get(key) {
+            return Ok(Some(record.clone()));
         }
+        let archived = self.archive.0.get(key, self.cursor)?.filter(|record| self.is_retained(record));
+        Ok(archived.map(|a| KeyRecord { txn: a.txn, body_hash: a.body_hash, outcome: Some(a.outcome) }))
+    }
+
+    /// When `record` counts as retired, in log time: a key retired before
+    /// the log carried time counts as retired at the first stamp (`None`:
+    /// no stamp yet, so no time has passed).
+    fn retired_at(&self, retired_ms: u64) -> Option<u64> {
+        if retired_ms == 0 {
+            self.first_stamp_ms
+        } else {
+            Some(retired_ms)
+        }
+    }
+
+    /// Whether an archived key is still retained at the current log time.
+    pub fn is_retained(&self, record: &ArchivedKey) -> bool {
+        !self.is_evicted(record.retired_ms)
+    }
+
+    /// Whether a key retired at `retired_ms` is evicted by now.
+    fn is_evicted(&self, retired_ms: u64) -> bool {
+        match (self.retired_at(retired_ms), self.evicted_through_ms) {
+            (Some(retired_ms), Some(through_ms)) => retired_ms <= through_ms,
+            _ => false,
+        }
+    }
+
+    /// Moves a key to the archive, versioned by the command being applied.
+    fn archive_key(&mut self, key: &IdempotencyKey, mut record: ArchivedKey) -> Result<(), ArchiveError> {
+        record.retired_ms = self.log_time_ms;
+        self.archive.0.put(key, self.cursor, &record)?;
+        self.first_archived_ms.get_or_insert(self.log_time_ms);
+        self.keys_archived += 1;
+        Ok(())
+    }
+
+    /// Whether a key may have been evicted by now: one was archived at
+    /// least a retention ago (in log time).
+    fn may_have_evicted(&self) -> bool {
+        self.first_archived_ms.is_some_and(|archived_ms| self.is_evicted(archived_ms))
+    }
+
+    /// What a snapshot of this table carries beside it: every archived key
+    /// retired before the table's next command and still retained.
+    pub fn retained_archive(&self) -> Result<Vec<ArchiveEntry>, ArchiveError> {
+        self.archive.0.scan(self.cursor, &|record| self.is_retained(record))
+    }
+
+    /// The log-time range of archived keys evicted for every lookup from
+    /// now on (log time never goes back), for [`crate::archive::KeyArchive::collect`]:
+    /// `None` while none is.
+    pub fn collectable_ms(&self) -> Option<(u64, u64)> {
+        let through_ms = self.evicted_through_ms?;
+        // Keys stamped 0 count as retired at the first stamp.
+        let zero_evicted = self.first_stamp_ms.is_some_and(|first| first <= through_ms);
+        let from_ms = if zero_evicted { 0 } else { 1 };
+        (from_ms <= through_ms).then_some((from_ms, through_ms))
+    }
+
+    /// The log's time and the retention in force.
+    pub fn log_time_ms(&self) -> u64 {
+        self.log_time_ms
+    }
+
+    pub fn key_retention_ms(&self) -> u64 {
+        self.key_retention_ms
     }
 
     /// Tombstones held (for status and tests).
@@ -361,21 +555,26 @@ impl TxnTable {
         self.tombstones.len()
     }
 
-    fn forget(&mut self, txns: &[TxnId]) -> CommandResult {
+    fn forget(&mut self, txns: &[TxnId]) -> Result<CommandResult, ArchiveError> {
         let mut count = 0;
         for txn in txns {
             // Only decided transactions may be forgotten: an undecided one
             // still needs its record to be driven to a decision.
-            let decided = self.txns.get(txn).is_some_and(|r| r.decision.is_some());
-            if !decided {
+            let Some(TxnRecord { decision: Some(outcome), key, .. }) = self.txns.get(txn).cloned() else {
                 continue;
-            }
-            if let Some(record) = self.txns.remove(txn) {
-                count += 1;
-                self.retire_key(record.key);
+            };
+            self.txns.remove(txn);
+            count += 1;
+            // The key goes with its transaction. (Owned by another one only
+            // under a planted bug that registered it twice: it stays.)
+            if let Some(KeyRecord { txn: owner, body_hash, .. }) = self.keys.get(&key).cloned() {
+                if owner == *txn {
+                    self.keys.remove(&key);
+                    self.archive_key(&key, ArchivedKey { txn: *txn, body_hash, outcome, retired_ms: 0 })?;
+                }
             }
         }
-        CommandResult::Forgotten { count }
+        Ok(CommandResult::Forgotten { count })
     }
 
     fn state_of(&self, key_record: &KeyRecord) -> TxnState {
@@ -414,44 +613,50 @@ impl TxnTable {
     /// `None` for a key the table does not hold (a `Begin` is needed). The
     /// hash is computed only for a key the table holds: a new key's Begin
     /// computes it anyway.
+    ///
+    /// An archive that cannot be read answers `None` here: the `Begin` that
+    /// follows reads it again while applying, where a failure stops the
+    /// node rather than guessing.
     pub fn lookup_key(&self, key: &IdempotencyKey, body_hash: impl FnOnce() -> BodyHash) -> Option<CommandResult> {
-        let existing = self.keys.get(key)?;
+        let existing = match self.find_key(key) {
+            Ok(existing) => existing?,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "key archive unreadable; the Begin will decide");
+                return None;
+            }
+        };
         if existing.body_hash != body_hash() {
             return Some(CommandResult::KeyConflict);
         }
-        Some(CommandResult::Existing { txn: existing.txn, state: self.state_of(existing) })
+        Some(CommandResult::Existing { txn: existing.txn, state: self.state_of(&existing) })
     }
 
     /// What the table knows of `key`: held, never registered (while no key
-    /// was ever evicted), or unknown because keys were evicted.
-    pub fn key_status(&self, key: &IdempotencyKey) -> KeyStatus {
-        match self.status_of_key(key) {
+    /// can have been evicted yet), or unknown because keys were.
+    pub fn key_status(&self, key: &IdempotencyKey) -> Result<KeyStatus, ArchiveError> {
+        Ok(match self.status_of_key(key)? {
             Some(view) => KeyStatus::Known(view),
-            None if self.evicted_keys() == 0 => KeyStatus::NotRegistered,
-            None => KeyStatus::Unknown { evicted_keys: self.evicted_keys() },
-        }
-    }
-
-    /// Keys evicted by retention since the table began: every key retired
-    /// (`next_retired_seq` counts them) that is no longer in `retired_keys`.
-    /// Part of the replicated state, so every replica answers alike.
-    pub fn evicted_keys(&self) -> u64 {
-        let held = self.retired_keys.len() as u64;
-        assert!(held <= self.next_retired_seq, "retired keys held ({held}) <= keys ever retired");
-        self.next_retired_seq - held
-    }
-
-    pub fn status_of_key(&self, key: &IdempotencyKey) -> Option<TxnStatusView> {
-        self.keys.get(key).map(|record| TxnStatusView {
-            key: key.clone(),
-            txn: record.txn,
-            state: self.state_of(record),
+            None if !self.may_have_evicted() => KeyStatus::NotRegistered,
+            None => KeyStatus::Unknown { retention_secs: self.key_retention_ms / 1_000 },
         })
     }
 
-    /// Idempotency keys held (of live and of forgotten transactions).
-    pub fn retained_keys(&self) -> usize {
+    pub fn status_of_key(&self, key: &IdempotencyKey) -> Result<Option<TxnStatusView>, ArchiveError> {
+        Ok(self.find_key(key)?.map(|record| TxnStatusView {
+            key: key.clone(),
+            txn: record.txn,
+            state: self.state_of(&record),
+        }))
+    }
+
+    /// Idempotency keys of live transactions (in memory).
+    pub fn live_keys(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Keys archived since the table began (retained or evicted since).
+    pub fn keys_archived(&self) -> u64 {
+        self.keys_archived
     }
 
     /// (undecided, decided-but-not-forgotten) counts.
@@ -474,7 +679,23 @@ mod tests {
             Command::Begin { txn, .. } => txn.term,
             _ => table.applied_term.max(1),
         };
-        table.apply(command, term)
+        table.apply(command, term).expect("the in-memory archive never fails")
+    }
+
+    /// Stamps log time `log_time_ms` with a retention of `retention_ms`.
+    fn stamp(table: &mut TxnTable, log_time_ms: u64, retention_ms: u64) {
+        at(table, &Command::Stamp { log_time_ms, key_retention_ms: retention_ms });
+    }
+
+    /// Begins, commits and forgets `txn` under `key`.
+    fn run_and_forget(table: &mut TxnTable, txn: TxnId, key: &str) {
+        assert_eq!(at(table, &begin(txn, key, 1)), CommandResult::Begun);
+        at(table, &Command::Decide { txn, key: None, outcome: Outcome::Committed });
+        assert_eq!(at(table, &Command::Forget { txns: vec![txn] }), CommandResult::Forgotten { count: 1 });
+    }
+
+    fn status(table: &TxnTable, key: &str) -> Option<TxnStatusView> {
+        table.status_of_key(&IdempotencyKey::new(key)).expect("the in-memory archive never fails")
     }
 
     fn id(seq: u64) -> TxnId {
@@ -487,69 +708,215 @@ mod tests {
         Command::Begin { txn, key: IdempotencyKey::new(key), body_hash, ops, prepare_timeout_ms: 100 }
     }
 
-    /// The table as it was before its maps became persistent: what
-    /// snapshots written by earlier versions hold.
+    /// The table as versions before the key archive encoded it: what their
+    /// snapshots hold.
     #[derive(Serialize)]
-    struct FormerTable<'a> {
+    struct FormerTable {
         txns: BTreeMap<TxnId, TxnRecord>,
         keys: BTreeMap<IdempotencyKey, KeyRecord>,
         retired_keys: BTreeMap<u64, IdempotencyKey>,
         next_retired_seq: u64,
         key_retention: u64,
-        tombstones: &'a BTreeSet<TxnId>,
+        tombstones: BTreeSet<TxnId>,
         applied_term: u64,
         batch_stats: BatchStats,
     }
 
+    fn key_record(txn: TxnId, key: &str, amount: i64, outcome: Option<Outcome>) -> KeyRecord {
+        let Command::Begin { body_hash, .. } = begin(txn, key, amount) else { unreachable!("begin builds a Begin") };
+        KeyRecord { txn, body_hash, outcome }
+    }
+
     #[test]
-    fn the_table_encodes_as_it_did_with_btreemaps_and_old_snapshots_decode() {
-        let mut table = TxnTable::new(2);
-        for (seq, key) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
-            at(&mut table, &begin(id(seq), key, seq as i64));
-            if seq < 4 {
-                at(&mut table, &Command::Decide { txn: id(seq), key: None, outcome: Outcome::Committed });
-            }
-            if seq < 3 {
-                at(&mut table, &Command::Forget { txns: vec![id(seq)] });
-            }
-        }
-        assert!(!table.retired_keys.is_empty() && table.evicted_keys() == 0);
-        at(&mut table, &begin(id(5), "e", 5));
-        at(&mut table, &Command::Decide { txn: id(5), key: None, outcome: Outcome::Committed });
-        at(&mut table, &Command::Forget { txns: vec![id(3), id(5)] });
-        assert_eq!(table.evicted_keys(), 2, "retention evicted the oldest keys");
+    fn a_former_table_migrates_its_retired_keys_to_the_archive() {
+        // "a" and "b" were forgotten (retired), "c" is live and undecided.
+        let live = begin(id(3), "c", 3);
+        let Command::Begin { ops, .. } = &live else { unreachable!("begin builds a Begin") };
         let former = FormerTable {
-            txns: table.txns.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            keys: table.keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            retired_keys: table.retired_keys.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            next_retired_seq: table.next_retired_seq,
-            key_retention: table.key_retention,
-            tombstones: &table.tombstones,
-            applied_term: table.applied_term,
-            batch_stats: table.batch_stats,
+            txns: BTreeMap::from([(
+                id(3),
+                TxnRecord { key: IdempotencyKey::new("c"), ops: ops.clone(), prepare_timeout_ms: 100, decision: None },
+            )]),
+            keys: BTreeMap::from([
+                (IdempotencyKey::new("a"), key_record(id(1), "a", 1, Some(Outcome::Committed))),
+                (IdempotencyKey::new("b"), key_record(id(2), "b", 2, Some(Outcome::Committed))),
+                (IdempotencyKey::new("c"), key_record(id(3), "c", 3, None)),
+            ]),
+            retired_keys: BTreeMap::from([(0, IdempotencyKey::new("a")), (1, IdempotencyKey::new("b"))]),
+            next_retired_seq: 2,
+            key_retention: 1_000_000,
+            tombstones: BTreeSet::new(),
+            applied_term: 1,
+            batch_stats: BatchStats::default(),
         };
-        let old = paytx_protocol::encode(&former).expect("encodes");
-        assert_eq!(paytx_protocol::encode(&table).expect("encodes"), old, "the same bytes");
-        let decoded: TxnTable = paytx_protocol::decode_local(&old).expect("an old snapshot decodes");
-        assert_eq!(decoded, table);
+        let bytes = paytx_protocol::encode(&former).expect("encodes");
+        let decoded: FormerTxnTable = paytx_protocol::decode_local(&bytes).expect("a former table decodes");
+        let archive = Archive::in_memory();
+        let mut table = decoded.migrate(archive.clone(), 41).expect("the in-memory archive never fails");
+        assert_eq!(table.live_keys(), 1, "only the live transaction's key stays in memory");
+        assert_eq!(table.keys_archived(), 2);
+        // A retry of a retired key gets its first outcome, and of the live
+        // one its transaction.
+        assert_eq!(
+            at(&mut table, &begin(id(4), "a", 1)),
+            CommandResult::Existing { txn: id(1), state: TxnState::Decided(Outcome::Committed) }
+        );
+        assert_eq!(at(&mut table, &begin(id(5), "b", 9)), CommandResult::KeyConflict);
+        assert_eq!(status(&table, "c").map(|v| v.state), Some(TxnState::InProgress));
+        // Keys retired before the log carried time count from the first
+        // stamp: kept a full retention after it, then evicted.
+        stamp(&mut table, 50_000, 10_000);
+        stamp(&mut table, 59_999, 10_000);
+        assert!(status(&table, "a").is_some(), "kept a retention from the first stamp");
+        stamp(&mut table, 60_000, 10_000);
+        assert!(status(&table, "a").is_none() && status(&table, "b").is_none(), "then evicted");
+        assert!(status(&table, "c").is_some(), "a live key is never evicted");
+        // Migrating again (a restart reading the same old snapshot) writes
+        // the same versions: nothing doubles.
+        let again: FormerTxnTable = paytx_protocol::decode_local(&bytes).expect("decodes");
+        again.migrate(archive.clone(), 41).expect("migrates");
+        assert_eq!(archive.0.scan(Version::start_of(u64::MAX), &|_| true).expect("scans").len(), 2);
     }
 
     #[test]
     fn a_clone_of_the_table_is_unchanged_by_later_commands() {
-        let mut table = TxnTable::new(1);
+        let mut table = TxnTable::default();
+        stamp(&mut table, 1_000, 1_000);
         at(&mut table, &begin(id(1), "a", 1));
         at(&mut table, &Command::Decide { txn: id(1), key: None, outcome: Outcome::Committed });
         let copy = table.clone();
         let before = paytx_protocol::encode(&copy).expect("encodes");
         at(&mut table, &Command::Forget { txns: vec![id(1)] });
+        stamp(&mut table, 2_000, 1_000);
         for (seq, key) in [(2, "b"), (3, "c")] {
-            at(&mut table, &begin(id(seq), key, 1));
-            at(&mut table, &Command::Decide { txn: id(seq), key: None, outcome: Outcome::Committed });
-            at(&mut table, &Command::Forget { txns: vec![id(seq)] });
+            run_and_forget(&mut table, id(seq), key);
         }
-        assert!(table.status_of_key(&IdempotencyKey::new("a")).is_none(), "evicted from the live table");
+        assert!(status(&table, "a").is_none(), "evicted from the table");
         assert_eq!(paytx_protocol::encode(&copy).expect("encodes"), before, "the clone shares nothing mutable");
-        assert!(copy.txn(&id(1)).is_some() && copy.status_of_key(&IdempotencyKey::new("a")).is_some());
+        assert!(copy.txn(&id(1)).is_some() && status(&copy, "a").is_some());
+        assert!(status(&copy, "b").is_none(), "the shared archive shows the clone nothing archived after it");
+    }
+
+    #[test]
+    fn keys_are_kept_for_the_retention_of_log_time_then_treated_as_new() {
+        let mut table = TxnTable::default();
+        stamp(&mut table, 10_000, 5_000);
+        run_and_forget(&mut table, id(1), "a");
+        stamp(&mut table, 12_000, 5_000);
+        run_and_forget(&mut table, id(2), "b");
+        // Within the retention a retry gets the first outcome.
+        stamp(&mut table, 14_999, 5_000);
+        let first = CommandResult::Existing { txn: id(1), state: TxnState::Decided(Outcome::Committed) };
+        assert_eq!(at(&mut table, &begin(id(3), "a", 1)), first);
+        let Command::Begin { body_hash, .. } = begin(id(3), "a", 1) else { unreachable!("begin builds a Begin") };
+        assert_eq!(table.lookup_key(&IdempotencyKey::new("a"), || body_hash), Some(first));
+        // "a" was retired at 10,000: at 15,000 it is evicted, "b" not.
+        stamp(&mut table, 15_000, 5_000);
+        assert!(status(&table, "a").is_none());
+        assert!(table.lookup_key(&IdempotencyKey::new("a"), || panic!("not asked for a key not held")).is_none());
+        assert_eq!(status(&table, "b").map(|v| v.txn), Some(id(2)));
+        // A key older than the retention is new: its retry runs again, and
+        // its key then remembers the new transaction.
+        assert_eq!(at(&mut table, &begin(id(4), "a", 1)), CommandResult::Begun);
+        assert_eq!(status(&table, "a").map(|v| v.txn), Some(id(4)));
+    }
+
+    #[test]
+    fn log_time_never_goes_back_and_a_raised_retention_brings_no_key_back() {
+        let mut table = TxnTable::default();
+        stamp(&mut table, 10_000, 1_000);
+        run_and_forget(&mut table, id(1), "a");
+        stamp(&mut table, 11_000, 1_000);
+        assert!(status(&table, "a").is_none(), "evicted at 11,000");
+        // A new leader whose clock is behind: log time stays.
+        stamp(&mut table, 5_000, 1_000);
+        assert_eq!(table.log_time_ms(), 11_000);
+        assert!(status(&table, "a").is_none());
+        // A longer retention from now on keeps what is retained, never what
+        // was evicted (another replica may have deleted it already).
+        stamp(&mut table, 11_000, 60_000);
+        assert_eq!(table.key_retention_ms(), 60_000);
+        assert!(status(&table, "a").is_none(), "an evicted key stays evicted");
+        run_and_forget(&mut table, id(2), "b");
+        stamp(&mut table, 70_000, 60_000);
+        assert!(status(&table, "b").is_some(), "kept for the new retention");
+        stamp(&mut table, 71_000, 60_000);
+        assert!(status(&table, "b").is_none());
+    }
+
+    #[test]
+    fn collection_deletes_only_what_no_lookup_can_see() {
+        let archive = Archive::in_memory();
+        let mut table = TxnTable::new(archive.clone());
+        assert_eq!(table.collectable_ms(), None, "no time yet");
+        run_and_forget(&mut table, id(1), "before-time");
+        stamp(&mut table, 10_000, 3_000);
+        run_and_forget(&mut table, id(2), "a");
+        stamp(&mut table, 12_000, 3_000);
+        run_and_forget(&mut table, id(3), "b");
+        // Through 9,000 every key is evicted, but none was retired then.
+        assert_eq!(table.collectable_ms(), Some((1, 9_000)), "keys stamped 0 are not evicted yet");
+        assert_eq!(archive.0.collect(1, 9_000).expect("collects"), 0);
+        stamp(&mut table, 13_000, 3_000);
+        // Evicted: "before-time" (counts as retired at the first stamp) and "a".
+        assert_eq!(table.collectable_ms(), Some((0, 10_000)));
+        let (from_ms, through_ms) = table.collectable_ms().expect("some");
+        let seen = |table: &TxnTable| ["before-time", "a", "b"].map(|k| status(table, k).is_some());
+        let visible = seen(&table);
+        assert_eq!(visible, [false, false, true]);
+        assert_eq!(archive.0.collect(from_ms, through_ms).expect("collects"), 2);
+        assert_eq!(seen(&table), visible, "collection changed no answer");
+        assert_eq!(table.retained_archive().expect("scans").len(), 1, "what a snapshot carries: b");
+    }
+
+    #[test]
+    fn a_replay_over_an_archive_ahead_of_the_table_gives_the_first_results() {
+        // Entries 1..=3, each a proposal; the snapshot is the table after 1.
+        let entries = [
+            vec![
+                Command::Stamp { log_time_ms: 1_000, key_retention_ms: 500 },
+                begin(id(1), "k", 5),
+                Command::Decide { txn: id(1), key: None, outcome: Outcome::Committed },
+                Command::Forget { txns: vec![id(1)] },
+            ],
+            vec![
+                // "k" is evicted, so reused as new, then archived again.
+                Command::Stamp { log_time_ms: 2_000, key_retention_ms: 500 },
+                begin(id(2), "k", 6),
+                Command::Decide { txn: id(2), key: None, outcome: Outcome::Aborted(AbortReason::PresumedAbort) },
+                Command::Forget { txns: vec![id(2)] },
+            ],
+            vec![Command::Stamp { log_time_ms: 2_100, key_retention_ms: 500 }, begin(id(3), "k", 6)],
+        ]
+        .map(|commands| Proposal { commands });
+        let archive = Archive::in_memory();
+        let mut table = TxnTable::new(archive.clone());
+        let mut first = Vec::new();
+        let mut snapshot = None;
+        for (i, proposal) in entries.iter().enumerate() {
+            first.push(table.apply_proposal(proposal, 1, i as u64 + 1).expect("applies"));
+            if i == 0 {
+                snapshot = Some(table.clone());
+            }
+        }
+        assert_eq!(first[1].results[1], CommandResult::Begun, "an evicted key is new");
+        assert_eq!(
+            first[2].results[1],
+            CommandResult::Existing {
+                txn: id(2),
+                state: TxnState::Decided(Outcome::Aborted(AbortReason::PresumedAbort))
+            }
+        );
+        // A restart: the table from the snapshot, the archive as the first
+        // run left it (holding entry 2's version of "k").
+        let mut replayed = snapshot.expect("taken");
+        let again: Vec<ProposalResult> = entries[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, proposal)| replayed.apply_proposal(proposal, 1, i as u64 + 2).expect("applies"))
+            .collect();
+        assert_eq!(again, first[1..], "the replay sees only what the first application saw");
+        assert_eq!(replayed, table);
     }
 
     #[test]
@@ -599,41 +966,37 @@ mod tests {
     }
 
     #[test]
-    fn undecided_transactions_are_never_forgotten_and_keys_are_bounded() {
-        let mut table = TxnTable::new(2);
+    fn undecided_transactions_are_never_forgotten_nor_their_keys_evicted() {
+        let mut table = TxnTable::default();
+        stamp(&mut table, 1_000, 1_000);
         at(&mut table, &begin(id(1), "a", 1));
         assert_eq!(at(&mut table, &Command::Forget { txns: vec![id(1)] }), CommandResult::Forgotten { count: 0 });
-        for (seq, key) in [(2, "b"), (3, "c"), (4, "d")] {
-            at(&mut table, &begin(id(seq), key, 1));
-            at(&mut table, &Command::Decide { txn: id(seq), key: None, outcome: Outcome::Committed });
-            at(&mut table, &Command::Forget { txns: vec![id(seq)] });
-        }
-        assert!(table.status_of_key(&IdempotencyKey::new("b")).is_none(), "oldest retired key evicted");
-        assert!(table.status_of_key(&IdempotencyKey::new("d")).is_some());
-        assert!(table.status_of_key(&IdempotencyKey::new("a")).is_some(), "live key kept");
+        run_and_forget(&mut table, id(2), "b");
+        stamp(&mut table, 5_000, 1_000);
+        run_and_forget(&mut table, id(3), "c");
+        assert!(status(&table, "b").is_none(), "retired long ago: evicted");
+        assert!(status(&table, "c").is_some());
+        assert!(status(&table, "a").is_some(), "live key kept");
     }
 
     #[test]
-    fn a_key_not_held_reads_as_never_registered_only_until_a_key_is_evicted() {
-        let mut table = TxnTable::new(1);
+    fn a_key_not_held_reads_as_never_registered_only_until_a_key_can_be_evicted() {
+        let mut table = TxnTable::default();
         let never = IdempotencyKey::new("never");
-        assert_eq!(table.key_status(&never), KeyStatus::NotRegistered);
-        for (seq, key) in [(1, "a"), (2, "b")] {
-            at(&mut table, &begin(id(seq), key, 1));
-            at(&mut table, &Command::Decide { txn: id(seq), key: None, outcome: Outcome::Committed });
-            at(&mut table, &Command::Forget { txns: vec![id(seq)] });
-            // "a" is retired and held; nothing evicted yet.
-            if seq == 1 {
-                assert_eq!(table.evicted_keys(), 0);
-                assert_eq!(table.key_status(&never), KeyStatus::NotRegistered);
-            }
-        }
-        // "b" retired pushed "a" out: "a" committed, and its status must not
-        // read as "never registered" — nor may any other key's now.
-        assert_eq!(table.evicted_keys(), 1);
-        assert_eq!(table.key_status(&IdempotencyKey::new("a")), KeyStatus::Unknown { evicted_keys: 1 });
-        assert_eq!(table.key_status(&never), KeyStatus::Unknown { evicted_keys: 1 });
-        let held = table.key_status(&IdempotencyKey::new("b"));
+        let key_status = |table: &TxnTable, key: &IdempotencyKey| table.key_status(key).expect("in memory");
+        assert_eq!(key_status(&table, &never), KeyStatus::NotRegistered);
+        stamp(&mut table, 1_000, 2_000);
+        run_and_forget(&mut table, id(1), "a");
+        stamp(&mut table, 2_999, 2_000);
+        // "a" is retired and held; nothing can have been evicted yet.
+        assert_eq!(key_status(&table, &never), KeyStatus::NotRegistered);
+        run_and_forget(&mut table, id(2), "b");
+        stamp(&mut table, 3_000, 2_000);
+        // "a" is evicted: it committed, and its status must not read as
+        // "never registered" — nor may any other key's now.
+        assert_eq!(key_status(&table, &IdempotencyKey::new("a")), KeyStatus::Unknown { retention_secs: 2 });
+        assert_eq!(key_status(&table, &never), KeyStatus::Unknown { retention_secs: 2 });
+        let held = key_status(&table, &IdempotencyKey::new("b"));
         assert_eq!(
             held.known().map(|v| (v.txn, v.state.clone())),
             Some((id(2), TxnState::Decided(Outcome::Committed)))
@@ -672,7 +1035,7 @@ mod tests {
         assert_eq!(after_leader_change, CommandResult::Begun, "the key is registered a second time");
         assert_eq!(retry_decided, CommandResult::Decided { outcome: Outcome::Committed });
         assert_eq!(table.counts(), (0, 2), "one key, two committed transactions");
-        assert_eq!(table.status_of_key(&IdempotencyKey::new("k")).map(|s| s.txn), Some(retry));
+        assert_eq!(status(&table, "k").map(|s| s.txn), Some(retry));
     }
 
     #[test]
@@ -698,7 +1061,7 @@ mod tests {
         let txn = id(7);
         let query = Command::PresumeAbort { txn };
         assert_eq!(
-            table.apply(&query, 1),
+            table.apply(&query, 1).expect("in memory"),
             CommandResult::Decided { outcome: Outcome::Aborted(AbortReason::PresumedAbort) }
         );
         assert_eq!(table.tombstone_count(), 1);
@@ -732,17 +1095,17 @@ mod tests {
         let mut table = TxnTable::default();
         let stale = at(&mut table, &begin(id(1), "k", 5));
         assert_eq!(stale, CommandResult::Begun);
-        let other_term = table.apply(&begin(id(2), "j", 5), 2);
+        let other_term = table.apply(&begin(id(2), "j", 5), 2).expect("in memory");
         assert_eq!(other_term, CommandResult::Tombstoned { outcome: Outcome::Aborted(AbortReason::PresumedAbort) });
-        assert!(table.status_of_key(&IdempotencyKey::new("j")).is_none(), "nothing registered");
+        assert!(status(&table, "j").is_none(), "nothing registered");
         // A tombstone of term 3, then an entry of term 4: no Begin of term 3
         // can apply any more, so the tombstone goes.
-        table.apply(&Command::PresumeAbort { txn: TxnId { term: 3, node: 1, seq: 1 } }, 3);
+        table.apply(&Command::PresumeAbort { txn: TxnId { term: 3, node: 1, seq: 1 } }, 3).expect("in memory");
         assert_eq!(table.tombstone_count(), 1);
         table.observe_term(4);
         assert_eq!(table.tombstone_count(), 0);
         // A presumed abort of an older term's id needs no tombstone at all.
-        table.apply(&Command::PresumeAbort { txn: TxnId { term: 3, node: 1, seq: 2 } }, 4);
+        table.apply(&Command::PresumeAbort { txn: TxnId { term: 3, node: 1, seq: 2 } }, 4).expect("in memory");
         assert_eq!(table.tombstone_count(), 0);
     }
 
@@ -757,7 +1120,7 @@ mod tests {
                 Command::Forget { txns: vec![id(1)] },
             ],
         };
-        let applied = table.apply_proposal(&proposal, 1);
+        let applied = table.apply_proposal(&proposal, 1, 1).expect("in memory");
         assert_eq!(
             applied.results,
             vec![
@@ -773,7 +1136,7 @@ mod tests {
     fn planted_tombstone_ignored_registers_a_presumed_aborted_transaction() {
         use paytx_protocol::planted::{plant, Bug};
         let mut table = TxnTable::default();
-        table.apply(&Command::PresumeAbort { txn: id(7) }, 1);
+        table.apply(&Command::PresumeAbort { txn: id(7) }, 1).expect("in memory");
         let planted = plant(Some(Bug::TombstoneIgnored));
         let late = at(&mut table, &begin(id(7), "k", 5));
         plant(None);

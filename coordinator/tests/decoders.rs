@@ -16,11 +16,12 @@ use openraft::raft::{
 };
 use openraft::storage::RaftLogStorage;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, SnapshotMeta, StoredMembership, Vote};
+use paytx_coordinator::archive::{DiskArchive, KeyArchive, Version, KEYS_SPACE, TIMES_SPACE};
 use paytx_coordinator::state_machine::StateMachineStore;
 use paytx_coordinator::table::{Command, Proposal};
 use paytx_coordinator::types::LogStore;
 use paytx_coordinator::{NodeId, TypeConfig};
-use paytx_protocol::{decode, encode, Outcome, TxnId};
+use paytx_protocol::{decode, encode, IdempotencyKey, Outcome, TxnId};
 use paytx_storage::record::seal_bytes;
 use paytx_storage::{Batch, Disk, MemDisk};
 use proptest::prelude::*;
@@ -93,8 +94,9 @@ fn decode_every_raft_type(bytes: &[u8]) {
     let _ = decode::<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>>(bytes);
 }
 
-/// Stores `value` (raw or behind a valid checksum) in the log store's and
-/// snapshot store's keyspaces, then reads everything back through them.
+/// Stores `value` (raw or behind a valid checksum) in the log store's,
+/// snapshot store's and key archive's keyspaces, then reads everything
+/// back through them.
 fn read_back_stores(payload: &[u8], sealed: bool) {
     let value = if sealed { seal_bytes(payload) } else { payload.to_vec() };
     let disk = MemDisk::new();
@@ -125,7 +127,26 @@ fn read_back_stores(payload: &[u8], sealed: bool) {
         let _ = store.read_committed().await;
         let _ = store.try_get_log_entries(0..100).await;
     });
-    let _ = StateMachineStore::open(Arc::new(disk), 100);
+    // The key archive's two spaces, under keys of every shape: a record
+    // under a well-formed key, and the payload as a key itself.
+    let mut keys = Batch::new();
+    let mut well_formed = vec![3u8];
+    well_formed.extend_from_slice(b"abc");
+    well_formed.extend_from_slice(&[0; 12]);
+    let record = if sealed { seal_bytes(payload) } else { payload.to_vec() };
+    keys.put(well_formed, record);
+    keys.put(payload.to_vec(), payload.to_vec());
+    disk.apply(KEYS_SPACE, keys).expect("memory");
+    let mut times = Batch::new();
+    times.put(payload.to_vec(), Vec::new());
+    times.put(0u64.to_be_bytes().to_vec(), Vec::new());
+    disk.apply(TIMES_SPACE, times).expect("memory");
+    let archive = DiskArchive::new(Arc::new(disk.clone()));
+    let _ = archive.get(&IdempotencyKey::new("abc"), Version::start_of(u64::MAX));
+    let _ = archive.scan(Version::start_of(u64::MAX), &|_| true);
+    let _ = archive.collect(0, u64::MAX);
+
+    let _ = StateMachineStore::open(Arc::new(disk));
 }
 
 proptest! {

@@ -276,7 +276,7 @@ impl NodeConfig {
             ("[[peers]] ids", encoded_section(&members)),
             ("[shards]", encoded_section(&self.shards)),
             ("[[channels]]", encoded_section(&self.channels)),
-            ("[raft] key_retention", encoded_section(&self.raft.key_retention)),
+            ("[raft] key_retention_secs", encoded_section(&self.raft.key_retention_secs)),
             ("[limits] max_ops_per_txn", encoded_section(&self.limits.max_ops_per_txn)),
             ("[limits] max_frame_bytes", encoded_section(&self.limits.max_frame_bytes)),
             ("[limits] max_prepared_per_shard", encoded_section(&self.limits.max_prepared_per_shard)),
@@ -327,6 +327,20 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(
                 "[raft] needs heartbeat < election_timeout_min < election_timeout_max".into(),
             ));
+        }
+        if self.raft.key_retention.is_some() {
+            return Err(ConfigError::Invalid(
+                "[raft] key_retention (a count of keys) was replaced by key_retention_secs: keys are now kept for \
+                 that many seconds of log time (default 86400)"
+                    .into(),
+            ));
+        }
+        let retention_secs = self.raft.key_retention_secs;
+        if !(1..=paytx_raft::settings::MAX_KEY_RETENTION_SECS).contains(&retention_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "[raft] key_retention_secs = {retention_secs}: needs 1..={}",
+                paytx_raft::settings::MAX_KEY_RETENTION_SECS
+            )));
         }
         if self.raft.max_batch_commands == 0
             || !(1..=MAX_PROPOSALS_IN_FLIGHT).contains(&self.raft.max_proposals_in_flight)
@@ -460,14 +474,14 @@ mod tests {
         other_node.peers[0].addr = "127.0.0.1:9999".parse().expect("valid address"); // a proxy, say
         assert!(config.cluster_digest().differing(&other_node.cluster_digest()).is_empty());
         other_node.channels.pop();
-        other_node.raft.key_retention += 1;
+        other_node.raft.key_retention_secs += 1;
         other_node.limits.max_records_per_shard += 1;
         assert_eq!(
             config.cluster_digest().differing(&other_node.cluster_digest()),
             vec![
                 "[[channels]]".to_string(),
                 "[limits] max_records_per_shard".to_string(),
-                "[raft] key_retention".to_string()
+                "[raft] key_retention_secs".to_string()
             ],
             "the differing sections are named"
         );

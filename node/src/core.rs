@@ -185,6 +185,7 @@ impl NodeCore {
                 ..EngineConfig::default()
             },
             tick_ms: 20,
+            key_retention_ms: config.raft.key_retention_secs.saturating_mul(1_000),
             peer_timeout_ms: config.limits.peer_timeout_ms,
             batch: BatchLimits {
                 max_items: usize::try_from(config.raft.max_batch_commands).unwrap_or(usize::MAX),

@@ -280,9 +280,12 @@ impl NodeService {
                     None => None,
                 };
                 match (parts, leader_ready) {
-                    (Some(parts), Some((true, _))) => {
-                        Response::TxnStatus(read_table(&parts.table).table.key_status(&key))
-                    }
+                    (Some(parts), Some((true, _))) => match read_table(&parts.table).table.key_status(&key) {
+                        Ok(status) => Response::TxnStatus(status),
+                        // The archive could not be read: say so rather than
+                        // answer "unknown" for a key that may be on disk.
+                        Err(e) => error(RequestError::Internal(format!("idempotency-key archive: {e}"))),
+                    },
                     (_, hint) if may_forward => {
                         let hint = hint.and_then(|(_, h)| h);
                         let fallback = RequestError::NoLeader { leader_hint: hint };

@@ -49,6 +49,11 @@ pub const MAX_DRIFT_PPM: i64 = 50_000;
 
 const PPM: i128 = 1_000_000;
 
+/// What a simulated clock's [`NodeClock::unix_ms`] reads at its run's
+/// anchor: 2026-01-01T00:00:00Z, a fixed date so that a run's log times (and
+/// every statement day derived from them) are a function of its seed.
+pub const SIM_UNIX_EPOCH_MS: u64 = 1_767_225_600_000;
+
 tokio::task_local! {
     static CURRENT: NodeClock;
 }
@@ -74,6 +79,10 @@ impl std::fmt::Debug for NodeClock {
 
 struct SimClock {
     state: Mutex<ClockState>,
+    /// The instant (of tokio's clock) that reads as [`SIM_UNIX_EPOCH_MS`]
+    /// on every clock of one simulated run, so nodes' Unix times differ by
+    /// their skew and drift only.
+    unix_anchor: Instant,
     /// Bumped at every pause, resume or rate change: sleepers recompute.
     changed: watch::Sender<u64>,
 }
@@ -134,6 +143,13 @@ impl NodeClock {
     /// parts per million fast (negative: slow). `drift_ppm` is clamped to
     /// ±[`MAX_DRIFT_PPM`].
     pub fn simulated(skew_ms: u64, drift_ppm: i64) -> Self {
+        NodeClock::simulated_from(Instant::now(), skew_ms, drift_ppm)
+    }
+
+    /// [`NodeClock::simulated`], reading [`SIM_UNIX_EPOCH_MS`] (plus skew)
+    /// as Unix time at `unix_anchor`: the simulator gives every clock of a
+    /// run the run's start, so a restarted node's Unix time carries on.
+    pub fn simulated_from(unix_anchor: Instant, skew_ms: u64, drift_ppm: i64) -> Self {
         let now = Instant::now();
         let state = ClockState {
             origin_global: now,
@@ -142,7 +158,7 @@ impl NodeClock {
             paused: false,
         };
         let (changed, _) = watch::channel(0);
-        NodeClock { sim: Some(Arc::new(SimClock { state: Mutex::new(state), changed })) }
+        NodeClock { sim: Some(Arc::new(SimClock { state: Mutex::new(state), unix_anchor, changed })) }
     }
 
     /// The clock of the task this runs in ([`NodeClock::scope`]); tokio's
@@ -173,6 +189,27 @@ impl NodeClock {
         match &self.sim {
             None => global,
             Some(sim) => sim.lock().local_at(global),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch on this clock: the system's wall
+    /// clock in production, [`SIM_UNIX_EPOCH_MS`] plus the run's virtual
+    /// time (skewed, drifting, stopped while paused) in the simulator. Not
+    /// monotonic across nodes or restarts: whoever stamps the log with it
+    /// keeps the log's time from going back (see the coordinator's
+    /// `Command::Stamp`).
+    pub fn unix_ms(&self) -> u64 {
+        match &self.sim {
+            // The seam's one reading of the wall clock. A clock set before
+            // 1970 reads as the epoch: log time only ever takes the maximum.
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
+            Some(sim) => {
+                let local = self.now();
+                let since = local.saturating_duration_since(sim.unix_anchor).as_millis() as u64;
+                SIM_UNIX_EPOCH_MS.saturating_add(since)
+            }
         }
     }
 

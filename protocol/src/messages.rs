@@ -167,23 +167,26 @@ pub enum TxnState {
 
 /// What the cluster knows of an idempotency key (`Request::TxnStatus`).
 ///
-/// Keys of finished transactions are kept for `[raft] key_retention`
-/// forgotten transactions and then evicted, oldest first. A key the table
-/// does not hold therefore means "never registered" only while nothing was
-/// ever evicted; after that it may be the key of a transaction that
-/// committed long ago, and a caller must not read it as "nothing applied".
+/// The key of a finished transaction is kept for `[raft] key_retention_secs`
+/// of *log time* (the time the coordinator's leader stamps on its log, not
+/// any node's own clock) after its transaction was forgotten, then evicted.
+/// A key the table does not hold therefore means "never registered" only
+/// while no key has been retired for that long; after that it may be the
+/// key of a transaction that committed long ago, and a caller must not read
+/// it as "nothing applied".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyStatus {
     /// The table holds the key: its transaction and where it stands.
     Known(TxnStatusView),
-    /// Not held, and no key was ever evicted: no transaction was registered
-    /// under it (nothing applied). A submit still in flight may register it
-    /// later.
+    /// Not held, and no key has been retired for longer than the
+    /// retention: no transaction was registered under it (nothing
+    /// applied). A submit still in flight may register it later.
     NotRegistered,
-    /// Not held, but `evicted_keys` keys were evicted by retention: it may
-    /// have been one of them, so its transaction may have committed (or
-    /// aborted). A retry under it now runs as a new transaction.
-    Unknown { evicted_keys: u64 },
+    /// Not held, but keys retired more than `retention_secs` ago have been
+    /// evicted: it may have been one of them, so its transaction may have
+    /// committed (or aborted). A retry under it now runs as a new
+    /// transaction.
+    Unknown { retention_secs: u64 },
 }
 
 impl KeyStatus {

@@ -31,17 +31,30 @@ pub struct RaftSettings {
     /// Most proposals outstanding at once; while they are, the next batch
     /// accumulates.
     pub max_proposals_in_flight: u64,
-    /// Idempotency keys of finished transactions kept in the table.
-    pub key_retention: u64,
+    /// How long, in seconds of log time, the coordinator keeps the
+    /// idempotency key of a finished transaction after forgetting it (a
+    /// retry within it gets the first outcome; after it, it runs as new).
+    pub key_retention_secs: u64,
+    /// The count-based retention of earlier versions: still parsed, so a
+    /// configuration that sets it is refused with a message naming its
+    /// replacement ([`RaftSettings::key_retention_secs`]) rather than
+    /// silently ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_retention: Option<u64>,
     /// A group's leader hands the leadership to the group's preferred
     /// replica once that replica has kept up for this long (a node that
     /// returned gets its leaderships back: `handover`); 0 = never.
     pub leader_settle_ms: u64,
 }
 
-/// Default for [`RaftSettings::key_retention`]: keys of finished
-/// transactions the coordinator's table keeps.
-pub const DEFAULT_KEY_RETENTION: u64 = 1_000_000;
+/// Default for [`RaftSettings::key_retention_secs`]: 24 hours, as Stripe
+/// keeps its idempotency keys.
+pub const DEFAULT_KEY_RETENTION_SECS: u64 = 86_400;
+
+/// Longest [`RaftSettings::key_retention_secs`] accepted: a year. Keys are
+/// kept on disk for that long at the cluster's whole throughput, so the
+/// bound is about disk, and keeps every millisecond sum far from overflow.
+pub const MAX_KEY_RETENTION_SECS: u64 = 366 * 86_400;
 
 impl Default for RaftSettings {
     fn default() -> Self {
@@ -55,7 +68,8 @@ impl Default for RaftSettings {
             max_batch_commands: 2_048,
             max_batch_bytes: 0,
             max_proposals_in_flight: 2,
-            key_retention: DEFAULT_KEY_RETENTION,
+            key_retention_secs: DEFAULT_KEY_RETENTION_SECS,
+            key_retention: None,
             leader_settle_ms: 3_000,
         }
     }

@@ -100,12 +100,15 @@ impl SimCluster {
 
     /// A clock for a new incarnation of `id` (and the trace line saying so).
     fn new_clock(&mut self, id: NodeId) -> NodeClock {
+        // Every clock reads the run's start as the same Unix time, so log
+        // times carry on across restarts and differ only by skew and drift.
+        let start = self.world.lock().start;
         let Some(rng) = self.clock_rng.as_mut() else {
-            return NodeClock::simulated(0, 0);
+            return NodeClock::simulated_from(start, 0, 0);
         };
         let skew_ms = rng.gen_range(0..=MAX_SKEW_MS);
         let drift_ppm = rng.gen_range(-MAX_DRIFT_PPM..=MAX_DRIFT_PPM);
-        let clock = NodeClock::simulated(skew_ms, drift_ppm);
+        let clock = NodeClock::simulated_from(start, skew_ms, drift_ppm);
         let mut state = self.world.lock();
         state.counters.max_drift_ppm = state.counters.max_drift_ppm.max(drift_ppm.unsigned_abs());
         let at = state.now_ms();

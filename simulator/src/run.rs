@@ -35,11 +35,11 @@ pub struct SimConfig {
     /// Copies of every participant shard (1: single-copy; 3: every shard
     /// a Raft group on the three nodes).
     pub replicas: u32,
-    /// `[raft] key_retention` of every node (`None`: the default, which no
-    /// run comes near). Small, keys are evicted during the run and the
-    /// checker must say it cannot decide their outcomes
+    /// `[raft] key_retention_secs` of every node (`None`: the default, a
+    /// day, which no run comes near). Small, keys are evicted during the
+    /// run and the checker must say it cannot decide their outcomes
     /// (`outcomes-decidable`) rather than read them as never registered.
-    pub key_retention: Option<u64>,
+    pub key_retention_secs: Option<u64>,
 }
 
 impl SimConfig {
@@ -52,7 +52,7 @@ impl SimConfig {
             bug: None,
             keep_trace: false,
             replicas: paytx_protocol::ops::DEFAULT_SHARD_REPLICAS,
-            key_retention: None,
+            key_retention_secs: None,
         }
     }
 }
@@ -555,9 +555,9 @@ async fn simulate(config: SimConfig) -> RunReport {
     let seed = config.seed;
     let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(seed, 2));
     let mut configs = node_configs(seed, config.replicas, &mut rng);
-    if let Some(key_retention) = config.key_retention {
+    if let Some(key_retention_secs) = config.key_retention_secs {
         // After the draws, so the rest of the run is the seed's usual one.
-        configs.values_mut().for_each(|node| node.raft.key_retention = key_retention);
+        configs.values_mut().for_each(|node| node.raft.key_retention_secs = key_retention_secs);
     }
     let nodes: Vec<NodeId> = configs.keys().copied().collect();
     let world = World::new(ChaCha8Rng::seed_from_u64(sub_seed(seed, 3)), config.keep_trace, NetFaults::none());
@@ -718,9 +718,9 @@ async fn simulate(config: SimConfig) -> RunReport {
             // Evicted by retention: whether it applied cannot be known, so
             // the run cannot be checked exactly. Never read as "nothing
             // applied" (that would hide a payment applied twice or lost).
-            Some(KeyStatus::Unknown { evicted_keys }) => {
+            Some(KeyStatus::Unknown { retention_secs }) => {
                 let detail = format!(
-                    "{}: status unknown, {evicted_keys} keys evicted (key retention too small for the run)",
+                    "{}: status unknown, keys older than {retention_secs} s evicted (key retention too small for the run)",
                     record.request.key
                 );
                 monitor.flag(&world, Violation { invariant: "outcomes-decidable", detail });

@@ -35,7 +35,7 @@ fn faults_are_injected_and_every_invariant_holds() {
     let (mut syncs, mut flushes, mut joined, mut in_flight, mut torn, mut kept) = (0, 0, 0, 0, 0, 0);
     // Six short runs on the default (replicated) shards; seeds whose
     // schedules crash nodes, tear tails and partition.
-    for seed in 115..121u64 {
+    for seed in 110..116u64 {
         let report = run(&SimConfig { operations: 80, faults: FaultProfile::All, ..SimConfig::new(seed) });
         assert!(report.failure.is_none(), "seed {seed}: {:#?}", report.failure);
         assert!(report.committed > 0, "seed {seed} commits something");
@@ -63,7 +63,7 @@ fn faults_are_injected_and_every_invariant_holds() {
     assert!(torn > 0 && kept >= torn, "{torn} torn crashes keeping {kept} batches");
 }
 
-/// With a retention of a few keys, most keys are evicted before the
+/// With a retention of one second, most keys are evicted before the
 /// checker looks them up: their outcomes cannot be known, and the checker
 /// says so (`outcomes-decidable`) instead of reading them as "never
 /// registered, nothing applied", which would make it miss a payment applied
@@ -72,14 +72,15 @@ fn faults_are_injected_and_every_invariant_holds() {
 /// retention is new — but none reads an acknowledged outcome as changed.)
 #[test]
 fn keys_evicted_by_retention_are_undecidable_not_unregistered() {
-    let small = SimConfig { operations: 60, faults: FaultProfile::None, key_retention: Some(4), ..SimConfig::new(9) };
+    let small =
+        SimConfig { operations: 60, faults: FaultProfile::None, key_retention_secs: Some(1), ..SimConfig::new(9) };
     let failure = run(&small).failure.expect("evicted keys are flagged");
     let names: Vec<&str> = failure.violations.iter().map(|v| v.invariant).collect();
     assert!(names.contains(&"outcomes-decidable"), "flagged as undecidable: {names:?}");
     assert!(!names.contains(&"durable-outcomes"), "an evicted key's outcome is not compared: {names:?}");
     // The same run with the default retention passes: the flags come from
     // the eviction alone.
-    let default = SimConfig { key_retention: None, ..small };
+    let default = SimConfig { key_retention_secs: None, ..small };
     assert!(run(&default).failure.is_none(), "default retention: the run passes");
 }
 

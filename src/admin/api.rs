@@ -124,7 +124,14 @@ pub async fn txn_detail(state: &AdminState, id_or_key: &str) -> Option<TxnDetail
                 }
             }
             let key = IdempotencyKey(id_or_key.to_string());
-            let view = table.status_of_key(&key)?;
+            let view = match table.status_of_key(&key) {
+                Ok(view) => view?,
+                Err(e) => {
+                    // Shown as not found; the log says why.
+                    tracing::warn!(%key, error = %e, "idempotency-key archive unreadable");
+                    return None;
+                }
+            };
             Some((view.txn, table.txn(&view.txn).cloned(), Some(view.state)))
         })
         .flatten()?;

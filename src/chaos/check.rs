@@ -161,8 +161,10 @@ pub async fn check(
             KeyStatus::NotRegistered => None,
             // Evicted by retention: it may have applied, so the run cannot be
             // checked exactly; never read as "nothing applied".
-            KeyStatus::Unknown { evicted_keys } => {
-                let detail = format!("{key}: not held, {evicted_keys} keys evicted (retention too small for the run)");
+            KeyStatus::Unknown { retention_secs } => {
+                let detail = format!(
+                    "{key}: not held, keys older than {retention_secs} s evicted (retention too small for the run)"
+                );
                 findings.flag("outcomes_decidable", detail);
                 None
             }

@@ -38,7 +38,7 @@ pub const CLUSTER_WIDE: &[(Option<&str>, &str)] = &[
     (None, "cluster_secret"),
     (None, "shards"),
     (None, "channels"),
-    (Some("raft"), "key_retention"),
+    (Some("raft"), "key_retention_secs"),
     (Some("limits"), "max_ops_per_txn"),
     (Some("limits"), "max_frame_bytes"),
     (Some("limits"), "max_prepared_per_shard"),
@@ -79,7 +79,7 @@ struct ClusterFile {
 }
 
 /// How a setting is named in errors: `cluster_secret`, `[shards]`,
-/// `[[channels]]`, `[raft] key_retention`.
+/// `[[channels]]`, `[raft] key_retention_secs`.
 fn setting_name(section: Option<&str>, key: &str, value: Option<&Value>) -> String {
     match (section, value) {
         (Some(section), _) => format!("[{section}] {key}"),
@@ -306,7 +306,7 @@ mod tests {
         config.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 9092)));
         config.coordinator.prepare_timeout_ms = 2_500;
         config.raft.heartbeat_interval_ms = 50;
-        config.raft.key_retention = 5_000;
+        config.raft.key_retention_secs = 5_000;
         config.limits.max_connections = 77;
         config.limits.max_records_per_shard = 1_234;
         config.channels.pop();
@@ -338,7 +338,7 @@ mod tests {
         assert_eq!(split, config());
         assert_eq!(split.cluster_digest(), single.cluster_digest());
         // Each file holds only its own kind of setting.
-        assert!(!node_text.contains("key_retention") && !node_text.contains("[shards]"), "{node_text}");
+        assert!(!node_text.contains("key_retention_secs") && !node_text.contains("[shards]"), "{node_text}");
         assert!(!node_text.contains("cluster_secret") && !node_text.contains("max_records_per_shard"));
         assert!(!cluster_text.contains("node_id") && !cluster_text.contains("heartbeat_interval_ms"), "{cluster_text}");
         assert!(!cluster_text.contains("max_connections") && !cluster_text.contains("[gateway]"));
@@ -369,7 +369,7 @@ mod tests {
             (format!("cluster_secret = \"{SECRET}\"\n{node_text}"), "cluster_secret"),
             (format!("{node_text}\n[shards]\naccounts = [1]\norders = [1]\nchannels = [1]\nrecords = [1]\n"), "[shards]"),
             (format!("{node_text}\n[[channels]]\nid = 9\nkind = \"alipay\"\nname = \"x\"\ndecline_per_million = 0\nauthorize_latency_ms = 1\n"), "[[channels]]"),
-            (node_text.replace("[raft]\n", "[raft]\nkey_retention = 5000\n"), "[raft] key_retention"),
+            (node_text.replace("[raft]\n", "[raft]\nkey_retention_secs = 5000\n"), "[raft] key_retention_secs"),
             (node_text.replace("[limits]\n", "[limits]\nmax_ops_per_txn = 8\n"), "[limits] max_ops_per_txn"),
             (node_text.replace("[limits]\n", "[limits]\nmax_frame_bytes = 4096\n"), "[limits] max_frame_bytes"),
             (node_text.replace("[limits]\n", "[limits]\nmax_prepared_per_shard = 9\n"), "[limits] max_prepared_per_shard"),
@@ -432,12 +432,12 @@ mod tests {
             other => panic!("expected a read error naming cluster.toml, got {other:?}"),
         }
         // A value of the wrong type is reported against the file it is in.
-        let bad = cluster_text.replace("key_retention = 5000", "key_retention = \"many\"");
+        let bad = cluster_text.replace("key_retention_secs = 5000", "key_retention_secs = \"many\"");
         assert_ne!(bad, cluster_text);
         match NodeConfig::load(&write(dir.path(), &node_text, &bad)) {
             Err(ConfigError::ClusterParse { path, message }) => {
                 assert_eq!(path, dir.path().join("cluster.toml"));
-                assert!(message.contains("key_retention"), "{message}");
+                assert!(message.contains("key_retention_secs"), "{message}");
             }
             other => panic!("expected a cluster parse error, got {other:?}"),
         }
