@@ -286,12 +286,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // snapshot that relies on them is stored (a crash between leaves
         // extra versions, which lookups before them never see).
         let (archive, archived) = (self.archive.clone(), body.archived);
-        paytx_storage::run_bulk(&self.disk, move || {
-            archived.iter().try_for_each(|entry| archive.0.put(&entry.key, entry.version, &entry.record))
-        })
-        .await
-        .map_err(sm_write_err)?
-        .map_err(sm_write_err)?;
+        paytx_storage::run_bulk(&self.disk, move || archive.0.put_all(&archived))
+            .await
+            .map_err(sm_write_err)?
+            .map_err(sm_write_err)?;
         self.disk.sync().await.map_err(sm_write_err)?;
         let installed = body.state;
         let stored = encode_body(&SnapshotBody { state: installed.clone(), archived: Vec::new() }).map_err(read_err)?;

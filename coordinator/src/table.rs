@@ -140,6 +140,11 @@ pub struct TxnTable {
     /// (`state_machine`), and a decoded table is given its node's archive.
     #[serde(skip)]
     archive: Archive,
+    /// Keys retired by the entry being applied, written to the archive
+    /// when it is done (one write of the time index per entry). Empty
+    /// between entries, so never part of a snapshot.
+    #[serde(skip)]
+    retiring: Vec<ArchiveEntry>,
     /// The command being applied next: archived keys are versioned by it,
     /// and a lookup sees only versions before it (see `crate::archive`).
     cursor: Version,
@@ -202,17 +207,24 @@ impl FormerTxnTable {
         table.tombstones = self.tombstones;
         table.applied_term = self.applied_term;
         table.batch_stats = self.batch_stats;
-        let mut position = 0u32;
+        let mut retired = Vec::new();
         for (_, key) in self.retired_keys.iter() {
             let Some(record) = self.keys.get(key) else { continue };
             let live = table.txns.get(&record.txn).is_some_and(|t| &t.key == key);
             let Some(outcome) = record.outcome.clone().filter(|_| !live) else { continue };
             let archived = ArchivedKey { txn: record.txn, body_hash: record.body_hash, outcome, retired_ms: 0 };
-            table.archive.0.put(key, Version { index: last_index, position }, &archived)?;
-            position = position.saturating_add(1);
-            table.first_archived_ms = Some(0);
-            table.keys_archived += 1;
+            let position = u32::try_from(retired.len()).unwrap_or(u32::MAX);
+            retired.push(ArchiveEntry {
+                key: key.clone(),
+                version: Version { index: last_index, position },
+                record: archived,
+            });
         }
+        table.archive.0.put_all(&retired)?;
+        if !retired.is_empty() {
+            table.first_archived_ms = Some(0);
+        }
+        table.keys_archived = retired.len() as u64;
         // Keys still owned by a live transaction stay in memory with it.
         table.keys = self
             .keys
@@ -258,6 +270,7 @@ impl TxnTable {
             txns: imbl::OrdMap::new(),
             keys: imbl::OrdMap::new(),
             archive,
+            retiring: Vec::new(),
             cursor: Version::start_of(0),
             log_time_ms: 0,
             first_stamp_ms: None,
@@ -312,7 +325,10 @@ impl TxnTable {
         if twice {
             stats.proposals_with_a_txn_twice += 1;
         }
-        let results = proposal.commands.iter().map(|command| self.apply(command, term)).collect::<Result<_, _>>()?;
+        let results =
+            proposal.commands.iter().map(|command| self.apply_one(command, term)).collect::<Result<_, _>>()?;
+        // The keys the entry retired go to the archive together.
+        self.write_retired()?;
         self.skip_entry(index);
         Ok(ProposalResult { results })
     }
@@ -329,6 +345,22 @@ impl TxnTable {
     /// Fails only when the archive cannot be read or written: the node
     /// must then stop (its replica cannot apply the log).
     pub fn apply(&mut self, command: &Command, term: u64) -> Result<CommandResult, ArchiveError> {
+        let result = self.apply_one(command, term)?;
+        self.write_retired()?;
+        Ok(result)
+    }
+
+    /// Writes the keys retired since the last write to the archive.
+    fn write_retired(&mut self) -> Result<(), ArchiveError> {
+        if !self.retiring.is_empty() {
+            self.archive.0.put_all(&self.retiring)?;
+            self.retiring.clear();
+        }
+        Ok(())
+    }
+
+    /// [`TxnTable::apply`] leaving the keys it retires in `retiring`.
+    fn apply_one(&mut self, command: &Command, term: u64) -> Result<CommandResult, ArchiveError> {
         self.observe_term(term);
         let touched: Vec<TxnId> = match command {
             Command::Begin { txn, .. } | Command::Decide { txn, .. } | Command::PresumeAbort { txn } => vec![*txn],
@@ -481,7 +513,14 @@ impl TxnTable {
         if let Some(record) = self.keys.get(key) {
             return Ok(Some(record.clone()));
         }
-        let archived = self.archive.0.get(key, self.cursor)?.filter(|record| self.is_retained(record));
+        // Retired by an earlier command of this entry: newer than anything
+        // the archive holds before the cursor.
+        let retiring = self.retiring.iter().rev().find(|entry| &entry.key == key).map(|entry| entry.record.clone());
+        let archived = match retiring {
+            Some(record) => Some(record),
+            None => self.archive.0.get(key, self.cursor)?,
+        };
+        let archived = archived.filter(|record| self.is_retained(record));
         Ok(archived.map(|a| KeyRecord { txn: a.txn, body_hash: a.body_hash, outcome: Some(a.outcome) }))
     }
 
@@ -512,7 +551,7 @@ impl TxnTable {
     /// Moves a key to the archive, versioned by the command being applied.
     fn archive_key(&mut self, key: &IdempotencyKey, mut record: ArchivedKey) -> Result<(), ArchiveError> {
         record.retired_ms = self.log_time_ms;
-        self.archive.0.put(key, self.cursor, &record)?;
+        self.retiring.push(ArchiveEntry { key: key.clone(), version: self.cursor, record });
         self.first_archived_ms.get_or_insert(self.log_time_ms);
         self.keys_archived += 1;
         Ok(())
@@ -560,10 +599,11 @@ impl TxnTable {
         for txn in txns {
             // Only decided transactions may be forgotten: an undecided one
             // still needs its record to be driven to a decision.
-            let Some(TxnRecord { decision: Some(outcome), key, .. }) = self.txns.get(txn).cloned() else {
+            if self.txns.get(txn).is_none_or(|record| record.decision.is_none()) {
                 continue;
-            };
-            self.txns.remove(txn);
+            }
+            // Moved out, not cloned: a record's operations are its bulk.
+            let Some(TxnRecord { decision: Some(outcome), key, .. }) = self.txns.remove(txn) else { continue };
             count += 1;
             // The key goes with its transaction. (Owned by another one only
             // under a planted bug that registered it twice: it stays.)

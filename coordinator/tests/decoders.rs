@@ -139,7 +139,8 @@ fn read_back_stores(payload: &[u8], sealed: bool) {
     disk.apply(KEYS_SPACE, keys).expect("memory");
     let mut times = Batch::new();
     times.put(payload.to_vec(), Vec::new());
-    times.put(0u64.to_be_bytes().to_vec(), Vec::new());
+    let listed = if sealed { seal_bytes(payload) } else { payload.to_vec() };
+    times.put([0u8; 20].to_vec(), listed);
     disk.apply(TIMES_SPACE, times).expect("memory");
     let archive = DiskArchive::new(Arc::new(disk.clone()));
     let _ = archive.get(&IdempotencyKey::new("abc"), Version::start_of(u64::MAX));
