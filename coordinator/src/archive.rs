@@ -297,15 +297,6 @@ impl MemArchive {
         // Every update is one insert or remove: a poisoned map is whole.
         self.versions.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// Versions held (retained or not yet collected).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl KeyArchive for MemArchive {

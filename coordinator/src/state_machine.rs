@@ -25,10 +25,10 @@
 // The error type is openraft's `StorageError`, fixed by its traits.
 #![allow(clippy::result_large_err)]
 
-use crate::archive::{Archive, ArchiveEntry, ArchiveError, DiskArchive};
+use crate::archive::{Archive, ArchiveEntry, DiskArchive};
 use crate::table::{FormerTxnTable, ProposalResult, TxnTable};
 use crate::types::{NodeId, TypeConfig};
-use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotSignature};
 use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
@@ -115,8 +115,10 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
-fn snap_read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
-    StorageIOError::read_snapshot(None, &e).into()
+/// A snapshot (the one named by `signature`, when known) that could not be
+/// read, decoded or re-encoded.
+fn snap_read_err(signature: Option<SnapshotSignature<NodeId>>, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(signature, &std::io::Error::other(e.to_string())).into()
 }
 
 impl StateMachineStore {
@@ -126,7 +128,7 @@ impl StateMachineStore {
         let mut state = TableState { table: TxnTable::new(archive.clone()), ..TableState::default() };
         let (snapshots, stored) = SnapshotStore::open(disk.clone(), SNAPSHOT_SPACE)?;
         if let Some(stored) = stored {
-            let body = decode_body(&stored.data, &archive).map_err(|e| snap_read_err(std::io::Error::other(e)))?;
+            let body = decode_body(&stored.data, &archive).map_err(|e| snap_read_err(None, e))?;
             state = body.state;
         }
         Ok(StateMachineStore {
@@ -278,9 +280,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let read_err = |e: String| {
-            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e)))
-        };
+        let read_err = |e: String| snap_read_err(Some(meta.signature()), e);
         let body = decode_body(&data, &self.archive).map_err(read_err)?;
         // The leader's archived keys reach this disk, durably, before the
         // snapshot that relies on them is stored (a crash between leaves
@@ -307,11 +307,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let _reading = self.collecting.read().await;
         let Some(stored) = self.snapshots.load().await? else { return Ok(None) };
         let signature = stored.meta.signature();
-        let read_err = |e: String| {
-            StorageError::from(StorageIOError::read_snapshot(Some(signature.clone()), &std::io::Error::other(e)))
-        };
+        let read_err = |e: String| snap_read_err(Some(signature.clone()), e);
         let mut body = decode_body(&stored.data, &self.archive).map_err(read_err)?;
-        body.archived = body.state.table.retained_archive().map_err(|e: ArchiveError| read_err(e.to_string()))?;
+        body.archived = body.state.table.retained_archive().map_err(|e| read_err(e.to_string()))?;
         let data = encode_body(&body).map_err(read_err)?;
         Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(data)) }))
     }

@@ -207,11 +207,14 @@ impl FormerTxnTable {
         table.tombstones = self.tombstones;
         table.applied_term = self.applied_term;
         table.batch_stats = self.batch_stats;
+        // A key whose transaction is still in the table stays in memory with it.
+        let live = |txns: &imbl::OrdMap<TxnId, TxnRecord>, key: &IdempotencyKey, record: &KeyRecord| {
+            txns.get(&record.txn).is_some_and(|t| &t.key == key)
+        };
         let mut retired = Vec::new();
         for (_, key) in self.retired_keys.iter() {
             let Some(record) = self.keys.get(key) else { continue };
-            let live = table.txns.get(&record.txn).is_some_and(|t| &t.key == key);
-            let Some(outcome) = record.outcome.clone().filter(|_| !live) else { continue };
+            let Some(outcome) = record.outcome.clone().filter(|_| !live(&table.txns, key, record)) else { continue };
             let archived = ArchivedKey { txn: record.txn, body_hash: record.body_hash, outcome, retired_ms: 0 };
             let position = u32::try_from(retired.len()).unwrap_or(u32::MAX);
             retired.push(ArchiveEntry {
@@ -225,11 +228,10 @@ impl FormerTxnTable {
             table.first_archived_ms = Some(0);
         }
         table.keys_archived = retired.len() as u64;
-        // Keys still owned by a live transaction stay in memory with it.
         table.keys = self
             .keys
             .iter()
-            .filter(|(key, record)| table.txns.get(&record.txn).is_some_and(|t| &t.key == *key))
+            .filter(|(key, record)| live(&table.txns, key, record))
             .map(|(key, record)| (key.clone(), record.clone()))
             .collect();
         table.cursor = Version::start_of(last_index.saturating_add(1));
@@ -372,7 +374,7 @@ impl TxnTable {
                 self.begin(*txn, key, *body_hash, ops, *prepare_timeout_ms, term)?
             }
             Command::Decide { txn, key, outcome } => self.decide(*txn, key.as_ref(), outcome)?,
-            Command::Forget { txns } => self.forget(txns)?,
+            Command::Forget { txns } => self.forget(txns),
             Command::PresumeAbort { txn } => match self.txns.get(txn) {
                 Some(TxnRecord { decision: Some(outcome), .. }) => CommandResult::Decided { outcome: outcome.clone() },
                 Some(TxnRecord { decision: None, .. }) => CommandResult::InProgress,
@@ -421,7 +423,7 @@ impl TxnTable {
             // outcome (when still free), so a retry with the same key gets
             // the first outcome again, as Stripe's keys do.
             if self.find_key(key)?.is_none() {
-                self.archive_key(key, ArchivedKey { txn, body_hash, outcome: presumed.clone(), retired_ms: 0 })?;
+                self.archive_key(key, txn, body_hash, presumed.clone());
             }
             return Ok(CommandResult::Tombstoned { outcome: presumed });
         }
@@ -548,13 +550,13 @@ impl TxnTable {
         }
     }
 
-    /// Moves a key to the archive, versioned by the command being applied.
-    fn archive_key(&mut self, key: &IdempotencyKey, mut record: ArchivedKey) -> Result<(), ArchiveError> {
-        record.retired_ms = self.log_time_ms;
+    /// Moves a key to the archive, versioned by the command being applied
+    /// and retired now (written when the entry is done: `write_retired`).
+    fn archive_key(&mut self, key: &IdempotencyKey, txn: TxnId, body_hash: BodyHash, outcome: Outcome) {
+        let record = ArchivedKey { txn, body_hash, outcome, retired_ms: self.log_time_ms };
         self.retiring.push(ArchiveEntry { key: key.clone(), version: self.cursor, record });
         self.first_archived_ms.get_or_insert(self.log_time_ms);
         self.keys_archived += 1;
-        Ok(())
     }
 
     /// Whether a key may have been evicted by now: one was archived at
@@ -575,8 +577,7 @@ impl TxnTable {
     pub fn collectable_ms(&self) -> Option<(u64, u64)> {
         let through_ms = self.evicted_through_ms?;
         // Keys stamped 0 count as retired at the first stamp.
-        let zero_evicted = self.first_stamp_ms.is_some_and(|first| first <= through_ms);
-        let from_ms = if zero_evicted { 0 } else { 1 };
+        let from_ms = if self.is_evicted(0) { 0 } else { 1 };
         (from_ms <= through_ms).then_some((from_ms, through_ms))
     }
 
@@ -594,7 +595,7 @@ impl TxnTable {
         self.tombstones.len()
     }
 
-    fn forget(&mut self, txns: &[TxnId]) -> Result<CommandResult, ArchiveError> {
+    fn forget(&mut self, txns: &[TxnId]) -> CommandResult {
         let mut count = 0;
         for txn in txns {
             // Only decided transactions may be forgotten: an undecided one
@@ -607,14 +608,13 @@ impl TxnTable {
             count += 1;
             // The key goes with its transaction. (Owned by another one only
             // under a planted bug that registered it twice: it stays.)
-            if let Some(KeyRecord { txn: owner, body_hash, .. }) = self.keys.get(&key).cloned() {
-                if owner == *txn {
-                    self.keys.remove(&key);
-                    self.archive_key(&key, ArchivedKey { txn: *txn, body_hash, outcome, retired_ms: 0 })?;
+            if self.keys.get(&key).is_some_and(|record| record.txn == *txn) {
+                if let Some(record) = self.keys.remove(&key) {
+                    self.archive_key(&key, *txn, record.body_hash, outcome);
                 }
             }
         }
-        Ok(CommandResult::Forgotten { count })
+        CommandResult::Forgotten { count }
     }
 
     fn state_of(&self, key_record: &KeyRecord) -> TxnState {
@@ -848,7 +848,7 @@ mod tests {
         stamp(&mut table, 14_999, 5_000);
         let first = CommandResult::Existing { txn: id(1), state: TxnState::Decided(Outcome::Committed) };
         assert_eq!(at(&mut table, &begin(id(3), "a", 1)), first);
-        let Command::Begin { body_hash, .. } = begin(id(3), "a", 1) else { unreachable!("begin builds a Begin") };
+        let body_hash = key_record(id(3), "a", 1, None).body_hash;
         assert_eq!(table.lookup_key(&IdempotencyKey::new("a"), || body_hash), Some(first));
         // "a" was retired at 10,000: at 15,000 it is evicted, "b" not.
         stamp(&mut table, 15_000, 5_000);
