@@ -897,7 +897,7 @@ async fn two_phase_commit_messages_from_a_client_connection_change_nothing() {
     );
     // Whatever the answer, try to commit it on a fresh connection.
     let mut stream = connect_raw(owner).await;
-    let _ = stream.write_all(&peer(2, PeerRequest::Decide { txn, shard, commit: true })).await;
+    let _ = stream.write_all(&peer(2, PeerRequest::Decide { txn, shard, commit: true, at_ms: 0 })).await;
     let _ = next_frame(&mut stream, "decide from a client").await;
 
     wait_quiet(&cluster, &client, QUIET_TIMEOUT).await;

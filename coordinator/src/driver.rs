@@ -59,11 +59,12 @@ pub struct DriverConfig {
 #[rtype(result = "Result<TxnReceipt, RequestError>")]
 pub struct SubmitTxn(pub TxnRequest);
 
-/// An in-doubt participant asks for the decision of `txn`. `Ok(true)` =
-/// commit. Answered from the table when it holds a decision; for an unknown
+/// An in-doubt participant asks for the decision of `txn`, answered with
+/// the log time (as a decision sent to it carries: [`DecisionItem::at_ms`]).
+/// Answered from the table when it holds a decision; for an unknown
 /// transaction the leader first commits an abort through Raft.
 #[derive(Message)]
-#[rtype(result = "Result<bool, RequestError>")]
+#[rtype(result = "Result<DecisionItem, RequestError>")]
 pub struct QueryDecision(pub TxnId);
 
 /// The driver's view, for status pages.
@@ -87,7 +88,7 @@ enum Proposer {
     /// A Forget: nobody (a lost Forget is redone by the next leader).
     Forget { count: usize },
     /// An in-doubt participant's question, through the presumed-abort barrier.
-    Query(oneshot::Sender<Result<bool, RequestError>>),
+    Query(TxnId, oneshot::Sender<Result<DecisionItem, RequestError>>),
     /// The proposal's `Stamp`: nobody.
     Stamp,
 }
@@ -279,9 +280,9 @@ impl CoordinatorDriver {
                     self.dispatch(event, ctx);
                 }
                 Proposer::Forget { .. } | Proposer::Stamp => {}
-                Proposer::Query(answer) => {
+                Proposer::Query(txn, answer) => {
                     let reply = match result {
-                        CommandResult::Decided { outcome } => Ok(outcome.is_committed()),
+                        CommandResult::Decided { outcome } => Ok(self.decision_item(txn, outcome.is_committed())),
                         CommandResult::InProgress => {
                             Err(RequestError::InProgress { key: "(in-doubt query: decided by its driver)".into() })
                         }
@@ -299,7 +300,7 @@ impl CoordinatorDriver {
             // Not lost: the next leader re-drives and forgets them.
             Proposer::Forget { count } => tracing::debug!(%error, count, "forget proposal failed"),
             Proposer::Stamp => {}
-            Proposer::Query(answer) => {
+            Proposer::Query(_, answer) => {
                 let _ = answer.send(Err(error));
             }
         }
@@ -350,7 +351,8 @@ impl CoordinatorDriver {
                 self.schedule_send(ctx);
             }
             Action::SendDecide { txn, shard, commit } => {
-                self.outbox.entry(shard).or_default().decisions.push(DecisionItem { txn, commit });
+                let decision = self.decision_item(txn, commit);
+                self.outbox.entry(shard).or_default().decisions.push(decision);
                 self.schedule_send(ctx);
             }
             Action::SetTimer { after_ms, event } => {
@@ -366,6 +368,19 @@ impl CoordinatorDriver {
                 }
             }
         }
+    }
+
+    /// The decision of `txn` as a participant is told it: with the table's
+    /// log time now, which for a commit is the time its
+    /// `PutRecordAtCommit` entries are stored under. Read when the decision
+    /// is sent, after it applied here, so a commit's time is never before
+    /// the entry that decided it; the shard keeps the first one it applies.
+    fn decision_item(&self, txn: TxnId, commit: bool) -> DecisionItem {
+        // PLANTED BUG (simulator only): the decision goes out without its time.
+        if paytx_protocol::planted::active(Bug::DecisionWithoutTime) {
+            return DecisionItem { txn, commit, at_ms: 0 };
+        }
+        DecisionItem { txn, commit, at_ms: read_table(&self.table).table.log_time_ms() }
     }
 
     fn shard_caller(&self) -> ShardCaller {
@@ -435,9 +450,9 @@ impl CoordinatorDriver {
     fn send_decisions(&mut self, shard: ShardId, decisions: Vec<DecisionItem>, ctx: &mut Context<Self>) {
         let caller = self.shard_caller();
         let driver = ctx.address();
-        if let [DecisionItem { txn, commit }] = decisions[..] {
+        if let [DecisionItem { txn, commit, at_ms }] = decisions[..] {
             actix::spawn(async move {
-                let reply = caller.call(shard, &PeerRequest::Decide { txn, shard, commit }).await;
+                let reply = caller.call(shard, &PeerRequest::Decide { txn, shard, commit, at_ms }).await;
                 driver.do_send(Completed(vec![decide_reply_event(txn, shard, reply)]));
             });
             return;
@@ -715,14 +730,14 @@ impl Handler<SubmitTxn> for CoordinatorDriver {
 }
 
 impl Handler<QueryDecision> for CoordinatorDriver {
-    type Result = ResponseFuture<Result<bool, RequestError>>;
+    type Result = ResponseFuture<Result<DecisionItem, RequestError>>;
 
     fn handle(&mut self, msg: QueryDecision, ctx: &mut Context<Self>) -> Self::Result {
         let txn = msg.0;
         let known = read_table(&self.table).table.txn(&txn).map(|r| (r.decision.clone(), r.key.clone()));
-        let answer: Result<bool, RequestError> = match known {
+        let answer: Result<DecisionItem, RequestError> = match known {
             // A decision in the table is final, whatever this node's role.
-            Some((Some(outcome), _)) => Ok(outcome.is_committed()),
+            Some((Some(outcome), _)) => Ok(self.decision_item(txn, outcome.is_committed())),
             Some((None, key)) => Err(RequestError::InProgress { key: key.0 }),
             None if !self.engine.is_leader() => Err(RequestError::NoLeader { leader_hint: self.engine.leader_hint() }),
             None => {
@@ -733,7 +748,7 @@ impl Handler<QueryDecision> for CoordinatorDriver {
                 let (tx, rx) = oneshot::channel();
                 let command = Command::PresumeAbort { txn };
                 let bytes = paytx_protocol::encoded_len(&command);
-                self.propose(command, bytes, Proposer::Query(tx), ctx);
+                self.propose(command, bytes, Proposer::Query(txn, tx), ctx);
                 return Box::pin(async move { rx.await.unwrap_or(Err(RequestError::ShuttingDown)) });
             }
         };

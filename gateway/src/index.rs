@@ -30,12 +30,20 @@ pub mod ins {
     pub const REFUNDS_BY_ORDER: RecordNs = FIRST_ORDERED_NS + 102;
     /// An order's notifications. Partition: order id; sort: (created_at ms, notify number).
     pub const NOTIFICATIONS_BY_ORDER: RecordNs = FIRST_ORDERED_NS + 103;
-    /// A merchant's statement lines of one UTC day. Partition: merchant id ‖
-    /// day; sort: (committed_at ms, payment/refund number). The value is the line.
+    /// A merchant's statement lines of one UTC day, as earlier versions
+    /// wrote them: partition merchant id ‖ day, sort (the gateway's time when
+    /// it built the transaction ms, payment/refund number). No longer
+    /// written; still read, so a statement of a day before the upgrade is
+    /// whole.
     pub const STATEMENT_LINES: RecordNs = FIRST_ORDERED_NS + 104;
     /// A user's wallet entries. Partition: user id; sort: (at ms, entry number).
     /// The value is the entry.
     pub const WALLET_ENTRIES: RecordNs = FIRST_ORDERED_NS + 105;
+    /// A merchant's statement lines by **commit time**. Partition: merchant
+    /// id; sort: (committed_at ms, payment/refund number), the key fixed by
+    /// the commit (`Operation::PutRecordAtCommit`: the coordinator's log
+    /// time its decision carried). A day's statement is one range of it.
+    pub const STATEMENT_BY_COMMIT: RecordNs = FIRST_ORDERED_NS + 106;
 }
 
 /// What an index entry that only points at a record holds.
@@ -55,9 +63,22 @@ pub fn status_partition(merchant_id: &str, status: &str) -> Result<Partition, Ap
     partition(ins::ORDERS_BY_STATUS, &format!("{merchant_id}\n{status}"))
 }
 
-/// The partition of a merchant's statement lines of `day` (`YYYY-MM-DD`).
-pub fn statement_partition(merchant_id: &str, day: &str) -> Result<Partition, ApiError> {
+/// The partition of a merchant's statement lines of `day` (`YYYY-MM-DD`)
+/// as earlier versions wrote them ([`ins::STATEMENT_LINES`]).
+pub fn legacy_statement_partition(merchant_id: &str, day: &str) -> Result<Partition, ApiError> {
     partition(ins::STATEMENT_LINES, &format!("{merchant_id}\n{day}"))
+}
+
+/// The partition of a merchant's statement lines by commit time.
+pub fn statement_partition(merchant_id: &str) -> Result<Partition, ApiError> {
+    partition(ins::STATEMENT_BY_COMMIT, merchant_id)
+}
+
+/// Inserts the entry `(commit time, number)` of `partition` holding
+/// `value`: its time is the commit's, fixed by the shard when it applies it.
+pub fn insert_at_commit<T: Serialize>(partition: Partition, number: u64, value: &T) -> Result<Operation, ApiError> {
+    let value = serde_json::to_vec(value).map_err(|_| ApiError::Internal)?;
+    Ok(Operation::PutRecordAtCommit { partition, number, value })
 }
 
 /// Inserts the entry `(time, number)` of `partition` holding `value`.
@@ -95,17 +116,19 @@ pub fn decode_cursor(cursor: &str) -> Result<[u8; SORT_BYTES], ApiError> {
     Ok(sort)
 }
 
-/// One page of an index read: the entries' values and where to resume.
+/// One page of an index read: the entries' values, each with its sort key
+/// `(time, number)`, and where to resume.
 pub struct Page<T> {
-    pub entries: Vec<(u64, T)>,
+    pub entries: Vec<((u64, u64), T)>,
     /// The cursor of the next page, `None` on the last one.
     pub next_cursor: Option<String>,
 }
 
 /// Reads up to `limit` entries of `partition` with a time in
 /// `from_time..=to_time`, in order (`descending`: newest first), after
-/// `cursor`. Each entry comes with its time. A page may come back short of
-/// `limit` (the node bounds pages by bytes too); then it carries a cursor.
+/// `cursor`. Each entry comes with its sort key's two numbers. A page may
+/// come back short of `limit` (the node bounds pages by bytes too); then it
+/// carries a cursor.
 pub async fn read<T: DeserializeOwned>(
     store: &Store,
     partition: Partition,
@@ -128,12 +151,12 @@ pub async fn read<T: DeserializeOwned>(
     Ok(Page { entries, next_cursor })
 }
 
-fn decode_entry<T: DeserializeOwned>(view: &RecordView) -> Result<(u64, T), ApiError> {
+fn decode_entry<T: DeserializeOwned>(view: &RecordView) -> Result<((u64, u64), T), ApiError> {
     let value = serde_json::from_slice(&view.value).map_err(|error| {
         tracing::error!(%error, ns = view.key.ns, "a stored index entry does not decode");
         ApiError::Internal
     })?;
-    Ok((sort_key_parts(view.key.sort()).0, value))
+    Ok((sort_key_parts(view.key.sort()), value))
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date (proleptic Gregorian), or
@@ -152,6 +175,14 @@ pub fn parse_day(day: &str) -> Option<i64> {
         return None;
     }
     Some(days_from_civil(year, month, date))
+}
+
+/// The Unix times in milliseconds of the first and the last millisecond of
+/// day number `days` (since 1970-01-01, as [`parse_day`] returns), or
+/// `None` before 1970 (no commit time is).
+pub fn day_range_ms(days: i64) -> Option<(u64, u64)> {
+    let first_ms = u64::try_from(days).ok()?.checked_mul(86_400_000)?;
+    Some((first_ms, first_ms.checked_add(86_400_000 - 1)?))
 }
 
 /// The `YYYY-MM-DD` (UTC) of a Unix time in milliseconds.
@@ -219,6 +250,11 @@ mod tests {
             assert_eq!(parse_day(&day_of_ms(ms)), Some(days));
         }
         assert_eq!(rfc3339_ms(20_788 * 86_400_000 + 3_723_004), "2026-12-01T01:02:03.004Z");
+        let (first_ms, last_ms) = day_range_ms(20_788).unwrap();
+        assert_eq!((day_of_ms(first_ms), day_of_ms(last_ms)), ("2026-12-01".into(), "2026-12-01".into()));
+        assert_eq!(day_of_ms(first_ms - 1), "2026-11-30");
+        assert_eq!(day_of_ms(last_ms + 1), "2026-12-02");
+        assert_eq!(day_range_ms(-1), None);
     }
 
     #[test]

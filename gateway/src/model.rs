@@ -178,9 +178,14 @@ pub struct TopupRecord {
 }
 
 /// One line of a merchant's reconciliation statement: a payment or a
-/// refund, written by its own transaction into the index of its UTC day.
+/// refund, written by its own transaction into the merchant's index by
+/// commit time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementLine {
+    /// When it committed (Unix ms). Stored as 0 and read from the entry's
+    /// key (its commit time) — lines of earlier versions hold the time they
+    /// were built, which is also their key's.
+    #[serde(default)]
     pub at_ms: u64,
     pub order_id: String,
     pub out_trade_no: String,

@@ -119,6 +119,16 @@ async fn statements_add_up_and_are_signed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_line_is_on_the_day_its_transaction_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, api, memory) = start_with(dir.path(), |_| {}).await;
+    let receiver = Receiver::start(0).await;
+    let commit_at = |at_ms: u64| *memory.commit_at_ms.lock().unwrap() = Some(at_ms);
+    support::queries::statement_days_are_commit_days(&api, &receiver, &commit_at).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_replay_the_first_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (gateway, api) = start(dir.path()).await;

@@ -452,8 +452,8 @@ impl NodeService {
                 }
                 None => PeerResponse::Error(RequestError::ShardUnavailable { shard }),
             },
-            PeerRequest::Decide { txn, shard, commit } => match self.participants.get(&shard) {
-                Some(handle) => match handle.decide(shard, paytx_participants::Decide { txn, commit }).await {
+            PeerRequest::Decide { txn, shard, commit, at_ms } => match self.participants.get(&shard) {
+                Some(handle) => match handle.decide(shard, paytx_participants::Decide { txn, commit, at_ms }).await {
                     Ok(()) => {
                         self.metrics.observe_decision(shard, commit);
                         PeerResponse::DecisionApplied { txn, shard }
@@ -465,7 +465,7 @@ impl NodeService {
             PeerRequest::PrepareBatch { shard, prepares } => self.prepare_batch(shard, prepares).await,
             PeerRequest::DecideBatch { shard, decisions } => self.decide_batch(shard, decisions).await,
             PeerRequest::QueryDecision { txn } => match self.local_decision(txn).await {
-                Ok(commit) => PeerResponse::Decision { commit },
+                Ok(DecisionItem { commit, at_ms, .. }) => PeerResponse::Decision { commit, at_ms },
                 Err(e) => PeerResponse::Error(e),
             },
             PeerRequest::Forward(request) => PeerResponse::Forwarded(self.handle_request(request, false).await),
@@ -534,8 +534,10 @@ impl NodeService {
         let Some(handle) = self.participants.get(&shard) else {
             return PeerResponse::Error(RequestError::ShardUnavailable { shard });
         };
-        let decides =
-            decisions.iter().map(|item| paytx_participants::Decide { txn: item.txn, commit: item.commit }).collect();
+        let decides = decisions
+            .iter()
+            .map(|item| paytx_participants::Decide { txn: item.txn, commit: item.commit, at_ms: item.at_ms })
+            .collect();
         let answers = match handle.decide_many(shard, decides).await {
             Ok(answers) => answers,
             Err(e) => return PeerResponse::Error(shard_error(shard, e)),
@@ -639,7 +641,7 @@ impl NodeService {
         PeerResponse::Admission(Admission::InProgress)
     }
 
-    async fn local_decision(&self, txn: TxnId) -> Result<bool, RequestError> {
+    async fn local_decision(&self, txn: TxnId) -> Result<DecisionItem, RequestError> {
         match self.coordinator() {
             Some(parts) => parts.driver.send(QueryDecision(txn)).await.unwrap_or(Err(RequestError::ShuttingDown)),
             None => Err(RequestError::NoLeader { leader_hint: None }),
@@ -648,16 +650,18 @@ impl NodeService {
 
     /// Asks the coordinator group for the decision of `txn`: this node's
     /// replica first, then the leader it names, then every other node.
-    async fn query_decision(&self, txn: TxnId) -> Result<bool, String> {
+    async fn query_decision(&self, txn: TxnId) -> Result<paytx_participants::Decide, String> {
         let hint = match self.local_decision(txn).await {
-            Ok(commit) => return Ok(commit),
+            Ok(DecisionItem { commit, at_ms, .. }) => return Ok(paytx_participants::Decide { txn, commit, at_ms }),
             Err(RequestError::NoLeader { leader_hint }) => leader_hint,
             Err(e) => return Err(e.to_string()),
         };
         let mut last = String::from("no node answered");
         for node in self.leader_candidates(hint) {
             match self.transport.call(node, PeerRequest::QueryDecision { txn }, self.peer_timeout_ms).await {
-                Ok(PeerResponse::Decision { commit }) => return Ok(commit),
+                Ok(PeerResponse::Decision { commit, at_ms }) => {
+                    return Ok(paytx_participants::Decide { txn, commit, at_ms })
+                }
                 Ok(PeerResponse::Error(e @ RequestError::InProgress { .. })) => return Err(e.to_string()),
                 Ok(other) => last = format!("node {node}: {other:?}"),
                 Err(e) => last = e.to_string(),
@@ -743,7 +747,7 @@ pub(crate) struct NodeDecisions {
 }
 
 impl DecisionSource for NodeDecisions {
-    fn query(&self, txn: TxnId) -> BoxFuture<Result<bool, String>> {
+    fn query(&self, txn: TxnId) -> BoxFuture<Result<paytx_participants::Decide, String>> {
         let service = self.service.get().and_then(Weak::upgrade);
         Box::pin(async move {
             match service {

@@ -129,7 +129,10 @@ async fn a_prepare_batch_answers_each_by_name_and_a_blocked_one_reserves_nothing
     // A aborts and C commits, in one decision batch.
     let decide = PeerRequest::DecideBatch {
         shard: SHARD,
-        decisions: vec![DecisionItem { txn: txn(1), commit: false }, DecisionItem { txn: txn(3), commit: true }],
+        decisions: vec![
+            DecisionItem { txn: txn(1), commit: false, at_ms: 0 },
+            DecisionItem { txn: txn(3), commit: true, at_ms: 0 },
+        ],
     };
     match service.clone().handle_peer(decide).await {
         PeerResponse::DecisionsApplied { shard, applied } => {
@@ -170,7 +173,7 @@ async fn a_batch_over_the_bound_or_for_a_shard_not_here_is_refused_whole_and_cha
         other => panic!("expected BatchTooLong, got {other:?}"),
     }
     let decisions: Vec<DecisionItem> =
-        (0..MAX_BATCH_ITEMS as u64 + 1).map(|seq| DecisionItem { txn: txn(seq), commit: true }).collect();
+        (0..MAX_BATCH_ITEMS as u64 + 1).map(|seq| DecisionItem { txn: txn(seq), commit: true, at_ms: 0 }).collect();
     let refused = service.clone().handle_peer(PeerRequest::DecideBatch { shard: SHARD, decisions }).await;
     assert!(matches!(refused, PeerResponse::Error(RequestError::Invalid(InvalidRequest::BatchTooLong { .. }))));
     let elsewhere = ShardId { kind: EntityKind::Account, index: 7 };
@@ -214,8 +217,10 @@ async fn a_blocked_charge_is_not_authorized_again_when_sent_alone() {
     assert_eq!(answers.get(&txn(2)), Some(&BatchVote::Blocked));
 
     // A aborts; B, sent again alone, is prepared on its first authorization.
-    let decide =
-        PeerRequest::DecideBatch { shard: channels, decisions: vec![DecisionItem { txn: txn(1), commit: false }] };
+    let decide = PeerRequest::DecideBatch {
+        shard: channels,
+        decisions: vec![DecisionItem { txn: txn(1), commit: false, at_ms: 0 }],
+    };
     assert!(matches!(service.clone().handle_peer(decide).await, PeerResponse::DecisionsApplied { .. }));
     let started = std::time::Instant::now();
     let b = service.clone().handle_peer(PeerRequest::Prepare { txn: txn(2), shard: channels, ops: charge(7) }).await;

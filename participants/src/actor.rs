@@ -390,22 +390,23 @@ impl ParticipantActor {
     }
 
     /// Applies a decision (from the coordinator or an in-doubt query).
-    fn decide(&mut self, txn: TxnId, commit: bool, ctx: &mut Context<Self>) -> Reply<()> {
+    fn decide(&mut self, decision: Decide, ctx: &mut Context<Self>) -> Reply<()> {
+        let Decide { txn, commit, at_ms } = decision;
         if let Err(e) = self.check_running() {
             return Box::pin(ready(Err(e)));
         }
         self.prepared_at.remove(&txn);
         self.authorized.forget(txn);
         let released = self.engine.touches_of(txn);
-        let reply = self.apply_decision(txn, commit, ctx);
+        let reply = self.apply_decision(txn, commit, at_ms, ctx);
         // Whatever waited for this transaction may go on now.
         self.wake_waiters(txn, commit, &released, ctx);
         reply
     }
 
-    fn apply_decision(&mut self, txn: TxnId, commit: bool, ctx: &mut Context<Self>) -> Reply<()> {
+    fn apply_decision(&mut self, txn: TxnId, commit: bool, at_ms: u64, ctx: &mut Context<Self>) -> Reply<()> {
         if commit {
-            match self.engine.commit(txn) {
+            match self.engine.commit(txn, at_ms) {
                 Some(committed) => {
                     self.stage(|journal, batch| journal.stage_commit(&committed, batch), ctx);
                     tracing::debug!(shard = %self.config.shard, %txn, "committed");
@@ -577,14 +578,18 @@ impl ParticipantActor {
             let query = wrap_future(self.decisions.query(txn)).map(move |answer, act: &mut Self, ctx| {
                 act.querying.remove(&txn);
                 match answer {
-                    Ok(commit) => {
+                    Ok(decision) if decision.txn == txn => {
+                        let commit = decision.commit;
                         tracing::info!(shard = %act.config.shard, %txn, commit, "in-doubt transaction resolved");
-                        let applied = act.decide(txn, commit, ctx).map(move |result, _act: &mut Self, _ctx| {
+                        let applied = act.decide(decision, ctx).map(move |result, _act: &mut Self, _ctx| {
                             if let Err(error) = result {
                                 tracing::warn!(%txn, %error, "could not apply a resolved decision");
                             }
                         });
                         ctx.spawn(applied);
+                    }
+                    Ok(other) => {
+                        tracing::error!(shard = %act.config.shard, %txn, answered = %other.txn, "decision query answered for another transaction; asking again later");
                     }
                     Err(reason) => {
                         tracing::warn!(shard = %act.config.shard, %txn, %reason, "decision query failed; asking again later");
@@ -636,7 +641,7 @@ impl Handler<DecideMany> for ParticipantActor {
         if let Err(e) = self.check_running() {
             return Box::pin(ready(Err(e)));
         }
-        let acks: Vec<_> = msg.0.into_iter().map(|decide| self.decide(decide.txn, decide.commit, ctx)).collect();
+        let acks: Vec<_> = msg.0.into_iter().map(|decide| self.decide(decide, ctx)).collect();
         crate::batch::answer_all(self.config.shard, acks, ctx)
     }
 }
@@ -707,7 +712,7 @@ impl Handler<Decide> for ParticipantActor {
     type Result = Reply<()>;
 
     fn handle(&mut self, msg: Decide, ctx: &mut Context<Self>) -> Reply<()> {
-        self.decide(msg.txn, msg.commit, ctx)
+        self.decide(msg, ctx)
     }
 }
 

@@ -92,6 +92,7 @@ impl Touch {
     pub fn covers(&self, op: &Operation) -> bool {
         match (self, op) {
             (Touch::Namespace(ns), Operation::PutRecord { key, .. }) => key.ns == *ns,
+            (Touch::Namespace(ns), Operation::PutRecordAtCommit { partition, .. }) => partition.ns == *ns,
             (Touch::Namespace(_), _) => false,
             (target, op) => Touch::of(op) == *target,
         }
@@ -262,9 +263,9 @@ pub(crate) fn misrouted(op: &Operation) -> AbortReason {
             AbortReason::UnknownChannel(*channel)
         }
         // There is no "unknown record" (a write may create it): refuse, naming why.
-        Operation::PutRecord { key, .. } => {
-            AbortReason::Conflict { entity: format!("{key} (sent to a shard of another kind: shard maps disagree)") }
-        }
+        Operation::PutRecord { .. } | Operation::PutRecordAtCommit { .. } => AbortReason::Conflict {
+            entity: format!("{} (sent to a shard of another kind: shard maps disagree)", op.entity()),
+        },
     }
 }
 
@@ -494,8 +495,11 @@ impl Engine {
     }
 
     /// Applies a prepared transaction. `None`: not prepared here (already
-    /// decided and forgotten, or never prepared) — nothing to do.
-    pub fn commit(&mut self, txn: TxnId) -> Option<Committed> {
+    /// decided and forgotten, or never prepared) — nothing to do. `at_ms`
+    /// is the commit's time, the coordinator's log time its decision carried
+    /// ([`crate::Decide::at_ms`]): it matters only to `PutRecordAtCommit`,
+    /// whose entry is stored under it.
+    pub fn commit(&mut self, txn: TxnId, at_ms: u64) -> Option<Committed> {
         let prepared = self.prepared.remove(&txn)?;
         let mut removed = Vec::new();
         let entities = match (&mut self.state, prepared.plan) {
@@ -511,7 +515,7 @@ impl Engine {
                 .map(|((channel, order), charge)| EntityRecord::Charge { channel, order, charge })
                 .collect(),
             (KindState::Records(state), Plan::Records(plan)) => {
-                let changes = state.commit(txn, plan);
+                let changes = state.commit(txn, plan, at_ms);
                 removed = changes.removed;
                 changes.written.into_iter().map(|(key, record)| EntityRecord::Record { key, record }).collect()
             }

@@ -266,7 +266,7 @@ mod tests {
     }
 
     fn commit(engine: &mut Engine, journal: &Journal, seq: u64) {
-        journal.record_commit(&engine.commit(txn(seq)).unwrap()).unwrap();
+        journal.record_commit(&engine.commit(txn(seq), 0).unwrap()).unwrap();
     }
 
     #[tokio::test]

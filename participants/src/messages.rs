@@ -34,6 +34,10 @@ pub struct Prepare {
 pub struct Decide {
     pub txn: TxnId,
     pub commit: bool,
+    /// The coordinator's log time carried by the decision (Unix ms): a
+    /// commit's time for its `PutRecordAtCommit` entries
+    /// (`paytx_protocol::messages::DecisionItem::at_ms`).
+    pub at_ms: u64,
 }
 
 /// Many prepares on one shard, as one message (a coordinator's batch):

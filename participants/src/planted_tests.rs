@@ -37,7 +37,7 @@ fn transfer(minor: i64) -> Vec<Operation> {
 struct Silent;
 
 impl DecisionSource for Silent {
-    fn query(&self, _txn: TxnId) -> BoxFuture<Result<bool, String>> {
+    fn query(&self, _txn: TxnId) -> BoxFuture<Result<Decide, String>> {
         Box::pin(std::future::pending())
     }
 }
@@ -63,7 +63,7 @@ async fn balance(addr: &Addr<ParticipantActor>, id: u64) -> (i64, i64) {
 async fn funded(disk: &MemDisk) -> Addr<ParticipantActor> {
     let addr = start(disk);
     assert_eq!(prepare(&addr, 0, vec![open(1, 100), open(2, 0)]).await, Ok(Vote::Yes));
-    addr.send(Decide { txn: txn(0), commit: true }).await.unwrap().expect("committed");
+    addr.send(Decide { txn: txn(0), commit: true, at_ms: 0 }).await.unwrap().expect("committed");
     addr
 }
 
@@ -104,7 +104,7 @@ async fn drop_holds_on_restart_forgets_prepared_txns_and_their_commit_is_a_no_op
     plant(None);
     let in_doubt = addr.send(ListInDoubt).await.unwrap();
     // The coordinator's commit arrives after the restart; it is acknowledged either way.
-    let commit = addr.send(Decide { txn: txn(1), commit: true }).await.unwrap();
+    let commit = addr.send(Decide { txn: txn(1), commit: true, at_ms: 0 }).await.unwrap();
     assert_eq!(commit, Ok(()));
     if !planted {
         assert_eq!(in_doubt, vec![txn(1)]);
@@ -127,7 +127,7 @@ async fn drop_holds_on_restart_replays_a_journal_without_holds() {
         let Ok(Prepared::New(record)) = engine.prepare(txn(seq), &ops) else { panic!("prepare {seq} failed") };
         journal.record_prepared(&record).unwrap();
         if seq == 0 {
-            journal.record_commit(&engine.commit(txn(0)).unwrap()).unwrap();
+            journal.record_commit(&engine.commit(txn(0), 0).unwrap()).unwrap();
         }
     }
     journal.sync().await.unwrap();
@@ -146,5 +146,5 @@ async fn drop_holds_on_restart_replays_a_journal_without_holds() {
     assert_eq!((view.balance_minor, view.held_minor), (100, 0), "the hold of txn 1 is gone");
     // So the money txn 1 was promised can be spent again.
     assert!(matches!(recovered.prepare(txn(2), &transfer(100)), Ok(Prepared::New(_))));
-    assert!(recovered.commit(txn(1)).is_none(), "its commit is a no-op");
+    assert!(recovered.commit(txn(1), 0).is_none(), "its commit is a no-op");
 }

@@ -25,10 +25,24 @@
 //! Versions count committed writes since the record was last created: an
 //! insert makes version 1, every later put adds one, a delete removes the
 //! record (a later insert starts again at 1).
+//!
+//! # Entries keyed by their commit time (decision)
+//!
+//! [`Operation::PutRecordAtCommit`] is the one write whose key is not known
+//! at prepare: its sort key is `(commit time, number)`, and the commit time
+//! arrives with the decision. The prepare checks its value, counts it as a
+//! record created, and locks its placeholder `(partition, 0, number)` — so
+//! two transactions writing the same number serialize as any two writers of
+//! one key do. The commit stores it under `(at_ms, number)`: version 1, or
+//! one more than an entry already there (the same number committed twice in
+//! the same millisecond, which callers' unique numbers rule out). It has no
+//! precondition, so nothing about the final key can make it fail — and
+//! nothing reads the final key before the commit fixes it.
 
+use paytx_protocol::ids::sort_key;
 use paytx_protocol::messages::{RangeScan, RecordView};
 use paytx_protocol::ops::{MAX_RECORD_VALUE_BYTES, MAX_SCAN_RECORDS};
-use paytx_protocol::{AbortReason, Operation, RecordExpect, RecordKey, RecordNs, TxnId};
+use paytx_protocol::{AbortReason, Operation, Partition, RecordExpect, RecordKey, RecordNs, TxnId};
 use serde::{Deserialize, Serialize};
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -51,8 +65,19 @@ pub struct StoredRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct RecordPlan {
     after: BTreeMap<RecordKey, Option<StoredRecord>>,
-    /// Keys it creates (absent now, present after commit).
+    /// `PutRecordAtCommit` entries, by their placeholder key (locked too):
+    /// stored at commit under `(at_ms, number)`.
+    at_commit: BTreeMap<RecordKey, AtCommit>,
+    /// Keys it creates (absent now, present after commit), an upper bound.
     creates: usize,
+}
+
+/// One entry a commit stores under its own time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AtCommit {
+    partition: Partition,
+    number: u64,
+    value: Vec<u8>,
 }
 
 /// Why a records prepare was refused.
@@ -110,22 +135,71 @@ impl RecordsState {
         max_records: Option<usize>,
     ) -> Result<RecordPlan, Refused> {
         let mut scratch: BTreeMap<RecordKey, Option<StoredRecord>> = BTreeMap::new();
+        let mut at_commit: BTreeMap<RecordKey, AtCommit> = BTreeMap::new();
         for op in ops {
-            self.validate(&mut scratch, op)?;
+            match op {
+                Operation::PutRecordAtCommit { partition, number, value } => {
+                    self.validate_at_commit(&scratch, &mut at_commit, *partition, *number, value)?
+                }
+                _ => self.validate(&mut scratch, op)?,
+            }
         }
         // Deletes free nothing until they commit: the count is an upper bound.
-        let creates = scratch.iter().filter(|(key, after)| after.is_some() && !self.records.contains_key(*key)).count();
+        let creates = scratch.iter().filter(|(key, after)| after.is_some() && !self.records.contains_key(*key)).count()
+            + at_commit.len();
         if let Some(max_records) = max_records {
             let total = self.records.len().saturating_add(self.pending_creates).saturating_add(creates);
             if creates > 0 && total > max_records {
                 return Err(Refused::Full { max_records: max_records as u64 });
             }
         }
-        for key in scratch.keys() {
+        for key in scratch.keys().chain(at_commit.keys()) {
             self.locks.insert(*key, txn);
         }
         self.pending_creates = self.pending_creates.saturating_add(creates);
-        Ok(RecordPlan { after: scratch, creates })
+        Ok(RecordPlan { after: scratch, at_commit, creates })
+    }
+
+    /// Checks one `PutRecordAtCommit`: an ordered partition, a bounded
+    /// value, a placeholder nobody else (nor an earlier op of this
+    /// transaction) holds.
+    fn validate_at_commit(
+        &self,
+        scratch: &BTreeMap<RecordKey, Option<StoredRecord>>,
+        at_commit: &mut BTreeMap<RecordKey, AtCommit>,
+        partition: Partition,
+        number: u64,
+        value: &[u8],
+    ) -> Result<(), AbortReason> {
+        let placeholder = partition.key(sort_key(0, number));
+        // Both checks repeat the coordinator's validation, so only a broken
+        // upstream fails them; refusing keeps every stored key ordered and
+        // every value bounded.
+        if !paytx_protocol::ids::is_ordered_ns(partition.ns) {
+            return Err(AbortReason::Conflict {
+                entity: format!(
+                    "{placeholder} (a commit-timed entry of an unordered namespace: the request was not validated)"
+                ),
+            });
+        }
+        if value.len() > MAX_RECORD_VALUE_BYTES {
+            return Err(AbortReason::Conflict {
+                entity: format!(
+                    "{placeholder} (value of {} bytes over the {MAX_RECORD_VALUE_BYTES}-byte limit: the request was not validated)",
+                    value.len()
+                ),
+            });
+        }
+        if self.locks.contains_key(&placeholder) {
+            return Err(AbortReason::Conflict { entity: placeholder.to_string() });
+        }
+        // One transaction writes a number once: a second would be the same
+        // key at the same commit time.
+        if scratch.contains_key(&placeholder) || at_commit.contains_key(&placeholder) {
+            return Err(AbortReason::RecordExists { key: placeholder });
+        }
+        at_commit.insert(placeholder, AtCommit { partition, number, value: value.to_vec() });
+        Ok(())
     }
 
     fn validate(
@@ -179,8 +253,9 @@ impl RecordsState {
         Ok(())
     }
 
-    /// Writes the after-images and unlocks. Returns what to journal.
-    pub(crate) fn commit(&mut self, txn: TxnId, plan: RecordPlan) -> RecordChanges {
+    /// Writes the after-images, and the commit-timed entries under `at_ms`,
+    /// and unlocks. Returns what to journal.
+    pub(crate) fn commit(&mut self, txn: TxnId, plan: RecordPlan, at_ms: u64) -> RecordChanges {
         self.release_creates(plan.creates);
         let mut changes = RecordChanges::default();
         for (key, after) in plan.after {
@@ -196,13 +271,25 @@ impl RecordsState {
                 }
             }
         }
+        for (placeholder, entry) in plan.at_commit {
+            self.unlock(txn, placeholder);
+            let key = entry.partition.key(sort_key(at_ms, entry.number));
+            let version = self.records.get(&key).map_or(1, |record| record.version.saturating_add(1));
+            let record = StoredRecord { version, value: entry.value };
+            self.records.insert(key, record.clone());
+            // A key is journaled once per commit: a later write of it in
+            // `written` would be lost behind an earlier one otherwise.
+            changes.written.retain(|(written, _)| *written != key);
+            changes.removed.retain(|removed| *removed != key);
+            changes.written.push((key, record));
+        }
         changes
     }
 
     /// Unlocks without changing anything.
     pub(crate) fn abort(&mut self, txn: TxnId, plan: RecordPlan) {
         self.release_creates(plan.creates);
-        for key in plan.after.keys() {
+        for key in plan.after.keys().chain(plan.at_commit.keys()) {
             self.unlock(txn, *key);
         }
     }
@@ -352,7 +439,7 @@ mod tests {
 
     fn run(state: &mut RecordsState, seq: u64, ops: &[Operation]) -> Result<RecordChanges, Refused> {
         let plan = state.prepare(txn(seq), ops, None)?;
-        Ok(state.commit(txn(seq), plan))
+        Ok(state.commit(txn(seq), plan, 0))
     }
 
     #[test]
@@ -471,5 +558,75 @@ mod tests {
         };
         assert!(matches!(state.prepare(txn(1), &[op], None), Err(Refused::Abort(AbortReason::Conflict { .. }))));
         assert!(state.locks.is_empty());
+    }
+
+    fn at_commit(partition: Partition, number: u64, value: &str) -> Operation {
+        Operation::PutRecordAtCommit { partition, number, value: value.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn a_commit_timed_entry_is_stored_under_the_commit_s_time_and_locks_its_number_until_then() {
+        let mut state = RecordsState::default();
+        let lines = Partition::new(FIRST_ORDERED_NS + 6, b"mch_1").unwrap();
+        let plan = state.prepare(txn(1), &[at_commit(lines, 42, "pay")], Some(10)).unwrap();
+        // In doubt: nothing is readable yet, and the number is taken.
+        assert!(state.scan_range(&index_scan(lines, 0, u64::MAX, false, None), usize::MAX).records.is_empty());
+        assert_eq!(
+            state.prepare(txn(2), &[at_commit(lines, 42, "again")], Some(10)),
+            Err(Refused::Abort(AbortReason::Conflict { entity: lines.key(sort_key(0, 42)).to_string() }))
+        );
+        // Another number of the partition is free.
+        let other = state.prepare(txn(3), &[at_commit(lines, 43, "refund")], Some(10)).unwrap();
+        let changes = state.commit(txn(1), plan, 1_764_547_200_123);
+        let stored = lines.key(sort_key(1_764_547_200_123, 42));
+        assert_eq!(changes.written, vec![(stored, StoredRecord { version: 1, value: b"pay".to_vec() })]);
+        assert!(changes.removed.is_empty());
+        state.commit(txn(3), other, 1_764_547_200_100);
+        // Read by commit time: the later-prepared, earlier-committed first.
+        let page = state.scan_range(&index_scan(lines, 0, u64::MAX, false, None), usize::MAX);
+        let found: Vec<(u64, u64)> = page.records.iter().map(|r| sort_key_parts(r.key.sort())).collect();
+        assert_eq!(found, vec![(1_764_547_200_100, 43), (1_764_547_200_123, 42)]);
+        assert!(state.locks.is_empty());
+        assert_eq!(state.pending_creates, 0);
+        // No placeholder was ever stored.
+        assert_eq!(state.entity_count(), 2);
+    }
+
+    #[test]
+    fn a_commit_timed_entry_counts_against_the_limit_and_an_abort_releases_it() {
+        let mut state = RecordsState::default();
+        let lines = Partition::new(FIRST_ORDERED_NS + 6, b"mch_1").unwrap();
+        run(&mut state, 1, &[put(key(1, "a"), "x", RecordExpect::Absent)]).unwrap();
+        assert_eq!(
+            state.prepare(txn(2), &[at_commit(lines, 1, "a"), at_commit(lines, 2, "b")], Some(2)),
+            Err(Refused::Full { max_records: 2 })
+        );
+        let plan = state.prepare(txn(3), &[at_commit(lines, 1, "a")], Some(2)).unwrap();
+        assert_eq!(state.pending_creates, 1);
+        state.abort(txn(3), plan);
+        assert_eq!((state.pending_creates, state.locks.len(), state.entity_count()), (0, 0, 1));
+        // The number is free again once aborted.
+        assert!(state.prepare(txn(4), &[at_commit(lines, 1, "a")], Some(2)).is_ok());
+    }
+
+    #[test]
+    fn a_bad_commit_timed_entry_is_refused_at_prepare_and_locks_nothing() {
+        let mut state = RecordsState::default();
+        let lines = Partition::new(FIRST_ORDERED_NS + 6, b"mch_1").unwrap();
+        let twice = [at_commit(lines, 7, "a"), at_commit(lines, 7, "b")];
+        assert_eq!(
+            state.prepare(txn(1), &twice, None),
+            Err(Refused::Abort(AbortReason::RecordExists { key: lines.key(sort_key(0, 7)) }))
+        );
+        let unordered = Partition { ns: 7, id: [1; 16] };
+        assert!(matches!(
+            state.prepare(txn(2), &[at_commit(unordered, 1, "a")], None),
+            Err(Refused::Abort(AbortReason::Conflict { .. }))
+        ));
+        let big =
+            Operation::PutRecordAtCommit { partition: lines, number: 1, value: vec![0; MAX_RECORD_VALUE_BYTES + 1] };
+        assert!(matches!(state.prepare(txn(3), &[big], None), Err(Refused::Abort(AbortReason::Conflict { .. }))));
+        assert!(state.locks.is_empty());
+        assert_eq!(state.pending_creates, 0);
     }
 }

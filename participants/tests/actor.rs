@@ -5,7 +5,7 @@
 use actix::{Actor, Addr};
 use paytx_participants::{
     ChannelConfig, ChannelKind, Decide, DecisionSource, GetStatus, ListInDoubt, ParticipantActor, ParticipantConfig,
-    ParticipantError, Prepare, ReadAccount, ReadCharge, Shutdown,
+    ParticipantError, Prepare, ReadAccount, ReadCharge, ReadRecord, Shutdown,
 };
 use paytx_protocol::{
     AbortReason, AccountId, BoxFuture, ChannelId, Currency, EntityKind, Money, Operation, OrderId, ShardId, TxnId, Vote,
@@ -17,6 +17,7 @@ use std::time::Duration;
 
 const ACCOUNTS: ShardId = ShardId { kind: EntityKind::Account, index: 0 };
 const CHANNELS: ShardId = ShardId { kind: EntityKind::Channel, index: 0 };
+const RECORDS: ShardId = ShardId { kind: EntityKind::Record, index: 0 };
 
 fn txn(seq: u64) -> TxnId {
     TxnId { term: 1, node: 1, seq }
@@ -39,11 +40,14 @@ struct Fixed {
     queries: Arc<AtomicUsize>,
 }
 
+/// The log time a [`Fixed`] answer carries.
+const FIXED_AT_MS: u64 = 1_764_633_600_250;
+
 impl DecisionSource for Fixed {
-    fn query(&self, _txn: TxnId) -> BoxFuture<Result<bool, String>> {
+    fn query(&self, txn: TxnId) -> BoxFuture<Result<Decide, String>> {
         self.queries.fetch_add(1, Ordering::SeqCst);
         let commit = self.commit;
-        Box::pin(async move { Ok(commit) })
+        Box::pin(async move { Ok(Decide { txn, commit, at_ms: FIXED_AT_MS }) })
     }
 }
 
@@ -53,7 +57,7 @@ struct Silent {
 }
 
 impl DecisionSource for Silent {
-    fn query(&self, _txn: TxnId) -> BoxFuture<Result<bool, String>> {
+    fn query(&self, _txn: TxnId) -> BoxFuture<Result<Decide, String>> {
         self.queries.fetch_add(1, Ordering::SeqCst);
         Box::pin(std::future::pending())
     }
@@ -82,7 +86,7 @@ async fn prepare(addr: &Addr<ParticipantActor>, seq: u64, ops: Vec<Operation>) -
 }
 
 async fn decide(addr: &Addr<ParticipantActor>, seq: u64, commit: bool) {
-    addr.send(Decide { txn: txn(seq), commit }).await.expect("actor alive").expect("decision applied");
+    addr.send(Decide { txn: txn(seq), commit, at_ms: 0 }).await.expect("actor alive").expect("decision applied");
 }
 
 async fn balance(addr: &Addr<ParticipantActor>, id: u64) -> (i64, i64) {
@@ -246,16 +250,16 @@ async fn votes_and_commit_acks_wait_for_the_fsync_while_the_actor_keeps_working(
 
     // A commit acknowledgement waits for its fsync too.
     gated.gate.send_replace(false);
-    let ack = tokio::spawn(addr.send(Decide { txn: txn(1), commit: true }));
+    let ack = tokio::spawn(addr.send(Decide { txn: txn(1), commit: true, at_ms: 0 }));
     eventually!("the commit applied", balance(&addr, 1).await == (90, 20));
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!ack.is_finished(), "no commit ack before the fsync");
     // A repeated commit (the first still syncing) also waits.
-    let repeat = tokio::spawn(addr.send(Decide { txn: txn(1), commit: true }));
+    let repeat = tokio::spawn(addr.send(Decide { txn: txn(1), commit: true, at_ms: 0 }));
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!repeat.is_finished(), "a repeated commit ack also waits for the fsync");
     // An abort is acknowledged at once (see `decide`).
-    addr.send(Decide { txn: txn(2), commit: false }).await.unwrap().unwrap();
+    addr.send(Decide { txn: txn(2), commit: false, at_ms: 0 }).await.unwrap().unwrap();
     gated.gate.send_replace(true);
     ack.await.unwrap().unwrap().unwrap();
     repeat.await.unwrap().unwrap().unwrap();
@@ -285,7 +289,7 @@ async fn the_steps_of_one_mailbox_drain_share_one_journal_write_and_one_fsync() 
     // Their five commits: one batch again, and accounts 1 and 2 are each
     // written once in it although all five transactions touched them.
     let writes_before = counting.writes.load(Ordering::SeqCst);
-    let decides = (1..=5).map(|seq| addr.send(Decide { txn: txn(seq), commit: true }));
+    let decides = (1..=5).map(|seq| addr.send(Decide { txn: txn(seq), commit: true, at_ms: 0 }));
     for ack in futures::future::join_all(decides).await {
         ack.unwrap().unwrap();
     }
@@ -335,6 +339,23 @@ async fn in_doubt_transactions_are_resolved_by_asking_once_at_a_time() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(queries.load(Ordering::SeqCst), 1);
     assert_eq!(addr.send(GetStatus).await.unwrap().in_doubt, 1);
+}
+
+#[actix_rt::test]
+async fn an_in_doubt_commit_stores_a_commit_timed_entry_under_the_time_the_answer_carries() {
+    use paytx_protocol::ids::{sort_key, FIRST_ORDERED_NS};
+    let disk = MemDisk::new();
+    let queries = Arc::new(AtomicUsize::new(0));
+    let commit: Arc<dyn DecisionSource> = Arc::new(Fixed { commit: true, queries: queries.clone() });
+    let fast = ParticipantConfig { in_doubt_after_ms: 50, in_doubt_check_interval_ms: 10, ..config(RECORDS) };
+    let addr = start(fast, Arc::new(disk.clone()), commit);
+    let lines = paytx_protocol::Partition::new(FIRST_ORDERED_NS + 6, b"mch_1").unwrap();
+    let entry = Operation::PutRecordAtCommit { partition: lines, number: 3, value: b"line".to_vec() };
+    assert_eq!(prepare(&addr, 1, vec![entry]).await, Ok(Vote::Yes));
+    let stored = lines.key(sort_key(FIXED_AT_MS, 3));
+    eventually!("the in-doubt commit", addr.send(ReadRecord(stored)).await.unwrap().is_some());
+    assert_eq!(addr.send(ReadRecord(stored)).await.unwrap().map(|view| view.value), Some(b"line".to_vec()));
+    assert_eq!(queries.load(Ordering::SeqCst), 1);
 }
 
 #[actix_rt::test]

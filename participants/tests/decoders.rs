@@ -14,9 +14,11 @@ use paytx_storage::{Batch, Disk, KeyValue, MemDisk};
 use proptest::prelude::*;
 use std::sync::Arc;
 
-const SHARDS: [ShardId; 3] = [
+/// The first three have real rows (`real_rows`).
+const SHARDS: [ShardId; 4] = [
     ShardId { kind: EntityKind::Account, index: 0 },
     ShardId { kind: EntityKind::Order, index: 0 },
+    ShardId { kind: EntityKind::Record, index: 0 },
     ShardId { kind: EntityKind::Channel, index: 0 },
 ];
 
@@ -37,6 +39,11 @@ fn real_rows(shard: ShardId) -> Vec<KeyValue> {
             vec![Operation::CreateOrder { order: OrderId(1), merchant: AccountId(2), amount: cny(50) }],
             vec![Operation::MarkPaid { order: OrderId(1), amount: cny(50) }],
         ],
+        EntityKind::Record => {
+            let lines = paytx_protocol::Partition::new(paytx_protocol::ids::FIRST_ORDERED_NS + 6, b"m").unwrap();
+            let line = |number| Operation::PutRecordAtCommit { partition: lines, number, value: b"line".to_vec() };
+            vec![vec![line(1)], vec![line(2)]]
+        }
         _ => Vec::new(),
     };
     let disk = MemDisk::new();
@@ -49,7 +56,7 @@ fn real_rows(shard: ShardId) -> Vec<KeyValue> {
             journal.record_prepared(&record).expect("memory");
             // The last step stays prepared (in doubt).
             if i + 1 < steps.len() {
-                if let Some(committed) = engine.commit(txn(seq)) {
+                if let Some(committed) = engine.commit(txn(seq), 1_764_547_200_000 + seq) {
                     journal.record_commit(&committed).expect("memory");
                 }
             }
@@ -85,7 +92,7 @@ proptest! {
 
     #[test]
     fn arbitrary_rows_never_panic_recovery(
-        which in 0usize..3,
+        which in 0usize..4,
         rows in proptest::collection::vec(
             (prefix(), proptest::collection::vec(any::<u8>(), 0..24), proptest::collection::vec(any::<u8>(), 0..200), any::<bool>()),
             0..6,
@@ -103,7 +110,7 @@ proptest! {
 
     #[test]
     fn damaged_real_records_behind_a_valid_checksum_never_panic_recovery(
-        which in 0usize..2,
+        which in 0usize..3,
         row in any::<usize>(),
         edits in proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..5),
         damage_key in any::<bool>(),
@@ -125,7 +132,7 @@ proptest! {
 
 #[test]
 fn the_real_rows_recover() {
-    for shard in &SHARDS[..2] {
+    for shard in &SHARDS[..3] {
         let rows = real_rows(*shard);
         assert!(rows.len() >= 3, "{shard}: {rows:?}");
         let disk = MemDisk::new();

@@ -385,8 +385,9 @@ pub enum PeerRequest {
     },
     /// 2PC phase one: coordinator → participant shard.
     Prepare { txn: TxnId, shard: ShardId, ops: Vec<Operation> },
-    /// 2PC phase two: coordinator → participant shard.
-    Decide { txn: TxnId, shard: ShardId, commit: bool },
+    /// 2PC phase two: coordinator → participant shard. `at_ms`: as in
+    /// [`DecisionItem::at_ms`].
+    Decide { txn: TxnId, shard: ShardId, commit: bool, at_ms: u64 },
     /// An in-doubt participant asks the coordinator group for the decision.
     QueryDecision { txn: TxnId },
     /// A client request forwarded to the node that can answer it.
@@ -438,6 +439,13 @@ pub struct PrepareItem {
 pub struct DecisionItem {
     pub txn: TxnId,
     pub commit: bool,
+    /// The coordinator group's log time (Unix ms, the newest stamp applied
+    /// there: replicated and never going back) when the decision was sent.
+    /// For a commit it is the commit time of the transaction's
+    /// [`crate::Operation::PutRecordAtCommit`] entries: the shard keeps the
+    /// time of the first commit it applies (a re-sent decision's later time
+    /// changes nothing, the transaction being committed there already).
+    pub at_ms: u64,
 }
 
 /// The answer to one prepare of a batch.
@@ -499,9 +507,11 @@ pub enum PeerResponse {
     },
     /// A step of the peer handshake succeeded.
     Acked,
-    /// The decision for a queried transaction: `true` = commit.
+    /// The decision for a queried transaction: `true` = commit; `at_ms` as
+    /// in [`DecisionItem::at_ms`].
     Decision {
         commit: bool,
+        at_ms: u64,
     },
     Forwarded(Response),
     /// Peer authentication, step 2: the acceptor's nonce and proof.

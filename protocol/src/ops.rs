@@ -1,6 +1,6 @@
 //! Operations, the entities they address, and how entities map to shards.
 
-use crate::ids::{AccountId, ChannelId, EntityKind, NodeId, OrderId, RecordKey, ShardId};
+use crate::ids::{sort_key, AccountId, ChannelId, EntityKind, NodeId, OrderId, Partition, RecordKey, ShardId};
 use crate::money::{Currency, Money};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -38,6 +38,23 @@ pub enum Operation {
         #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
         expect: RecordExpect,
+    },
+    /// Inserts the entry `(commit time, number)` of an ordered `partition`
+    /// — the key's sort is `sort_key(committed_at_ms, number)` — holding
+    /// `value`. The commit time is not known when the transaction is built
+    /// or prepared: it is the coordinator's log time carried by the commit
+    /// decision ([`crate::messages::DecisionItem::at_ms`]), fixed when the
+    /// shard first applies the commit. So "what committed on day D" is one
+    /// range read of the partition (a merchant's statement lines). The
+    /// prepare locks `(partition, 0, number)`, the entry's placeholder (see
+    /// [`Operation::entity`]); the write never fails a precondition. At most
+    /// [`MAX_RECORD_VALUE_BYTES`] of value. (Appended last: the variant
+    /// index of the others is in stored prepared records.)
+    PutRecordAtCommit {
+        partition: Partition,
+        number: u64,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
     },
 }
 
@@ -161,6 +178,12 @@ impl Operation {
                 EntityKey::Channel(*channel)
             }
             Operation::PutRecord { key, .. } => EntityKey::Record(*key),
+            // The placeholder `(partition, 0, number)`: the shard is the
+            // partition's, and what the prepare locks. The stored key's time
+            // is the commit's.
+            Operation::PutRecordAtCommit { partition, number, .. } => {
+                EntityKey::Record(partition.key(sort_key(0, *number)))
+            }
         }
     }
 
@@ -175,7 +198,7 @@ impl Operation {
             | Operation::RefundOrder { amount, .. }
             | Operation::Charge { amount, .. }
             | Operation::ChannelRefund { amount, .. } => Some(*amount),
-            Operation::CloseOrder { .. } | Operation::PutRecord { .. } => None,
+            Operation::CloseOrder { .. } | Operation::PutRecord { .. } | Operation::PutRecordAtCommit { .. } => None,
         }
     }
 }

@@ -66,10 +66,14 @@ pub enum Bug {
     /// would have waited for a lock, and reserved nothing) as a YES: the
     /// transaction commits on a shard that holds nothing for it.
     BlockedCountedAsYes,
+    /// The coordinator sends its decisions without its log time (`at_ms`
+    /// 0): every commit-timed entry (a statement line) is filed under
+    /// 1970, on no day that anyone asks for.
+    DecisionWithoutTime,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::VoteBeforeSync,
         Bug::CommitWithoutAllVotes,
         Bug::NoRedriveOnNewLeader,
@@ -85,6 +89,7 @@ impl Bug {
         Bug::FollowerSkipsReservation,
         Bug::RebuildUnderOldIdentity,
         Bug::BlockedCountedAsYes,
+        Bug::DecisionWithoutTime,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -105,6 +110,7 @@ impl Bug {
             Bug::FollowerSkipsReservation => "follower-skips-reservation",
             Bug::RebuildUnderOldIdentity => "rebuild-under-old-identity",
             Bug::BlockedCountedAsYes => "blocked-counted-as-yes",
+            Bug::DecisionWithoutTime => "decision-without-time",
         }
     }
 

@@ -48,7 +48,21 @@ impl TxnRequest {
         // i128 sums cannot overflow for at most 64 i64 amounts.
         let mut balance: BTreeMap<Currency, (i128, i128)> = BTreeMap::new();
         for (index, op) in self.ops.iter().enumerate() {
-            if let Operation::PutRecord { value: Some(value), .. } = op {
+            let record_value = match op {
+                Operation::PutRecord { value: Some(value), .. } => Some(value),
+                Operation::PutRecordAtCommit { partition, value, .. } => {
+                    // A `Partition` off the wire is not checked by its decoder.
+                    if !crate::ids::is_ordered_ns(partition.ns) {
+                        return Err(InvalidRequest::NotAnOrderedNamespace {
+                            ns: partition.ns,
+                            first: crate::ids::FIRST_ORDERED_NS,
+                        });
+                    }
+                    Some(value)
+                }
+                _ => None,
+            };
+            if let Some(value) = record_value {
                 if value.len() > crate::ops::MAX_RECORD_VALUE_BYTES {
                     return Err(InvalidRequest::RecordTooLarge {
                         index,
@@ -156,6 +170,31 @@ mod tests {
             Err(InvalidRequest::UnsupportedCurrency { .. })
         ));
         assert_eq!(TxnRequest::new("k", transfer(7)).validate(64), Ok(()));
+    }
+
+    #[test]
+    fn a_commit_timed_entry_needs_an_ordered_partition_and_a_bounded_value() {
+        use crate::ids::{Partition, FIRST_ORDERED_NS, PARTITION_BYTES};
+        use crate::ops::MAX_RECORD_VALUE_BYTES;
+        let entry = |partition: Partition, len: usize| {
+            TxnRequest::new("k", vec![Operation::PutRecordAtCommit { partition, number: 1, value: vec![7; len] }])
+        };
+        let ordered = Partition::new(FIRST_ORDERED_NS + 1, b"m").expect("an ordered namespace");
+        assert_eq!(entry(ordered, MAX_RECORD_VALUE_BYTES).validate(64), Ok(()));
+        assert_eq!(
+            entry(ordered, MAX_RECORD_VALUE_BYTES + 1).validate(64),
+            Err(InvalidRequest::RecordTooLarge {
+                index: 0,
+                len_bytes: MAX_RECORD_VALUE_BYTES + 1,
+                max_bytes: MAX_RECORD_VALUE_BYTES
+            })
+        );
+        // A partition decoded off the wire can name any namespace.
+        let unordered = Partition { ns: 7, id: [0; PARTITION_BYTES] };
+        assert_eq!(
+            entry(unordered, 1).validate(64),
+            Err(InvalidRequest::NotAnOrderedNamespace { ns: 7, first: FIRST_ORDERED_NS })
+        );
     }
 
     #[test]

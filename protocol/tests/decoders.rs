@@ -24,6 +24,11 @@ fn samples() -> Vec<Envelope> {
         Operation::Debit { account: AccountId(1), amount: Money::new(250, Currency::CNY) },
         Operation::Credit { account: AccountId(2), amount: Money::new(250, Currency::CNY) },
         Operation::PutRecord { key: record, value: Some(b"{\"id\":1}".to_vec()), expect: RecordExpect::Absent },
+        Operation::PutRecordAtCommit {
+            partition: paytx_protocol::Partition::new(paytx_protocol::ids::FIRST_ORDERED_NS + 4, b"mch_1").unwrap(),
+            number: 17,
+            value: b"{\"line\":1}".to_vec(),
+        },
     ];
     let messages = vec![
         Message::Request(Request::Submit(TxnRequest::new("pay-1", ops.clone()))),
@@ -53,7 +58,7 @@ fn samples() -> Vec<Envelope> {
         })),
         Message::Response(Response::Error(RequestError::Overloaded { what: "x".into() })),
         Message::Peer(PeerRequest::Prepare { txn, shard, ops: ops.clone() }),
-        Message::Peer(PeerRequest::Decide { txn, shard, commit: true }),
+        Message::Peer(PeerRequest::Decide { txn, shard, commit: true, at_ms: 1_764_547_200_000 }),
         Message::Peer(PeerRequest::PrepareBatch {
             shard,
             prepares: vec![
@@ -63,7 +68,7 @@ fn samples() -> Vec<Envelope> {
         }),
         Message::Peer(PeerRequest::DecideBatch {
             shard,
-            decisions: vec![paytx_protocol::messages::DecisionItem { txn, commit: false }],
+            decisions: vec![paytx_protocol::messages::DecisionItem { txn, commit: false, at_ms: 3 }],
         }),
         Message::PeerReply(PeerResponse::Votes {
             shard,
@@ -74,6 +79,7 @@ fn samples() -> Vec<Envelope> {
             ],
         }),
         Message::PeerReply(PeerResponse::DecisionsApplied { shard, applied: vec![txn] }),
+        Message::PeerReply(PeerResponse::Decision { commit: true, at_ms: 1_764_547_200_000 }),
         Message::Peer(PeerRequest::Raft {
             group: RaftGroup::Coordinator,
             to: 2,

@@ -35,6 +35,8 @@ pub struct Model {
     pub charges: BTreeMap<(ChannelId, OrderId), (i64, i64)>,
     /// Every committed write to each record: (precondition, value).
     pub record_writes: BTreeMap<RecordKey, Vec<(RecordExpect, Vec<u8>)>>,
+    /// Every committed `PutRecordAtCommit`: (partition, number, value).
+    pub commit_timed: Vec<(paytx_protocol::Partition, u64, Vec<u8>)>,
 }
 
 impl Model {
@@ -120,6 +122,11 @@ impl Model {
                 // Index entries are checked against the records they
                 // index (`check_name_index`), not write by write: they move.
                 Operation::PutRecord { key, .. } if paytx_protocol::ids::is_ordered_ns(key.ns) => {}
+                // Stored under the commit's time, which the model does not
+                // know: checked entry by entry at the end (`check_commit_timed`).
+                Operation::PutRecordAtCommit { partition, number, value } => {
+                    self.commit_timed.push((*partition, *number, value.clone()));
+                }
                 Operation::PutRecord { key, value: Some(value), expect } => {
                     self.record_writes.entry(*key).or_default().push((*expect, value.clone()));
                 }
@@ -247,6 +254,68 @@ pub fn check_state(model: &Model, actual: &Actual, deposited: i64) -> Vec<Violat
     }
     for key in model.record_writes.keys().filter(|key| !actual.records.contains_key(key)) {
         push("record-writes-exactly-once", format!("{key} was written but not read back"));
+    }
+    violations
+}
+
+/// The Unix times (ms) a log time of this run can read, `elapsed_ms` of
+/// virtual time after its start: every node's clock reads the start as
+/// `SIM_UNIX_EPOCH_MS`, then runs at most `MAX_SKEW_MS` ahead and
+/// `MAX_DRIFT_PPM` fast (a log time is a leader's clock when it proposed).
+pub fn log_time_bounds_ms(elapsed_ms: u64) -> (u64, u64) {
+    use paytx_protocol::clock::{MAX_DRIFT_PPM, SIM_UNIX_EPOCH_MS};
+    let fast_ms =
+        u64::try_from(u128::from(elapsed_ms) * (1_000_000 + MAX_DRIFT_PPM as u128) / 1_000_000).unwrap_or(u64::MAX);
+    (SIM_UNIX_EPOCH_MS, SIM_UNIX_EPOCH_MS.saturating_add(fast_ms).saturating_add(crate::cluster::MAX_SKEW_MS))
+}
+
+/// The entries of `partition` written by `PutRecordAtCommit` against the
+/// committed ones (`committed`: partition, number, value): each committed
+/// entry stored exactly once (a commit applied twice under two times would
+/// be two), at version 1, with its value, under a commit time within
+/// `(first_ms, last_ms)` — a log time of the run, not 0 nor a guess — and
+/// nothing stored for a transaction that did not commit.
+pub fn check_commit_timed(
+    partition: paytx_protocol::Partition,
+    committed: &[(paytx_protocol::Partition, u64, Vec<u8>)],
+    found: &[RecordView],
+    (first_ms, last_ms): (u64, u64),
+) -> Vec<Violation> {
+    use paytx_protocol::ids::sort_key_parts;
+    let mut violations = Vec::new();
+    let mut push = |detail: String| violations.push(Violation { invariant: "commit-timed-entries", detail });
+    let mut expected: BTreeMap<u64, &[u8]> = BTreeMap::new();
+    for (_, number, value) in committed.iter().filter(|(p, _, _)| *p == partition) {
+        if expected.insert(*number, value).is_some() {
+            push(format!("entry {number} committed by two transactions (the workload numbers each once)"));
+        }
+    }
+    let mut stored: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for view in found {
+        if view.key.partition() != Some(partition) {
+            push(format!("{} read as an entry of partition {}", view.key, partition.ns));
+            continue;
+        }
+        let (at_ms, number) = sort_key_parts(view.key.sort());
+        stored.entry(number).or_default().push(at_ms);
+        if !(first_ms..=last_ms).contains(&at_ms) {
+            push(format!("entry {number} stored at {at_ms} ms, outside the run's log times {first_ms}..={last_ms}"));
+        }
+        match expected.get(&number) {
+            None => push(format!("entry {number} stored at {at_ms} ms: its transaction did not commit")),
+            Some(value) if *value != view.value.as_slice() => push(format!("entry {number} holds another value")),
+            Some(_) if view.version != 1 => push(format!("entry {number} at version {}", view.version)),
+            Some(_) => {}
+        }
+    }
+    for (number, times) in stored.iter().filter(|(_, times)| times.len() > 1) {
+        push(format!(
+            "entry {number} stored {} times, at {times:?} ms: one commit applied more than once",
+            times.len()
+        ));
+    }
+    for number in expected.keys().filter(|number| !stored.contains_key(number)) {
+        push(format!("entry {number} of a committed transaction is missing"));
     }
     violations
 }
@@ -454,5 +523,40 @@ mod tests {
         assert!(invariants(&twice, Some(&view(key, 2, b"z"))).contains(&"record-preconditions"));
         // The last write's value.
         assert_eq!(invariants(&chain[..2], Some(&view(key, 2, b"x"))), vec!["record-writes-exactly-once"]);
+    }
+
+    #[test]
+    fn commit_timed_entries_once_each_under_a_log_time_and_only_for_commits() {
+        use crate::workload::journal_partition;
+        use paytx_protocol::clock::SIM_UNIX_EPOCH_MS;
+        use paytx_protocol::ids::sort_key;
+        let journal = journal_partition();
+        let bounds = log_time_bounds_ms(60_000);
+        assert_eq!(bounds.0, SIM_UNIX_EPOCH_MS);
+        assert_eq!(bounds.1, SIM_UNIX_EPOCH_MS + 63_000 + crate::cluster::MAX_SKEW_MS);
+        let at =
+            |ms: u64, number: u64, value: &[u8]| view(journal.key(sort_key(SIM_UNIX_EPOCH_MS + ms, number)), 1, value);
+        let committed = vec![(journal, 1, b"a".to_vec()), (journal, 2, b"b".to_vec())];
+        let details = |found: &[RecordView]| -> Vec<String> {
+            check_commit_timed(journal, &committed, found, bounds).into_iter().map(|v| v.detail).collect()
+        };
+        assert!(details(&[at(5, 1, b"a"), at(3, 2, b"b")]).is_empty());
+        // A commit applied twice, under two times.
+        let twice = details(&[at(5, 1, b"a"), at(9, 1, b"a"), at(3, 2, b"b")]);
+        assert_eq!(twice.len(), 1, "{twice:?}");
+        assert!(twice[0].contains("stored 2 times"), "{twice:?}");
+        // An entry of a transaction that did not commit, one missing.
+        let wrong = details(&[at(5, 1, b"a"), at(3, 7, b"z")]);
+        assert!(wrong.iter().any(|d| d.contains("entry 7") && d.contains("did not commit")), "{wrong:?}");
+        assert!(wrong.iter().any(|d| d.contains("entry 2 of a committed transaction is missing")), "{wrong:?}");
+        // Filed under no log time (a decision without its time), or ahead
+        // of every clock of the run.
+        let untimed = view(journal.key(sort_key(0, 1)), 1, b"a");
+        assert!(details(&[untimed, at(3, 2, b"b")])[0].contains("outside the run's log times"));
+        assert!(details(&[at(5, 1, b"a"), at(80_000, 2, b"b")])[0].contains("outside"));
+        // Another value, another version.
+        assert!(details(&[at(5, 1, b"x"), at(3, 2, b"b")])[0].contains("another value"));
+        let second = view(journal.key(sort_key(SIM_UNIX_EPOCH_MS, 1)), 2, b"a");
+        assert!(details(&[second, at(3, 2, b"b")])[0].contains("version 2"));
     }
 }

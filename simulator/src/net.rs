@@ -28,7 +28,7 @@ pub fn peer_label(request: &PeerRequest) -> String {
             format!("raft {group} to {to} {kind:?} ({} bytes)", payload.len())
         }
         PeerRequest::Prepare { txn, shard, ops } => format!("prepare {txn} on {shard} ({} ops)", ops.len()),
-        PeerRequest::Decide { txn, shard, commit } => format!("decide {txn} on {shard} commit={commit}"),
+        PeerRequest::Decide { txn, shard, commit, .. } => format!("decide {txn} on {shard} commit={commit}"),
         PeerRequest::PrepareBatch { shard, prepares } => format!("prepare {} txns on {shard}", prepares.len()),
         PeerRequest::DecideBatch { shard, decisions } => format!("decide {} txns on {shard}", decisions.len()),
         PeerRequest::QueryDecision { txn } => format!("query decision of {txn}"),

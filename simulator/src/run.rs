@@ -347,19 +347,20 @@ async fn read_shard(cluster: &SimCluster, shard: ShardId, request: Request) -> O
     answer
 }
 
-/// The whole name index (one partition), page by page on the node owning
-/// its shard, ascending or descending. `Err` when the shard did not answer
-/// or a page does not follow its cursor in the scan's direction.
-async fn read_name_index(
+/// One whole partition (the name index, the journal), page by page on the
+/// node owning its shard, ascending or descending. `Err` when the shard did
+/// not answer or a page does not follow its cursor in the scan's direction.
+async fn read_partition(
     cluster: &SimCluster,
+    partition: paytx_protocol::Partition,
     descending: bool,
 ) -> Result<Vec<paytx_protocol::messages::RecordView>, String> {
     use paytx_protocol::ids::SORT_BYTES;
-    let partition = workload::name_index_partition();
     let mut entries: Vec<paytx_protocol::messages::RecordView> = Vec::new();
     let mut after = None;
-    // Bounded: the index holds at most one entry per name of the pool.
-    for _ in 0..1_000 {
+    // Bounded: the name index holds at most one entry per name of the
+    // pool, the journal one per transfer of the run (pages of 5).
+    for _ in 0..100_000 {
         let scan = paytx_protocol::RangeScan {
             partition,
             from: [0; SORT_BYTES],
@@ -370,7 +371,7 @@ async fn read_name_index(
         };
         let entity = EntityKey::Record(partition.key(scan.from));
         let Some(Response::Records(page)) = read(cluster, entity, Request::ScanRange(scan)).await else {
-            return Err("the name index's shard did not answer a range read".to_string());
+            return Err(format!("the shard of partition {} did not answer a range read", partition.ns));
         };
         let follows = |key: RecordKey| match after {
             None => true,
@@ -386,7 +387,7 @@ async fn read_name_index(
             return Ok(entries);
         }
     }
-    Err("the name index did not end within 1,000 pages".to_string())
+    Err(format!("partition {} did not end within 100,000 pages", partition.ns))
 }
 
 /// Every record of namespace `ns` on every records shard, by scanning each
@@ -821,7 +822,8 @@ async fn simulate(config: SimConfig) -> RunReport {
         }
     }
     // Every index against the records it indexes, read both ways.
-    match (read_name_index(&cluster, false).await, read_name_index(&cluster, true).await) {
+    let names = workload::name_index_partition();
+    match (read_partition(&cluster, names, false).await, read_partition(&cluster, names, true).await) {
         (Ok(ascending), Ok(descending)) => {
             for violation in crate::check::check_name_index(&actual.records, &ascending, &descending) {
                 monitor.flag(&world, violation);
@@ -830,6 +832,17 @@ async fn simulate(config: SimConfig) -> RunReport {
         (Err(detail), _) | (_, Err(detail)) => {
             monitor.flag(&world, Violation { invariant: "index-matches-records", detail })
         }
+    }
+    // The journal: one entry per committed transfer, under a log time.
+    let log_times_ms = crate::check::log_time_bounds_ms(world.now_ms());
+    let journal = workload::journal_partition();
+    match read_partition(&cluster, journal, false).await {
+        Ok(found) => {
+            for violation in crate::check::check_commit_timed(journal, &model.commit_timed, &found, log_times_ms) {
+                monitor.flag(&world, violation);
+            }
+        }
+        Err(detail) => monitor.flag(&world, Violation { invariant: "commit-timed-entries", detail }),
     }
     for violation in check_state(&model, &actual, deposited) {
         monitor.flag(&world, violation);

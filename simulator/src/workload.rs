@@ -39,6 +39,22 @@ pub const RECORD_POOLS: [(RecordNs, &str, u64); 3] =
 /// moves it). The checker verifies the index against the names.
 pub const NAME_INDEX_NS: RecordNs = paytx_protocol::ids::FIRST_ORDERED_NS;
 
+/// The journal: every transfer writes one entry, keyed by its commit time
+/// (`Operation::PutRecordAtCommit`, numbered by client and operation). The
+/// checker verifies one entry per committed transfer, none for another,
+/// each under a time of the run's log.
+pub const JOURNAL_NS: RecordNs = paytx_protocol::ids::FIRST_ORDERED_NS + 1;
+
+/// The one partition of the journal.
+pub fn journal_partition() -> paytx_protocol::Partition {
+    paytx_protocol::Partition::new(JOURNAL_NS, b"journal").expect("JOURNAL_NS is an ordered namespace")
+}
+
+/// The number of the journal entry of operation `n` of client `client`.
+pub fn journal_number(client: u64, n: u64) -> u64 {
+    (client << 32) | (n & 0xffff_ffff)
+}
+
 /// The one partition of the name index.
 pub fn name_index_partition() -> paytx_protocol::Partition {
     paytx_protocol::Partition::new(NAME_INDEX_NS, b"names").expect("NAME_INDEX_NS is an ordered namespace")
@@ -260,8 +276,16 @@ impl Client {
                         continue;
                     }
                     let amount = Money::new(self.rng.gen_range(1..3_000), CURRENCY);
-                    let mut ops =
-                        vec![Operation::Debit { account: from, amount }, Operation::Credit { account: to, amount }];
+                    let line = Operation::PutRecordAtCommit {
+                        partition: journal_partition(),
+                        number: journal_number(id, n),
+                        value: value.clone(),
+                    };
+                    let mut ops = vec![
+                        Operation::Debit { account: from, amount },
+                        Operation::Credit { account: to, amount },
+                        line,
+                    ];
                     if self.rng.gen_bool(0.4) {
                         // A payment with a nonce: a replayed nonce aborts the money too.
                         let nonce = pool_key(NONCES_NS, self.rng.gen_range(0..40));

@@ -85,6 +85,11 @@ fn close_paid_order_is_caught_only_by_the_close_rule() {
 }
 
 #[test]
+fn decision_without_time_is_caught_only_by_the_commit_timed_entries() {
+    assert_caught_only_by(Bug::DecisionWithoutTime, "commit-timed-entries");
+}
+
+#[test]
 fn channel_refund_unbounded_is_caught_only_by_the_charge_bound() {
     assert_caught_only_by(Bug::ChannelRefundUnbounded, "channel-refund-within-charged");
 }

@@ -470,7 +470,7 @@ mod tests {
             .call(Message::Peer(paytx_protocol::PeerRequest::QueryDecision { txn }), TIMEOUT_MS)
             .await
             .unwrap();
-        assert_eq!(reply, Message::PeerReply(PeerResponse::Decision { commit: true }));
+        assert_eq!(reply, Message::PeerReply(PeerResponse::Decision { commit: true, at_ms: 0 }));
         assert_eq!(connection.in_flight(), 0);
         assert!(!connection.is_closed());
         server.stop().await;

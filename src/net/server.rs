@@ -848,6 +848,7 @@ mod tests {
                     txn: paytx_protocol::TxnId { term: 1, node: 1, seq: 1 },
                     shard: paytx_protocol::ShardId { kind: paytx_protocol::EntityKind::Account, index: 0 },
                     commit: true,
+                    at_ms: 0,
                 }),
                 TIMEOUT_MS,
             )

@@ -294,7 +294,7 @@ mod tests {
             ..TransportLimits::default()
         };
         let member = TcpTransport::new(peers.clone(), credentials(secret));
-        assert_eq!(member.call(2, query(2), TIMEOUT_MS).await, Ok(PeerResponse::Decision { commit: true }));
+        assert_eq!(member.call(2, query(2), TIMEOUT_MS).await, Ok(PeerResponse::Decision { commit: true, at_ms: 0 }));
 
         let impostor = TcpTransport::new(peers.clone(), credentials(Arc::from(b"a-wrong-secret-012345".as_slice())));
         match impostor.call(2, query(2), TIMEOUT_MS).await {
@@ -316,7 +316,7 @@ mod tests {
         let transport = TcpTransport::new(BTreeMap::from([(2, server.addr)]), TransportLimits::default());
         for seq in 0..10 {
             let reply = transport.call(2, query(seq), TIMEOUT_MS).await.unwrap();
-            assert_eq!(reply, PeerResponse::Decision { commit: seq % 2 == 0 });
+            assert_eq!(reply, PeerResponse::Decision { commit: seq % 2 == 0, at_ms: 0 });
         }
         let peer = transport.inner.peers.get(&2).unwrap();
         let first = peer.state.lock().await.connection.clone().unwrap();
@@ -333,7 +333,10 @@ mod tests {
         let server = TestServer::start(handler.clone(), ServerLimits::default()).await;
         let addr = server.addr;
         let transport = TcpTransport::new(BTreeMap::from([(2, addr)]), fast_backoff());
-        assert_eq!(transport.call(2, query(2), TIMEOUT_MS).await, Ok(PeerResponse::Decision { commit: true }));
+        assert_eq!(
+            transport.call(2, query(2), TIMEOUT_MS).await,
+            Ok(PeerResponse::Decision { commit: true, at_ms: 0 })
+        );
 
         server.stop().await;
         let down = transport.call(2, query(2), TIMEOUT_MS).await;
@@ -348,7 +351,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(reply, Ok(PeerResponse::Decision { commit: false }));
+        assert_eq!(reply, Ok(PeerResponse::Decision { commit: false, at_ms: 0 }));
         server.stop().await;
     }
 

@@ -109,7 +109,7 @@ impl Handler for ToyHandler {
     fn peer(&self, req: PeerRequest) -> BoxFuture<PeerResponse> {
         Box::pin(async move {
             match req {
-                PeerRequest::QueryDecision { txn } => PeerResponse::Decision { commit: txn.seq % 2 == 0 },
+                PeerRequest::QueryDecision { txn } => PeerResponse::Decision { commit: txn.seq % 2 == 0, at_ms: 0 },
                 _ => PeerResponse::Acked,
             }
         })

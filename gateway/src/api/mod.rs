@@ -266,10 +266,11 @@ pub(crate) fn status_move(
     ])
 }
 
-/// The op writing `line` into its merchant's statement of the line's UTC day.
+/// The op writing `line` into its merchant's statements under the time the
+/// transaction commits, so it is on the statement of the UTC day it
+/// committed. (Its `at_ms` is written 0: a reader takes the key's time.)
 pub(crate) fn statement_op(merchant_id: &str, line: &StatementLine, number: u64) -> Result<Operation, ApiError> {
-    let partition = index::statement_partition(merchant_id, &index::day_of_ms(line.at_ms))?;
-    index::insert(partition, line.at_ms, number, line)
+    index::insert_at_commit(index::statement_partition(merchant_id)?, number, line)
 }
 
 /// The op writing `entry` into the wallet history of `user_id`.

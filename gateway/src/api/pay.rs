@@ -89,7 +89,7 @@ async fn pay_order_inner(
             // merchant's statement gets its line, a wallet its entry.
             ops.extend(status_move(&record, OrderStatus::Created, OrderStatus::Paid)?);
             let line = StatementLine {
-                at_ms: paid_at_ms,
+                at_ms: 0, // the commit's (`statement_op`)
                 order_id: record.id.clone(),
                 out_trade_no: record.out_trade_no.clone(),
                 kind: "payment".into(),

@@ -273,27 +273,45 @@ pub async fn get_statement(
     let body = read_body(&req, payload).await?;
     let merchant = auth::require_merchant_read(&gw, &req, &body).await?;
     query_params(&req, &[])?;
-    index::parse_day(&path).ok_or(ApiError::InvalidField { field: "date", reason: "a date YYYY-MM-DD".into() })?;
-    let partition = index::statement_partition(&merchant.id, &path)?;
-    let mut lines: Vec<StatementLine> = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = index::read::<StatementLine>(&gw.store, partition, (0, u64::MAX), false, cursor, 128).await?;
-        lines.extend(page.entries.into_iter().map(|(_, line)| line));
-        if lines.len() > MAX_STATEMENT_LINES {
-            return Err(ApiError::StatementTooLarge { max_lines: MAX_STATEMENT_LINES });
-        }
-        match page.next_cursor {
-            Some(next) => cursor = Some(index::decode_cursor(&next)?),
-            None => break,
-        }
-    }
+    let bad_date = || ApiError::InvalidField { field: "date", reason: "a date YYYY-MM-DD, 1970 or later".into() };
+    let days = index::parse_day(&path).ok_or_else(bad_date)?;
+    let day_ms = index::day_range_ms(days).ok_or_else(bad_date)?;
+    // The lines that committed that day, by commit time; then those earlier
+    // versions filed under the day (by the time they were built).
+    let mut lines: Vec<(u64, u64, StatementLine)> = Vec::new();
+    read_lines(&gw.store, index::statement_partition(&merchant.id)?, day_ms, &mut lines).await?;
+    read_lines(&gw.store, index::legacy_statement_partition(&merchant.id, &path)?, (0, u64::MAX), &mut lines).await?;
+    lines.sort_by_key(|(at_ms, number, _)| (*at_ms, *number));
+    let lines: Vec<StatementLine> = lines.into_iter().map(|(at_ms, _, line)| StatementLine { at_ms, ..line }).collect();
     let csv = render_statement(&lines, &merchant.currency)?;
     let signature = crate::signing::sign(&gw.platform_key, csv.as_bytes());
     Ok(HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
         .insert_header((STATEMENT_SIGNATURE_HEADER, signature))
         .body(csv))
+}
+
+/// Appends the lines of `partition` with a time in `from_ms..=to_ms`, each
+/// with its time and number (the key's), page by page; more than
+/// [`MAX_STATEMENT_LINES`] in all is `413 statement_too_large`.
+async fn read_lines(
+    store: &crate::store::Store,
+    partition: paytx_protocol::Partition,
+    (from_ms, to_ms): (u64, u64),
+    lines: &mut Vec<(u64, u64, StatementLine)>,
+) -> Result<(), ApiError> {
+    let mut cursor = None;
+    loop {
+        let page = index::read::<StatementLine>(store, partition, (from_ms, to_ms), false, cursor, 128).await?;
+        lines.extend(page.entries.into_iter().map(|((at_ms, number), line)| (at_ms, number, line)));
+        if lines.len() > MAX_STATEMENT_LINES {
+            return Err(ApiError::StatementTooLarge { max_lines: MAX_STATEMENT_LINES });
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(index::decode_cursor(&next)?),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// The header carrying the platform's RSA-SHA256 signature (base64) of a

@@ -218,7 +218,7 @@ async fn create_refund_inner(
         let after = if amount_minor == remaining { OrderStatus::Refunded } else { OrderStatus::PartiallyRefunded };
         ops.extend(status_move(&record, live.status, after)?);
         let line = StatementLine {
-            at_ms: created_at_ms,
+            at_ms: 0, // the commit's (`statement_op`)
             order_id: record.id.clone(),
             out_trade_no: record.out_trade_no.clone(),
             kind: "refund".into(),

@@ -34,6 +34,9 @@ pub struct MemoryCluster {
     /// answered with a timeout, as when the answer is lost after the
     /// commit; each such answer counts one down.
     pub lose_answers: std::sync::atomic::AtomicUsize,
+    /// The commit time given to `PutRecordAtCommit` entries (Unix ms):
+    /// the system clock unless set, as the coordinator's log time is.
+    pub commit_at_ms: Mutex<Option<u64>>,
 }
 
 impl MemoryCluster {
@@ -141,6 +144,16 @@ impl MemoryCluster {
                 if !state.charges.contains(&(*channel, *order)) {
                     return Err(AbortReason::ChargeNotFound { channel: *channel, order: *order });
                 }
+            }
+            Operation::PutRecordAtCommit { partition, number, value } => {
+                let now_ms = || {
+                    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                    since.expect("the test machine's clock is after 1970").as_millis() as u64
+                };
+                let at_ms = self.commit_at_ms.lock().unwrap().unwrap_or_else(now_ms);
+                let key = partition.key(paytx_protocol::ids::sort_key(at_ms, *number));
+                let version = state.records.get(&key).map_or(1, |(v, _)| v + 1);
+                state.records.insert(key, (version, value.clone()));
             }
             Operation::PutRecord { key, value, expect } => {
                 let current = state.records.get(key).map(|(v, _)| *v);

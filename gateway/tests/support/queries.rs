@@ -240,9 +240,59 @@ fn parse_statement(csv: &str) -> (Vec<Vec<String>>, BTreeMap<String, Vec<i64>>) 
     (rows, totals)
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 fn today_utc() -> String {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    paytx_gateway::index::day_of_ms(ms)
+    paytx_gateway::index::day_of_ms(now_ms())
+}
+
+/// A line is on the statement of the UTC day its transaction *committed*,
+/// whatever the gateway's clock said when it built it: `commit_at` sets the
+/// commit time the cluster gives the next transactions (a test double's
+/// knob; a real cluster's is its coordinator's log time).
+pub async fn statement_days_are_commit_days(api: &Api, receiver: &Receiver, commit_at: &dyn Fn(u64)) {
+    use paytx_gateway::index::{day_of_ms, day_range_ms, parse_day, rfc3339_ms};
+    let w = scenarios::world(api, receiver, "midnight").await;
+    let today = today_utc();
+    let days = parse_day(&today).unwrap();
+    // Built today, committed in the first millisecond after the next midnight.
+    let (tomorrow_ms, tomorrow_last_ms) = day_range_ms(days + 1).unwrap();
+    let order = scenarios::new_order(api, &w, "M-1", 300).await;
+    commit_at(tomorrow_ms);
+    let reply = scenarios::pay(api, &w, &order, "alipay").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    // Refunds committed in the last millisecond of that day, and in the
+    // first of the one after.
+    commit_at(tomorrow_last_ms);
+    let reply = scenarios::refund(api, &w, &order, "MR-1", 100).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    commit_at(tomorrow_last_ms + 1);
+    let reply = scenarios::refund(api, &w, &order, "MR-2", 50).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+
+    let w = &w;
+    let statement = |day: String| async move {
+        let reply = get(api, w, &format!("/v1/statements/{day}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        parse_statement(&reply.text)
+    };
+    let (rows, totals) = statement(today.clone()).await;
+    assert!(rows.is_empty(), "built today, committed tomorrow: {rows:?}");
+    assert_eq!(totals["CNY"], vec![0, 0, 0, 0, 0]);
+    let (rows, totals) = statement(day_of_ms(tomorrow_ms)).await;
+    let got: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[0].as_str(), r[3].as_str(), r[5].as_str())).collect();
+    let (first, last) = (rfc3339_ms(tomorrow_ms), rfc3339_ms(tomorrow_last_ms));
+    assert_eq!(got, vec![(first.as_str(), "payment", "300"), (last.as_str(), "refund", "100")]);
+    assert_eq!(totals["CNY"], vec![1, 300, 1, 100, 200]);
+    let (rows, totals) = statement(day_of_ms(tomorrow_last_ms + 1)).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0][0].clone(), rows[0][8].as_str()), (rfc3339_ms(tomorrow_last_ms + 1), "MR-2"));
+    assert_eq!(totals["CNY"], vec![0, 0, 1, 50, -50]);
+    // Before 1970 nothing committed, and no day range exists.
+    let reply = get(api, w, "/v1/statements/1969-12-31").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
 }
 
 /// The day's statement against the client's own records, its signature
@@ -252,6 +302,7 @@ pub async fn statements_and_history(api: &Api, receiver: &Receiver) {
     let w = scenarios::world(api, receiver, "reconciler").await;
     let platform_pem = receiver.state.platform_pem.lock().unwrap().clone().unwrap();
     let day_before = today_utc();
+    let started_ms = now_ms();
     let (mut paid_minor, mut refunded_minor, mut payments, mut refunds) = (0i64, 0i64, 0i64, 0i64);
     for (n, method) in ["balance", "alipay", "bank_card", "balance", "wechat"].iter().enumerate() {
         let amount = 200 + n as i64 * 10;
@@ -289,6 +340,10 @@ pub async fn statements_and_history(api: &Api, receiver: &Receiver) {
     assert_eq!(totals["CNY"], vec![payments, paid_minor, refunds, refunded_minor, paid_minor - refunded_minor]);
     let times: Vec<&String> = rows.iter().map(|r| &r[0]).collect();
     assert!(times.windows(2).all(|t| t[0] <= t[1]), "in commit order");
+    // The time of a line is its commit's (the cluster's log time), taken
+    // while the payments ran.
+    let (from, to) = (paytx_gateway::index::rfc3339_ms(started_ms), paytx_gateway::index::rfc3339_ms(now_ms()));
+    assert!(times.iter().all(|t| from <= **t && **t <= to), "{times:?} within {from}..{to}");
     assert!(rows.iter().all(|r| r[0].starts_with(&day)));
     // A day without activity: the header and a zero totals row.
     let empty = get(api, &w, "/v1/statements/2001-01-01").await;

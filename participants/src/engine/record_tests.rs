@@ -31,7 +31,7 @@ fn delete(key: RecordKey, expect: RecordExpect) -> Operation {
 fn run(engine: &mut Engine, seq: u64, ops: &[Operation]) -> Result<Committed, AbortReason> {
     let prepared = engine.prepare(txn(seq), ops)?;
     assert!(matches!(prepared, Prepared::New(_)));
-    let committed = engine.commit(txn(seq)).expect("just prepared");
+    let committed = engine.commit(txn(seq), 0).expect("just prepared");
     engine.check_invariants().expect("invariants hold after every commit");
     Ok(committed)
 }
@@ -118,7 +118,7 @@ fn a_key_locked_by_a_prepared_txn_conflicts_until_it_is_decided() {
     // Reads see the committed state only.
     assert_eq!(engine.record(key("free")), None);
     assert_eq!(version_and_value(&engine, key("taken")), Some((1, "v1".into())));
-    engine.commit(txn(3)).unwrap();
+    engine.commit(txn(3), 0).unwrap();
     assert!(engine.abort(txn(2)));
     run(&mut engine, 5, &[put(key("free"), "yours", RecordExpect::Absent)]).unwrap();
     run(&mut engine, 6, &[put(key("taken"), "v3", RecordExpect::Version(2))]).unwrap();
@@ -203,7 +203,7 @@ async fn a_restart_recovers_committed_records_and_prepared_locks_from_the_journa
         let Ok(Prepared::New(record)) = engine.prepare(txn(seq), ops) else { panic!("prepare {seq} failed") };
         journal.record_prepared(&record).unwrap();
         if commit {
-            journal.record_commit(&engine.commit(txn(seq)).unwrap()).unwrap();
+            journal.record_commit(&engine.commit(txn(seq), 0).unwrap()).unwrap();
         }
     };
     step(&mut engine, 1, &[put(key("a"), "a1", RecordExpect::Absent), put(key("b"), "b1", RecordExpect::Absent)], true);
@@ -235,7 +235,7 @@ async fn a_restart_recovers_committed_records_and_prepared_locks_from_the_journa
         Err(AbortReason::Conflict { .. })
     ));
     // Its commit applies exactly what it prepared.
-    let committed = recovered.commit(txn(4)).unwrap();
+    let committed = recovered.commit(txn(4), 0).unwrap();
     journal.record_commit(&committed).unwrap();
     assert_eq!(version_and_value(&recovered, key("a")), Some((3, "a3".into())));
     assert_eq!(version_and_value(&recovered, key("c")), Some((1, "c1".into())));
@@ -257,7 +257,7 @@ async fn accounts_keep_their_recent_entries_bounded_newest_first_across_restarts
     let commit = |engine: &mut Engine, seq: u64, ops: &[Operation]| {
         let Ok(Prepared::New(record)) = engine.prepare(txn(seq), ops) else { panic!("prepare {seq} failed") };
         journal.record_prepared(&record).unwrap();
-        journal.record_commit(&engine.commit(txn(seq)).unwrap()).unwrap();
+        journal.record_commit(&engine.commit(txn(seq), 0).unwrap()).unwrap();
     };
     let open =
         |id, initial_minor| Operation::OpenAccount { account: AccountId(id), currency: Currency::CNY, initial_minor };
@@ -356,4 +356,36 @@ fn a_full_shard_refuses_new_records_but_not_updates_and_recovery_keeps_its_promi
     };
     let recovered = Engine::recover(RECORDS, &[], 10, contents).unwrap().with_max_records(1);
     assert_eq!(recovered.prepared_txns(), vec![txn(9)]);
+}
+
+#[tokio::test]
+async fn a_commit_timed_entry_prepared_before_a_crash_commits_under_the_time_its_decision_brings() {
+    let disk = MemDisk::new();
+    let journal = Journal::new(Arc::new(disk.clone()), RECORDS);
+    let mut engine = Engine::new(RECORDS, &[]);
+    let lines = paytx_protocol::Partition::new(paytx_protocol::ids::FIRST_ORDERED_NS + 6, b"mch_1").unwrap();
+    let entry = Operation::PutRecordAtCommit { partition: lines, number: 9, value: b"line".to_vec() };
+    let Ok(Prepared::New(record)) = engine.prepare(txn(1), std::slice::from_ref(&entry)) else { panic!("prepares") };
+    journal.record_prepared(&record).unwrap();
+    journal.sync().await.unwrap();
+    disk.crash();
+
+    // The prepared record holds the operation, not a key: the time is
+    // still open after recovery, and the number still taken.
+    let journal = Journal::new(Arc::new(disk.clone()), RECORDS);
+    let mut recovered = journal.recover(&[], 10).unwrap();
+    assert_eq!(recovered.prepared_txns(), vec![txn(1)]);
+    assert!(matches!(recovered.prepare(txn(2), &[entry]), Err(AbortReason::Conflict { .. })));
+    let at_ms = 1_764_633_599_999; // 2025-12-01T23:59:59.999Z
+    journal.record_commit(&recovered.commit(txn(1), at_ms).unwrap()).unwrap();
+    // A re-sent decision with a later time changes nothing.
+    assert!(recovered.commit(txn(1), at_ms + 5).is_none());
+    journal.sync().await.unwrap();
+    disk.crash();
+
+    let again = Journal::new(Arc::new(disk.clone()), RECORDS).recover(&[], 10).unwrap();
+    let stored = lines.key(paytx_protocol::ids::sort_key(at_ms, 9));
+    assert_eq!(version_and_value(&again, stored), Some((1, "line".into())));
+    assert_eq!(again.status().entities, 1, "only the entry under its commit time: no placeholder");
+    assert_eq!(again.prepared_count(), 0);
 }

@@ -53,7 +53,7 @@ fn channel_refund(channel: u64, order: u64, minor: i64) -> Operation {
 fn run(engine: &mut Engine, seq: u64, ops: &[Operation]) -> Result<(), AbortReason> {
     let prepared = engine.prepare(txn(seq), ops)?;
     assert!(matches!(prepared, Prepared::New(_)));
-    engine.commit(txn(seq)).expect("just prepared");
+    engine.commit(txn(seq), 0).expect("just prepared");
     engine.check_invariants().expect("invariants hold after every commit");
     Ok(())
 }
@@ -110,7 +110,7 @@ fn abort_releases_holds() {
 fn commit_moves_money_and_returns_after_images() {
     let mut engine = accounts_with(&[(1, 100), (2, 5)]);
     engine.prepare(txn(1), &[debit(1, 30), credit(2, 30)]).unwrap();
-    let committed = engine.commit(txn(1)).unwrap();
+    let committed = engine.commit(txn(1), 0).unwrap();
     assert_eq!(balance(&engine, 1), (70, 0));
     assert_eq!(balance(&engine, 2), (35, 0));
     assert_eq!(
@@ -139,7 +139,7 @@ fn account_errors_are_typed() {
     // A second concurrent open of one id conflicts.
     engine.prepare(txn(2), &[open(5, 0)]).unwrap();
     assert!(matches!(engine.prepare(txn(3), &[open(5, 0)]), Err(AbortReason::Conflict { .. })));
-    engine.commit(txn(2)).unwrap();
+    engine.commit(txn(2), 0).unwrap();
     assert_eq!(engine.prepare(txn(4), &[open(5, 0)]), Err(AbortReason::AccountExists(AccountId(5))));
 }
 
@@ -150,8 +150,8 @@ fn overflow_is_refused_counting_pending_credits() {
     // 6 pending + 5 would overflow if both commit.
     assert_eq!(engine.prepare(txn(2), &[debit(2, 5), credit(1, 5)]), Err(AbortReason::BalanceOverflow(AccountId(1))));
     assert!(engine.prepare(txn(3), &[debit(2, 4), credit(1, 4)]).is_ok());
-    engine.commit(txn(1)).unwrap();
-    engine.commit(txn(3)).unwrap();
+    engine.commit(txn(1), 0).unwrap();
+    engine.commit(txn(3), 0).unwrap();
     assert_eq!(balance(&engine, 1), (i64::MAX, 0));
     assert_eq!(run(&mut engine, 4, &[debit(2, 1), credit(1, 1)]), Err(AbortReason::BalanceOverflow(AccountId(1))));
     engine.check_invariants().unwrap();
@@ -266,7 +266,7 @@ fn a_second_charge_is_refused_and_channel_refunds_are_bounded() {
     engine.prepare(txn(5), &[channel_refund(2, 7, 40)]).unwrap();
     assert!(matches!(engine.prepare(txn(6), &[channel_refund(2, 7, 1)]), Err(AbortReason::Conflict { .. })));
     assert!(matches!(engine.prepare(txn(6), &[charge(2, 7, 1)]), Err(AbortReason::AlreadyCharged { .. })));
-    engine.commit(txn(5)).unwrap();
+    engine.commit(txn(5), 0).unwrap();
     assert_eq!(engine.charge(ChannelId(2), OrderId(7)).unwrap().refunded_minor, 100);
     assert_eq!(engine.status().entities, 2);
 }
@@ -279,13 +279,13 @@ fn re_prepare_is_idempotent_and_re_decide_is_a_no_op() {
     assert_eq!(engine.prepare(txn(1), &ops), Ok(Prepared::AlreadyPrepared));
     assert_eq!(balance(&engine, 1), (100, 60), "held once, not twice");
     assert!(matches!(engine.prepare(txn(1), &[debit(1, 1)]), Err(AbortReason::Conflict { .. })));
-    assert!(engine.commit(txn(1)).is_some());
-    assert!(engine.commit(txn(1)).is_none());
+    assert!(engine.commit(txn(1), 0).is_some());
+    assert!(engine.commit(txn(1), 0).is_none());
     assert!(!engine.abort(txn(1)));
     assert_eq!(balance(&engine, 1), (40, 0));
     // A late duplicate prepare after the commit neither reserves nor applies.
     assert_eq!(engine.prepare(txn(1), &ops), Ok(Prepared::AlreadyCommitted));
-    assert!(engine.commit(txn(1)).is_none());
+    assert!(engine.commit(txn(1), 0).is_none());
     assert_eq!(balance(&engine, 1), (40, 0));
     // Abort of an unknown txn is a no-op too.
     assert!(!engine.abort(txn(99)));
@@ -298,7 +298,7 @@ fn forgotten_commits_refuse_late_prepares() {
     let mut forgotten = Vec::new();
     for seq in 1..=4 {
         engine.prepare(txn(seq), &ops).unwrap();
-        let committed = engine.commit(txn(seq)).unwrap();
+        let committed = engine.commit(txn(seq), 0).unwrap();
         forgotten.extend(committed.forgotten);
     }
     // Remembered: 3 and 4. Forgotten: the opening txn 0, then 1 and 2.
@@ -338,7 +338,7 @@ fn recovery_brings_back_holds_and_locks() {
     assert_eq!(recovered.prepared_txns(), vec![txn(1)]);
     assert_eq!(balance(&recovered, 1), (100, 70));
     assert!(matches!(recovered.prepare(txn(2), &[debit(1, 31)]), Err(AbortReason::InsufficientFunds { .. })));
-    recovered.commit(txn(1)).unwrap();
+    recovered.commit(txn(1), 0).unwrap();
     assert_eq!(balance(&recovered, 2), (70, 0));
 
     // A prepared record that no longer fits is an error naming it.
@@ -371,7 +371,7 @@ fn a_prepared_charge_is_recovered_as_voted_after_its_channel_left_the_configurat
         matches!(recovered.prepare(txn(2), &[charge(1, 7, 500)]), Err(AbortReason::UnknownChannel(_))),
         "new work on the removed channel is refused"
     );
-    recovered.commit(txn(1)).expect("prepared");
+    recovered.commit(txn(1), 0).expect("prepared");
     let view = recovered.charge(ChannelId(1), OrderId(7)).expect("the charge is recorded");
     assert_eq!(view.charged, cny(500));
     recovered.check_invariants().expect("invariants hold");
@@ -414,16 +414,16 @@ fn a_prepare_after_its_abort_is_refused() {
 fn a_capture_is_the_state_of_its_instant_whatever_commits_after() {
     let mut engine = Engine::new(ORDERS, &[]);
     assert!(matches!(engine.prepare(txn(1), &[create_order(1, 500)]), Ok(Prepared::New(_))));
-    engine.commit(txn(1)).expect("prepared");
+    engine.commit(txn(1), 0).expect("prepared");
     assert!(matches!(engine.prepare(txn(2), &[create_order(2, 700)]), Ok(Prepared::New(_))));
     let expected = engine.export();
     let capture = engine.capture();
     assert_eq!(capture.entity_count(), 1);
     // Later writes to the live state: a commit that creates an order, one
     // that changes the captured order.
-    engine.commit(txn(2)).expect("prepared");
+    engine.commit(txn(2), 0).expect("prepared");
     assert!(matches!(engine.prepare(txn(3), &[mark_paid(1, 500)]), Ok(Prepared::New(_))));
-    engine.commit(txn(3)).expect("prepared");
+    engine.commit(txn(3), 0).expect("prepared");
     assert_ne!(engine.export(), expected, "the live state moved on");
     assert_eq!(capture.into_snapshot(), expected, "the capture did not");
 }
@@ -432,7 +432,7 @@ fn a_capture_is_the_state_of_its_instant_whatever_commits_after() {
 fn a_snapshot_restores_the_shard_exactly_as_it_was() {
     let mut engine = Engine::new(ORDERS, &[]);
     assert!(matches!(engine.prepare(txn(1), &[create_order(1, 500)]), Ok(Prepared::New(_))));
-    engine.commit(txn(1)).expect("prepared");
+    engine.commit(txn(1), 0).expect("prepared");
     assert!(matches!(engine.prepare(txn(2), &[create_order(2, 700)]), Ok(Prepared::New(_))));
     engine.abort(txn(3));
     let snapshot = engine.export();

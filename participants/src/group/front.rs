@@ -389,12 +389,12 @@ impl ShardFront {
     /// Proposes a decision; `done` learns when it is applied.
     fn propose_decision(
         &mut self,
-        txn: TxnId,
-        commit: bool,
+        decision: Decide,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Result<(), ParticipantError>> {
+        let Decide { txn, commit, at_ms } = decision;
         let released = lock_state(&self.state).engine.touches_of(txn);
-        let result = self.submit(ShardCommand::Decide { txn, commit }, ctx);
+        let result = self.submit(ShardCommand::DecideAt { txn, commit, at_ms }, ctx);
         let shard = self.config.shard;
         Box::pin(wrap_future(result).map(move |result, act: &mut Self, ctx| {
             match result.unwrap_or_else(|_| Err(dropped(shard))) {
@@ -512,13 +512,16 @@ impl ShardFront {
             let query = wrap_future(self.decisions.query(txn)).map(move |answer, act: &mut Self, ctx| {
                 act.querying.remove(&txn);
                 match answer {
-                    Ok(commit) => {
-                        let applied = act.propose_decision(txn, commit, ctx).map(move |result, _act, _ctx| {
+                    Ok(decision) if decision.txn == txn => {
+                        let applied = act.propose_decision(decision, ctx).map(move |result, _act, _ctx| {
                             if let Err(error) = result {
                                 tracing::warn!(%txn, %error, "could not apply a resolved decision");
                             }
                         });
                         ctx.spawn(applied);
+                    }
+                    Ok(other) => {
+                        tracing::error!(%txn, answered = %other.txn, "decision query answered for another transaction; asking again later");
                     }
                     Err(reason) => {
                         tracing::debug!(%txn, %reason, "decision query failed; asking again later");
@@ -601,7 +604,7 @@ impl Handler<Decide> for ShardFront {
         if let Err(e) = self.check_leader() {
             return Box::pin(ready(Err(e)));
         }
-        self.propose_decision(msg.txn, msg.commit, ctx)
+        self.propose_decision(msg, ctx)
     }
 }
 
@@ -613,8 +616,7 @@ impl Handler<DecideMany> for ShardFront {
             return Box::pin(ready(Err(e)));
         }
         self.defer_pump = true;
-        let acks: Vec<_> =
-            msg.0.into_iter().map(|decide| self.propose_decision(decide.txn, decide.commit, ctx)).collect();
+        let acks: Vec<_> = msg.0.into_iter().map(|decide| self.propose_decision(decide, ctx)).collect();
         self.defer_pump = false;
         let answer = crate::batch::answer_all(self.config.shard, acks, ctx);
         self.pump(ctx);

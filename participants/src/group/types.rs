@@ -32,14 +32,22 @@ pub enum ShardCommand {
     /// not functions of the replicated state travel in the entry, so every
     /// replica computes the same vote.
     Prepare { txn: TxnId, ops: Vec<Operation>, admission: Admission },
-    /// Phase two.
+    /// Phase two, as written by earlier versions (no commit time: applied
+    /// with `at_ms` 0). Kept so their logs still decode; never proposed.
     Decide { txn: TxnId, commit: bool },
+    /// Phase two. `at_ms`: the coordinator's log time the decision carried,
+    /// the commit time of `PutRecordAtCommit` entries — in the entry, so
+    /// every replica writes them under the same key. (Appended last: the
+    /// variant index is in stored log entries.)
+    DecideAt { txn: TxnId, commit: bool, at_ms: u64 },
 }
 
 impl ShardCommand {
     pub fn txn(&self) -> TxnId {
         match self {
-            ShardCommand::Prepare { txn, .. } | ShardCommand::Decide { txn, .. } => *txn,
+            ShardCommand::Prepare { txn, .. }
+            | ShardCommand::Decide { txn, .. }
+            | ShardCommand::DecideAt { txn, .. } => *txn,
         }
     }
 }
