@@ -49,6 +49,22 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, bincode::error:
     bincode::serde::encode_to_vec(value, bincode_config())
 }
 
+/// Feeds `value`'s encoding to `sink` piece by piece, without building it
+/// (the simulator hashes every delivery into its trace this way).
+pub fn encode_to_sink<T: serde::Serialize>(
+    value: &T,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Result<(), bincode::error::EncodeError> {
+    struct Sink<'a>(&'a mut dyn FnMut(&[u8]));
+    impl bincode::enc::write::Writer for Sink<'_> {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            (self.0)(bytes);
+            Ok(())
+        }
+    }
+    bincode::serde::encode_into_writer(value, Sink(sink), bincode_config())
+}
+
 /// The length of `value`'s encoding, without allocating it (batch byte
 /// bounds). A value that cannot be encoded counts as `usize::MAX`, so it
 /// travels alone and fails where it is really encoded.

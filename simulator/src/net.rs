@@ -156,12 +156,11 @@ fn deliverable(
     } else {
         state.counters.messages_delivered += 1;
     }
-    let identity = paytx_protocol::encode(request).unwrap_or_default();
     let at = state.now_ms();
-    state.trace.record(
+    state.trace.record_encoded(
         at,
         || format!("{from} -> {to}{} {}", if duplicate { " (dup)" } else { "" }, peer_label(request)),
-        &identity,
+        request,
     );
     true
 }

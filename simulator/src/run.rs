@@ -228,9 +228,12 @@ pub(crate) fn node_configs(seed: u64, replicas: u32, rng: &mut ChaCha8Rng) -> BT
             config.seed = Some(sub_seed(seed, 100 + id));
             config.channels = channels.clone();
             config.shards = shards.clone();
-            config.raft.heartbeat_interval_ms = 50;
-            config.raft.election_timeout_min_ms = 300;
-            config.raft.election_timeout_max_ms = 600;
+            // Heartbeats and elections keep the production timing
+            // (`RaftSettings::default`, 100 / 400-800 ms), so runs test the
+            // timing nodes run with. They were 50 / 300-600 ms here: twice
+            // the heartbeats and ticks of every group in each virtual
+            // second, which is what an idle second of a run costs (issue
+            // 11, README "Speed").
             // Small, so snapshots and snapshot installs happen in most runs,
             // in the shard groups too (each gets a fraction of the entries
             // the coordinator does): a replica cut off for a few seconds, or
@@ -433,6 +436,31 @@ pub(crate) async fn wait_for_leader(cluster: &SimCluster, timeout_ms: u64) -> Op
     None
 }
 
+/// Waits (up to `timeout_ms` of virtual time) until every participant
+/// shard of the map has a leader some running node knows of: a cluster is
+/// ready for its first transaction then, not when the coordinator alone
+/// has one (the shard groups elect on their own timeouts). `false` when a
+/// shard has none by the deadline.
+async fn wait_for_shard_leaders(cluster: &SimCluster, timeout_ms: u64) -> bool {
+    let Some(map) = cluster.configs.values().next().map(|config| config.shards.clone()) else {
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    while tokio::time::Instant::now() < deadline {
+        let mut led = std::collections::BTreeSet::new();
+        for id in cluster.ids() {
+            if let Some(service) = cluster.service(id) {
+                led.extend(service.status().await.shards.iter().filter(|s| s.leader.is_some()).map(|s| s.shard));
+            }
+        }
+        if map.shards().all(|shard| led.contains(&shard)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// `true` once nothing is undecided, unacknowledged or in doubt anywhere.
 /// Submits fresh transactions (each opens a new, empty account: no money
 /// moves) to the nodes that are up until one commits; `Err` when none has
@@ -600,6 +628,10 @@ async fn simulate(config: SimConfig) -> RunReport {
     }
     if wait_for_leader(&cluster, 20_000).await.is_none() {
         monitor.flag(&world, Violation { invariant: "liveness", detail: "no leader within 20 s".into() });
+    }
+    if !wait_for_shard_leaders(&cluster, 20_000).await {
+        let detail = "a participant shard has no leader within 20 s".to_string();
+        monitor.flag(&world, Violation { invariant: "liveness", detail });
     }
 
     // Opening deposits, before any fault.

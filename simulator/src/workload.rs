@@ -171,9 +171,9 @@ pub async fn client_call(
                 if !state.is_up(node, incarnation) {
                     return;
                 }
-                let identity = paytx_protocol::encode(&request).unwrap_or_default();
                 let at = state.now_ms();
-                state.trace.record(at, || format!("client {client} -> {node} {}", request_label(&request)), &identity);
+                let label = || format!("client {client} -> {node} {}", request_label(&request));
+                state.trace.record_encoded(at, label, &request);
             }
             let response = service.handle_request(request, true).await;
             tokio::time::sleep(Duration::from_millis(back)).await;
