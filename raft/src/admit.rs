@@ -11,7 +11,13 @@
 //!   consensus; the old id is gone, so the other voters carry both
 //!   configurations);
 //! * the rebuilt node's side, [`join`]: ask the group's nodes, following
-//!   leader hints, until the local replica sees itself a voter.
+//!   leader hints, until the local replica sees itself a voter — or, if
+//!   the local replica itself comes to lead a configuration that still
+//!   lists its node's old id (the leader that started the swap was lost in
+//!   the middle of the joint consensus, and this replica, a voter of its
+//!   second half, won the election), finish the swap itself: nobody else
+//!   would (a simulated run, seed 110 at `--steps 100`, found it: the
+//!   group stayed joint, its old id dead, for good).
 
 use crate::{NodeId, PaytxRaftConfig};
 use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState};
@@ -91,16 +97,20 @@ pub async fn admit<C: PaytxRaftConfig>(raft: &Raft<C>, replica: ReplicaId, addr:
         NodeClock::current().sleep(Duration::from_millis(CATCH_UP_POLL_MS)).await;
         waited_ms += CATCH_UP_POLL_MS;
     }
-    let voters: BTreeSet<NodeId> = {
-        let metrics = raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        membership.voter_ids().filter(|v| node_of(*v) != node_of(replica)).chain(std::iter::once(replica)).collect()
-    };
+    let voters = replaced_voters(&raft.metrics().borrow().clone(), replica);
     raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false)
         .await
         .map_err(|e| format!("cannot make {replica} a voter: {e}"))?;
     tracing::info!(replica, ?voters, "rebuilt replica admitted as a voter");
     Ok(())
+}
+
+/// The voters once `replica` has replaced every other id of its node: the
+/// membership's voters (of every configuration of a joint one) without
+/// them, with `replica`.
+fn replaced_voters(metrics: &RaftMetrics<NodeId, BasicNode>, replica: ReplicaId) -> BTreeSet<NodeId> {
+    let membership = metrics.membership_config.membership();
+    membership.voter_ids().filter(|v| node_of(*v) != node_of(replica)).chain(std::iter::once(replica)).collect()
 }
 
 /// The rebuilt node's side: ask `group`'s nodes (`candidates`, this node
@@ -121,7 +131,7 @@ pub async fn join<C: PaytxRaftConfig>(
     let mut hint: Option<NodeId> = None;
     let mut attempts: u64 = 0;
     loop {
-        {
+        let leading_unfinished = {
             let metrics = raft.metrics().borrow().clone();
             if metrics.state == ServerState::Shutdown {
                 return;
@@ -130,6 +140,16 @@ pub async fn join<C: PaytxRaftConfig>(
                 tracing::info!(%group, replica = me, attempts, "rejoined the group as a voter");
                 return;
             }
+            let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(me);
+            leading.then(|| replaced_voters(&metrics, me))
+        };
+        if let Some(voters) = leading_unfinished {
+            match raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false).await {
+                Ok(_) => tracing::info!(%group, replica = me, ?voters, "led the group: finished its own admission"),
+                Err(error) => tracing::info!(%group, replica = me, %error, "could not finish its own admission yet"),
+            }
+            NodeClock::current().sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+            continue;
         }
         let target = match hint.take().filter(|h| *h != node_of(me)) {
             Some(leader) => leader,
